@@ -1,0 +1,197 @@
+//! `kvcli`: the command-line client.
+//!
+//! Exit codes: 0 done (or found), 1 key not found, 2 error (server error, connection failure,
+//! bad usage, test mismatch).
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use ringkv::cli::{
+    render_distribution, render_paper_test, render_stats, run_paper_test, PaperTest,
+};
+use ringkv::{Client, ClientOptions};
+
+const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_ERROR: u8 = 2;
+
+/// kvcli: talk to a ringkv frontend.
+#[derive(FromArgs)]
+struct Args {
+    /// frontend address (default 127.0.0.1:7000, or $RINGKV_FRONTEND)
+    #[argh(option)]
+    frontend: Option<String>,
+    /// seconds to wait for connecting and for each answer (default 10)
+    #[argh(option, default = "10")]
+    timeout: u64,
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Put(PutArgs),
+    Get(GetArgs),
+    Delete(DeleteArgs),
+    Size(SizeArgs),
+    Stats(StatsArgs),
+    Ping(PingArgs),
+    Test(TestArgs),
+}
+
+/// Store a value: from the argument, from --file, or from stdin when neither is given.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "put")]
+struct PutArgs {
+    /// the key
+    #[argh(positional)]
+    key: String,
+    /// the value
+    #[argh(positional)]
+    value: Option<String>,
+    /// read the value from this file
+    #[argh(option)]
+    file: Option<String>,
+}
+
+/// Print the value of a key (raw bytes; exit 1 if not found).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "get")]
+struct GetArgs {
+    /// the key
+    #[argh(positional)]
+    key: String,
+}
+
+/// Remove a key (exit 1 if it was not stored).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "delete")]
+struct DeleteArgs {
+    /// the key
+    #[argh(positional)]
+    key: String,
+}
+
+/// Keys and bytes stored per node, with the total.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "size")]
+struct SizeArgs {}
+
+/// Every node's counters.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "stats")]
+struct StatsArgs {}
+
+/// Check that the frontend answers, and how fast.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "ping")]
+struct PingArgs {}
+
+/// The paper's test: PUT N random keys, GET them all back, compare, print the distribution.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "test")]
+struct TestArgs {
+    /// number of keys (default 1000)
+    #[argh(option, default = "1000")]
+    count: usize,
+    /// parallel client connections (default 4)
+    #[argh(option, default = "4")]
+    threads: usize,
+    /// requests per pipelined batch (default 500)
+    #[argh(option, default = "500")]
+    batch: usize,
+    /// seed of the random keys (default: from the clock)
+    #[argh(option)]
+    seed: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    let addr = args
+        .frontend
+        .or_else(|| std::env::var("RINGKV_FRONTEND").ok())
+        .unwrap_or_else(|| "127.0.0.1:7000".into());
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(args.timeout.max(1)),
+        io_timeout: Duration::from_secs(args.timeout.max(1)),
+        ..ClientOptions::default()
+    };
+    match run(&addr, options, args.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kvcli: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run(
+    addr: &str,
+    options: ClientOptions,
+    command: Command,
+) -> Result<u8, Box<dyn std::error::Error>> {
+    if let Command::Test(t) = command {
+        let test = PaperTest {
+            count: t.count,
+            threads: t.threads,
+            batch: t.batch,
+            seed: t
+                .seed
+                .unwrap_or_else(|| ringkv::rng::Rng::from_entropy().next_u64()),
+        };
+        let outcome = run_paper_test(addr, &test, options)?;
+        print!("{}", render_paper_test(&outcome));
+        return Ok(if outcome.passed() { 0 } else { EXIT_ERROR });
+    }
+    let mut client = Client::connect_with(addr, options)?;
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        Command::Put(p) => {
+            let value = match (p.value, p.file) {
+                (Some(_), Some(_)) => return Err("give the value or --file, not both".into()),
+                (Some(value), None) => value.into_bytes(),
+                (None, Some(path)) => {
+                    std::fs::read(&path).map_err(|e| format!("cannot read {path}: {e}"))?
+                }
+                (None, None) => {
+                    let mut value = Vec::new();
+                    std::io::stdin().read_to_end(&mut value)?;
+                    value
+                }
+            };
+            client.put(p.key.as_bytes(), &value)?;
+            writeln!(stdout, "OK")?;
+        }
+        Command::Get(g) => match client.get(g.key.as_bytes())? {
+            Some(value) => {
+                stdout.write_all(&value)?;
+                if stdout.is_terminal() {
+                    writeln!(stdout)?;
+                }
+            }
+            None => {
+                eprintln!("kvcli: {} not found", g.key);
+                return Ok(EXIT_NOT_FOUND);
+            }
+        },
+        Command::Delete(d) => {
+            if client.delete(d.key.as_bytes())? {
+                writeln!(stdout, "deleted")?;
+            } else {
+                eprintln!("kvcli: {} not found", d.key);
+                return Ok(EXIT_NOT_FOUND);
+            }
+        }
+        Command::Size(_) => write!(stdout, "{}", render_distribution(&client.size()?))?,
+        Command::Stats(_) => write!(stdout, "{}", render_stats(&client.stats()?))?,
+        Command::Ping(_) => {
+            let rtt = client.ping()?;
+            writeln!(stdout, "PONG from {addr} in {rtt:.2?}")?;
+        }
+        Command::Test(_) => unreachable!("handled above"),
+    }
+    stdout.flush()?;
+    Ok(0)
+}

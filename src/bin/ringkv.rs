@@ -1,0 +1,228 @@
+//! `ringkv`: runs a backend, a frontend, or a whole local cluster.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use argh::FromArgs;
+use ringkv::cli::server_options;
+use ringkv::{Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Routing};
+
+/// ringkv: a distributed key-value store (frontend + ring of backends).
+#[derive(FromArgs)]
+struct Args {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Backend(BackendArgs),
+    Frontend(FrontendArgs),
+    Local(LocalArgs),
+}
+
+/// Run a backend node: it stores the keys it owns and relays the others.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "backend")]
+struct BackendArgs {
+    /// address to listen on, e.g. 0.0.0.0:7001 (port 0 picks one)
+    #[argh(option)]
+    listen: String,
+    /// most bytes of keys plus values to store (default: no limit)
+    #[argh(option)]
+    max_bytes: Option<u64>,
+    /// open connections allowed at once; more get BUSY (default 1024)
+    #[argh(option, default = "1024")]
+    max_connections: usize,
+    /// longest key accepted in bytes (default 16384)
+    #[argh(option, default = "16384")]
+    max_key_bytes: usize,
+    /// longest value accepted in bytes (default 4194304)
+    #[argh(option, default = "4194304")]
+    max_value_bytes: usize,
+    /// seconds a read or write may block, and a frame may take to arrive (default 10)
+    #[argh(option, default = "10")]
+    io_timeout: u64,
+    /// seconds an idle connection is kept (default 300)
+    #[argh(option, default = "300")]
+    idle_timeout: u64,
+}
+
+/// Run the frontend: clients connect here; it forwards to the backends.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "frontend")]
+struct FrontendArgs {
+    /// address to listen on for clients (default 127.0.0.1:7000)
+    #[argh(option, default = "String::from(\"127.0.0.1:7000\")")]
+    listen: String,
+    /// worker threads serving client connections (default 32)
+    #[argh(option, default = "32")]
+    threads: usize,
+    /// client connections that may wait for a worker; more get BUSY (default 128)
+    #[argh(option, default = "128")]
+    queue: usize,
+    /// which backend receives a request: random (the paper) or owner (default random)
+    #[argh(option, default = "Entry::Random")]
+    entry: Entry,
+    /// how backends relay: successor (the paper) or direct (default successor)
+    #[argh(option, default = "Routing::Successor")]
+    routing: Routing,
+    /// positions per backend on the ring (default 1, the paper)
+    #[argh(option, default = "1")]
+    vnodes: u16,
+    /// seconds to wait at start for backends that are not up yet (default 30)
+    #[argh(option, default = "30")]
+    startup_timeout: u64,
+    /// longest key accepted in bytes (default 16384)
+    #[argh(option, default = "16384")]
+    max_key_bytes: usize,
+    /// longest value accepted in bytes (default 4194304)
+    #[argh(option, default = "4194304")]
+    max_value_bytes: usize,
+    /// seconds a read or write may block, and a frame may take to arrive (default 10)
+    #[argh(option, default = "10")]
+    io_timeout: u64,
+    /// seconds an idle client connection is kept (default 300)
+    #[argh(option, default = "300")]
+    idle_timeout: u64,
+    /// backend addresses, as the frontend and the other backends reach them
+    #[argh(positional)]
+    backends: Vec<String>,
+}
+
+/// Run a frontend and N backends on loopback, in one process, until Ctrl-C.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "local")]
+struct LocalArgs {
+    /// number of backends (default 3)
+    #[argh(option, default = "3")]
+    backends: usize,
+    /// frontend address (default 127.0.0.1:7000; port 0 picks one)
+    #[argh(option, default = "String::from(\"127.0.0.1:7000\")")]
+    listen: String,
+    /// frontend worker threads (default 32)
+    #[argh(option, default = "32")]
+    threads: usize,
+    /// which backend receives a request: random (the paper) or owner (default random)
+    #[argh(option, default = "Entry::Random")]
+    entry: Entry,
+    /// how backends relay: successor (the paper) or direct (default successor)
+    #[argh(option, default = "Routing::Successor")]
+    routing: Routing,
+    /// positions per backend on the ring (default 1, the paper)
+    #[argh(option, default = "1")]
+    vnodes: u16,
+    /// most bytes of keys plus values per backend (default: no limit)
+    #[argh(option)]
+    max_bytes: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args: Args = argh::from_env();
+    let result = match args.command {
+        Command::Backend(a) => run_backend(a),
+        Command::Frontend(a) => run_frontend(a),
+        Command::Local(a) => run_local(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringkv: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() -> ringkv::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .map_err(|e| ringkv::Error::Config(format!("cannot install the signal handler: {e}")))?;
+    let _ = rx.recv();
+    log::info!("signal received, shutting down");
+    Ok(())
+}
+
+fn announce(line: String) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
+    let server = server_options(
+        a.max_connections,
+        a.max_key_bytes,
+        a.max_value_bytes,
+        a.io_timeout,
+        a.idle_timeout,
+    )?;
+    let mut backend = Backend::start(BackendConfig {
+        listen: a.listen,
+        server,
+        max_bytes: a.max_bytes,
+    })?;
+    announce(format!("backend listening on {}", backend.local_addr()));
+    wait_for_signal()?;
+    backend.shutdown();
+    Ok(())
+}
+
+fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
+    let server = server_options(
+        a.threads + a.queue,
+        a.max_key_bytes,
+        a.max_value_bytes,
+        a.io_timeout,
+        a.idle_timeout,
+    )?;
+    let mut frontend = Frontend::start(FrontendConfig {
+        listen: a.listen,
+        backends: a.backends,
+        threads: a.threads,
+        queue: a.queue,
+        server,
+        entry: a.entry,
+        routing: a.routing,
+        vnodes: a.vnodes,
+        startup_timeout: Duration::from_secs(a.startup_timeout),
+    })?;
+    announce(format!("frontend listening on {}", frontend.local_addr()));
+    wait_for_signal()?;
+    frontend.shutdown();
+    Ok(())
+}
+
+fn run_local(a: LocalArgs) -> ringkv::Result<()> {
+    if a.backends == 0 {
+        return Err(ringkv::Error::Config(
+            "--backends must be at least 1".into(),
+        ));
+    }
+    let frontend = FrontendConfig {
+        listen: a.listen,
+        threads: a.threads,
+        entry: a.entry,
+        routing: a.routing,
+        vnodes: a.vnodes,
+        ..FrontendConfig::default()
+    };
+    let backend = BackendConfig {
+        max_bytes: a.max_bytes,
+        ..BackendConfig::default()
+    };
+    let mut cluster = LocalCluster::start(a.backends, backend, frontend)?;
+    announce(format!("frontend listening on {}", cluster.frontend_addr()));
+    for addr in cluster.backend_addrs() {
+        announce(format!("backend listening on {addr}"));
+    }
+    wait_for_signal()?;
+    cluster.shutdown();
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! What the binaries share beyond flag parsing: the paper's built-in test and the tables that
+//! `kvcli` prints.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::client::{Client, ClientOptions, Request};
+use crate::connection::Timeouts;
+use crate::error::{Error, Result};
+use crate::protocol::payload::NodeReport;
+use crate::protocol::{Limits, Status};
+use crate::rng::Rng;
+use crate::server::ServerOptions;
+
+/// Server options from the flags both servers take.
+pub fn server_options(
+    max_connections: usize,
+    max_key_bytes: usize,
+    max_value_bytes: usize,
+    io_timeout_secs: u64,
+    idle_timeout_secs: u64,
+) -> Result<ServerOptions> {
+    if max_connections == 0 || io_timeout_secs == 0 || idle_timeout_secs == 0 {
+        return Err(Error::Config(
+            "connection limit and timeouts must be at least 1".into(),
+        ));
+    }
+    let frame_room = crate::protocol::MIN_FRAME + max_key_bytes + max_value_bytes;
+    if frame_room > u32::MAX as usize {
+        return Err(Error::Config(
+            "key plus value limits must stay under 4 GiB".into(),
+        ));
+    }
+    let defaults = Limits::default();
+    Ok(ServerOptions {
+        limits: Limits {
+            max_key: max_key_bytes,
+            max_value: max_value_bytes,
+            // Room for a value somewhat over the limit to be refused politely (TOO_LARGE with
+            // the connection kept) rather than by closing the connection.
+            max_frame: frame_room
+                .saturating_mul(2)
+                .clamp(defaults.max_frame, u32::MAX as usize),
+        },
+        timeouts: Timeouts {
+            io: Duration::from_secs(io_timeout_secs),
+            idle: Duration::from_secs(idle_timeout_secs),
+            frame: Duration::from_secs(io_timeout_secs),
+            ..Timeouts::default()
+        },
+        max_connections,
+    })
+}
+
+/// The paper's built-in test: unique random keys of 10-20 letters, values of 20-40 digits.
+#[derive(Debug, Clone)]
+pub struct PaperTest {
+    /// Number of keys.
+    pub count: usize,
+    /// Client connections working in parallel.
+    pub threads: usize,
+    /// Requests sent per pipelined batch.
+    pub batch: usize,
+    /// Seed of the key and value generator.
+    pub seed: u64,
+}
+
+/// What the paper's test saw.
+#[derive(Debug, Clone, Default)]
+pub struct PaperTestOutcome {
+    pub count: usize,
+    pub put_time: Duration,
+    pub get_time: Duration,
+    /// GETs that returned another value or none.
+    pub mismatches: usize,
+    /// Requests answered with an error status.
+    pub errors: usize,
+    /// The first few problems, for the report.
+    pub problems: Vec<String>,
+    /// Sum and maximum of the relays every request took.
+    pub relays_total: u64,
+    pub relays_max: u16,
+    /// The cluster's SIZE answer after the test.
+    pub reports: Vec<NodeReport>,
+}
+
+impl PaperTestOutcome {
+    /// True when every value came back and no request failed.
+    pub fn passed(&self) -> bool {
+        self.mismatches == 0 && self.errors == 0
+    }
+}
+
+const MAX_PROBLEMS: usize = 10;
+
+/// Generates the test's keys and values: `count` distinct keys.
+pub fn paper_data(count: usize, seed: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut rng = Rng::seeded(seed);
+    let mut seen = HashSet::with_capacity(count);
+    let mut data = Vec::with_capacity(count);
+    while data.len() < count {
+        let key_len = rng.between(10, 20) as usize;
+        let key: Vec<u8> = (0..key_len)
+            .map(|_| {
+                let letter = rng.below(52) as u8;
+                if letter < 26 {
+                    b'a' + letter
+                } else {
+                    b'A' + letter - 26
+                }
+            })
+            .collect();
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let value_len = rng.between(20, 40) as usize;
+        let value = (0..value_len).map(|_| b'0' + rng.below(10) as u8).collect();
+        data.push((key, value));
+    }
+    data
+}
+
+/// Runs the paper's test against the frontend at `addr`: PUT every key, then GET every key and
+/// compare, then ask SIZE.
+pub fn run_paper_test(
+    addr: &str,
+    test: &PaperTest,
+    options: ClientOptions,
+) -> Result<PaperTestOutcome> {
+    let data = paper_data(test.count, test.seed);
+    let threads = test.threads.clamp(1, 256);
+    let chunk = data.len().div_ceil(threads).max(1);
+    let batch = test.batch.max(1);
+    let mut outcome = PaperTestOutcome {
+        count: data.len(),
+        ..PaperTestOutcome::default()
+    };
+    for phase in [Phase::Put, Phase::Get] {
+        let started = Instant::now();
+        let parts: Vec<Result<PhaseResult>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = data
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || run_phase(addr, options, part, batch, phase)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(Error::Config("a test thread panicked".into())))
+                })
+                .collect()
+        });
+        let elapsed = started.elapsed();
+        match phase {
+            Phase::Put => outcome.put_time = elapsed,
+            Phase::Get => outcome.get_time = elapsed,
+        }
+        for part in parts {
+            let part = part?;
+            outcome.mismatches += part.mismatches;
+            outcome.errors += part.errors;
+            outcome.relays_total += part.relays_total;
+            outcome.relays_max = outcome.relays_max.max(part.relays_max);
+            for problem in part.problems {
+                if outcome.problems.len() < MAX_PROBLEMS {
+                    outcome.problems.push(problem);
+                }
+            }
+        }
+    }
+    outcome.reports = Client::connect_with(addr, options)?.size()?;
+    Ok(outcome)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Put,
+    Get,
+}
+
+#[derive(Default)]
+struct PhaseResult {
+    mismatches: usize,
+    errors: usize,
+    relays_total: u64,
+    relays_max: u16,
+    problems: Vec<String>,
+}
+
+fn run_phase(
+    addr: &str,
+    options: ClientOptions,
+    data: &[(Vec<u8>, Vec<u8>)],
+    batch: usize,
+    phase: Phase,
+) -> Result<PhaseResult> {
+    let mut client = Client::connect_with(addr, options)?;
+    let mut result = PhaseResult::default();
+    for part in data.chunks(batch) {
+        let requests: Vec<Request> = part
+            .iter()
+            .map(|(key, value)| match phase {
+                Phase::Put => Request::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                Phase::Get => Request::Get { key: key.clone() },
+            })
+            .collect();
+        let replies = client.pipeline(&requests)?;
+        for ((key, value), reply) in part.iter().zip(replies) {
+            result.relays_total += u64::from(reply.hops);
+            result.relays_max = result.relays_max.max(reply.hops);
+            let key_text = String::from_utf8_lossy(key);
+            let problem = match (phase, reply.status) {
+                (Phase::Put, Status::OK) => None,
+                (Phase::Get, Status::OK) if &reply.value == value => None,
+                (Phase::Get, Status::OK) => {
+                    result.mismatches += 1;
+                    Some(format!(
+                        "GET {key_text}: expected {}, got {}",
+                        String::from_utf8_lossy(value),
+                        String::from_utf8_lossy(&reply.value)
+                    ))
+                }
+                (Phase::Get, Status::NOT_FOUND) => {
+                    result.mismatches += 1;
+                    Some(format!("GET {key_text}: not found"))
+                }
+                (_, status) => {
+                    result.errors += 1;
+                    Some(format!(
+                        "{} {key_text}: {status}: {}",
+                        if phase == Phase::Put { "PUT" } else { "GET" },
+                        String::from_utf8_lossy(&reply.value)
+                    ))
+                }
+            };
+            if let Some(problem) = problem {
+                if result.problems.len() < MAX_PROBLEMS {
+                    result.problems.push(problem);
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Groups digits in threes: 1234567 -> "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+const BAR_WIDTH: usize = 40;
+
+/// The paper's per-node table: bytes and keys per node with a bar each, the total, and the
+/// most-loaded node over the mean. The last report, if addressed `total`, is the total.
+pub fn render_distribution(reports: &[NodeReport]) -> String {
+    let (nodes, total) = split_total(reports);
+    let width = nodes.iter().map(|r| r.addr.len()).max().unwrap_or(4).max(5);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>12}  {:>14}  {:>6}",
+        "node", "keys", "bytes", "share"
+    );
+    let total_bytes: u64 = nodes.iter().map(|r| r.counter("bytes")).sum();
+    let total_keys: u64 = nodes.iter().map(|r| r.counter("keys")).sum();
+    let most = nodes.iter().map(|r| r.counter("bytes")).max().unwrap_or(0);
+    for report in &nodes {
+        if report.status != Status::OK {
+            let _ = writeln!(
+                out,
+                "{:<width$}  {}: {}",
+                report.addr, report.status, report.message
+            );
+            continue;
+        }
+        let bytes = report.counter("bytes");
+        let share = if total_bytes == 0 {
+            0.0
+        } else {
+            bytes as f64 / total_bytes as f64
+        };
+        let bar = if most == 0 {
+            0
+        } else {
+            (bytes as f64 / most as f64 * BAR_WIDTH as f64).round() as usize
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>12}  {:>14}  {:>5.1}%  {}",
+            report.addr,
+            thousands(report.counter("keys")),
+            thousands(bytes),
+            share * 100.0,
+            "#".repeat(bar)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>12}  {:>14}",
+        "total",
+        thousands(total.map_or(total_keys, |t| t.counter("keys"))),
+        thousands(total.map_or(total_bytes, |t| t.counter("bytes")))
+    );
+    if let Some(t) = total.filter(|t| !t.message.is_empty()) {
+        let _ = writeln!(out, "note: {}", t.message);
+    }
+    let answered = nodes.iter().filter(|r| r.status == Status::OK).count();
+    if answered > 0 && total_bytes > 0 {
+        let mean = total_bytes as f64 / answered as f64;
+        let _ = writeln!(out, "most-loaded / mean (bytes): {:.2}", most as f64 / mean);
+    }
+    out
+}
+
+/// Every counter of every node, one row per node.
+pub fn render_stats(reports: &[NodeReport]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for report in reports {
+        for (name, _) in &report.counters {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+    }
+    let width = reports
+        .iter()
+        .map(|r| r.addr.len())
+        .max()
+        .unwrap_or(4)
+        .max(5);
+    let mut out = String::new();
+    let _ = write!(out, "{:<width$}", "node");
+    for name in &names {
+        let _ = write!(out, "  {:>12}", name);
+    }
+    out.push('\n');
+    for report in reports {
+        let _ = write!(out, "{:<width$}", report.addr);
+        if report.status != Status::OK {
+            let _ = writeln!(out, "  {}: {}", report.status, report.message);
+            continue;
+        }
+        for name in &names {
+            let _ = write!(out, "  {:>12}", thousands(report.counter(name)));
+        }
+        out.push('\n');
+    }
+    let (nodes, _) = split_total(reports);
+    let served: u64 = nodes.iter().map(|r| r.counter("served")).sum();
+    let hops: u64 = nodes.iter().map(|r| r.counter("hops")).sum();
+    if served > 0 {
+        let _ = writeln!(
+            out,
+            "mean relays per served request: {:.2}",
+            hops as f64 / served as f64
+        );
+    }
+    out
+}
+
+fn split_total(reports: &[NodeReport]) -> (Vec<&NodeReport>, Option<&NodeReport>) {
+    match reports.split_last() {
+        Some((last, rest)) if last.addr == "total" => (rest.iter().collect(), Some(last)),
+        _ => (reports.iter().collect(), None),
+    }
+}
+
+/// The report `kvcli test` prints.
+pub fn render_paper_test(outcome: &PaperTestOutcome) -> String {
+    let mut out = String::new();
+    let rate = |d: Duration| outcome.count as f64 / d.as_secs_f64().max(1e-9);
+    let _ = writeln!(
+        out,
+        "PUT {} keys in {:.2?} ({:.0} ops/s); GET {} keys in {:.2?} ({:.0} ops/s)",
+        thousands(outcome.count as u64),
+        outcome.put_time,
+        rate(outcome.put_time),
+        thousands(outcome.count as u64),
+        outcome.get_time,
+        rate(outcome.get_time)
+    );
+    let requests = (outcome.count * 2).max(1) as f64;
+    let _ = writeln!(
+        out,
+        "relays per request: mean {:.2}, max {}",
+        outcome.relays_total as f64 / requests,
+        outcome.relays_max
+    );
+    out.push('\n');
+    out.push_str(&render_distribution(&outcome.reports));
+    out.push('\n');
+    if outcome.passed() {
+        let _ = writeln!(
+            out,
+            "PASS: all {} values came back",
+            thousands(outcome.count as u64)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "FAIL: {} mismatches, {} errors",
+            outcome.mismatches, outcome.errors
+        );
+        for problem in &outcome.problems {
+            let _ = writeln!(out, "  {problem}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_data_has_the_papers_shape_and_unique_keys() {
+        let data = paper_data(5_000, 42);
+        let keys: HashSet<_> = data.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 5_000);
+        for (key, value) in &data {
+            assert!((10..=20).contains(&key.len()));
+            assert!(key.iter().all(u8::is_ascii_alphabetic));
+            assert!((20..=40).contains(&value.len()));
+            assert!(value.iter().all(u8::is_ascii_digit));
+        }
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn distribution_table_shows_ratio() {
+        let report = |addr: &str, keys, bytes| NodeReport {
+            addr: addr.into(),
+            status: Status::OK,
+            message: String::new(),
+            counters: vec![("keys".into(), keys), ("bytes".into(), bytes)],
+        };
+        let table = render_distribution(&[
+            report("a", 1, 100),
+            report("b", 3, 300),
+            report("total", 4, 400),
+        ]);
+        assert!(
+            table.contains("most-loaded / mean (bytes): 1.50"),
+            "{table}"
+        );
+        assert!(table.contains("75.0%"), "{table}");
+    }
+}

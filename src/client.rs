@@ -1,0 +1,214 @@
+//! The client library: one connection to a frontend (or, for debugging, a backend).
+
+use std::time::{Duration, Instant};
+
+use crate::connection::{Connection, Timeouts};
+use crate::error::{Error, Result};
+use crate::protocol::payload::{self, NodeReport};
+use crate::protocol::{Frame, Limits, Opcode, Status};
+
+/// Timeouts and limits of a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// How long one read or write may block.
+    pub io_timeout: Duration,
+    /// Largest answer accepted, in bytes on the wire.
+    pub max_frame: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        let timeouts = Timeouts::default();
+        ClientOptions {
+            connect_timeout: timeouts.connect,
+            io_timeout: timeouts.io,
+            max_frame: Limits::default().max_frame,
+        }
+    }
+}
+
+/// One request of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Get { key: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+/// The answer to one pipelined request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// OK, NOT_FOUND or an error status.
+    pub status: Status,
+    /// GET's value; for an error status, the server's message.
+    pub value: Vec<u8>,
+    /// Relays the request took between backends.
+    pub hops: u16,
+}
+
+impl Reply {
+    /// The reply as a result: an error status becomes [`Error::Status`].
+    pub fn into_result(self) -> Result<Option<Vec<u8>>> {
+        match self.status {
+            Status::OK => Ok(Some(self.value)),
+            Status::NOT_FOUND => Ok(None),
+            status => Err(Error::Status {
+                status,
+                message: String::from_utf8_lossy(&self.value).into_owned(),
+            }),
+        }
+    }
+}
+
+/// A connection to a ringkv server.
+///
+/// ```no_run
+/// let mut client = ringkv::Client::connect("127.0.0.1:7000")?;
+/// client.put(b"greeting", b"hello")?;
+/// assert_eq!(client.get(b"greeting")?.as_deref(), Some(&b"hello"[..]));
+/// # Ok::<(), ringkv::Error>(())
+/// ```
+pub struct Client {
+    conn: Connection,
+    next_id: u64,
+    last_hops: u16,
+}
+
+impl Client {
+    /// Connects with default timeouts.
+    pub fn connect(addr: &str) -> Result<Client> {
+        Client::connect_with(addr, ClientOptions::default())
+    }
+
+    /// Connects with the given timeouts and limits.
+    pub fn connect_with(addr: &str, options: ClientOptions) -> Result<Client> {
+        let timeouts = Timeouts {
+            connect: options.connect_timeout,
+            io: options.io_timeout,
+            ..Timeouts::default()
+        };
+        let limits = Limits {
+            max_frame: options.max_frame,
+            ..Limits::default()
+        };
+        Ok(Client {
+            conn: Connection::open(addr, &timeouts, &limits)?,
+            next_id: 1,
+            last_hops: 0,
+        })
+    }
+
+    /// The address this client is connected to.
+    pub fn addr(&self) -> &str {
+        self.conn.addr()
+    }
+
+    /// Relays taken by the last answered request.
+    pub fn last_hops(&self) -> u16 {
+        self.last_hops
+    }
+
+    fn frame(&mut self, opcode: Opcode, key: Vec<u8>, value: Vec<u8>) -> Frame {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        Frame::request(opcode, id, key, value)
+    }
+
+    fn call(&mut self, opcode: Opcode, key: &[u8], value: &[u8]) -> Result<Frame> {
+        let request = self.frame(opcode, key.to_vec(), value.to_vec());
+        let answer = self.conn.call(&request)?;
+        self.last_hops = answer.hops;
+        Ok(answer)
+    }
+
+    fn expect_success(answer: Frame) -> Result<Frame> {
+        if answer.status.is_success() {
+            Ok(answer)
+        } else {
+            Err(Error::Status {
+                status: answer.status,
+                message: answer.message(),
+            })
+        }
+    }
+
+    /// Stores `value` under `key`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let answer = Client::expect_success(self.call(Opcode::PUT, key, value)?)?;
+        match answer.status {
+            Status::OK => Ok(()),
+            status => Err(Error::Status {
+                status,
+                message: "PUT answered NOT_FOUND".into(),
+            }),
+        }
+    }
+
+    /// The value stored under `key`, or `None`.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let answer = Client::expect_success(self.call(Opcode::GET, key, &[])?)?;
+        Ok((answer.status == Status::OK).then_some(answer.value))
+    }
+
+    /// Removes `key`; true if it was stored.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        let answer = Client::expect_success(self.call(Opcode::DELETE, key, &[])?)?;
+        Ok(answer.status == Status::OK)
+    }
+
+    fn reports(&mut self, opcode: Opcode) -> Result<Vec<NodeReport>> {
+        let answer = Client::expect_success(self.call(opcode, &[], &[])?)?;
+        payload::decode_reports(&answer.value)
+    }
+
+    /// Keys and bytes per node (counters `keys` and `bytes`). Through a frontend, one report per
+    /// backend and a last one addressed `total`.
+    pub fn size(&mut self) -> Result<Vec<NodeReport>> {
+        self.reports(Opcode::SIZE)
+    }
+
+    /// Every counter per node, as [`size`](Client::size) lays them out.
+    pub fn stats(&mut self) -> Result<Vec<NodeReport>> {
+        self.reports(Opcode::STATS)
+    }
+
+    /// Round-trip time of a PING.
+    pub fn ping(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        Client::expect_success(self.call(Opcode::PING, &[], &[])?)?;
+        Ok(started.elapsed())
+    }
+
+    /// Sends every request before reading the answers, which come back in request order. A
+    /// request that fails on the server gets an error [`Reply`]; the call itself fails only when
+    /// the connection does.
+    pub fn pipeline(&mut self, requests: &[Request]) -> Result<Vec<Reply>> {
+        let frames: Vec<Frame> = requests
+            .iter()
+            .map(|r| match r {
+                Request::Put { key, value } => self.frame(Opcode::PUT, key.clone(), value.clone()),
+                Request::Get { key } => self.frame(Opcode::GET, key.clone(), Vec::new()),
+                Request::Delete { key } => self.frame(Opcode::DELETE, key.clone(), Vec::new()),
+            })
+            .collect();
+        let answers = self.conn.pipeline(&frames)?;
+        if let Some(last) = answers.last() {
+            self.last_hops = last.hops;
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| Reply {
+                status: a.status,
+                value: a.value,
+                hops: a.hops,
+            })
+            .collect())
+    }
+
+    /// Sends an arbitrary frame and returns the raw answer (for tools and tests).
+    pub fn raw_call(&mut self, request: &Frame) -> Result<Frame> {
+        self.conn.call(request)
+    }
+}

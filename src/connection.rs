@@ -1,0 +1,435 @@
+//! Buffered reading and writing of frames on one socket.
+//!
+//! [`FrameReader`] turns a byte stream into frames, holding partial input between reads; it never
+//! buffers more than the frame limit. [`Connection`] is an outgoing connection (client to
+//! frontend, frontend to backend, backend to backend) that sends requests and reads answers.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::protocol::{self, Frame, FrameError, Limits};
+
+/// Socket timeouts. Every socket ringkv opens or accepts gets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long a connect may take.
+    pub connect: Duration,
+    /// How long one read or write may block while a request or answer is in flight.
+    pub io: Duration,
+    /// How long a server keeps a connection that sends nothing between frames.
+    pub idle: Duration,
+    /// How long a frame may take to arrive once its first byte has; a stalled half-frame is
+    /// dropped after this.
+    pub frame: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            io: Duration::from_secs(10),
+            idle: Duration::from_secs(300),
+            frame: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why [`FrameReader::read_frame`] returned without a frame.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The bytes are not a frame; `request_id` is read from the header when it got that far.
+    Frame { error: FrameError, request_id: u64 },
+    /// The socket's read timeout passed with nothing buffered: the peer is idle.
+    Idle,
+    /// Part of a frame arrived and the rest did not come in time.
+    Stalled { buffered: usize },
+    /// The peer closed the connection half-way through a frame.
+    Truncated { buffered: usize },
+    /// Any other socket error.
+    Io(io::Error),
+}
+
+/// Reads frames from a byte stream, keeping what has arrived of the next one.
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max_frame: usize,
+    frame_deadline: Duration,
+    /// When the first byte of the frame now being assembled arrived.
+    frame_started: Option<Instant>,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+impl FrameReader {
+    /// A reader that refuses frames over `max_frame` bytes and gives up on a frame that takes
+    /// longer than `frame_deadline` to arrive.
+    pub fn new(max_frame: usize, frame_deadline: Duration) -> FrameReader {
+        FrameReader {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max_frame,
+            frame_deadline,
+            frame_started: None,
+        }
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True when a whole frame is already buffered, so the next `read_frame` will not block.
+    pub fn has_buffered_frame(&self) -> bool {
+        matches!(
+            protocol::frame_len(&self.buf[self.start..self.end], self.max_frame),
+            Ok(Some(total)) if total <= self.buffered()
+        )
+    }
+
+    /// The next frame: `Ok(None)` when the peer closed the connection cleanly between frames.
+    pub fn read_frame<R: Read>(
+        &mut self,
+        src: &mut R,
+    ) -> std::result::Result<Option<Frame>, ReadError> {
+        loop {
+            let pending = &self.buf[self.start..self.end];
+            match protocol::decode(pending, self.max_frame) {
+                Ok(Some((frame, used))) => {
+                    self.start += used;
+                    self.frame_started = if self.start == self.end {
+                        self.start = 0;
+                        self.end = 0;
+                        if self.buf.len() > 4 * READ_CHUNK {
+                            self.buf = Vec::new();
+                        }
+                        None
+                    } else {
+                        Some(Instant::now())
+                    };
+                    return Ok(Some(frame));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(ReadError::Frame {
+                        request_id: protocol::peek_request_id(pending),
+                        error,
+                    })
+                }
+            }
+            // `frame_len` has been checked against the limit by `decode`, so reserving it is safe.
+            let needed = match protocol::frame_len(pending, self.max_frame) {
+                Ok(Some(total)) => total,
+                _ => protocol::LEN_PREFIX,
+            };
+            if let Some(started) = self.frame_started {
+                if started.elapsed() > self.frame_deadline {
+                    return Err(ReadError::Stalled {
+                        buffered: self.buffered(),
+                    });
+                }
+            }
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let want = needed.max(self.end + READ_CHUNK.min(self.max_frame));
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            match src.read(&mut self.buf[self.end..]) {
+                Ok(0) if self.end == 0 => return Ok(None),
+                Ok(0) => return Err(ReadError::Truncated { buffered: self.end }),
+                Ok(n) => {
+                    if self.end == 0 {
+                        self.frame_started = Some(Instant::now());
+                    }
+                    self.end += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    if self.end == 0 {
+                        return Err(ReadError::Idle);
+                    }
+                    if self
+                        .frame_started
+                        .is_some_and(|s| s.elapsed() > self.frame_deadline)
+                    {
+                        return Err(ReadError::Stalled { buffered: self.end });
+                    }
+                }
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+}
+
+/// Connects to `addr` (host:port, resolved now) within `timeout`, trying each resolved address.
+pub fn connect(addr: &str, timeouts: &Timeouts) -> Result<TcpStream> {
+    let resolved = addr.to_socket_addrs().map_err(|source| Error::Connect {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
+    for sock_addr in resolved {
+        match TcpStream::connect_timeout(&sock_addr, timeouts.connect) {
+            Ok(stream) => {
+                let configured = stream
+                    .set_read_timeout(Some(timeouts.io))
+                    .and_then(|_| stream.set_write_timeout(Some(timeouts.io)))
+                    .and_then(|_| stream.set_nodelay(true));
+                return match configured {
+                    Ok(()) => Ok(stream),
+                    Err(source) => Err(Error::Connect {
+                        addr: addr.to_string(),
+                        source,
+                    }),
+                };
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(Error::Connect {
+        addr: addr.to_string(),
+        source: last,
+    })
+}
+
+/// An outgoing connection that sends requests and reads their answers, in order.
+pub struct Connection {
+    addr: String,
+    stream: TcpStream,
+    reader: FrameReader,
+    out: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects to `addr` with the given timeouts; answers over `limits.max_frame` are refused.
+    pub fn open(addr: &str, timeouts: &Timeouts, limits: &Limits) -> Result<Connection> {
+        let stream = connect(addr, timeouts)?;
+        Ok(Connection {
+            addr: addr.to_string(),
+            stream,
+            reader: FrameReader::new(limits.max_frame, timeouts.io),
+            out: Vec::new(),
+        })
+    }
+
+    /// The address this connection was opened to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The socket, for splitting reads and writes across threads.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    fn io_error(&self, source: io::Error) -> Error {
+        Error::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    /// Queues `frame`; it goes out with the next [`flush`](Connection::flush).
+    pub fn send(&mut self, frame: &Frame) {
+        frame.encode_into(&mut self.out);
+    }
+
+    /// Writes every queued frame.
+    pub fn flush(&mut self) -> Result<()> {
+        let result = self.stream.write_all(&self.out);
+        self.out.clear();
+        result.map_err(|e| self.io_error(e))
+    }
+
+    /// Reads the next answer.
+    pub fn recv(&mut self) -> Result<Frame> {
+        match self.reader.read_frame(&mut self.stream) {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) | Err(ReadError::Truncated { .. }) => Err(Error::Closed {
+                addr: self.addr.clone(),
+            }),
+            Err(ReadError::Frame { error, .. }) => Err(Error::Frame {
+                addr: self.addr.clone(),
+                source: error,
+            }),
+            Err(ReadError::Idle) | Err(ReadError::Stalled { .. }) => Err(self.io_error(
+                io::Error::new(io::ErrorKind::TimedOut, "no answer within the i/o timeout"),
+            )),
+            Err(ReadError::Io(e)) => Err(self.io_error(e)),
+        }
+    }
+
+    /// Sends `request` and reads its answer, checking that the answer carries the same id.
+    pub fn call(&mut self, request: &Frame) -> Result<Frame> {
+        self.send(request);
+        self.flush()?;
+        let answer = self.recv()?;
+        if answer.request_id != request.request_id {
+            return Err(Error::Mismatch {
+                addr: self.addr.clone(),
+                expected: request.request_id,
+                got: answer.request_id,
+            });
+        }
+        Ok(answer)
+    }
+
+    /// Reads answers from `self` while `frames` are written on a second thread, so that neither
+    /// side can fill its socket buffer and wait for the other forever.
+    pub fn pipeline(&mut self, frames: &[Frame]) -> Result<Vec<Frame>> {
+        let mut writer = self.stream.try_clone().map_err(|e| self.io_error(e))?;
+        let addr = self.addr.clone();
+        std::thread::scope(|scope| {
+            let sender = scope.spawn(move || -> Result<()> {
+                let mut out = Vec::with_capacity(READ_CHUNK);
+                for frame in frames {
+                    frame.encode_into(&mut out);
+                    if out.len() >= READ_CHUNK {
+                        writer.write_all(&out).map_err(|source| Error::Io {
+                            addr: addr.clone(),
+                            source,
+                        })?;
+                        out.clear();
+                    }
+                }
+                writer
+                    .write_all(&out)
+                    .map_err(|source| Error::Io { addr, source })
+            });
+            let mut answers = Vec::with_capacity(frames.len());
+            let mut failure = None;
+            for request in frames {
+                match self.recv() {
+                    Ok(answer) if answer.request_id == request.request_id => answers.push(answer),
+                    Ok(answer) => {
+                        failure = Some(Error::Mismatch {
+                            addr: self.addr.clone(),
+                            expected: request.request_id,
+                            got: answer.request_id,
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if failure.is_some() {
+                // Unblock the writer if it is stuck on a full socket.
+                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            }
+            let sent = sender.join().unwrap_or_else(|_| {
+                Err(Error::Closed {
+                    addr: self.addr.clone(),
+                })
+            });
+            match failure {
+                Some(e) => Err(e),
+                None => sent.map(|()| answers),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Opcode;
+
+    /// Hands out its bytes a few at a time, like a slow socket.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn frames() -> Vec<Frame> {
+        (0..20u64)
+            .map(|i| {
+                Frame::request(
+                    Opcode::PUT,
+                    i,
+                    format!("k{i}").into_bytes(),
+                    vec![i as u8; (i * 997) as usize],
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_back_to_back_frames_in_any_chunking() {
+        let frames = frames();
+        let mut bytes = Vec::new();
+        for f in &frames {
+            f.encode_into(&mut bytes);
+        }
+        for step in [1, 3, 41, 4096, 1 << 20] {
+            let mut src = Trickle {
+                data: bytes.clone(),
+                at: 0,
+                step,
+            };
+            let mut reader = FrameReader::new(1 << 20, Duration::from_secs(5));
+            for f in &frames {
+                assert_eq!(reader.read_frame(&mut src).unwrap().as_ref(), Some(f));
+            }
+            assert!(reader.read_frame(&mut src).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_truncation() {
+        let bytes = frames()[3].encode();
+        let mut src = Trickle {
+            data: bytes[..bytes.len() - 1].to_vec(),
+            at: 0,
+            step: 7,
+        };
+        let mut reader = FrameReader::new(1 << 20, Duration::from_secs(5));
+        assert!(matches!(
+            reader.read_frame(&mut src),
+            Err(ReadError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading_the_body() {
+        let mut bytes = frames()[0].encode();
+        bytes[0..4].copy_from_slice(&(100_000_000u32).to_be_bytes());
+        let mut src = Trickle {
+            data: bytes[..8].to_vec(),
+            at: 0,
+            step: 8,
+        };
+        let mut reader = FrameReader::new(1 << 20, Duration::from_secs(5));
+        assert!(matches!(
+            reader.read_frame(&mut src),
+            Err(ReadError::Frame {
+                error: FrameError::TooLarge { .. },
+                ..
+            })
+        ));
+        assert!(reader.buf.len() <= READ_CHUNK);
+    }
+}

@@ -1,0 +1,348 @@
+//! The frontend server: the only address clients know. It installs the view on every backend,
+//! forwards each key request to an entry backend, and gathers SIZE and STATS from all of them. It
+//! keeps no key-value data.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::view_install_frame;
+use crate::error::{Error, Result};
+use crate::peers::Peers;
+use crate::protocol::payload::{self, NodeReport};
+use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
+use crate::ring::{Ring, Routing, View};
+use crate::rng::Rng;
+use crate::server::{self, Dispatch, Handler, ServerHandle, ServerOptions};
+
+/// Which backend the frontend hands a request to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A backend chosen at random, which relays towards the owner (the paper).
+    Random,
+    /// The key's owner itself: no relay.
+    Owner,
+}
+
+impl std::str::FromStr for Entry {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Entry, String> {
+        match s {
+            "random" => Ok(Entry::Random),
+            "owner" => Ok(Entry::Owner),
+            _ => Err(format!(
+                "unknown entry policy {s:?} (expected random or owner)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Entry::Random => "random",
+            Entry::Owner => "owner",
+        })
+    }
+}
+
+/// How to run a frontend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendConfig {
+    /// Address to listen on for clients.
+    pub listen: String,
+    /// Every backend's address, as the frontend and the other backends reach it.
+    pub backends: Vec<String>,
+    /// Worker threads serving client connections.
+    pub threads: usize,
+    /// Client connections that may wait for a free worker; one more gets BUSY.
+    pub queue: usize,
+    /// Limits, timeouts and the connection bound.
+    pub server: ServerOptions,
+    /// Which backend receives each request.
+    pub entry: Entry,
+    /// How backends relay (part of the view).
+    pub routing: Routing,
+    /// Positions per backend on the ring (part of the view).
+    pub vnodes: u16,
+    /// How long start-up waits for a backend that is not up yet.
+    pub startup_timeout: Duration,
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        FrontendConfig {
+            listen: "127.0.0.1:0".into(),
+            backends: Vec::new(),
+            threads: 32,
+            queue: 128,
+            server: ServerOptions::default(),
+            entry: Entry::Random,
+            routing: Routing::Successor,
+            vnodes: 1,
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct FrontendState {
+    ring: Ring,
+    entry: Entry,
+    peers: Peers,
+}
+
+/// A running frontend. Dropping it stops it.
+pub struct Frontend {
+    state: Arc<FrontendState>,
+    server: ServerHandle,
+}
+
+thread_local! {
+    static ENTRY_RNG: RefCell<Rng> = RefCell::new(Rng::from_entropy());
+}
+
+impl Frontend {
+    /// Starts listening, then hands the view to every backend, waiting up to the start-up
+    /// timeout for backends that are not up yet. A backend that missed the view gets it the
+    /// first time it answers NO_VIEW.
+    pub fn start(config: FrontendConfig) -> Result<Frontend> {
+        let view = View {
+            epoch: 1,
+            routing: config.routing,
+            vnodes: config.vnodes,
+            nodes: config.backends.clone(),
+        };
+        let ring = Ring::new(view)?;
+        if config.threads == 0 {
+            return Err(Error::Config(
+                "the frontend needs at least one thread".into(),
+            ));
+        }
+        let state = Arc::new(FrontendState {
+            ring,
+            entry: config.entry,
+            peers: Peers::new(config.server.timeouts, config.server.limits),
+        });
+        let server = server::serve(
+            "frontend",
+            &config.listen,
+            config.server,
+            Dispatch::Pool {
+                threads: config.threads,
+                queue: config.queue,
+            },
+            Arc::clone(&state) as Arc<dyn Handler>,
+        )?;
+        state.install_everywhere(config.startup_timeout);
+        Ok(Frontend { state, server })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The view the frontend installed.
+    pub fn view(&self) -> &View {
+        self.state.ring.view()
+    }
+
+    /// Stops listening and closes every client connection.
+    pub fn shutdown(&mut self) {
+        self.server.shutdown();
+    }
+}
+
+impl FrontendState {
+    fn install(&self, addr: &str) -> Result<Frame> {
+        self.peers
+            .call(addr, &view_install_frame(self.ring.view(), addr, 0))
+    }
+
+    fn install_everywhere(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        std::thread::scope(|scope| {
+            for addr in &self.ring.view().nodes {
+                scope.spawn(move || {
+                    let mut pause = Duration::from_millis(20);
+                    let mut last_log: Option<Instant> = None;
+                    loop {
+                        match self.install(addr) {
+                            Ok(answer) if answer.status == Status::OK => {
+                                log::debug!("backend {addr} has the view");
+                                return;
+                            }
+                            Ok(answer) => {
+                                log::error!(
+                                    "backend {addr} refused the view: {}: {}",
+                                    answer.status,
+                                    answer.message()
+                                );
+                                return;
+                            }
+                            Err(e) => {
+                                if Instant::now() >= deadline {
+                                    log::warn!(
+                                        "backend {addr} is still not reachable after {timeout:?} \
+                                         ({e}); serving without it, it gets the view when it answers"
+                                    );
+                                    return;
+                                }
+                                if last_log.map_or(true, |t| t.elapsed() >= Duration::from_secs(5)) {
+                                    log::info!("waiting for backend {addr}: {e}");
+                                    last_log = Some(Instant::now());
+                                }
+                                std::thread::sleep(pause.min(deadline - Instant::now()));
+                                pause = (pause * 2).min(Duration::from_secs(1));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    fn entry_for(&self, key: &[u8]) -> usize {
+        match self.entry {
+            Entry::Owner => self.ring.owner_of_key(key),
+            Entry::Random => {
+                ENTRY_RNG.with(|rng| rng.borrow_mut().below(self.ring.len() as u64) as usize)
+            }
+        }
+    }
+
+    /// PUT, GET, DELETE: to the entry backend, which serves or relays. A backend that lost its
+    /// view (it restarted) is given it again and asked once more.
+    fn forward(&self, request: Frame) -> Frame {
+        let addr = self.ring.node(self.entry_for(&request.key));
+        let view = self.ring.view();
+        let mut forwarded = request.clone();
+        forwarded.epoch = view.epoch;
+        forwarded.hops = 0;
+        // Successor routing may visit every point once; the limit only has to stop loops.
+        let points = view.nodes.len() * usize::from(view.vnodes);
+        forwarded.hop_limit =
+            points.clamp(usize::from(DEFAULT_HOP_LIMIT), usize::from(u16::MAX)) as u16;
+        let result = self.peers.call(addr, &forwarded).and_then(|answer| {
+            if answer.status == Status::NO_VIEW || answer.status == Status::STALE_VIEW {
+                log::info!(
+                    "backend {addr} answered {}; installing the view again",
+                    answer.status
+                );
+                self.install(addr)?;
+                self.peers.call(addr, &forwarded)
+            } else {
+                Ok(answer)
+            }
+        });
+        match result {
+            Ok(mut answer) => {
+                answer.request_id = request.request_id;
+                answer
+            }
+            Err(e) => {
+                self.peers.forget(addr);
+                request.error_reply(
+                    Status::UNAVAILABLE,
+                    format!("backend {addr} is unavailable: {e}"),
+                )
+            }
+        }
+    }
+
+    /// SIZE, STATS: every backend's report, asked in parallel, in view order, then the total.
+    fn gather(&self, request: &Frame) -> Frame {
+        let nodes = &self.ring.view().nodes;
+        let mut reports: Vec<NodeReport> = std::thread::scope(|scope| {
+            let asks: Vec<_> = nodes
+                .iter()
+                .map(|addr| scope.spawn(move || self.report_of(addr, request)))
+                .collect();
+            asks.into_iter()
+                .zip(nodes)
+                .map(|(ask, addr)| {
+                    ask.join().unwrap_or_else(|_| {
+                        NodeReport::failed(addr, Status::INTERNAL, "report thread failed")
+                    })
+                })
+                .collect()
+        });
+        reports.push(total(&reports));
+        request.reply(Status::OK, payload::encode_reports(&reports))
+    }
+
+    fn report_of(&self, addr: &str, request: &Frame) -> NodeReport {
+        let ask = Frame::request(request.opcode, request.request_id, Vec::new(), Vec::new());
+        let answer = match self.peers.call(addr, &ask) {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.peers.forget(addr);
+                return NodeReport::failed(addr, Status::UNAVAILABLE, e.to_string());
+            }
+        };
+        if answer.status != Status::OK {
+            return NodeReport::failed(addr, answer.status, answer.message());
+        }
+        match payload::decode_reports(&answer.value) {
+            Ok(mut list) if list.len() == 1 => {
+                let mut report = list.remove(0);
+                report.addr = addr.to_string();
+                report
+            }
+            Ok(list) => NodeReport::failed(
+                addr,
+                Status::INTERNAL,
+                format!("backend sent {} reports instead of one", list.len()),
+            ),
+            Err(e) => NodeReport::failed(addr, Status::INTERNAL, e.to_string()),
+        }
+    }
+}
+
+/// The sum of every counter over the nodes that answered, addressed `total`.
+fn total(reports: &[NodeReport]) -> NodeReport {
+    let mut counters: Vec<(String, u64)> = Vec::new();
+    for report in reports.iter().filter(|r| r.status == Status::OK) {
+        for (name, value) in &report.counters {
+            match counters.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum += value,
+                None => counters.push((name.clone(), *value)),
+            }
+        }
+    }
+    let missing = reports.iter().filter(|r| r.status != Status::OK).count();
+    NodeReport {
+        addr: "total".into(),
+        status: Status::OK,
+        message: if missing == 0 {
+            String::new()
+        } else {
+            format!("{missing} node(s) did not answer and are not counted")
+        },
+        counters,
+    }
+}
+
+impl Handler for FrontendState {
+    fn handle(&self, request: Frame) -> Frame {
+        match request.opcode {
+            Opcode::PUT | Opcode::GET | Opcode::DELETE => {
+                if request.key.is_empty() {
+                    request.error_reply(Status::BAD_REQUEST, "the key is empty")
+                } else {
+                    self.forward(request)
+                }
+            }
+            Opcode::SIZE | Opcode::STATS => self.gather(&request),
+            Opcode::PING => request.reply(Status::OK, Vec::new()),
+            Opcode::VIEW_INSTALL => request.error_reply(
+                Status::BAD_REQUEST,
+                "the frontend makes views; it does not accept them",
+            ),
+            other => request.error_reply(
+                Status::UNKNOWN_OPCODE,
+                format!("opcode 0x{:02x} is not known to the frontend", other.0),
+            ),
+        }
+    }
+}

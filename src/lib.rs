@@ -1,0 +1,48 @@
+//! ringkv: a distributed key-value store built as a ring of backend nodes behind one frontend.
+//!
+//! ```text
+//!  kvcli / Client ──frames──▶ frontend ──▶ backend A ──relay──▶ backend B (owner)
+//!                             (pool of      (serves the keys it owns, relays the rest
+//!                              threads)      along the ring)
+//! ```
+//!
+//! The pieces, one concern each:
+//!
+//! - [`protocol`]: the wire format (length-prefixed, CRC-checked frames), its limits, and the
+//!   payloads of SIZE, STATS and VIEW_INSTALL. PROTOCOL.md is its normative description.
+//! - [`ring`]: SHA-1 positions, views, the one ownership rule and next-hop routing.
+//! - [`store`]: the storage engine trait and the in-memory engine.
+//! - [`connection`]: framed reads and writes on a socket, with timeouts; [`peers`] pools
+//!   connections between servers.
+//! - [`server`]: the accept loop, connection limit, per-connection frame loop and shutdown
+//!   that both servers share; [`pool`] is the frontend's bounded thread pool.
+//! - [`backend`] and [`frontend`]: the two servers; [`local`] runs both in one process.
+//! - [`client`]: the library clients use, with pipelining; [`cli`] holds what `kvcli` prints.
+//!
+//! One PUT, hop by hop: [`Client::put`] sends a frame; the frontend's `FrontendState::forward`
+//! picks an entry backend; the backend's `BackendState::key_request` asks [`Ring::owner`] and
+//! either stores the value or relays the frame to [`Ring::next_hop`]; the answer travels back
+//! the same way.
+
+pub mod backend;
+pub mod cli;
+pub mod client;
+pub mod connection;
+pub mod error;
+pub mod frontend;
+pub mod local;
+pub mod peers;
+pub mod pool;
+pub mod protocol;
+pub mod ring;
+pub mod rng;
+pub mod server;
+pub mod store;
+
+pub use backend::{Backend, BackendConfig};
+pub use client::{Client, ClientOptions, Reply, Request};
+pub use error::{Error, Result};
+pub use frontend::{Entry, Frontend, FrontendConfig};
+pub use local::LocalCluster;
+pub use ring::{Ring, Routing, View};
+pub use server::ServerOptions;

@@ -1,0 +1,244 @@
+//! Structured values carried in frames: node reports (SIZE, STATS) and views (VIEW_INSTALL).
+//!
+//! Every decoder here reads with bounds checks and fails with [`Error::Payload`] on short or
+//! inconsistent input; none of them can panic or allocate more than the bytes it was given.
+
+use byteorder::{BigEndian, ByteOrder};
+
+use super::Status;
+use crate::error::{Error, Result};
+use crate::ring::{Routing, View};
+
+/// One node's answer to SIZE or STATS, as the frontend relays it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The node's address as it appears in the view.
+    pub addr: String,
+    /// OK, or why the node could not report (UNAVAILABLE, ...).
+    pub status: Status,
+    /// Empty when the status is OK; otherwise the explanation.
+    pub message: String,
+    /// Named counters, in the order the node sent them.
+    pub counters: Vec<(String, u64)>,
+}
+
+impl NodeReport {
+    /// A report that the node at `addr` could not answer.
+    pub fn failed(addr: &str, status: Status, message: impl Into<String>) -> NodeReport {
+        NodeReport {
+            addr: addr.to_string(),
+            status,
+            message: message.into(),
+            counters: Vec::new(),
+        }
+    }
+
+    /// The counter called `name`, or 0 if the node did not send it.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+/// A bounds-checked reader over a payload.
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(Error::Payload(format!(
+                "{} ends early: needed {n} more bytes, {} left",
+                self.what,
+                self.buf.len()
+            )));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(BigEndian::read_u16(self.take(2)?))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(BigEndian::read_u64(self.take(8)?))
+    }
+    fn string(&mut self, len: usize) -> Result<String> {
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| Error::Payload(format!("{} holds a string that is not UTF-8", self.what)))
+    }
+    fn finish(&self) -> Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Payload(format!(
+                "{} has {} trailing bytes",
+                self.what,
+                self.buf.len()
+            )))
+        }
+    }
+}
+
+fn put_u16(out: &mut Vec<u8>, v: u16) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+/// Writes a length-prefixed (u16) string, cut at 65,535 bytes on a character boundary.
+fn put_str16(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    put_u16(out, end as u16);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// Encodes a list of node reports (the value of a SIZE or STATS answer).
+pub fn encode_reports(reports: &[NodeReport]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_u16(&mut out, reports.len().min(u16::MAX as usize) as u16);
+    for report in reports.iter().take(u16::MAX as usize) {
+        put_str16(&mut out, &report.addr);
+        out.push(report.status.0);
+        put_str16(&mut out, &report.message);
+        let counters = &report.counters[..report.counters.len().min(u16::MAX as usize)];
+        put_u16(&mut out, counters.len() as u16);
+        for (name, value) in counters {
+            let name = &name.as_bytes()[..name.len().min(u8::MAX as usize)];
+            out.push(name.len() as u8);
+            out.extend_from_slice(name);
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+    }
+    out
+}
+
+/// Decodes a list of node reports.
+pub fn decode_reports(buf: &[u8]) -> Result<Vec<NodeReport>> {
+    let mut r = Reader {
+        buf,
+        what: "node report list",
+    };
+    let count = r.u16()?;
+    let mut reports = Vec::new();
+    for _ in 0..count {
+        let addr_len = r.u16()? as usize;
+        let addr = r.string(addr_len)?;
+        let status = Status(r.u8()?);
+        let message_len = r.u16()? as usize;
+        let message = r.string(message_len)?;
+        let counter_count = r.u16()?;
+        let mut counters = Vec::new();
+        for _ in 0..counter_count {
+            let name_len = r.u8()? as usize;
+            let name = r.string(name_len)?;
+            counters.push((name, r.u64()?));
+        }
+        reports.push(NodeReport {
+            addr,
+            status,
+            message,
+            counters,
+        });
+    }
+    r.finish()?;
+    Ok(reports)
+}
+
+/// Encodes a view (the value of a VIEW_INSTALL request; the epoch travels in the header).
+pub fn encode_view(view: &View) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.push(view.routing as u8);
+    put_u16(&mut out, view.vnodes);
+    put_u16(&mut out, view.nodes.len().min(u16::MAX as usize) as u16);
+    for node in view.nodes.iter().take(u16::MAX as usize) {
+        put_str16(&mut out, node);
+    }
+    out
+}
+
+/// Decodes a view; `epoch` comes from the frame header.
+pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
+    let mut r = Reader { buf, what: "view" };
+    let routing_byte = r.u8()?;
+    let routing = Routing::from_u8(routing_byte)
+        .ok_or_else(|| Error::Payload(format!("unknown routing mode {routing_byte}")))?;
+    let vnodes = r.u16()?;
+    let count = r.u16()?;
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let len = r.u16()? as usize;
+        nodes.push(r.string(len)?);
+    }
+    r.finish()?;
+    Ok(View {
+        epoch,
+        routing,
+        vnodes,
+        nodes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip() {
+        let reports = vec![
+            NodeReport {
+                addr: "127.0.0.1:4001".into(),
+                status: Status::OK,
+                message: String::new(),
+                counters: vec![("keys".into(), 3), ("bytes".into(), 99)],
+            },
+            NodeReport::failed("127.0.0.1:4002", Status::UNAVAILABLE, "connection refused"),
+        ];
+        let bytes = encode_reports(&reports);
+        assert_eq!(decode_reports(&bytes).unwrap(), reports);
+    }
+
+    #[test]
+    fn truncated_reports_are_errors_at_every_cut() {
+        let reports = vec![NodeReport {
+            addr: "a:1".into(),
+            status: Status::OK,
+            message: String::new(),
+            counters: vec![("keys".into(), 1)],
+        }];
+        let bytes = encode_reports(&reports);
+        for cut in 0..bytes.len() {
+            assert!(decode_reports(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_reports(&longer).is_err());
+    }
+
+    #[test]
+    fn view_round_trip_and_truncation() {
+        let view = View {
+            epoch: 7,
+            routing: Routing::Successor,
+            vnodes: 1,
+            nodes: vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
+        };
+        let bytes = encode_view(&view);
+        assert_eq!(decode_view(7, &bytes).unwrap(), view);
+        for cut in 0..bytes.len() {
+            assert!(decode_view(7, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 99;
+        assert!(decode_view(7, &bad).is_err());
+    }
+}
