@@ -74,7 +74,7 @@ impl Default for FrontendConfig {
         FrontendConfig {
             listen: "127.0.0.1:0".into(),
             backends: Vec::new(),
-            threads: 32,
+            threads: 64,
             queue: 128,
             server: ServerOptions::default(),
             entry: Entry::Random,

@@ -58,8 +58,8 @@ struct FrontendArgs {
     /// address to listen on for clients (default 127.0.0.1:7000)
     #[argh(option, default = "String::from(\"127.0.0.1:7000\")")]
     listen: String,
-    /// worker threads serving client connections (default 32)
-    #[argh(option, default = "32")]
+    /// worker threads serving client connections (default 64)
+    #[argh(option, default = "64")]
     threads: usize,
     /// client connections that may wait for a worker; more get BUSY (default 128)
     #[argh(option, default = "128")]
@@ -103,8 +103,8 @@ struct LocalArgs {
     /// frontend address (default 127.0.0.1:7000; port 0 picks one)
     #[argh(option, default = "String::from(\"127.0.0.1:7000\")")]
     listen: String,
-    /// frontend worker threads (default 32)
-    #[argh(option, default = "32")]
+    /// frontend worker threads (default 64)
+    #[argh(option, default = "64")]
     threads: usize,
     /// which backend receives a request: random (the paper) or owner (default random)
     #[argh(option, default = "Entry::Random")]
