@@ -1,0 +1,171 @@
+//! What the socket-level integration tests share: starting servers on loopback, raw frame
+//! reading and writing, and bounded waiting.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use ringkv::protocol::payload::NodeReport;
+use ringkv::protocol::{self, Frame, Limits, Opcode, Status};
+use ringkv::{BackendConfig, Client, Entry, FrontendConfig, LocalCluster, Routing};
+
+/// How long any single wait in these tests may take before the test fails instead of hanging.
+pub const BOUND: Duration = Duration::from_secs(10);
+
+/// A cluster of `n` backends with the given entry policy and routing, default everything else.
+pub fn cluster(n: usize, entry: Entry, routing: Routing) -> LocalCluster {
+    LocalCluster::start(
+        n,
+        BackendConfig::default(),
+        FrontendConfig {
+            entry,
+            routing,
+            threads: 8,
+            startup_timeout: Duration::from_secs(5),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A client connected to `addr`.
+pub fn client(addr: SocketAddr) -> Client {
+    Client::connect(&addr.to_string()).unwrap()
+}
+
+/// A raw socket to `addr` whose reads give up after [`BOUND`].
+pub fn raw(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, BOUND).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    stream.set_write_timeout(Some(BOUND)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// The wire bytes of a request.
+pub fn request_bytes(opcode: Opcode, id: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
+    Frame::request(opcode, id, key.to_vec(), value.to_vec()).encode()
+}
+
+/// Reads one frame from a raw socket, keeping leftover bytes in `buf`. `None` when the peer
+/// closed the connection (or reset it) before a whole frame arrived; panics on a read timeout,
+/// so a server that neither answers nor closes fails the test.
+pub fn read_frame_buffered(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Frame> {
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        match protocol::decode(buf, usize::MAX / 2) {
+            Ok(Some((frame, used))) => {
+                buf.drain(..used);
+                return Some(frame);
+            }
+            Ok(None) => {}
+            Err(e) => panic!("the server sent bytes that are not a frame: {e}"),
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("reading an answer failed: {e}"),
+        }
+    }
+}
+
+/// Reads one frame from a raw socket (see [`read_frame_buffered`]).
+pub fn read_frame(stream: &mut TcpStream) -> Option<Frame> {
+    read_frame_buffered(stream, &mut Vec::new())
+}
+
+/// Sends a request on a raw socket and reads its answer.
+pub fn raw_call(
+    stream: &mut TcpStream,
+    opcode: Opcode,
+    id: u64,
+    key: &[u8],
+    value: &[u8],
+) -> Frame {
+    stream
+        .write_all(&request_bytes(opcode, id, key, value))
+        .unwrap();
+    let answer = read_frame(stream).expect("the server closed the connection instead of answering");
+    assert_eq!(
+        answer.request_id, id,
+        "answer to the wrong request: {answer:?}"
+    );
+    answer
+}
+
+/// Asserts that the peer closes the connection (a read returns 0 or a reset) within [`BOUND`],
+/// with no further bytes sent first.
+pub fn assert_closed(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return,
+            Ok(_) => panic!("the server sent more bytes after its error answer"),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+}
+
+/// Asserts that a fresh client can PING, PUT and GET at `addr` (a frontend, or a backend that
+/// has a view).
+pub fn assert_serves(addr: SocketAddr) {
+    let mut client = client(addr);
+    client.ping().unwrap();
+    let key = format!("still-serving-{}", client_counter());
+    client.put(key.as_bytes(), b"yes").unwrap();
+    assert_eq!(
+        client.get(key.as_bytes()).unwrap().as_deref(),
+        Some(&b"yes"[..])
+    );
+}
+
+/// Asserts that a fresh raw connection to `addr` gets an OK answer to a PING.
+pub fn assert_pings(addr: SocketAddr) {
+    let mut stream = raw(addr);
+    let answer = raw_call(&mut stream, Opcode::PING, 77, b"", b"");
+    assert_eq!(answer.status, Status::OK, "{answer:?}");
+}
+
+fn client_counter() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Calls `attempt` until it returns `Some`, at most for `bound`; panics with `what` after that.
+pub fn retry<T>(bound: Duration, what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(value) = attempt() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up after {bound:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Small limits for servers that must refuse big keys and values politely.
+pub fn small_limits() -> Limits {
+    Limits {
+        max_key: 64,
+        max_value: 1024,
+        max_frame: 64 * 1024,
+    }
+}
+
+/// The reports of a SIZE or STATS answer split into the per-node ones and the `total` one.
+pub fn split_total(reports: &[NodeReport]) -> (&[NodeReport], &NodeReport) {
+    let (total, nodes) = reports.split_last().expect("an empty report list");
+    assert_eq!(total.addr, "total", "the last report is not the total");
+    (nodes, total)
+}
+
+/// The sum of counter `name` over the nodes that answered.
+pub fn sum(nodes: &[NodeReport], name: &str) -> u64 {
+    nodes.iter().map(|r| r.counter(name)).sum()
+}

@@ -1,0 +1,714 @@
+//! Hostile and broken peers, as raw bytes over TCP, against a frontend and directly against a
+//! backend: malformed frames, requests over the limits, stalled and vanishing clients, the
+//! connection limit, random garbage and deep pipelining. After each case the server must still
+//! serve a well-behaved client.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{
+    assert_closed, assert_pings, assert_serves, client, raw, raw_call, read_frame,
+    read_frame_buffered, request_bytes, retry, small_limits, split_total, sum,
+};
+use ringkv::connection::Timeouts;
+use ringkv::protocol::{self, Frame, Kind, Opcode, Status};
+use ringkv::rng::Rng;
+use ringkv::{BackendConfig, FrontendConfig, LocalCluster, ServerOptions};
+
+/// A cluster of two backends, its frontend and the address of its first backend (which has the
+/// view, so it serves key requests directly too).
+fn targets(server: ServerOptions) -> (LocalCluster, [SocketAddr; 2]) {
+    let cluster = LocalCluster::start(
+        2,
+        BackendConfig {
+            server,
+            ..BackendConfig::default()
+        },
+        FrontendConfig {
+            server,
+            threads: 4,
+            startup_timeout: Duration::from_secs(5),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let backend = cluster.backend_addrs()[0].parse().unwrap();
+    let frontend = cluster.frontend_addr();
+    (cluster, [frontend, backend])
+}
+
+/// A PING frame, then `edit` applied to its bytes.
+fn edited_ping(id: u64, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut bytes = request_bytes(Opcode::PING, id, b"key", b"value");
+    edit(&mut bytes);
+    bytes
+}
+
+/// Sends `bytes`, expects one error answer with `status` and then the connection closed.
+fn expect_refused_and_closed(addr: SocketAddr, bytes: &[u8], status: Status, case: &str) {
+    let mut stream = raw(addr);
+    stream.write_all(bytes).unwrap();
+    let answer = read_frame(&mut stream)
+        .unwrap_or_else(|| panic!("{case}: closed without an error answer ({addr})"));
+    assert_eq!(answer.kind, Kind::Response, "{case}");
+    assert_eq!(answer.status, status, "{case}: {}", answer.message());
+    assert!(!answer.message().is_empty(), "{case}: no explanation");
+    assert_closed(&mut stream);
+}
+
+#[test]
+fn malformed_frames_get_an_error_answer_then_the_connection_closes() {
+    let (_cluster, addrs) = targets(ServerOptions::default());
+    let max_frame = protocol::Limits::default().max_frame;
+    let cases: Vec<(&str, Vec<u8>, Status)> = vec![
+        (
+            "bad magic",
+            edited_ping(11, |b| b[4..6].copy_from_slice(b"XK")),
+            Status::BAD_FRAME,
+        ),
+        (
+            "bad version",
+            edited_ping(12, |b| b[6] = 2),
+            Status::BAD_FRAME,
+        ),
+        ("bad kind", edited_ping(13, |b| b[7] = 7), Status::BAD_FRAME),
+        (
+            "bad CRC",
+            edited_ping(14, |b| {
+                let last = b.len() - 1;
+                b[last] ^= 0x01;
+            }),
+            Status::BAD_FRAME,
+        ),
+        (
+            "bad CRC (body byte changed)",
+            edited_ping(15, |b| b[40] ^= 0x80),
+            Status::BAD_FRAME,
+        ),
+        (
+            "key length too long for the body",
+            edited_ping(16, |b| b[30..34].copy_from_slice(&4u32.to_be_bytes())),
+            Status::BAD_FRAME,
+        ),
+        (
+            "value length too short for the body",
+            edited_ping(17, |b| b[34..38].copy_from_slice(&1u32.to_be_bytes())),
+            Status::BAD_FRAME,
+        ),
+        (
+            "lengths that overflow",
+            edited_ping(18, |b| {
+                b[30..34].copy_from_slice(&u32::MAX.to_be_bytes());
+                b[34..38].copy_from_slice(&u32::MAX.to_be_bytes());
+            }),
+            Status::BAD_FRAME,
+        ),
+        (
+            "length prefix over the frame limit",
+            edited_ping(19, |b| {
+                b[0..4].copy_from_slice(&(max_frame as u32 - 3).to_be_bytes())
+            }),
+            Status::TOO_LARGE,
+        ),
+        (
+            "length prefix of 4 GiB",
+            edited_ping(20, |b| b[0..4].copy_from_slice(&u32::MAX.to_be_bytes())),
+            Status::TOO_LARGE,
+        ),
+        (
+            "length prefix shorter than a header",
+            {
+                let mut b = 10u32.to_be_bytes().to_vec();
+                b.extend_from_slice(b"RK\x01\x00\x06\x00\x00\x00\x00\x00");
+                b
+            },
+            Status::BAD_FRAME,
+        ),
+        ("length prefix of zero", vec![0, 0, 0, 0], Status::BAD_FRAME),
+    ];
+    for addr in addrs {
+        for (case, bytes, status) in &cases {
+            expect_refused_and_closed(addr, bytes, *status, case);
+            assert_serves(addr);
+        }
+    }
+}
+
+#[test]
+fn a_malformed_frame_after_good_ones_names_its_request() {
+    let (_cluster, addrs) = targets(ServerOptions::default());
+    for addr in addrs {
+        let mut stream = raw(addr);
+        let answer = raw_call(&mut stream, Opcode::PING, 1, b"", b"");
+        assert_eq!(answer.status, Status::OK);
+        let bad = edited_ping(4242, |b| {
+            let last = b.len() - 1;
+            b[last] ^= 0xff;
+        });
+        stream.write_all(&bad).unwrap();
+        let answer = read_frame(&mut stream).unwrap();
+        assert_eq!(answer.status, Status::BAD_FRAME);
+        assert_eq!(answer.request_id, 4242);
+        assert!(answer.message().contains("CRC"), "{}", answer.message());
+        assert_closed(&mut stream);
+    }
+}
+
+#[test]
+fn unknown_opcodes_and_bad_requests_keep_the_connection() {
+    let (_cluster, addrs) = targets(ServerOptions::default());
+    for addr in addrs {
+        let mut stream = raw(addr);
+        for (id, opcode) in [(1, 0x00), (2, 0x7f), (3, 0xff), (4, 0x11)] {
+            let answer = raw_call(&mut stream, Opcode(opcode), id, b"some key", b"v");
+            assert_eq!(answer.status, Status::UNKNOWN_OPCODE, "opcode {opcode:#x}");
+            let answer = raw_call(&mut stream, Opcode::PING, 100 + id, b"", b"");
+            assert_eq!(answer.status, Status::OK);
+        }
+        // An empty key.
+        for (id, opcode) in [(10, Opcode::PUT), (11, Opcode::GET), (12, Opcode::DELETE)] {
+            let answer = raw_call(&mut stream, opcode, id, b"", b"value");
+            assert_eq!(answer.status, Status::BAD_REQUEST, "{opcode}");
+        }
+        // A response sent to a server.
+        let mut response = Frame::request(Opcode::GET, 20, b"k".to_vec(), Vec::new());
+        response.kind = Kind::Response;
+        stream.write_all(&response.encode()).unwrap();
+        let answer = read_frame(&mut stream).unwrap();
+        assert_eq!(answer.request_id, 20);
+        assert_eq!(answer.status, Status::BAD_REQUEST);
+        // Still usable, and nothing was stored under the empty key.
+        let answer = raw_call(&mut stream, Opcode::PUT, 30, b"fine", b"ok");
+        assert_eq!(answer.status, Status::OK);
+        let answer = raw_call(&mut stream, Opcode::GET, 31, b"fine", b"");
+        assert_eq!(answer.status, Status::OK);
+        assert_eq!(answer.value, b"ok");
+        let answer = raw_call(&mut stream, Opcode::GET, 32, b"", b"");
+        assert_eq!(answer.status, Status::BAD_REQUEST);
+    }
+    // The frontend makes views; it does not take them.
+    let mut stream = raw(addrs[0]);
+    let answer = raw_call(&mut stream, Opcode::VIEW_INSTALL, 40, b"x", b"y");
+    assert_eq!(answer.status, Status::BAD_REQUEST);
+    assert_pings(addrs[0]);
+}
+
+#[test]
+fn forged_header_fields_and_views_sent_to_a_backend_are_refused() {
+    let (cluster, [frontend, backend]) = targets(ServerOptions::default());
+    let view = cluster.frontend().view().clone();
+    let ring = ringkv::Ring::new(view.clone()).unwrap();
+    let me = ring.index_of(&backend.to_string()).unwrap();
+    let key_of = |owner_is_me: bool| {
+        (0..)
+            .map(|i| format!("forged-{i}").into_bytes())
+            .find(|k| (ring.owner_of_key(k) == me) == owner_is_me)
+            .unwrap()
+    };
+    let (mine, theirs) = (key_of(true), key_of(false));
+    let mut stream = raw(backend);
+    let mut call = |hops: u16, hop_limit: u16, epoch: u64, key: &[u8]| {
+        let mut frame = Frame::request(Opcode::GET, 9, key.to_vec(), Vec::new());
+        frame.hops = hops;
+        frame.hop_limit = hop_limit;
+        frame.epoch = epoch;
+        stream.write_all(&frame.encode()).unwrap();
+        read_frame(&mut stream).expect("closed instead of answering")
+    };
+    // A relay that would pass the hop limit ends with LOOP, whatever the counter says.
+    for (hops, limit) in [(3, 3), (u16::MAX, 0), (u16::MAX, u16::MAX), (64, 0)] {
+        let answer = call(hops, limit, 0, &theirs);
+        assert_eq!(answer.status, Status::LOOP, "hops {hops} limit {limit}");
+    }
+    // One relay left: it is taken.
+    let answer = call(0, 1, 0, &theirs);
+    assert_eq!((answer.status, answer.hops), (Status::NOT_FOUND, 1));
+    // The owner serves without looking at the counter.
+    let answer = call(u16::MAX, 1, 0, &mine);
+    assert_eq!(answer.status, Status::NOT_FOUND);
+    // A request from another view.
+    let answer = call(0, 0, view.epoch + 98, &mine);
+    assert_eq!(answer.status, Status::STALE_VIEW);
+    let answer = call(0, 0, view.epoch, &mine);
+    assert_eq!(answer.status, Status::NOT_FOUND);
+
+    // Views that cannot be installed are refused and change nothing.
+    let mut install = |id: u64, node: &str, value: Vec<u8>| {
+        let mut frame = Frame::request(Opcode::VIEW_INSTALL, id, node.as_bytes().to_vec(), value);
+        frame.epoch = view.epoch;
+        stream.write_all(&frame.encode()).unwrap();
+        read_frame(&mut stream).expect("closed instead of answering")
+    };
+    let garbage_view = install(20, &backend.to_string(), vec![0xff; 33]);
+    assert_eq!(garbage_view.status, Status::BAD_REQUEST);
+    let elsewhere = ringkv::View {
+        nodes: vec!["192.0.2.1:9".into()],
+        ..view.clone()
+    };
+    let not_in_it = install(
+        21,
+        &backend.to_string(),
+        ringkv::protocol::payload::encode_view(&elsewhere),
+    );
+    assert_eq!(not_in_it.status, Status::BAD_REQUEST);
+    assert!(not_in_it.message().contains("not in the view"));
+    assert_eq!(
+        raw_call(&mut stream, Opcode::PING, 22, b"", b"").status,
+        Status::OK
+    );
+    assert_serves(frontend);
+    assert_serves(backend);
+}
+
+#[test]
+fn keys_and_values_over_the_limits_are_refused_and_the_connection_stays() {
+    let limits = small_limits();
+    let server = ServerOptions {
+        limits,
+        ..ServerOptions::default()
+    };
+    let (cluster, addrs) = targets(server);
+    for addr in addrs {
+        let mut stream = raw(addr);
+        // At the limits: fine.
+        let key = vec![b'k'; limits.max_key];
+        let answer = raw_call(
+            &mut stream,
+            Opcode::PUT,
+            1,
+            &key,
+            &vec![1; limits.max_value],
+        );
+        assert_eq!(answer.status, Status::OK, "{}", answer.message());
+        assert_eq!(
+            raw_call(&mut stream, Opcode::DELETE, 2, &key, b"").status,
+            Status::OK
+        );
+
+        // One byte over the value limit.
+        let answer = raw_call(
+            &mut stream,
+            Opcode::PUT,
+            3,
+            b"v-over",
+            &vec![2; limits.max_value + 1],
+        );
+        assert_eq!(answer.status, Status::TOO_LARGE, "{}", answer.message());
+        // One byte over the key limit.
+        let long_key = vec![b'k'; limits.max_key + 1];
+        let answer = raw_call(&mut stream, Opcode::PUT, 4, &long_key, b"x");
+        assert_eq!(answer.status, Status::TOO_LARGE, "{}", answer.message());
+        let answer = raw_call(&mut stream, Opcode::GET, 5, &long_key, b"");
+        assert_eq!(answer.status, Status::TOO_LARGE);
+        // A frame of exactly the frame limit whose value is far over the value limit.
+        let fill = limits.max_frame - protocol::MIN_FRAME - 3;
+        let answer = raw_call(&mut stream, Opcode::PUT, 6, b"big", &vec![3; fill]);
+        assert_eq!(answer.status, Status::TOO_LARGE);
+
+        // The connection is still usable and nothing was stored.
+        assert_eq!(
+            raw_call(&mut stream, Opcode::PING, 7, b"", b"").status,
+            Status::OK
+        );
+        for (id, key) in [(8, &b"v-over"[..]), (9, &b"big"[..])] {
+            assert_eq!(
+                raw_call(&mut stream, Opcode::GET, id, key, b"").status,
+                Status::NOT_FOUND
+            );
+        }
+
+        // One byte over the frame limit ends the connection (the header alone says so).
+        let mut header = request_bytes(Opcode::PUT, 10, b"big", &vec![3; fill + 1]);
+        header.truncate(protocol::HEADER_LEN);
+        expect_refused_and_closed(addr, &header, Status::TOO_LARGE, "frame over the limit");
+        assert_serves(addr);
+    }
+    let mut c = client(cluster.frontend_addr());
+    let reports = c.size().unwrap();
+    let (nodes, total) = split_total(&reports);
+    // Only the two keys assert_serves stored.
+    assert_eq!(sum(nodes, "keys"), 2);
+    assert_eq!(total.counter("keys"), 2);
+}
+
+/// Server options whose frame timeout is short.
+fn short_frame_timeout() -> ServerOptions {
+    ServerOptions {
+        timeouts: Timeouts {
+            frame: Duration::from_millis(300),
+            ..Timeouts::default()
+        },
+        ..ServerOptions::default()
+    }
+}
+
+#[test]
+fn a_stalled_half_frame_is_dropped_after_the_frame_timeout() {
+    let (_cluster, addrs) = targets(short_frame_timeout());
+    for addr in addrs {
+        let bytes = request_bytes(Opcode::PUT, 1, b"stalled", b"value");
+        let mut stalled = raw(addr);
+        stalled.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        let started = Instant::now();
+        // Another client is served during the stall.
+        assert_serves(addr);
+        let mut stalled_reader = stalled.try_clone().unwrap();
+        assert_closed(&mut stalled_reader);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(250),
+            "dropped after {elapsed:?}, before the frame timeout"
+        );
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "dropped after {elapsed:?}"
+        );
+        // The dropped request did nothing.
+        let mut c = client(addr);
+        assert_eq!(c.get(b"stalled").unwrap(), None);
+    }
+}
+
+#[test]
+fn a_trickling_frame_is_dropped_after_the_frame_timeout() {
+    let (_cluster, addrs) = targets(short_frame_timeout());
+    for addr in addrs {
+        let bytes = request_bytes(Opcode::PUT, 1, b"trickled", b"value");
+        let mut reader = raw(addr);
+        let mut writer = reader.try_clone().unwrap();
+        // One byte every 40 ms: the whole frame would take about 2 s.
+        let trickle = std::thread::spawn(move || {
+            for byte in bytes {
+                if writer.write_all(&[byte]).is_err() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            false
+        });
+        let started = Instant::now();
+        assert_closed(&mut reader);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(1500),
+            "dropped after {elapsed:?}"
+        );
+        drop(reader);
+        trickle.join().unwrap();
+        let mut c = client(addr);
+        assert_eq!(c.get(b"trickled").unwrap(), None);
+        assert_serves(addr);
+    }
+}
+
+#[test]
+fn a_client_that_vanishes_mid_frame_does_no_harm() {
+    let (_cluster, addrs) = targets(ServerOptions::default());
+    for addr in addrs {
+        for cut in [1, 3, 4, 10, 37, 50] {
+            let bytes = request_bytes(Opcode::PUT, 1, b"vanished", &[9; 20]);
+            let mut stream = raw(addr);
+            stream.write_all(&bytes[..cut]).unwrap();
+            drop(stream);
+        }
+        // Also after a complete request whose answer is never read.
+        let mut stream = raw(addr);
+        stream
+            .write_all(&request_bytes(Opcode::PUT, 1, b"unread", &[1; 10]))
+            .unwrap();
+        drop(stream);
+        assert_serves(addr);
+        let mut c = client(addr);
+        assert_eq!(c.get(b"vanished").unwrap(), None);
+    }
+}
+
+/// A fresh connection that must be refused with BUSY (request id 0) and closed.
+fn expect_busy(addr: SocketAddr) {
+    let mut stream = raw(addr);
+    let answer = read_frame(&mut stream).expect("closed without a BUSY answer");
+    assert_eq!(answer.status, Status::BUSY, "{}", answer.message());
+    assert_eq!(answer.request_id, 0);
+    assert_closed(&mut stream);
+}
+
+/// Polls with fresh connections until one gets an OK answer to a PING (bounded).
+fn wait_until_served(addr: SocketAddr) -> TcpStream {
+    retry(
+        Duration::from_secs(5),
+        "a connection slot to free up",
+        || {
+            let mut stream = raw(addr);
+            stream
+                .write_all(&request_bytes(Opcode::PING, 5, b"", b""))
+                .ok()?;
+            let answer = read_frame(&mut stream)?;
+            match answer.status {
+                Status::OK => Some(stream),
+                Status::BUSY => None,
+                other => panic!("unexpected answer {other}: {}", answer.message()),
+            }
+        },
+    )
+}
+
+#[test]
+fn the_backend_connection_limit_answers_busy() {
+    let backend = ringkv::Backend::start(BackendConfig {
+        server: ServerOptions {
+            max_connections: 2,
+            ..ServerOptions::default()
+        },
+        ..BackendConfig::default()
+    })
+    .unwrap();
+    let addr = backend.local_addr();
+    let mut first = raw(addr);
+    let mut second = raw(addr);
+    assert_eq!(
+        raw_call(&mut first, Opcode::PING, 1, b"", b"").status,
+        Status::OK
+    );
+    assert_eq!(
+        raw_call(&mut second, Opcode::PING, 2, b"", b"").status,
+        Status::OK
+    );
+    expect_busy(addr);
+    expect_busy(addr);
+    // The open ones are unaffected.
+    assert_eq!(
+        raw_call(&mut second, Opcode::PING, 3, b"", b"").status,
+        Status::OK
+    );
+    drop(first);
+    let mut third = wait_until_served(addr);
+    assert_eq!(
+        raw_call(&mut third, Opcode::PING, 6, b"", b"").status,
+        Status::OK
+    );
+    // Two open again: the limit holds.
+    expect_busy(addr);
+    assert_eq!(
+        raw_call(&mut second, Opcode::PING, 4, b"", b"").status,
+        Status::OK
+    );
+}
+
+#[test]
+fn the_frontend_connection_limit_answers_busy() {
+    let cluster = LocalCluster::start(
+        1,
+        BackendConfig::default(),
+        FrontendConfig {
+            threads: 1,
+            queue: 1,
+            server: ServerOptions {
+                max_connections: 2,
+                ..ServerOptions::default()
+            },
+            startup_timeout: Duration::from_secs(5),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let addr = cluster.frontend_addr();
+    // The first connection has the only worker; the second waits in the queue with a PING.
+    let mut first = raw(addr);
+    assert_eq!(
+        raw_call(&mut first, Opcode::PING, 1, b"", b"").status,
+        Status::OK
+    );
+    let mut second = raw(addr);
+    second
+        .write_all(&request_bytes(Opcode::PING, 2, b"", b""))
+        .unwrap();
+    expect_busy(addr);
+    expect_busy(addr);
+    // When the first closes, the waiting one gets the worker and its answer.
+    drop(first);
+    let answer = read_frame(&mut second).expect("the queued connection was dropped");
+    assert_eq!((answer.request_id, answer.status), (2, Status::OK));
+    // When it closes too, new connections are served again.
+    drop(second);
+    let mut third = wait_until_served(addr);
+    assert_eq!(
+        raw_call(&mut third, Opcode::PUT, 7, b"k", b"v").status,
+        Status::OK
+    );
+}
+
+/// One hostile byte string: random bytes, a plausible header with random contents, a valid
+/// frame with bytes changed, or a valid frame cut short.
+fn garbage(rng: &mut Rng) -> Vec<u8> {
+    let random = |rng: &mut Rng, n: usize| -> Vec<u8> {
+        (0..n).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>()
+    };
+    let valid = |rng: &mut Rng| {
+        let opcode = Opcode::ALL[rng.below(Opcode::ALL.len() as u64) as usize];
+        let key_len = rng.below(40) as usize;
+        let value_len = rng.below(100) as usize;
+        let key = random(rng, key_len);
+        let value = random(rng, value_len);
+        request_bytes(opcode, rng.next_u64(), &key, &value)
+    };
+    match rng.below(4) {
+        0 => {
+            let n = rng.below(120) as usize;
+            random(rng, n)
+        }
+        1 => {
+            let body_len = rng.between(0, 200) as usize;
+            let mut bytes = (body_len as u32).to_be_bytes().to_vec();
+            bytes.extend_from_slice(b"RK\x01");
+            bytes.push(rng.below(2) as u8);
+            let rest = random(rng, body_len.saturating_sub(4));
+            bytes.extend_from_slice(&rest);
+            bytes
+        }
+        2 => {
+            let mut bytes = valid(rng);
+            for _ in 0..rng.between(1, 3) {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << rng.below(8);
+            }
+            // A flip that happens to cancel another leaves the frame valid; change one more.
+            if protocol::decode(&bytes, usize::MAX / 2).is_ok_and(|d| d.is_some()) {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x55;
+            }
+            bytes
+        }
+        _ => {
+            let mut bytes = valid(rng);
+            let cut = rng.below(bytes.len() as u64) as usize;
+            bytes.truncate(cut);
+            bytes
+        }
+    }
+}
+
+/// Throws `count` garbage strings at `addr`, each on a fresh connection whose write side is
+/// closed after it; returns how many error answers came back. Every byte the server sends back
+/// must be a well-formed error answer.
+fn throw_garbage(addr: SocketAddr, rng: &mut Rng, count: usize) -> u64 {
+    let mut answers = 0;
+    for _ in 0..count {
+        let bytes = garbage(rng);
+        let mut stream = raw(addr);
+        // The server may close before taking every byte: a failed write is part of the game.
+        let _ = stream.write_all(&bytes);
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut buf = Vec::new();
+        while let Some(answer) = read_frame_buffered(&mut stream, &mut buf) {
+            assert_eq!(answer.kind, Kind::Response);
+            assert!(
+                matches!(answer.status, Status::BAD_FRAME | Status::TOO_LARGE),
+                "garbage got {}: {}",
+                answer.status,
+                answer.message()
+            );
+            answers += 1;
+        }
+        assert!(buf.is_empty(), "the server sent a partial frame");
+    }
+    answers
+}
+
+#[test]
+fn random_garbage_is_refused_and_the_servers_keep_serving() {
+    let (cluster, addrs) = targets(ServerOptions::default());
+    let [frontend, backend] = addrs;
+    let backend_errors = || {
+        let reports = client(backend).stats().unwrap();
+        assert_eq!(reports.len(), 1);
+        reports[0].counter("errors")
+    };
+    let errors_before = backend_errors();
+    let mut rng = Rng::seeded(0x5eed);
+    let started = Instant::now();
+    let to_frontend = throw_garbage(frontend, &mut rng, 2500);
+    let to_backend = throw_garbage(backend, &mut rng, 2500);
+    let elapsed = started.elapsed();
+    // Most strings are refused outright; the rest were cut short and closed silently.
+    assert!(to_frontend > 1000, "only {to_frontend} error answers");
+    assert!(to_backend > 1000, "only {to_backend} error answers");
+    // Every refusal the backend counted was one we received.
+    assert_eq!(backend_errors() - errors_before, to_backend);
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    assert_serves(frontend);
+    assert_serves(backend);
+    let mut c = client(cluster.frontend_addr());
+    let reports = c.stats().unwrap();
+    let (nodes, _) = split_total(&reports);
+    assert!(nodes.iter().all(|r| r.status == Status::OK));
+}
+
+/// Writes 1,000 requests in one `write_all` and reads the answers back in order.
+fn pipeline_raw(addr: SocketAddr, tag: &str) {
+    const N: u64 = 1_000;
+    let id = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let key = |i: u64| format!("{tag}-{}", i / 4).into_bytes();
+    let mut bytes = Vec::new();
+    let mut expected = Vec::new();
+    // What is stored, as the server should see it after each request.
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for i in 0..N {
+        // For each key: PUT, GET, DELETE, GET; a PING every now and then in their place.
+        let k = key(i);
+        let value = format!("value-{}", i / 4).into_bytes();
+        let (opcode, frame_key, frame_value) = match i % 4 {
+            _ if i % 97 == 0 => (Opcode::PING, Vec::new(), Vec::new()),
+            0 => (Opcode::PUT, k.clone(), value.clone()),
+            2 => (Opcode::DELETE, k.clone(), Vec::new()),
+            _ => (Opcode::GET, k.clone(), Vec::new()),
+        };
+        let (status, answer) = match opcode {
+            Opcode::PUT => {
+                model.insert(k, value);
+                (Status::OK, Vec::new())
+            }
+            Opcode::DELETE => match model.remove(&k) {
+                Some(_) => (Status::OK, Vec::new()),
+                None => (Status::NOT_FOUND, Vec::new()),
+            },
+            Opcode::GET => match model.get(&k) {
+                Some(v) => (Status::OK, v.clone()),
+                None => (Status::NOT_FOUND, Vec::new()),
+            },
+            _ => (Status::OK, Vec::new()),
+        };
+        Frame::request(opcode, id(i), frame_key, frame_value).encode_into(&mut bytes);
+        expected.push((id(i), opcode, status, answer));
+    }
+    let mut stream = raw(addr);
+    let mut writer = stream.try_clone().unwrap();
+    // Written from another thread so that neither side can block the other on full buffers.
+    let sender = std::thread::spawn(move || writer.write_all(&bytes).unwrap());
+    let mut buf = Vec::new();
+    for (i, (id, opcode, status, value)) in expected.iter().enumerate() {
+        let answer = read_frame_buffered(&mut stream, &mut buf)
+            .unwrap_or_else(|| panic!("closed after {i} answers"));
+        assert_eq!(answer.request_id, *id, "answer {i} out of order");
+        assert_eq!(answer.opcode, *opcode, "answer {i}");
+        assert_eq!(answer.status, *status, "answer {i}: {}", answer.message());
+        assert_eq!(&answer.value, value, "answer {i}");
+    }
+    sender.join().unwrap();
+    assert!(buf.is_empty());
+    // The same connection goes on as usual.
+    assert_eq!(
+        raw_call(&mut stream, Opcode::PING, 123, b"", b"").status,
+        Status::OK
+    );
+}
+
+#[test]
+fn a_thousand_pipelined_requests_come_back_in_order() {
+    let (_cluster, addrs) = targets(ServerOptions::default());
+    pipeline_raw(addrs[0], "via-frontend");
+    pipeline_raw(addrs[1], "via-backend");
+}
