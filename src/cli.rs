@@ -13,6 +13,26 @@ use crate::protocol::{Limits, Status};
 use crate::rng::Rng;
 use crate::server::ServerOptions;
 
+/// Parses the command line into `T`. `--help` prints and exits 0; a usage error prints the
+/// problem and exits 2, so that the binaries keep 1 for "not found".
+pub fn parse_args<T: argh::FromArgs>() -> T {
+    let words: Vec<String> = std::env::args().collect();
+    let command = words.first().map_or("ringkv", String::as_str);
+    let rest: Vec<&str> = words.iter().skip(1).map(String::as_str).collect();
+    match T::from_args(&[command], &rest) {
+        Ok(args) => args,
+        Err(exit) => {
+            if exit.status.is_ok() {
+                print!("{}", exit.output);
+                std::process::exit(0);
+            }
+            eprintln!("{}", exit.output.trim_end());
+            eprintln!("Run {command} --help for usage.");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Server options from the flags both servers take.
 pub fn server_options(
     max_connections: usize,
@@ -32,17 +52,8 @@ pub fn server_options(
             "key plus value limits must stay under 4 GiB".into(),
         ));
     }
-    let defaults = Limits::default();
     Ok(ServerOptions {
-        limits: Limits {
-            max_key: max_key_bytes,
-            max_value: max_value_bytes,
-            // Room for a value somewhat over the limit to be refused politely (TOO_LARGE with
-            // the connection kept) rather than by closing the connection.
-            max_frame: frame_room
-                .saturating_mul(2)
-                .clamp(defaults.max_frame, u32::MAX as usize),
-        },
+        limits: Limits::new(max_key_bytes, max_value_bytes),
         timeouts: Timeouts {
             io: Duration::from_secs(io_timeout_secs),
             idle: Duration::from_secs(idle_timeout_secs),
@@ -294,7 +305,9 @@ pub fn render_distribution(reports: &[NodeReport]) -> String {
         let bar = if most == 0 {
             0
         } else {
-            (bytes as f64 / most as f64 * BAR_WIDTH as f64).round() as usize
+            // A node holding anything keeps a visible bar, however small its share.
+            ((bytes as f64 / most as f64 * BAR_WIDTH as f64).round() as usize)
+                .max(usize::from(bytes > 0))
         };
         let _ = writeln!(
             out,

@@ -274,6 +274,29 @@ impl Connection {
     pub fn call(&mut self, request: &Frame) -> Result<Frame> {
         self.send(request);
         self.flush()?;
+        self.recv_answer(request)
+    }
+
+    /// Whether a connection that sat idle can carry another request: the peer has not closed
+    /// it and has sent nothing unasked. Checked before reuse so that a request is never sent
+    /// on a connection already known to be dead, and so never needs sending twice.
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.out.is_empty() || self.reader.buffered() > 0 {
+            return false;
+        }
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let alive = matches!(
+            self.stream.peek(&mut byte),
+            Err(ref e) if e.kind() == io::ErrorKind::WouldBlock
+        );
+        self.stream.set_nonblocking(false).is_ok() && alive
+    }
+
+    /// Reads the answer to `request`, checking that it carries the same id.
+    pub fn recv_answer(&mut self, request: &Frame) -> Result<Frame> {
         let answer = self.recv()?;
         if answer.request_id != request.request_id {
             return Err(Error::Mismatch {
@@ -431,5 +454,31 @@ mod tests {
             })
         ));
         assert!(reader.buf.len() <= READ_CHUNK);
+    }
+
+    #[test]
+    fn a_connection_the_peer_closed_or_wrote_to_is_not_reused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let timeouts = Timeouts::default();
+        let limits = Limits::default();
+
+        let mut open = Connection::open(&addr, &timeouts, &limits).unwrap();
+        let (_kept, _) = listener.accept().unwrap();
+        assert!(open.is_reusable());
+
+        let mut closed = Connection::open(&addr, &timeouts, &limits).unwrap();
+        drop(listener.accept().unwrap());
+        let mut chatty = Connection::open(&addr, &timeouts, &limits).unwrap();
+        let (mut talker, _) = listener.accept().unwrap();
+        talker.write_all(b"unasked").unwrap();
+        // The FIN and the bytes travel asynchronously; wait until the client side can see them
+        // (a blocking peek returns as soon as either arrives).
+        let mut byte = [0u8; 1];
+        closed.stream().peek(&mut byte).unwrap();
+        chatty.stream().peek(&mut byte).unwrap();
+        assert!(!closed.is_reusable());
+        assert!(!chatty.is_reusable());
+        assert!(open.is_reusable(), "checking twice changes nothing");
     }
 }

@@ -106,6 +106,11 @@ impl Frontend {
     /// timeout for backends that are not up yet. A backend that missed the view gets it the
     /// first time it answers NO_VIEW.
     pub fn start(config: FrontendConfig) -> Result<Frontend> {
+        if config.backends.is_empty() {
+            return Err(Error::Config(
+                "the frontend needs at least one backend address".into(),
+            ));
+        }
         let view = View {
             epoch: 1,
             routing: config.routing,

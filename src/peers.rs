@@ -34,8 +34,15 @@ impl Peers {
         }
     }
 
+    /// A pooled connection to `addr` that is still open, dropping any found dead.
     fn take(&self, addr: &str) -> Option<Connection> {
-        self.lock().get_mut(addr).and_then(Vec::pop)
+        loop {
+            let mut conn = self.lock().get_mut(addr).and_then(Vec::pop)?;
+            if conn.is_reusable() {
+                return Some(conn);
+            }
+            log::debug!("pooled connection to {addr} was closed by the peer; dropping it");
+        }
     }
 
     fn give_back(&self, conn: Connection) {
@@ -48,13 +55,16 @@ impl Peers {
 
     /// Sends `request` to `addr` and returns the answer.
     ///
-    /// A pooled connection may have been closed by the peer since its last use (an idle timeout,
-    /// a restart); when one fails, the request is tried once more on a fresh connection. A
-    /// fresh connection that fails is reported as it is: the peer is down or not answering.
+    /// A pooled connection is checked before use, but the peer may still close it in the
+    /// instant before the request goes out; a request whose bytes could not be written is tried
+    /// once more on a fresh connection. Once a request is written it is never sent again: the
+    /// peer may have carried it out, and a repeated PUT or DELETE could undo a later one.
     pub fn call(&self, addr: &str, request: &Frame) -> Result<Frame> {
         if let Some(mut conn) = self.take(addr) {
-            match conn.call(request) {
-                Ok(answer) => {
+            conn.send(request);
+            match conn.flush() {
+                Ok(()) => {
+                    let answer = conn.recv_answer(request)?;
                     self.give_back(conn);
                     return Ok(answer);
                 }

@@ -107,27 +107,8 @@ struct TestArgs {
     seed: Option<u64>,
 }
 
-/// Parses the command line; usage errors exit with 2 so that 1 keeps meaning "not found".
-fn parse_args() -> Args {
-    let words: Vec<String> = std::env::args().collect();
-    let command = words.first().map_or("kvcli", String::as_str);
-    let rest: Vec<&str> = words.iter().skip(1).map(String::as_str).collect();
-    match Args::from_args(&[command], &rest) {
-        Ok(args) => args,
-        Err(exit) => {
-            if exit.status.is_ok() {
-                print!("{}", exit.output);
-                std::process::exit(0);
-            }
-            eprintln!("{}", exit.output.trim_end());
-            eprintln!("Run kvcli --help for usage.");
-            std::process::exit(i32::from(EXIT_ERROR));
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    let args = parse_args();
+    let args: Args = ringkv::cli::parse_args();
     let addr = args
         .frontend
         .or_else(|| std::env::var("RINGKV_FRONTEND").ok())
@@ -175,6 +156,11 @@ fn run(
                     std::fs::read(&path).map_err(|e| format!("cannot read {path}: {e}"))?
                 }
                 (None, None) => {
+                    if std::io::stdin().is_terminal() {
+                        return Err(
+                            "give a value, --file PATH, or pipe the value in on stdin".into()
+                        );
+                    }
                     let mut value = Vec::new();
                     std::io::stdin().read_to_end(&mut value)?;
                     value

@@ -122,7 +122,7 @@ struct LocalArgs {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args: Args = argh::from_env();
+    let args: Args = ringkv::cli::parse_args();
     let result = match args.command {
         Command::Backend(a) => run_backend(a),
         Command::Frontend(a) => run_frontend(a),

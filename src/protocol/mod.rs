@@ -59,13 +59,30 @@ pub struct Limits {
     pub max_frame: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
+/// The frame limit never goes below this, whatever the key and value limits.
+pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
+
+impl Limits {
+    /// Limits for the given longest key and value. The frame limit leaves room for a key or
+    /// value somewhat over its limit to be refused politely (`TOO_LARGE`, connection kept)
+    /// instead of by closing the connection: half as much again as the largest legal frame, at
+    /// least [`DEFAULT_MAX_FRAME`], at most what the u32 length prefix can say.
+    pub fn new(max_key: usize, max_value: usize) -> Limits {
+        let largest = MIN_FRAME.saturating_add(max_key).saturating_add(max_value);
         Limits {
-            max_key: 16 * 1024,
-            max_value: 4 * 1024 * 1024,
-            max_frame: 8 * 1024 * 1024,
+            max_key,
+            max_value,
+            max_frame: largest
+                .saturating_add(largest / 2)
+                .clamp(DEFAULT_MAX_FRAME, u32::MAX as usize),
         }
+    }
+}
+
+impl Default for Limits {
+    /// 16 KiB keys, 4 MiB values, 8 MiB frames.
+    fn default() -> Self {
+        Limits::new(16 * 1024, 4 * 1024 * 1024)
     }
 }
 
