@@ -1,0 +1,503 @@
+//! The `ringkv` and `kvcli` binaries driven as a user drives them: separate processes, real
+//! sockets, exit codes and printed output.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
+const KVCLI: &str = env!("CARGO_BIN_EXE_kvcli");
+
+/// How long any single wait may take before the test fails instead of hanging.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Waits for `child` to exit, at most `bound`.
+fn wait_bounded(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A child process that is killed when dropped, so that a failing test leaves nothing running.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `ringkv` server process, killed when dropped so that a failing test leaves nothing
+/// running. Its stdout lines arrive on a channel; its log (stderr) is kept for failure messages.
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(RINGKV)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start ringkv {args:?}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        Server { child, lines, log }
+    }
+
+    /// Waits for the next stdout line, which must read `{role} listening on ADDR`, and returns
+    /// ADDR.
+    fn listening(&self, role: &str) -> String {
+        let line = self.lines.recv_timeout(BOUND).unwrap_or_else(|_| {
+            panic!(
+                "no `{role} listening on` line within {BOUND:?}; log:\n{}",
+                self.log()
+            )
+        });
+        line.strip_prefix(&format!("{role} listening on "))
+            .unwrap_or_else(|| panic!("expected `{role} listening on ADDR`, got {line:?}"))
+            .to_string()
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
+    }
+
+    /// Sends SIGTERM and returns the exit status, which must come within a few seconds.
+    fn terminate(&mut self) -> ExitStatus {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(kill.success(), "kill -TERM failed: {kill}");
+        wait_bounded(&mut self.child, Duration::from_secs(5)).unwrap_or_else(|| {
+            panic!(
+                "ringkv did not exit within 5 s of SIGTERM; log:\n{}",
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ringkv local` with three backends: the server, the frontend's address and the backends'.
+fn local_cluster() -> (Server, String, Vec<String>) {
+    let server = Server::start(&["local", "--backends", "3", "--listen", "127.0.0.1:0"]);
+    let frontend = server.listening("frontend");
+    let backends = (0..3).map(|_| server.listening("backend")).collect();
+    (server, frontend, backends)
+}
+
+/// What a finished `kvcli` left behind.
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Finished {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} after {:.2?}\n--- stdout\n{}--- stderr\n{}",
+            self.status,
+            self.elapsed,
+            self.text(),
+            self.stderr
+        )
+    }
+}
+
+fn read_to_end_in_background(mut pipe: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    rx
+}
+
+/// Runs kvcli with `args` and `stdin` as its input, and waits for it, at most [`BOUND`].
+fn kvcli_with(args: &[&str], stdin: &[u8], env: Option<(&str, &str)>) -> Finished {
+    let mut command = Command::new(KVCLI);
+    command
+        .args(args)
+        .env_remove("RINGKV_FRONTEND")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((name, value)) = env {
+        command.env(name, value);
+    }
+    let started = Instant::now();
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start kvcli: {e}"));
+    let mut guard = ChildGuard(child);
+    let mut input = guard.0.stdin.take().expect("stdin is piped");
+    let input_bytes = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&input_bytes);
+    });
+    let stdout = read_to_end_in_background(guard.0.stdout.take().expect("stdout is piped"));
+    let stderr = read_to_end_in_background(guard.0.stderr.take().expect("stderr is piped"));
+    let status = wait_bounded(&mut guard.0, BOUND)
+        .unwrap_or_else(|| panic!("kvcli {args:?} did not finish within {BOUND:?}"));
+    let elapsed = started.elapsed();
+    let collect = |rx: Receiver<Vec<u8>>| {
+        rx.recv_timeout(BOUND)
+            .unwrap_or_else(|_| panic!("kvcli {args:?} exited but its output stayed open"))
+    };
+    Finished {
+        status,
+        stdout: collect(stdout),
+        stderr: String::from_utf8_lossy(&collect(stderr)).into_owned(),
+        elapsed,
+    }
+}
+
+fn kvcli(args: &[&str]) -> Finished {
+    kvcli_with(args, b"", None)
+}
+
+/// `kvcli --frontend ADDR args...`.
+fn kvcli_at(addr: &str, args: &[&str]) -> Finished {
+    let mut all = vec!["--frontend", addr];
+    all.extend_from_slice(args);
+    kvcli(&all)
+}
+
+/// A number as kvcli prints it, digits grouped with commas.
+fn number(text: &str) -> u64 {
+    text.replace(',', "")
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
+}
+
+/// The row of a table whose first column is `name`, split into columns.
+fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|columns| columns.first() == Some(&name))
+        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+}
+
+/// The `most-loaded / mean (bytes): X` figure of a distribution table.
+fn most_loaded_over_mean(table: &str) -> f64 {
+    table
+        .lines()
+        .find_map(|line| line.strip_prefix("most-loaded / mean (bytes): "))
+        .unwrap_or_else(|| panic!("no most-loaded / mean line:\n{table}"))
+        .parse()
+        .unwrap()
+}
+
+/// A port nothing listens on: bound by us, then released.
+fn dead_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn paper_test_passes_and_prints_a_bar_per_node() {
+    let (_server, frontend, backends) = local_cluster();
+    let out = kvcli_at(&frontend, &["test", "--count", "10000", "--seed", "7"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let table = out.text();
+    assert!(table.contains("PUT 10,000 keys in "), "{out:?}");
+    assert!(table.contains("relays per request: mean "), "{out:?}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l == "PASS: all 10,000 values came back"),
+        "{out:?}"
+    );
+
+    let rows: Vec<Vec<&str>> = backends.iter().map(|b| row(&table, b)).collect();
+    let keys: u64 = rows.iter().map(|r| number(r[1])).sum();
+    let bytes: u64 = rows.iter().map(|r| number(r[2])).sum();
+    assert_eq!(keys, 10_000, "{out:?}");
+    let total = row(&table, "total");
+    assert_eq!(number(total[1]), 10_000, "{out:?}");
+    assert_eq!(number(total[2]), bytes, "{out:?}");
+
+    // The bar is scaled to the most-loaded node, which gets the full width.
+    let bar = |r: &Vec<&str>| r.get(4).map_or(0, |bar| bar.len());
+    let most = rows.iter().max_by_key(|r| number(r[2])).unwrap();
+    assert!(bar(most) > 0, "{out:?}");
+    assert!(rows.iter().all(|r| bar(r) <= bar(most)), "{out:?}");
+    let mean = bytes as f64 / backends.len() as f64;
+    let ratio = most_loaded_over_mean(&table);
+    assert!(
+        (ratio - number(most[2]) as f64 / mean).abs() < 0.01,
+        "{out:?}"
+    );
+}
+
+#[test]
+fn put_get_delete_exit_with_0_found_1_not_found_2_error() {
+    let (_server, frontend, _) = local_cluster();
+    let out = kvcli_at(&frontend, &["put", "greeting", "hello"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"OK\n", "{out:?}");
+
+    let out = kvcli_at(&frontend, &["get", "greeting"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    // Not a terminal, so the raw value and nothing else.
+    assert_eq!(out.stdout, b"hello", "{out:?}");
+
+    let out = kvcli_at(&frontend, &["delete", "greeting"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"deleted\n", "{out:?}");
+
+    for command in ["get", "delete"] {
+        let out = kvcli_at(&frontend, &[command, "greeting"]);
+        assert_eq!(out.code(), Some(1), "{command}: {out:?}");
+        assert!(out.stdout.is_empty(), "{command}: {out:?}");
+        assert_eq!(
+            out.stderr, "kvcli: greeting not found\n",
+            "{command}: {out:?}"
+        );
+    }
+
+    // Errors: one the server reports, and two kvcli finds before sending anything.
+    let long_key = "k".repeat(20_000);
+    let out = kvcli_at(&frontend, &["put", &long_key, "v"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("TOO_LARGE"), "{out:?}");
+
+    let out = kvcli_at(&frontend, &["put", "k", "v", "--file", "/dev/null"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("not both"), "{out:?}");
+
+    let missing = std::env::temp_dir().join("ringkv-cli-no-such-file");
+    let missing = missing.to_str().unwrap();
+    let out = kvcli_at(&frontend, &["put", "k", "--file", missing]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains(missing), "{out:?}");
+    assert_eq!(
+        kvcli_at(&frontend, &["get", "k"]).code(),
+        Some(1),
+        "a failed put stored something"
+    );
+}
+
+#[test]
+fn binary_values_round_trip_byte_exact_from_a_file_and_from_stdin() {
+    let (_server, frontend, _) = local_cluster();
+    // Every byte value, NUL and newlines included, and long enough to need several reads.
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let dir = std::env::temp_dir().join(format!("ringkv-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("blob.bin");
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = kvcli_at(
+        &frontend,
+        &["put", "from-file", "--file", path.to_str().unwrap()],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let out = kvcli_at(&frontend, &["get", "from-file"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout == bytes, "the value read back differs");
+
+    let reversed: Vec<u8> = bytes.iter().rev().copied().collect();
+    let out = kvcli_with(
+        &["--frontend", &frontend, "put", "from-stdin"],
+        &reversed,
+        None,
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let out = kvcli_at(&frontend, &["get", "from-stdin"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout == reversed, "the value read back differs");
+
+    // An empty value is a value: found (0), not missing (1).
+    let out = kvcli_with(&["--frontend", &frontend, "put", "empty"], b"", None);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let out = kvcli_at(&frontend, &["get", "empty"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn size_stats_and_ping_describe_the_cluster() {
+    let (_server, frontend, backends) = local_cluster();
+    let keys = ["alpha", "beta", "gamma", "delta", "epsilon"];
+    for key in keys {
+        let out = kvcli_at(&frontend, &["put", key, "0123456789"]);
+        assert_eq!(out.code(), Some(0), "{out:?}");
+    }
+
+    let out = kvcli_at(&frontend, &["size"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let table = out.text();
+    let per_node: u64 = backends.iter().map(|b| number(row(&table, b)[1])).sum();
+    assert_eq!(per_node, keys.len() as u64, "{out:?}");
+    let total = row(&table, "total");
+    assert_eq!(number(total[1]), keys.len() as u64, "{out:?}");
+    let stored_bytes: usize = keys.iter().map(|k| k.len() + 10).sum();
+    assert_eq!(number(total[2]), stored_bytes as u64, "{out:?}");
+    assert!(most_loaded_over_mean(&table) >= 1.0, "{out:?}");
+
+    let out = kvcli_at(&frontend, &["stats"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let table = out.text();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|&h| h == name)
+            .unwrap_or_else(|| panic!("no {name} column:\n{table}"))
+    };
+    let total = row(&table, "total");
+    assert_eq!(number(total[column("puts")]), keys.len() as u64, "{out:?}");
+    assert_eq!(number(total[column("keys")]), keys.len() as u64, "{out:?}");
+    let served: u64 = backends
+        .iter()
+        .map(|b| number(row(&table, b)[column("served")]))
+        .sum();
+    assert_eq!(served, keys.len() as u64, "{out:?}");
+
+    let out = kvcli_at(&frontend, &["ping"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.text().starts_with(&format!("PONG from {frontend} in ")),
+        "{out:?}"
+    );
+
+    // $RINGKV_FRONTEND stands in for --frontend.
+    let out = kvcli_with(&["ping"], b"", Some(("RINGKV_FRONTEND", &frontend)));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.text().starts_with(&format!("PONG from {frontend} in ")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_dead_frontend_is_an_error_naming_its_address() {
+    let dead = dead_addr();
+    for args in [&["ping"][..], &["get", "k"], &["put", "k", "v"], &["size"]] {
+        let out = kvcli_at(&dead, args);
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stderr.contains(&dead), "{args:?}: {out:?}");
+        assert!(out.elapsed < Duration::from_secs(5), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let out = kvcli(&["frobnicate"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("frobnicate"), "{out:?}");
+    assert!(out.stderr.contains("--help"), "{out:?}");
+
+    let out = kvcli(&[]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+
+    let out = kvcli(&["get"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("key"), "{out:?}");
+
+    let out = kvcli(&["--help"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    for command in ["put", "get", "delete", "size", "stats", "ping", "test"] {
+        assert!(out.text().contains(command), "{command}: {out:?}");
+    }
+}
+
+#[test]
+fn sigterm_stops_ringkv_local_cleanly() {
+    let (mut server, frontend, _) = local_cluster();
+    assert_eq!(kvcli_at(&frontend, &["ping"]).code(), Some(0));
+    let status = server.terminate();
+    assert!(status.success(), "{status}; log:\n{}", server.log());
+    let out = kvcli_at(&frontend, &["ping"]);
+    assert_eq!(out.code(), Some(2), "still answering after exit: {out:?}");
+}
+
+#[test]
+fn separate_backend_and_frontend_processes_serve_requests() {
+    let mut first = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+    let mut second = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+    let backends = [first.listening("backend"), second.listening("backend")];
+    let mut frontend = Server::start(&[
+        "frontend",
+        "--listen",
+        "127.0.0.1:0",
+        &backends[0],
+        &backends[1],
+    ]);
+    let addr = frontend.listening("frontend");
+
+    let out = kvcli_at(&addr, &["put", "across", "processes"]);
+    assert_eq!(out.code(), Some(0), "{out:?}; log:\n{}", frontend.log());
+    let out = kvcli_at(&addr, &["get", "across"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"processes", "{out:?}");
+
+    let out = kvcli_at(&addr, &["size"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let table = out.text();
+    let per_node: u64 = backends.iter().map(|b| number(row(&table, b)[1])).sum();
+    assert_eq!(per_node, 1, "{out:?}");
+    assert_eq!(number(row(&table, "total")[1]), 1, "{out:?}");
+
+    for server in [&mut frontend, &mut first, &mut second] {
+        let status = server.terminate();
+        assert!(status.success(), "{status}; log:\n{}", server.log());
+    }
+}

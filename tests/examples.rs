@@ -1,0 +1,447 @@
+//! The example programs run as real processes against an in-process cluster, and what they
+//! claim is checked in the store itself.
+//!
+//! `cargo test` builds the examples next to the binaries; `cargo test --test examples` alone does
+//! not, so build them first (`cargo build --release --examples`) when running only this file.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use common::{client, cluster, BOUND};
+use ringkv::{Entry, Routing};
+
+/// The path of example `name`, built by cargo next to the `ringkv` binary.
+fn example(name: &str) -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_ringkv"));
+    let path = bin
+        .parent()
+        .expect("the ringkv binary has a directory")
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the examples first (`cargo build --release --examples`, or a plain \
+         `cargo test --release`, which builds them)",
+        path.display()
+    );
+    // `cargo test --test examples` does not rebuild the examples, so an edit since the last
+    // build would otherwise go untested.
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).unwrap();
+    assert!(
+        modified(&path) >= modified(&source),
+        "{} is older than {}: rebuild it (`cargo build --release --examples`)",
+        path.display(),
+        source.display()
+    );
+    path
+}
+
+/// A child process that is killed when dropped, so a failing test leaves nothing running.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a finished process left behind.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+fn read_to_end_in_background(mut pipe: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(bytes);
+    });
+    rx
+}
+
+/// Runs `program args` with `stdin` as its input and waits for it to finish, at most [`BOUND`].
+fn run(program: &Path, args: &[&str], stdin: &[u8]) -> Finished {
+    let mut child = ChildGuard(
+        Command::new(program)
+            .args(args)
+            .env_remove("RINGKV_FRONTEND")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display())),
+    );
+    let deadline = Instant::now() + BOUND;
+    let mut input = child.0.stdin.take().expect("stdin is piped");
+    let input_bytes = stdin.to_vec();
+    // A separate writer, so that a child that writes much before reading cannot deadlock us.
+    std::thread::spawn(move || {
+        let _ = input.write_all(&input_bytes);
+    });
+    let stdout = read_to_end_in_background(child.0.stdout.take().expect("stdout is piped"));
+    let stderr = read_to_end_in_background(child.0.stderr.take().expect("stderr is piped"));
+    let collect = |rx: Receiver<Vec<u8>>| {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let bytes = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "{} {args:?} did not finish within {BOUND:?}",
+                program.display()
+            )
+        });
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let (stdout, stderr) = (collect(stdout), collect(stderr));
+    // Both pipes are closed, so the process is exiting; still, give up at the deadline.
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("waiting for the child") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} closed its output but did not exit",
+            program.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// The lines of the bulk-load test file and, per key, the value it should leave in the store.
+fn bulk_file(count: usize) -> (Vec<u8>, HashMap<Vec<u8>, Vec<u8>>) {
+    let mut file = Vec::new();
+    let mut expected = HashMap::new();
+    let mut line = |key: &[u8], value: &[u8], file: &mut Vec<u8>| {
+        file.extend_from_slice(key);
+        file.push(b'\t');
+        file.extend_from_slice(value);
+        file.push(b'\n');
+        expected.insert(key.to_vec(), value.to_vec());
+    };
+    // Spaces, a tab (only the first one splits), a NUL and bytes that are not UTF-8.
+    line(
+        b"binary-ish",
+        b"two  spaces\tand a tab \x00\x01\x7f\xfe\xff end",
+        &mut file,
+    );
+    line(b"key with spaces", b" leading and trailing ", &mut file);
+    line(b"empty-value", b"", &mut file);
+    file.extend_from_slice(b"this line has no tab\n");
+    file.extend_from_slice(b"\tvalue-without-key\n");
+    for i in 0..count {
+        let value = format!("value {i} {}", "x".repeat(i % 50));
+        line(
+            format!("key-{i:05}").as_bytes(),
+            value.as_bytes(),
+            &mut file,
+        );
+    }
+    // A key given twice: the later line wins.
+    line(b"key-00000", b"overwritten", &mut file);
+    (file, expected)
+}
+
+fn assert_store_holds(addr: std::net::SocketAddr, expected: &HashMap<Vec<u8>, Vec<u8>>) {
+    let mut client = client(addr);
+    for (key, value) in expected {
+        assert_eq!(
+            client.get(key).unwrap().as_deref(),
+            Some(value.as_slice()),
+            "the value of {} in the store",
+            key.escape_ascii()
+        );
+    }
+}
+
+#[test]
+fn bulk_load_loads_a_file_skips_malformed_lines_and_verifies() {
+    let bulk_load = example("bulk_load");
+    let cluster = cluster(3, Entry::Random, Routing::Successor);
+    let addr = cluster.frontend_addr().to_string();
+    let (file, expected) = bulk_file(1_200);
+    let dir = std::env::temp_dir().join(format!("ringkv-bulk-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data.tsv");
+    std::fs::write(&path, &file).unwrap();
+    let lines = file.iter().filter(|&&b| b == b'\n').count();
+
+    let out = run(
+        &bulk_load,
+        &["--frontend", &addr, path.to_str().unwrap(), "--verify"],
+        b"",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let loaded = lines - 2;
+    assert!(
+        out.stdout
+            .contains(&format!("loaded {loaded} lines from {}", path.display())),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("2 malformed lines skipped; 0 refused"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("line 4: no tab between key and value, skipped"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("line 5: empty key, skipped"), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 2, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("verified {} keys", expected.len())),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("all match"), "{out:?}");
+    assert_store_holds(cluster.frontend_addr(), &expected);
+    let reports = client(cluster.frontend_addr()).size().unwrap();
+    let (_, total) = common::split_total(&reports);
+    assert_eq!(total.counter("keys"), expected.len() as u64);
+}
+
+#[test]
+fn bulk_load_reads_stdin_in_uneven_batches() {
+    let bulk_load = example("bulk_load");
+    let cluster = cluster(3, Entry::Random, Routing::Successor);
+    let addr = cluster.frontend_addr().to_string();
+    let (file, expected) = bulk_file(100);
+    // 7 does not divide the line count, so the last batch is a short one.
+    let out = run(
+        &bulk_load,
+        &["--frontend", &addr, "-", "--batch", "7", "--verify"],
+        &file,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("lines from stdin"), "{out:?}");
+    assert!(out.stdout.contains("all match"), "{out:?}");
+    assert_store_holds(cluster.frontend_addr(), &expected);
+}
+
+#[test]
+fn bulk_load_reports_refused_lines_and_fails() {
+    let bulk_load = example("bulk_load");
+    let cluster = cluster(3, Entry::Random, Routing::Successor);
+    let addr = cluster.frontend_addr().to_string();
+    // Longer than the default key limit, so the frontend answers TOO_LARGE for this line only.
+    let long_key = "k".repeat(20_000);
+    let input = format!("before\t1\n{long_key}\tv\nafter\t2\n");
+    let out = run(
+        &bulk_load,
+        &["--frontend", &addr, "-", "--verify"],
+        input.as_bytes(),
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("line 2: PUT"), "{out:?}");
+    assert!(out.stderr.contains("TOO_LARGE"), "{out:?}");
+    assert!(out.stdout.contains("loaded 2 lines"), "{out:?}");
+    assert!(out.stdout.contains("1 refused"), "{out:?}");
+    assert!(out.stdout.contains("verified 2 keys"), "{out:?}");
+    let mut client = client(cluster.frontend_addr());
+    assert_eq!(client.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(client.get(b"after").unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
+fn bulk_load_fails_clearly_on_a_missing_file_or_a_dead_frontend() {
+    let bulk_load = example("bulk_load");
+    let cluster = cluster(1, Entry::Random, Routing::Successor);
+    let addr = cluster.frontend_addr().to_string();
+
+    let missing = std::env::temp_dir().join("ringkv-bulk-load-no-such-file.tsv");
+    let out = run(
+        &bulk_load,
+        &["--frontend", &addr, missing.to_str().unwrap()],
+        b"",
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("cannot open {}", missing.display())),
+        "{out:?}"
+    );
+
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let out = run(&bulk_load, &["--frontend", &dead, "-"], b"k\tv\n");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("cannot connect to {dead}")),
+        "{out:?}"
+    );
+}
+
+/// The number of primes below each of `inputs`, by a sieve (not the example's trial division).
+fn prime_counts(inputs: &[u64]) -> HashMap<u64, u64> {
+    let limit = inputs.iter().copied().max().unwrap_or(0) as usize;
+    let mut composite = vec![false; limit.max(2)];
+    let mut below = vec![0u64; limit + 1];
+    for k in 2..limit {
+        if !composite[k] {
+            for multiple in (k * k..limit).step_by(k) {
+                composite[multiple] = true;
+            }
+        }
+        below[k + 1] = below[k] + u64::from(!composite[k]);
+    }
+    inputs.iter().map(|&n| (n, below[n as usize])).collect()
+}
+
+/// One `call ...` line of memo_cache: the input, the result and whether it was a hit.
+struct Call {
+    input: u64,
+    result: u64,
+    hit: bool,
+}
+
+/// The calls memo_cache printed, and the key prefix it announced.
+fn memo_calls(out: &Finished) -> (String, Vec<Call>) {
+    let prefix = out
+        .stdout
+        .lines()
+        .find_map(|line| line.split_once(" under ").map(|(_, key)| key))
+        .and_then(|key| key.strip_suffix("<n>"))
+        .unwrap_or_else(|| panic!("no key prefix announced: {out:?}"))
+        .to_string();
+    let calls = out
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with("call "))
+        .map(|line| {
+            let (_, rest) = line.split_once("primes_below(").unwrap();
+            let (input, rest) = rest.split_once(") = ").unwrap();
+            let (result, rest) = rest.split_once(", ").unwrap();
+            Call {
+                input: input.parse().unwrap(),
+                result: result.parse().unwrap(),
+                hit: rest.starts_with("hit in "),
+            }
+        })
+        .collect();
+    (prefix, calls)
+}
+
+fn total(out: &Finished, name: &str) -> u64 {
+    let label = format!("{name}: ");
+    out.stdout
+        .lines()
+        .find(|line| line.starts_with("calls: "))
+        .and_then(|line| line.split("  ").find_map(|part| part.strip_prefix(&label)))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the totals: {out:?}"))
+}
+
+#[test]
+fn memo_cache_misses_once_per_input_then_hits_with_correct_results() {
+    let memo_cache = example("memo_cache");
+    let cluster = cluster(3, Entry::Random, Routing::Successor);
+    let addr = cluster.frontend_addr().to_string();
+    let args = [
+        "--frontend",
+        &addr,
+        "--calls",
+        "15",
+        "--distinct",
+        "3",
+        "--seed",
+        "11",
+    ];
+
+    let first = run(&memo_cache, &args, b"");
+    assert!(first.status.success(), "{first:?}");
+    let (prefix, calls) = memo_calls(&first);
+    assert_eq!(calls.len(), 15, "{first:?}");
+    let inputs: Vec<u64> = calls.iter().map(|c| c.input).collect();
+    let truth = prime_counts(&inputs);
+    let mut seen = std::collections::HashSet::new();
+    for call in &calls {
+        assert_eq!(call.result, truth[&call.input], "{first:?}");
+        // On an empty store the first call with an input misses and every later one hits.
+        assert_eq!(call.hit, !seen.insert(call.input), "{first:?}");
+    }
+    assert!((2..=3).contains(&seen.len()), "{first:?}");
+    assert_eq!(total(&first, "misses"), seen.len() as u64, "{first:?}");
+    assert_eq!(total(&first, "hits"), 15 - seen.len() as u64, "{first:?}");
+    assert_eq!(total(&first, "wrong"), 0, "{first:?}");
+
+    let mut client = client(cluster.frontend_addr());
+    for input in &seen {
+        let key = format!("{prefix}{input}");
+        let stored = client.get(key.as_bytes()).unwrap();
+        assert_eq!(
+            stored,
+            Some(truth[input].to_string().into_bytes()),
+            "{key} in the store"
+        );
+    }
+
+    // The results outlive the process: the same workload again is all hits.
+    let second = run(&memo_cache, &args, b"");
+    assert!(second.status.success(), "{second:?}");
+    let (_, again) = memo_calls(&second);
+    assert!(again.iter().all(|c| c.hit), "{second:?}");
+    assert!(
+        again.iter().all(|c| c.result == truth[&c.input]),
+        "{second:?}"
+    );
+    assert_eq!(total(&second, "hits"), 15, "{second:?}");
+    assert_eq!(total(&second, "misses"), 0, "{second:?}");
+}
+
+#[test]
+fn memo_cache_detects_and_repairs_a_wrong_cached_result() {
+    let memo_cache = example("memo_cache");
+    let cluster = cluster(3, Entry::Random, Routing::Successor);
+    let addr = cluster.frontend_addr().to_string();
+    let args = ["--frontend", &addr, "--calls", "4", "--distinct", "1"];
+    let first = run(&memo_cache, &args, b"");
+    assert!(first.status.success(), "{first:?}");
+    let (prefix, calls) = memo_calls(&first);
+    let input = calls[0].input;
+    let right = prime_counts(&[input])[&input];
+    let key = format!("{prefix}{input}");
+
+    let mut client = client(cluster.frontend_addr());
+    client.put(key.as_bytes(), b"12").unwrap();
+    let second = run(&memo_cache, &args, b"");
+    assert!(!second.status.success(), "{second:?}");
+    assert_eq!(total(&second, "wrong"), 1, "{second:?}");
+    assert!(
+        second.stdout.contains("WRONG: the cache held 12"),
+        "{second:?}"
+    );
+    let (_, calls) = memo_calls(&second);
+    assert!(calls.iter().all(|c| c.result == right), "{second:?}");
+    assert_eq!(
+        client.get(key.as_bytes()).unwrap(),
+        Some(right.to_string().into_bytes())
+    );
+}
