@@ -12,7 +12,8 @@
 //! long each took. Run it twice against the same cluster and the second run is all hits.
 //!
 //! A cache must not hand out wrong answers: the first hit of each input (every hit with
-//! `--check`) is compared with a fresh computation, outside the timed call. A wrong entry is
+//! `--check`) is compared with the function's own result (remembered from this run's miss, or
+//! computed then), outside the timed call. A wrong entry is
 //! reported and replaced, and the program then exits non-zero.
 
 use std::collections::{HashMap, HashSet};

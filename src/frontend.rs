@@ -53,9 +53,10 @@ pub struct FrontendConfig {
     pub listen: String,
     /// Every backend's address, as the frontend and the other backends reach it.
     pub backends: Vec<String>,
-    /// Worker threads serving client connections.
+    /// Worker threads answering client requests (forwarding them to backends). Each client
+    /// connection has a thread of its own that reads its requests and hands them to a worker.
     pub threads: usize,
-    /// Client connections that may wait for a free worker; one more gets BUSY.
+    /// Request batches that may wait for a free worker; requests beyond get BUSY.
     pub queue: usize,
     /// Limits, timeouts and the connection bound.
     pub server: ServerOptions,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -94,18 +94,105 @@ impl Drop for Registered {
     }
 }
 
-/// An accepted connection on its way to the thread that serves it.
-pub(crate) struct Accepted {
-    stream: TcpStream,
-    _registered: Registered,
+/// Which threads answer requests. Every connection has its own thread reading its frames (the
+/// connection limit bounds them); requests are answered either on that thread or by a pool.
+pub(crate) enum Dispatch {
+    /// The connection's thread answers its requests itself (backends).
+    ThreadPerConnection,
+    /// A fixed pool of workers answers requests, taken from a bounded queue in batches (the
+    /// frontend). An idle connection holds no worker, so idle clients cannot starve busy ones;
+    /// when every worker is busy and the queue is full, requests get BUSY and the connection
+    /// stays open.
+    Pool { threads: usize, queue: usize },
 }
 
-/// How accepted connections get a thread.
-pub(crate) enum Dispatch {
-    /// A new thread for each connection (backends).
-    ThreadPerConnection,
-    /// A fixed pool of workers with a bounded queue (the frontend).
-    Pool { threads: usize, queue: usize },
+/// Requests a connection thread has read, on their way to a pool worker, with the channel their
+/// answers (in the same order) go back on.
+pub(crate) struct Batch {
+    requests: Vec<Frame>,
+    answers: mpsc::SyncSender<Vec<Frame>>,
+}
+
+/// Where a connection's requests are answered.
+enum Answerer {
+    Inline(Arc<dyn Handler>),
+    Pool {
+        pool: Arc<ThreadPool<Batch>>,
+        handler: Arc<dyn Handler>,
+    },
+}
+
+/// Most requests handed to a worker at once, so one pipelining client cannot keep a worker to
+/// itself for long.
+const MAX_BATCH: usize = 128;
+
+/// Answer bytes gathered before they are written, so big values do not pile up in memory.
+const FLUSH_AT: usize = 256 * 1024;
+
+impl Answerer {
+    fn handler(&self) -> &dyn Handler {
+        match self {
+            Answerer::Inline(handler) | Answerer::Pool { handler, .. } => &**handler,
+        }
+    }
+
+    /// The answers to `requests`, in order.
+    fn answer(&self, requests: Vec<Frame>, limits: &Limits) -> Vec<Frame> {
+        match self {
+            Answerer::Inline(handler) => requests
+                .into_iter()
+                .map(|request| answer_one(&**handler, limits, request))
+                .collect(),
+            Answerer::Pool { pool, handler } => {
+                let ids: Vec<u64> = requests.iter().map(|r| r.request_id).collect();
+                let (sender, receiver) = mpsc::sync_channel(1);
+                match pool.try_submit(Batch {
+                    requests,
+                    answers: sender,
+                }) {
+                    Ok(()) => match receiver.recv() {
+                        Ok(answers) if answers.len() == ids.len() => answers,
+                        // The worker failed without answering (a bug in a handler): what became
+                        // of the requests is unknown, and the client must hear so.
+                        _ => ids
+                            .iter()
+                            .map(|&id| {
+                                Frame::error_for_id(id, Status::INTERNAL, "the request was lost")
+                            })
+                            .collect(),
+                    },
+                    Err(rejected) => rejected
+                        .requests
+                        .into_iter()
+                        .map(|request| {
+                            handler.refused(Status::BUSY);
+                            request.error_reply(
+                                Status::BUSY,
+                                format!(
+                                    "all {} workers are busy and the queue is full",
+                                    pool.threads()
+                                ),
+                            )
+                        })
+                        .collect(),
+                }
+            }
+        }
+    }
+}
+
+/// The answer to one well-formed frame: refused when it is not a request or breaks the limits,
+/// otherwise the handler's.
+fn answer_one(handler: &dyn Handler, limits: &Limits, request: Frame) -> Frame {
+    if request.kind != Kind::Request {
+        handler.refused(Status::BAD_REQUEST);
+        request.error_reply(Status::BAD_REQUEST, "a server accepts requests only")
+    } else if let Err(message) = limits.check(&request) {
+        handler.refused(Status::TOO_LARGE);
+        request.error_reply(Status::TOO_LARGE, message)
+    } else {
+        handler.handle(request)
+    }
 }
 
 /// A running server: its address, and the means to stop it. Dropping it stops it too.
@@ -127,8 +214,7 @@ impl ServerHandle {
         if self.shutdown.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Open connections are closed first: the acceptor joins the pool's workers on its way
-        // out, and they are busy with those connections.
+        // Open connections are closed first, so that their threads end and let go of the pool.
         self.registry.close_all();
         // The acceptor blocks in accept(); a connection of our own wakes it to see the flag.
         let _ = TcpStream::connect_timeout(&self.local_addr, std::time::Duration::from_secs(1));
@@ -162,31 +248,43 @@ pub(crate) fn serve(
     let shutdown = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(Registry::default());
 
-    let serve_one = {
-        let handler = Arc::clone(&handler);
-        let shutdown = Arc::clone(&shutdown);
-        move |accepted: Accepted| {
-            serve_connection(accepted.stream, &*handler, &options, &shutdown);
+    let answerer = Arc::new(match dispatch {
+        Dispatch::ThreadPerConnection => Answerer::Inline(Arc::clone(&handler)),
+        Dispatch::Pool { threads, queue } => {
+            let worker_handler = Arc::clone(&handler);
+            let pool = ThreadPool::new(
+                &format!("{name}-worker"),
+                threads,
+                queue,
+                move |batch: Batch| {
+                    // A panicking handler must not take the worker with it; the connection
+                    // thread answers INTERNAL when the answers do not come back.
+                    let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        batch
+                            .requests
+                            .into_iter()
+                            .map(|request| answer_one(&*worker_handler, &options.limits, request))
+                            .collect::<Vec<Frame>>()
+                    }));
+                    if let Ok(answers) = answers {
+                        let _ = batch.answers.send(answers);
+                    }
+                },
+            )
+            .map_err(bind_error)?;
+            Answerer::Pool {
+                pool: Arc::new(pool),
+                handler: Arc::clone(&handler),
+            }
         }
-    };
-    let pool = match dispatch {
-        Dispatch::ThreadPerConnection => None,
-        Dispatch::Pool { threads, queue } => Some(
-            ThreadPool::new(&format!("{name}-worker"), threads, queue, serve_one.clone())
-                .map_err(bind_error)?,
-        ),
-    };
+    });
     let acceptor = {
         let shutdown = Arc::clone(&shutdown);
         let registry = Arc::clone(&registry);
         let name = name.to_string();
         std::thread::Builder::new()
             .name(format!("{name}-acceptor"))
-            .spawn(move || {
-                accept_loop(
-                    &name, listener, options, &shutdown, &registry, pool, serve_one, &*handler,
-                )
-            })
+            .spawn(move || accept_loop(&name, listener, options, &shutdown, &registry, answerer))
             .map_err(bind_error)?
     };
     Ok(ServerHandle {
@@ -197,19 +295,14 @@ pub(crate) fn serve(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn accept_loop<F>(
+fn accept_loop(
     name: &str,
     listener: TcpListener,
     options: ServerOptions,
-    shutdown: &AtomicBool,
+    shutdown: &Arc<AtomicBool>,
     registry: &Arc<Registry>,
-    pool: Option<ThreadPool<Accepted>>,
-    serve_one: F,
-    handler: &dyn Handler,
-) where
-    F: Fn(Accepted) + Send + Clone + 'static,
-{
+    answerer: Arc<Answerer>,
+) {
     for incoming in listener.incoming() {
         if shutdown.load(Ordering::SeqCst) {
             break;
@@ -231,40 +324,23 @@ fn accept_loop<F>(
                     "{name} is at its limit of {} connections",
                     options.max_connections
                 ),
-                handler,
+                answerer.handler(),
             );
             continue;
         }
-        let accepted = Accepted {
-            _registered: registry.register(&stream),
-            stream,
-        };
-        match &pool {
-            Some(pool) => {
-                if let Err(rejected) = pool.try_submit(accepted) {
-                    refuse_busy(
-                        rejected.stream,
-                        &format!(
-                            "{name} has all {} workers busy and its queue full",
-                            pool.threads()
-                        ),
-                        handler,
-                    );
-                }
-            }
-            None => {
-                let serve_one = serve_one.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("{name}-conn"))
-                    .spawn(move || serve_one(accepted));
-                if let Err(e) = spawned {
-                    log::warn!("{name}: cannot start a connection thread: {e}");
-                }
-            }
+        let registered = registry.register(&stream);
+        let answerer = Arc::clone(&answerer);
+        let shutdown = Arc::clone(shutdown);
+        let spawned = std::thread::Builder::new()
+            .name(format!("{name}-conn"))
+            .spawn(move || {
+                serve_connection(stream, &answerer, &options, &shutdown);
+                drop(registered);
+            });
+        if let Err(e) = spawned {
+            log::warn!("{name}: cannot start a connection thread: {e}");
         }
     }
-    // Dropping the pool here joins its workers once their connections are closed.
-    drop(pool);
 }
 
 fn refuse_busy(mut stream: TcpStream, message: &str, handler: &dyn Handler) {
@@ -276,11 +352,12 @@ fn refuse_busy(mut stream: TcpStream, message: &str, handler: &dyn Handler) {
 }
 
 /// Answers frames on one connection until the peer closes it, misbehaves, idles out, or the
-/// server shuts down. Answers are written in request order; when a client pipelines, answers are
-/// gathered and written together once no further whole request is buffered.
+/// server shuts down. Answers are written in request order. When a client pipelines, every whole
+/// request already read is answered as one batch (up to [`MAX_BATCH`]) and the answers are
+/// written together.
 fn serve_connection(
     mut stream: TcpStream,
-    handler: &dyn Handler,
+    answerer: &Answerer,
     options: &ServerOptions,
     shutdown: &AtomicBool,
 ) {
@@ -297,32 +374,45 @@ fn serve_connection(
     let _ = stream.set_nodelay(true);
     let limits = options.limits;
     let mut reader = FrameReader::new(limits.max_frame, timeouts.frame);
+    let mut batch = Vec::new();
     let mut out = Vec::new();
     let mut idle_since = Instant::now();
-    const FLUSH_AT: usize = 256 * 1024;
+    // Answers the requests read so far and writes the answers; false when the write failed.
+    let mut answer_batch = |batch: &mut Vec<Frame>, stream: &mut TcpStream| -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let answers = answerer.answer(std::mem::take(batch), &limits);
+        let count = answers.len();
+        for (index, answer) in answers.into_iter().enumerate() {
+            answer.encode_into(&mut out);
+            if out.len() >= FLUSH_AT || index + 1 == count {
+                if let Err(e) = stream.write_all(&out) {
+                    log::debug!("connection from {peer}: write failed: {e}");
+                    return false;
+                }
+                out.clear();
+            }
+        }
+        true
+    };
     while !shutdown.load(Ordering::Relaxed) {
         match reader.read_frame(&mut stream) {
             Ok(Some(request)) => {
                 idle_since = Instant::now();
-                let answer = if request.kind != Kind::Request {
-                    handler.refused(Status::BAD_REQUEST);
-                    request.error_reply(Status::BAD_REQUEST, "a server accepts requests only")
-                } else if let Err(message) = limits.check(&request) {
-                    handler.refused(Status::TOO_LARGE);
-                    request.error_reply(Status::TOO_LARGE, message)
-                } else {
-                    handler.handle(request)
-                };
-                answer.encode_into(&mut out);
-                if out.len() >= FLUSH_AT || !reader.has_buffered_frame() {
-                    if let Err(e) = stream.write_all(&out) {
-                        log::debug!("connection from {peer}: write failed: {e}");
-                        return;
-                    }
-                    out.clear();
+                batch.push(request);
+                // More whole requests already buffered join the batch without blocking.
+                if reader.has_buffered_frame() && batch.len() < MAX_BATCH {
+                    continue;
+                }
+                if !answer_batch(&mut batch, &mut stream) {
+                    return;
                 }
             }
-            Ok(None) => return,
+            Ok(None) => {
+                answer_batch(&mut batch, &mut stream);
+                return;
+            }
             Err(ReadError::Idle) => {
                 if idle_since.elapsed() >= timeouts.idle {
                     log::debug!(
@@ -343,11 +433,14 @@ fn serve_connection(
                 return;
             }
             Err(ReadError::Frame { error, request_id }) => {
+                // The requests before the bad frame are answered first, in order.
+                if !answer_batch(&mut batch, &mut stream) {
+                    return;
+                }
                 log::info!("connection from {peer}: malformed frame: {error}");
-                handler.refused(error.status());
+                answerer.handler().refused(error.status());
                 let answer = Frame::error_for_id(request_id, error.status(), error.to_string());
-                answer.encode_into(&mut out);
-                let _ = stream.write_all(&out);
+                let _ = stream.write_all(&answer.encode());
                 let _ = stream.shutdown(Shutdown::Both);
                 return;
             }

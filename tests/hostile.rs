@@ -504,8 +504,6 @@ fn the_frontend_connection_limit_answers_busy() {
         1,
         BackendConfig::default(),
         FrontendConfig {
-            threads: 1,
-            queue: 1,
             server: ServerOptions {
                 max_connections: 2,
                 ..ServerOptions::default()
@@ -516,29 +514,159 @@ fn the_frontend_connection_limit_answers_busy() {
     )
     .unwrap();
     let addr = cluster.frontend_addr();
-    // The first connection has the only worker; the second waits in the queue with a PING.
     let mut first = raw(addr);
+    let mut second = raw(addr);
+    for (stream, id) in [(&mut first, 1), (&mut second, 2)] {
+        assert_eq!(
+            raw_call(stream, Opcode::PING, id, b"", b"").status,
+            Status::OK
+        );
+    }
+    expect_busy(addr);
+    expect_busy(addr);
     assert_eq!(
-        raw_call(&mut first, Opcode::PING, 1, b"", b"").status,
+        raw_call(&mut second, Opcode::PUT, 3, b"k", b"v").status,
         Status::OK
     );
-    let mut second = raw(addr);
-    second
-        .write_all(&request_bytes(Opcode::PING, 2, b"", b""))
-        .unwrap();
-    expect_busy(addr);
-    expect_busy(addr);
-    // When the first closes, the waiting one gets the worker and its answer.
     drop(first);
-    let answer = read_frame(&mut second).expect("the queued connection was dropped");
-    assert_eq!((answer.request_id, answer.status), (2, Status::OK));
-    // When it closes too, new connections are served again.
-    drop(second);
     let mut third = wait_until_served(addr);
     assert_eq!(
-        raw_call(&mut third, Opcode::PUT, 7, b"k", b"v").status,
+        raw_call(&mut third, Opcode::GET, 7, b"k", b"").status,
         Status::OK
     );
+}
+
+#[test]
+fn idle_client_connections_hold_no_frontend_worker() {
+    let cluster = LocalCluster::start(
+        1,
+        BackendConfig::default(),
+        FrontendConfig {
+            threads: 1,
+            queue: 1,
+            startup_timeout: Duration::from_secs(5),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let addr = cluster.frontend_addr();
+    // Connections that say nothing, and one that stops half-way through a frame.
+    let idle: Vec<TcpStream> = (0..20).map(|_| raw(addr)).collect();
+    let mut half = raw(addr);
+    half.write_all(&request_bytes(Opcode::PUT, 9, b"half", b"sent")[..20])
+        .unwrap();
+    // One worker, yet everyone else is served at once.
+    for _ in 0..3 {
+        assert_serves(addr);
+    }
+    drop(idle);
+}
+
+/// A backend that takes the frontend's view and then answers key requests only when told to:
+/// it keeps the frontend's only worker busy for as long as a test needs.
+struct StuckBackend {
+    addr: String,
+    /// Each key request it receives, as it arrives.
+    received: std::sync::mpsc::Receiver<u64>,
+    /// Lets every held request be answered (NOT_FOUND).
+    release: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl StuckBackend {
+    fn start() -> StuckBackend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (seen, received) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Arc::new(std::sync::Mutex::new(released));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let seen = seen.clone();
+                let released = std::sync::Arc::clone(&released);
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    while let Some(request) = read_frame_buffered(&mut stream, &mut buf) {
+                        if request.opcode != Opcode::VIEW_INSTALL {
+                            let _ = seen.send(request.request_id);
+                            // Waits for the release (or for the test to end).
+                            let _ = released.lock().unwrap().recv();
+                        }
+                        let answer = if request.opcode == Opcode::VIEW_INSTALL {
+                            request.reply(Status::OK, Vec::new())
+                        } else {
+                            request.reply(Status::NOT_FOUND, Vec::new())
+                        };
+                        if stream.write_all(&answer.encode()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        StuckBackend {
+            addr,
+            received,
+            release: Some(release),
+        }
+    }
+}
+
+#[test]
+fn a_full_frontend_queue_answers_busy_and_keeps_the_connection() {
+    let backend = StuckBackend::start();
+    let mut frontend = ringkv::Frontend::start(FrontendConfig {
+        listen: "127.0.0.1:0".into(),
+        backends: vec![backend.addr.clone()],
+        threads: 1,
+        queue: 1,
+        startup_timeout: Duration::from_secs(5),
+        ..FrontendConfig::default()
+    })
+    .unwrap();
+    let addr = frontend.local_addr();
+
+    // The only worker is stuck forwarding the first GET.
+    let mut first = raw(addr);
+    first
+        .write_all(&request_bytes(Opcode::GET, 1, b"a", b""))
+        .unwrap();
+    backend
+        .received
+        .recv_timeout(common::BOUND)
+        .expect("the first GET never reached the backend");
+    // One more request fits in the queue; the one after it does not. Which of the two is
+    // queued depends on which the frontend reads first, so each is read on its own thread.
+    let (answers, answered) = std::sync::mpsc::channel();
+    let mut waiting = Vec::new();
+    for id in [2u64, 3] {
+        let mut stream = raw(addr);
+        stream
+            .write_all(&request_bytes(Opcode::GET, id, b"b", b""))
+            .unwrap();
+        let answers = answers.clone();
+        waiting.push(std::thread::spawn(move || {
+            let answer = read_frame(&mut stream).expect("closed without an answer");
+            answers.send((answer.request_id, answer.status)).unwrap();
+            stream
+        }));
+    }
+    let (busy_id, status) = answered.recv_timeout(common::BOUND).unwrap();
+    assert_eq!(status, Status::BUSY, "request {busy_id}");
+    drop(backend.release);
+    let (queued_id, status) = answered.recv_timeout(common::BOUND).unwrap();
+    assert_eq!((queued_id, status), (5 - busy_id, Status::NOT_FOUND));
+    let answer = read_frame(&mut first).unwrap();
+    assert_eq!((answer.request_id, answer.status), (1, Status::NOT_FOUND));
+    // The connection that heard BUSY is still open and is served now.
+    for handle in waiting {
+        let mut stream = handle.join().unwrap();
+        assert_eq!(
+            raw_call(&mut stream, Opcode::PING, 10, b"", b"").status,
+            Status::OK
+        );
+    }
+    frontend.shutdown();
 }
 
 /// One hostile byte string: random bytes, a plausible header with random contents, a valid

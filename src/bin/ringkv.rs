@@ -58,12 +58,15 @@ struct FrontendArgs {
     /// address to listen on for clients (default 127.0.0.1:7000)
     #[argh(option, default = "String::from(\"127.0.0.1:7000\")")]
     listen: String,
-    /// worker threads serving client connections (default 64)
+    /// worker threads forwarding requests to the backends (default 64)
     #[argh(option, default = "64")]
     threads: usize,
-    /// client connections that may wait for a worker; more get BUSY (default 128)
+    /// request batches that may wait for a worker; more get BUSY (default 128)
     #[argh(option, default = "128")]
     queue: usize,
+    /// open client connections allowed at once; more get BUSY (default 1024)
+    #[argh(option, default = "1024")]
+    max_connections: usize,
     /// which backend receives a request: random (the paper) or owner (default random)
     #[argh(option, default = "Entry::Random")]
     entry: Entry,
@@ -103,7 +106,7 @@ struct LocalArgs {
     /// frontend address (default 127.0.0.1:7000; port 0 picks one)
     #[argh(option, default = "String::from(\"127.0.0.1:7000\")")]
     listen: String,
-    /// frontend worker threads (default 64)
+    /// frontend worker threads forwarding requests (default 64)
     #[argh(option, default = "64")]
     threads: usize,
     /// which backend receives a request: random (the paper) or owner (default random)
@@ -176,7 +179,7 @@ fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
 
 fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
     let server = server_options(
-        a.threads + a.queue,
+        a.max_connections,
         a.max_key_bytes,
         a.max_value_bytes,
         a.io_timeout,
