@@ -57,28 +57,11 @@ fn main() -> ExitCode {
 /// means "read stdin".
 fn parse_args() -> (Args, bool) {
     let mut words: Vec<String> = std::env::args().collect();
-    let command = if words.is_empty() {
-        "bulk_load".to_string()
-    } else {
-        words.remove(0)
-    };
-    let dash = words.iter().position(|w| w == "-");
+    let dash = words.iter().skip(1).position(|w| w == "-");
     if let Some(i) = dash {
-        words.remove(i);
+        words.remove(i + 1);
     }
-    let rest: Vec<&str> = words.iter().map(String::as_str).collect();
-    match Args::from_args(&[&command], &rest) {
-        Ok(args) => (args, dash.is_some()),
-        Err(exit) => {
-            if exit.status.is_ok() {
-                print!("{}", exit.output);
-                std::process::exit(0);
-            }
-            eprintln!("{}", exit.output.trim_end());
-            eprintln!("Run {command} --help for usage.");
-            std::process::exit(2);
-        }
-    }
+    (ringkv::cli::parse_words(words), dash.is_some())
 }
 
 fn run(args: &Args, stdin: bool) -> Result<bool, Failure> {
@@ -94,11 +77,7 @@ fn run(args: &Args, stdin: bool) -> Result<bool, Failure> {
     if args.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    let addr = args
-        .frontend
-        .clone()
-        .or_else(|| std::env::var("RINGKV_FRONTEND").ok())
-        .unwrap_or_else(|| "127.0.0.1:7000".into());
+    let addr = ringkv::cli::frontend_address(args.frontend.clone());
     let mut client = Client::connect(&addr)?;
 
     let started = Instant::now();

@@ -81,11 +81,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     if args.distinct == 0 {
         return Err("--distinct must be at least 1".into());
     }
-    let addr = args
-        .frontend
-        .clone()
-        .or_else(|| std::env::var("RINGKV_FRONTEND").ok())
-        .unwrap_or_else(|| "127.0.0.1:7000".into());
+    let addr = ringkv::cli::frontend_address(args.frontend.clone());
     let mut client = Client::connect(&addr)?;
     println!("caching primes_below(n) in ringkv at {addr} under {KEY_PREFIX}<n>");
 

@@ -13,10 +13,14 @@ use crate::protocol::{Limits, Status};
 use crate::rng::Rng;
 use crate::server::ServerOptions;
 
-/// Parses the command line into `T`. `--help` prints and exits 0; a usage error prints the
-/// problem and exits 2, so that the binaries keep 1 for "not found".
+/// Parses the command line into `T` (see [`parse_words`]).
 pub fn parse_args<T: argh::FromArgs>() -> T {
-    let words: Vec<String> = std::env::args().collect();
+    parse_words(std::env::args().collect())
+}
+
+/// Parses `words` (the program name first) into `T`. `--help` prints and exits 0; a usage error
+/// prints the problem and exits 2, so that the binaries keep 1 for "not found".
+pub fn parse_words<T: argh::FromArgs>(words: Vec<String>) -> T {
     let command = words.first().map_or("ringkv", String::as_str);
     let rest: Vec<&str> = words.iter().skip(1).map(String::as_str).collect();
     match T::from_args(&[command], &rest) {
@@ -32,6 +36,16 @@ pub fn parse_args<T: argh::FromArgs>() -> T {
         }
     }
 }
+
+/// Where a client connects: the `--frontend` flag if given, else `$RINGKV_FRONTEND`, else the
+/// address `ringkv local` listens on by default.
+pub fn frontend_address(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("RINGKV_FRONTEND").ok())
+        .unwrap_or_else(|| DEFAULT_FRONTEND.to_string())
+}
+
+/// The frontend address `ringkv frontend` and `ringkv local` listen on unless told otherwise.
+pub const DEFAULT_FRONTEND: &str = "127.0.0.1:7000";
 
 /// Server options from the flags both servers take.
 pub fn server_options(

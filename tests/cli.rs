@@ -1,42 +1,20 @@
 //! The `ringkv` and `kvcli` binaries driven as a user drives them: separate processes, real
 //! sockets, exit codes and printed output.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::process::{run_bounded, wait_bounded, Finished};
+use common::BOUND;
 
 const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
 const KVCLI: &str = env!("CARGO_BIN_EXE_kvcli");
-
-/// How long any single wait may take before the test fails instead of hanging.
-const BOUND: Duration = Duration::from_secs(10);
-
-/// Waits for `child` to exit, at most `bound`.
-fn wait_bounded(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child process") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A child process that is killed when dropped, so that a failing test leaves nothing running.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A running `ringkv` server process, killed when dropped so that a failing test leaves nothing
 /// running. Its stdout lines arrive on a channel; its log (stderr) is kept for failure messages.
@@ -126,84 +104,14 @@ fn local_cluster() -> (Server, String, Vec<String>) {
     (server, frontend, backends)
 }
 
-/// What a finished `kvcli` left behind.
-struct Finished {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Finished {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
-
-impl std::fmt::Debug for Finished {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} after {:.2?}\n--- stdout\n{}--- stderr\n{}",
-            self.status,
-            self.elapsed,
-            self.text(),
-            self.stderr
-        )
-    }
-}
-
-fn read_to_end_in_background(mut pipe: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        let _ = tx.send(bytes);
-    });
-    rx
-}
-
 /// Runs kvcli with `args` and `stdin` as its input, and waits for it, at most [`BOUND`].
 fn kvcli_with(args: &[&str], stdin: &[u8], env: Option<(&str, &str)>) -> Finished {
     let mut command = Command::new(KVCLI);
-    command
-        .args(args)
-        .env_remove("RINGKV_FRONTEND")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.args(args);
     if let Some((name, value)) = env {
         command.env(name, value);
     }
-    let started = Instant::now();
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start kvcli: {e}"));
-    let mut guard = ChildGuard(child);
-    let mut input = guard.0.stdin.take().expect("stdin is piped");
-    let input_bytes = stdin.to_vec();
-    std::thread::spawn(move || {
-        let _ = input.write_all(&input_bytes);
-    });
-    let stdout = read_to_end_in_background(guard.0.stdout.take().expect("stdout is piped"));
-    let stderr = read_to_end_in_background(guard.0.stderr.take().expect("stderr is piped"));
-    let status = wait_bounded(&mut guard.0, BOUND)
-        .unwrap_or_else(|| panic!("kvcli {args:?} did not finish within {BOUND:?}"));
-    let elapsed = started.elapsed();
-    let collect = |rx: Receiver<Vec<u8>>| {
-        rx.recv_timeout(BOUND)
-            .unwrap_or_else(|_| panic!("kvcli {args:?} exited but its output stayed open"))
-    };
-    Finished {
-        status,
-        stdout: collect(stdout),
-        stderr: String::from_utf8_lossy(&collect(stderr)).into_owned(),
-        elapsed,
-    }
+    run_bounded(&mut command, stdin, BOUND)
 }
 
 fn kvcli(args: &[&str]) -> Finished {

@@ -7,13 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::process::{run_bounded, Finished};
 use common::{client, cluster, BOUND};
 use ringkv::{Entry, Routing};
 
@@ -44,92 +42,9 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-/// A child process that is killed when dropped, so a failing test leaves nothing running.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// What a finished process left behind.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Finished {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}\n--- stdout\n{}--- stderr\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-fn read_to_end_in_background(mut pipe: impl Read + Send + 'static) -> Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        let _ = tx.send(bytes);
-    });
-    rx
-}
-
 /// Runs `program args` with `stdin` as its input and waits for it to finish, at most [`BOUND`].
 fn run(program: &Path, args: &[&str], stdin: &[u8]) -> Finished {
-    let mut child = ChildGuard(
-        Command::new(program)
-            .args(args)
-            .env_remove("RINGKV_FRONTEND")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display())),
-    );
-    let deadline = Instant::now() + BOUND;
-    let mut input = child.0.stdin.take().expect("stdin is piped");
-    let input_bytes = stdin.to_vec();
-    // A separate writer, so that a child that writes much before reading cannot deadlock us.
-    std::thread::spawn(move || {
-        let _ = input.write_all(&input_bytes);
-    });
-    let stdout = read_to_end_in_background(child.0.stdout.take().expect("stdout is piped"));
-    let stderr = read_to_end_in_background(child.0.stderr.take().expect("stderr is piped"));
-    let collect = |rx: Receiver<Vec<u8>>| {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let bytes = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "{} {args:?} did not finish within {BOUND:?}",
-                program.display()
-            )
-        });
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    let (stdout, stderr) = (collect(stdout), collect(stderr));
-    // Both pipes are closed, so the process is exiting; still, give up at the deadline.
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("waiting for the child") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} closed its output but did not exit",
-            program.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Finished {
-        status,
-        stdout,
-        stderr,
-    }
+    run_bounded(Command::new(program).args(args), stdin, BOUND)
 }
 
 /// The lines of the bulk-load test file and, per key, the value it should leave in the store.
@@ -199,12 +114,12 @@ fn bulk_load_loads_a_file_skips_malformed_lines_and_verifies() {
     assert!(out.status.success(), "{out:?}");
     let loaded = lines - 2;
     assert!(
-        out.stdout
+        out.text()
             .contains(&format!("loaded {loaded} lines from {}", path.display())),
         "{out:?}"
     );
     assert!(
-        out.stdout.contains("2 malformed lines skipped; 0 refused"),
+        out.text().contains("2 malformed lines skipped; 0 refused"),
         "{out:?}"
     );
     assert!(
@@ -215,11 +130,11 @@ fn bulk_load_loads_a_file_skips_malformed_lines_and_verifies() {
     assert!(out.stderr.contains("line 5: empty key, skipped"), "{out:?}");
     assert_eq!(out.stderr.lines().count(), 2, "{out:?}");
     assert!(
-        out.stdout
+        out.text()
             .contains(&format!("verified {} keys", expected.len())),
         "{out:?}"
     );
-    assert!(out.stdout.contains("all match"), "{out:?}");
+    assert!(out.text().contains("all match"), "{out:?}");
     assert_store_holds(cluster.frontend_addr(), &expected);
     let reports = client(cluster.frontend_addr()).size().unwrap();
     let (_, total) = common::split_total(&reports);
@@ -239,8 +154,8 @@ fn bulk_load_reads_stdin_in_uneven_batches() {
         &file,
     );
     assert!(out.status.success(), "{out:?}");
-    assert!(out.stdout.contains("lines from stdin"), "{out:?}");
-    assert!(out.stdout.contains("all match"), "{out:?}");
+    assert!(out.text().contains("lines from stdin"), "{out:?}");
+    assert!(out.text().contains("all match"), "{out:?}");
     assert_store_holds(cluster.frontend_addr(), &expected);
 }
 
@@ -260,9 +175,9 @@ fn bulk_load_reports_refused_lines_and_fails() {
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("line 2: PUT"), "{out:?}");
     assert!(out.stderr.contains("TOO_LARGE"), "{out:?}");
-    assert!(out.stdout.contains("loaded 2 lines"), "{out:?}");
-    assert!(out.stdout.contains("1 refused"), "{out:?}");
-    assert!(out.stdout.contains("verified 2 keys"), "{out:?}");
+    assert!(out.text().contains("loaded 2 lines"), "{out:?}");
+    assert!(out.text().contains("1 refused"), "{out:?}");
+    assert!(out.text().contains("verified 2 keys"), "{out:?}");
     let mut client = client(cluster.frontend_addr());
     assert_eq!(client.get(b"before").unwrap().as_deref(), Some(&b"1"[..]));
     assert_eq!(client.get(b"after").unwrap().as_deref(), Some(&b"2"[..]));
@@ -324,15 +239,14 @@ struct Call {
 
 /// The calls memo_cache printed, and the key prefix it announced.
 fn memo_calls(out: &Finished) -> (String, Vec<Call>) {
-    let prefix = out
-        .stdout
+    let text = out.text();
+    let prefix = text
         .lines()
         .find_map(|line| line.split_once(" under ").map(|(_, key)| key))
         .and_then(|key| key.strip_suffix("<n>"))
         .unwrap_or_else(|| panic!("no key prefix announced: {out:?}"))
         .to_string();
-    let calls = out
-        .stdout
+    let calls = text
         .lines()
         .filter(|line| line.starts_with("call "))
         .map(|line| {
@@ -351,7 +265,7 @@ fn memo_calls(out: &Finished) -> (String, Vec<Call>) {
 
 fn total(out: &Finished, name: &str) -> u64 {
     let label = format!("{name}: ");
-    out.stdout
+    out.text()
         .lines()
         .find(|line| line.starts_with("calls: "))
         .and_then(|line| line.split("  ").find_map(|part| part.strip_prefix(&label)))
@@ -435,7 +349,7 @@ fn memo_cache_detects_and_repairs_a_wrong_cached_result() {
     assert!(!second.status.success(), "{second:?}");
     assert_eq!(total(&second, "wrong"), 1, "{second:?}");
     assert!(
-        second.stdout.contains("WRONG: the cache held 12"),
+        second.text().contains("WRONG: the cache held 12"),
         "{second:?}"
     );
     let (_, calls) = memo_calls(&second);

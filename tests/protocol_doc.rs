@@ -313,19 +313,6 @@ fn ring_example_follows_the_ownership_rule() {
     assert_eq!(nodes[ring.owner(&dog)], "10.0.0.3:4000");
 }
 
-/// `n` written with thousands separators, as the document writes byte counts.
-fn with_commas(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[test]
 fn documented_limits_and_constants_are_the_codes() {
     let limits = Limits::default();
@@ -339,7 +326,7 @@ fn documented_limits_and_constants_are_the_codes() {
         ("max value", limits.max_value),
         ("max frame", limits.max_frame),
     ] {
-        let text = with_commas(value);
+        let text = ringkv::cli::thousands(value as u64);
         assert!(
             DOC.contains(&text),
             "PROTOCOL.md does not mention the {what} of {text} bytes"

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use common::process::{run_bounded, Finished};
 
 use ringkv::{BackendConfig, Entry, FrontendConfig, LocalCluster, Routing};
 
@@ -18,31 +18,6 @@ const SCRIPT: &str = concat!(
 
 /// The longest a Python run may take before the test kills it and fails.
 const PYTHON_BOUND: Duration = Duration::from_secs(60);
-
-/// Kills the child on drop, so that a failing test never leaves it running.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
 
 /// Fails with a clear message when python3 is missing or older than the client needs.
 fn require_python() {
@@ -69,60 +44,13 @@ fn require_python() {
 }
 
 /// Runs the client script with `args`, waiting at most [`PYTHON_BOUND`].
-fn run_python(args: &[&str]) -> Run {
+fn run_python(args: &[&str]) -> Finished {
     require_python();
-    let child = Command::new("python3")
-        .arg(SCRIPT)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start python3");
-    let mut guard = ChildGuard(child);
-    // Both pipes reach end of file when the script exits; that is the signal waited for.
-    let (done, finished) = mpsc::channel();
-    for (index, pipe) in [
-        guard
-            .0
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        guard
-            .0
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut pipe = pipe.expect("the pipe was requested");
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            let _ = done.send((index, bytes));
-        });
-    }
-    let deadline = Instant::now() + PYTHON_BOUND;
-    let mut outputs = [Vec::new(), Vec::new()];
-    for _ in 0..2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match finished.recv_timeout(left) {
-            Ok((index, bytes)) => outputs[index] = bytes,
-            Err(_) => panic!(
-                "python3 {SCRIPT} {args:?} did not finish within {PYTHON_BOUND:?}; killed it"
-            ),
-        }
-    }
-    let status = guard.0.wait().expect("cannot wait for python3");
-    let [stdout, stderr] = outputs;
-    Run {
-        status,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    run_bounded(
+        Command::new("python3").arg(SCRIPT).args(args),
+        b"",
+        PYTHON_BOUND,
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -135,27 +63,20 @@ fn assert_self_check_passes(cluster: &LocalCluster) {
     let run = run_python(&[&addr]);
     assert!(
         run.status.success(),
-        "the Python self-check failed:\n{}",
-        run.describe()
+        "the Python self-check failed:\n{:?}",
+        run
     );
-    let lines: Vec<&str> = run.stdout.lines().collect();
+    let text = run.text();
+    let lines: Vec<&str> = text.lines().collect();
     let passed = lines.iter().filter(|l| l.starts_with("ok ")).count();
-    assert!(
-        !lines.iter().any(|l| l.starts_with("FAIL")),
-        "{}",
-        run.describe()
-    );
+    assert!(!lines.iter().any(|l| l.starts_with("FAIL")), "{:?}", run);
     assert_eq!(
         lines.last().copied(),
         Some(format!("all {passed} checks passed").as_str()),
-        "{}",
-        run.describe()
+        "{:?}",
+        run
     );
-    assert!(
-        passed >= 15,
-        "only {passed} checks ran:\n{}",
-        run.describe()
-    );
+    assert!(passed >= 15, "only {passed} checks ran:\n{:?}", run);
 
     // The self-check pipelines 500 PUTs of fresh keys; the Rust client must see them stored.
     let reports = common::client(cluster.frontend_addr()).size().unwrap();
@@ -223,12 +144,12 @@ fn rust_writes_and_python_reads_binary_keys_and_values() {
         let run = run_python(&[&addr, "--hex", "--get", &hex(&key)]);
         assert!(
             run.status.success(),
-            "Python could not read key {}:\n{}",
+            "Python could not read key {}:\n{:?}",
             hex(&key),
-            run.describe()
+            run
         );
         assert_eq!(
-            run.stdout.trim_end(),
+            run.text().trim_end(),
             hex(&value),
             "Python read a different value for key {}",
             hex(&key)
@@ -238,8 +159,8 @@ fn rust_writes_and_python_reads_binary_keys_and_values() {
     assert_eq!(
         run.status.code(),
         Some(3),
-        "a missing key should exit 3:\n{}",
-        run.describe()
+        "a missing key should exit 3:\n{:?}",
+        run
     );
     assert_eq!(run.stderr.trim(), "NOT_FOUND");
 }
@@ -253,9 +174,9 @@ fn python_writes_and_rust_reads_binary_keys_and_values() {
         let run = run_python(&[&addr, "--hex", "--put", &hex(&key), &hex(&value)]);
         assert!(
             run.status.success(),
-            "Python could not store key {}:\n{}",
+            "Python could not store key {}:\n{:?}",
             hex(&key),
-            run.describe()
+            run
         );
         assert_eq!(
             client.get(&key).unwrap().as_deref(),
@@ -264,7 +185,7 @@ fn python_writes_and_rust_reads_binary_keys_and_values() {
             hex(&key)
         );
         let run = run_python(&[&addr, "--hex", "--delete", &hex(&key)]);
-        assert!(run.status.success(), "{}", run.describe());
+        assert!(run.status.success(), "{:?}", run);
         assert_eq!(client.get(&key).unwrap(), None, "the delete did not stick");
     }
 }

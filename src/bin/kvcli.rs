@@ -109,10 +109,7 @@ struct TestArgs {
 
 fn main() -> ExitCode {
     let args: Args = ringkv::cli::parse_args();
-    let addr = args
-        .frontend
-        .or_else(|| std::env::var("RINGKV_FRONTEND").ok())
-        .unwrap_or_else(|| "127.0.0.1:7000".into());
+    let addr = ringkv::cli::frontend_address(args.frontend);
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(args.timeout.max(1)),
         io_timeout: Duration::from_secs(args.timeout.max(1)),
