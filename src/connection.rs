@@ -41,7 +41,8 @@ impl Default for Timeouts {
 pub enum ReadError {
     /// The bytes are not a frame; `request_id` is read from the header when it got that far.
     Frame { error: FrameError, request_id: u64 },
-    /// The socket's read timeout passed with nothing buffered: the peer is idle.
+    /// The socket's read timeout passed with nothing buffered (or, for
+    /// [`FrameReader::read_frame_if_prompt`], with no whole frame): the peer is idle.
     Idle,
     /// Part of a frame arrived and the rest did not come in time.
     Stalled { buffered: usize },
@@ -92,9 +93,28 @@ impl FrameReader {
     }
 
     /// The next frame: `Ok(None)` when the peer closed the connection cleanly between frames.
+    /// A read timeout with part of a frame buffered keeps waiting, up to the frame deadline.
     pub fn read_frame<R: Read>(
         &mut self,
         src: &mut R,
+    ) -> std::result::Result<Option<Frame>, ReadError> {
+        self.read(src, true)
+    }
+
+    /// Like [`FrameReader::read_frame`], but a read timeout returns [`ReadError::Idle`] even with
+    /// part of a frame buffered: for a thread that only serves a connection while it is busy.
+    /// The part is kept, and its frame deadline keeps running.
+    pub fn read_frame_if_prompt<R: Read>(
+        &mut self,
+        src: &mut R,
+    ) -> std::result::Result<Option<Frame>, ReadError> {
+        self.read(src, false)
+    }
+
+    fn read<R: Read>(
+        &mut self,
+        src: &mut R,
+        patient: bool,
     ) -> std::result::Result<Option<Frame>, ReadError> {
         loop {
             let pending = &self.buf[self.start..self.end];
@@ -156,7 +176,7 @@ impl FrameReader {
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::TimedOut =>
                 {
-                    if self.end == 0 {
+                    if self.end == 0 || !patient {
                         return Err(ReadError::Idle);
                     }
                     if self

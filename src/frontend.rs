@@ -54,9 +54,10 @@ pub struct FrontendConfig {
     /// Every backend's address, as the frontend and the other backends reach it.
     pub backends: Vec<String>,
     /// Worker threads answering client requests (forwarding them to backends). Each client
-    /// connection has a thread of its own that reads its requests and hands them to a worker.
+    /// connection also has a thread of its own that waits for its requests and lends the
+    /// connection to a worker while it has some.
     pub threads: usize,
-    /// Request batches that may wait for a free worker; requests beyond get BUSY.
+    /// Connections with requests that may wait for a free worker; past it, requests get BUSY.
     pub queue: usize,
     /// Limits, timeouts and the connection bound.
     pub server: ServerOptions,

@@ -1,17 +1,17 @@
 //! What the backend and frontend servers share: the accept loop with its connection limit, the
 //! per-connection frame loop, and shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::connection::{FrameReader, ReadError, Timeouts};
 use crate::error::{Error, Result};
-use crate::pool::ThreadPool;
+use crate::pool::{Backlog, ThreadPool};
 use crate::protocol::{Frame, Kind, Limits, Status};
 
 /// Settings every server has.
@@ -94,105 +94,245 @@ impl Drop for Registered {
     }
 }
 
-/// Which threads answer requests. Every connection has its own thread reading its frames (the
-/// connection limit bounds them); requests are answered either on that thread or by a pool.
+/// Which threads answer requests. Every connection has a thread of its own that waits for its
+/// requests (the connection limit bounds them); requests are answered on that thread or by a pool.
 pub(crate) enum Dispatch {
     /// The connection's thread answers its requests itself (backends).
     ThreadPerConnection,
-    /// A fixed pool of workers answers requests, taken from a bounded queue in batches (the
-    /// frontend). An idle connection holds no worker, so idle clients cannot starve busy ones;
-    /// when every worker is busy and the queue is full, requests get BUSY and the connection
-    /// stays open.
+    /// A fixed pool of workers answers them (the frontend). A connection with requests is lent
+    /// to a worker, which answers them and goes on serving it while requests keep coming within
+    /// [`LINGER`]; when it falls quiet, when its client is slow to take its answers, or when other
+    /// connections wait for a worker, the worker gives it back to the connection's thread. So a
+    /// busy client is served without a thread hand-off per request, and an idle or slow one holds
+    /// no worker. When every worker is busy and the queue is full, requests get BUSY and the
+    /// connection stays open.
     Pool { threads: usize, queue: usize },
 }
 
-/// Requests a connection thread has read, on their way to a pool worker, with the channel their
-/// answers (in the same order) go back on.
-pub(crate) struct Batch {
-    requests: Vec<Frame>,
-    answers: mpsc::SyncSender<Vec<Frame>>,
-}
+/// How long a worker keeps a connection that has gone quiet, waiting for its next request
+/// before giving it back: longer than a client's turn-around between an answer and its next
+/// request on a busy connection, short enough that a worker is not wasted on an idle one.
+const LINGER: Duration = Duration::from_millis(1);
 
-/// Where a connection's requests are answered.
-enum Answerer {
-    Inline(Arc<dyn Handler>),
-    Pool {
-        pool: Arc<ThreadPool<Batch>>,
-        handler: Arc<dyn Handler>,
-    },
-}
-
-/// Most requests handed to a worker at once, so one pipelining client cannot keep a worker to
-/// itself for long.
+/// Most requests answered as one batch, so answers to a deep pipeline start flowing early and one
+/// client cannot keep a worker while others wait.
 const MAX_BATCH: usize = 128;
 
 /// Answer bytes gathered before they are written, so big values do not pile up in memory.
 const FLUSH_AT: usize = 256 * 1024;
 
-impl Answerer {
-    fn handler(&self) -> &dyn Handler {
-        match self {
-            Answerer::Inline(handler) | Answerer::Pool { handler, .. } => &**handler,
+/// What the servers' threads share: the handler, the options, and the shutdown flag.
+struct Serving {
+    handler: Arc<dyn Handler>,
+    options: ServerOptions,
+    shutdown: Arc<AtomicBool>,
+    /// The frontend's workers; `None` on a backend.
+    pool: Option<ThreadPool<Lent>>,
+}
+
+/// A connection lent to a pool worker, with requests waiting to be answered. The worker sends
+/// the connection back when it is done with it, or `None` when it closed it.
+struct Lent {
+    conn: ClientConn,
+    back: mpsc::SyncSender<Option<ClientConn>>,
+}
+
+/// One accepted connection and what has been read from it or is still to be written to it.
+struct ClientConn {
+    stream: TcpStream,
+    reader: FrameReader,
+    /// Requests read and not yet answered, oldest first.
+    pending: VecDeque<Frame>,
+    /// Encoded answers not yet written.
+    out: Vec<u8>,
+    /// How much of `out` has been written.
+    written: usize,
+    peer: String,
+    idle_since: Instant,
+}
+
+/// What a thread does with a connection after a read or write.
+enum Flow {
+    /// Keep serving it.
+    Continue,
+    /// It is finished (closed by the peer, broken, refused, or idle too long).
+    Close,
+}
+
+impl ClientConn {
+    fn new(stream: TcpStream, options: &ServerOptions) -> Option<ClientConn> {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let conn = ClientConn {
+            reader: FrameReader::new(options.limits.max_frame, options.timeouts.frame),
+            pending: VecDeque::new(),
+            stream,
+            out: Vec::new(),
+            written: 0,
+            peer,
+            idle_since: Instant::now(),
+        };
+        let _ = conn.stream.set_nodelay(true);
+        conn.patient(&options.timeouts).then_some(conn)
+    }
+
+    /// Socket timeouts for the connection's own thread, which may wait as long as the peer may.
+    fn patient(&self, timeouts: &Timeouts) -> bool {
+        self.stream.set_read_timeout(Some(timeouts.frame)).is_ok()
+            && self.stream.set_write_timeout(Some(timeouts.io)).is_ok()
+    }
+
+    /// Socket timeouts for a worker, which must not wait on one client for long.
+    fn hurried(&self) -> bool {
+        self.stream.set_read_timeout(Some(LINGER)).is_ok()
+            && self.stream.set_write_timeout(Some(LINGER)).is_ok()
+    }
+
+    /// Queues `first` and every further whole request already received, up to [`MAX_BATCH`].
+    fn gather(&mut self, first: Frame) {
+        self.pending.push_back(first);
+        // A buffered frame that turns out malformed is left for the next read to report.
+        while self.pending.len() < MAX_BATCH && self.reader.has_buffered_frame() {
+            match self.reader.read_frame(&mut self.stream) {
+                Ok(Some(frame)) => self.pending.push_back(frame),
+                _ => break,
+            }
+        }
+        self.idle_since = Instant::now();
+    }
+
+    /// Answers the pending requests in order, writing the answers as they pile up. Stops early
+    /// (`Ok(false)`, the rest stays pending) when the client is slow to take its answers (the
+    /// write timeout passed), so a client asking for many big values without reading them costs
+    /// the server [`FLUSH_AT`] bytes of answers, not all of them; and, on a worker, as soon as
+    /// other connections wait in `backlog`, so a deep pipeline cannot keep them waiting. An error
+    /// means the connection is gone.
+    fn answer_pending(
+        &mut self,
+        serving: &Serving,
+        backlog: Option<&Backlog>,
+    ) -> std::io::Result<bool> {
+        while let Some(request) = self.pending.pop_front() {
+            answer_one(serving, request).encode_into(&mut self.out);
+            if self.out.len() - self.written >= FLUSH_AT && !self.flush()? {
+                return Ok(false);
+            }
+            if !self.pending.is_empty() && backlog.is_some_and(|b| b.waiting() > 0) {
+                self.flush()?;
+                return Ok(false);
+            }
+        }
+        self.flush()
+    }
+
+    /// Answers every pending request BUSY, because no worker can take them.
+    fn refuse_pending(&mut self, serving: &Serving, message: &str) -> std::io::Result<bool> {
+        for request in self.pending.drain(..) {
+            serving.handler.refused(Status::BUSY);
+            request
+                .error_reply(Status::BUSY, message)
+                .encode_into(&mut self.out);
+        }
+        self.flush()
+    }
+
+    /// Writes queued answers until none are left (`Ok(true)`) or the write timeout passes
+    /// (`Ok(false)`, the rest stays queued).
+    fn flush(&mut self) -> std::io::Result<bool> {
+        while self.written < self.out.len() {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return Ok(false)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        Ok(true)
+    }
+
+    /// Writes everything queued, however long the write timeout lets it take.
+    fn flush_all(&mut self) -> Flow {
+        match self.flush() {
+            Ok(true) => Flow::Continue,
+            Ok(false) => {
+                log::debug!(
+                    "connection from {}: answers not read within the i/o timeout",
+                    self.peer
+                );
+                Flow::Close
+            }
+            Err(e) => {
+                log::debug!("connection from {}: write failed: {e}", self.peer);
+                Flow::Close
+            }
         }
     }
 
-    /// The answers to `requests`, in order.
-    fn answer(&self, requests: Vec<Frame>, limits: &Limits) -> Vec<Frame> {
-        match self {
-            Answerer::Inline(handler) => requests
-                .into_iter()
-                .map(|request| answer_one(&**handler, limits, request))
-                .collect(),
-            Answerer::Pool { pool, handler } => {
-                let ids: Vec<u64> = requests.iter().map(|r| r.request_id).collect();
-                let (sender, receiver) = mpsc::sync_channel(1);
-                match pool.try_submit(Batch {
-                    requests,
-                    answers: sender,
-                }) {
-                    Ok(()) => match receiver.recv() {
-                        Ok(answers) if answers.len() == ids.len() => answers,
-                        // The worker failed without answering (a bug in a handler): what became
-                        // of the requests is unknown, and the client must hear so.
-                        _ => ids
-                            .iter()
-                            .map(|&id| {
-                                Frame::error_for_id(id, Status::INTERNAL, "the request was lost")
-                            })
-                            .collect(),
-                    },
-                    Err(rejected) => rejected
-                        .requests
-                        .into_iter()
-                        .map(|request| {
-                            handler.refused(Status::BUSY);
-                            request.error_reply(
-                                Status::BUSY,
-                                format!(
-                                    "all {} workers are busy and the queue is full",
-                                    pool.threads()
-                                ),
-                            )
-                        })
-                        .collect(),
+    /// Deals with a read that produced no frame.
+    fn after_read_error(&mut self, error: ReadError, serving: &Serving) -> Flow {
+        let peer = &self.peer;
+        match error {
+            ReadError::Idle => {
+                let idle = serving.options.timeouts.idle;
+                if self.idle_since.elapsed() < idle {
+                    return Flow::Continue;
                 }
+                log::debug!("connection from {peer}: idle for {idle:?}, closing");
+            }
+            ReadError::Stalled { buffered } => {
+                log::info!(
+                    "connection from {peer}: dropped a frame stalled after {buffered} bytes"
+                );
+            }
+            ReadError::Truncated { buffered } => {
+                log::debug!("connection from {peer}: closed mid-frame after {buffered} bytes");
+            }
+            ReadError::Frame { error, request_id } => {
+                log::info!("connection from {peer}: malformed frame: {error}");
+                serving.handler.refused(error.status());
+                let answer = Frame::error_for_id(request_id, error.status(), error.to_string());
+                answer.encode_into(&mut self.out);
+                // The answers before it are written first, in order; then the connection ends.
+                let _ = self.flush_all();
+                let _ = self.stream.shutdown(Shutdown::Both);
+            }
+            ReadError::Io(e) => {
+                log::debug!("connection from {peer}: read failed: {e}");
             }
         }
+        Flow::Close
     }
 }
 
 /// The answer to one well-formed frame: refused when it is not a request or breaks the limits,
-/// otherwise the handler's.
-fn answer_one(handler: &dyn Handler, limits: &Limits, request: Frame) -> Frame {
+/// otherwise the handler's. A handler that panics must not take the thread with it (a pool
+/// worker would be lost for good): the request is answered INTERNAL.
+fn answer_one(serving: &Serving, request: Frame) -> Frame {
+    let handler = &*serving.handler;
     if request.kind != Kind::Request {
         handler.refused(Status::BAD_REQUEST);
-        request.error_reply(Status::BAD_REQUEST, "a server accepts requests only")
-    } else if let Err(message) = limits.check(&request) {
-        handler.refused(Status::TOO_LARGE);
-        request.error_reply(Status::TOO_LARGE, message)
-    } else {
-        handler.handle(request)
+        return request.error_reply(Status::BAD_REQUEST, "a server accepts requests only");
     }
+    if let Err(message) = serving.options.limits.check(&request) {
+        handler.refused(Status::TOO_LARGE);
+        return request.error_reply(Status::TOO_LARGE, message);
+    }
+    let id = request.request_id;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(request)))
+        .unwrap_or_else(|_| {
+            log::error!("a request handler panicked; answering INTERNAL");
+            Frame::error_for_id(id, Status::INTERNAL, "the server failed on this request")
+        })
 }
 
 /// A running server: its address, and the means to stop it. Dropping it stops it too.
@@ -248,43 +388,48 @@ pub(crate) fn serve(
     let shutdown = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(Registry::default());
 
-    let answerer = Arc::new(match dispatch {
-        Dispatch::ThreadPerConnection => Answerer::Inline(Arc::clone(&handler)),
+    let pool = match dispatch {
+        Dispatch::ThreadPerConnection => None,
         Dispatch::Pool { threads, queue } => {
-            let worker_handler = Arc::clone(&handler);
+            // The workers reach the shared state through this cell, filled once the pool exists.
+            let cell: Arc<std::sync::OnceLock<std::sync::Weak<Serving>>> = Arc::default();
+            let worker_cell = Arc::clone(&cell);
             let pool = ThreadPool::new(
                 &format!("{name}-worker"),
                 threads,
                 queue,
-                move |batch: Batch| {
-                    // A panicking handler must not take the worker with it; the connection
-                    // thread answers INTERNAL when the answers do not come back.
-                    let answers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        batch
-                            .requests
-                            .into_iter()
-                            .map(|request| answer_one(&*worker_handler, &options.limits, request))
-                            .collect::<Vec<Frame>>()
-                    }));
-                    if let Ok(answers) = answers {
-                        let _ = batch.answers.send(answers);
-                    }
+                move |lent: Lent, backlog: &Backlog| match worker_cell
+                    .get()
+                    .and_then(std::sync::Weak::upgrade)
+                {
+                    Some(serving) => serve_lent(lent, &serving, backlog),
+                    None => drop(lent),
                 },
             )
             .map_err(bind_error)?;
-            Answerer::Pool {
-                pool: Arc::new(pool),
-                handler: Arc::clone(&handler),
-            }
+            Some((pool, cell))
         }
+    };
+    let (pool, cell) = match pool {
+        Some((pool, cell)) => (Some(pool), Some(cell)),
+        None => (None, None),
+    };
+    let serving = Arc::new(Serving {
+        handler,
+        options,
+        shutdown: Arc::clone(&shutdown),
+        pool,
     });
+    if let Some(cell) = cell {
+        let _ = cell.set(Arc::downgrade(&serving));
+    }
     let acceptor = {
         let shutdown = Arc::clone(&shutdown);
         let registry = Arc::clone(&registry);
         let name = name.to_string();
         std::thread::Builder::new()
             .name(format!("{name}-acceptor"))
-            .spawn(move || accept_loop(&name, listener, options, &shutdown, &registry, answerer))
+            .spawn(move || accept_loop(&name, listener, &shutdown, &registry, serving))
             .map_err(bind_error)?
     };
     Ok(ServerHandle {
@@ -298,11 +443,11 @@ pub(crate) fn serve(
 fn accept_loop(
     name: &str,
     listener: TcpListener,
-    options: ServerOptions,
-    shutdown: &Arc<AtomicBool>,
+    shutdown: &AtomicBool,
     registry: &Arc<Registry>,
-    answerer: Arc<Answerer>,
+    serving: Arc<Serving>,
 ) {
+    let max_connections = serving.options.max_connections;
     for incoming in listener.incoming() {
         if shutdown.load(Ordering::SeqCst) {
             break;
@@ -312,29 +457,24 @@ fn accept_loop(
             Err(e) => {
                 // Out of descriptors and similar: back off instead of spinning.
                 log::warn!("{name}: accept failed: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
         };
-        let open = registry.len();
-        if open >= options.max_connections {
+        if registry.len() >= max_connections {
             refuse_busy(
                 stream,
-                &format!(
-                    "{name} is at its limit of {} connections",
-                    options.max_connections
-                ),
-                answerer.handler(),
+                &format!("{name} is at its limit of {max_connections} connections"),
+                &*serving.handler,
             );
             continue;
         }
         let registered = registry.register(&stream);
-        let answerer = Arc::clone(&answerer);
-        let shutdown = Arc::clone(shutdown);
+        let serving = Arc::clone(&serving);
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-conn"))
             .spawn(move || {
-                serve_connection(stream, &answerer, &options, &shutdown);
+                serve_connection(stream, &serving);
                 drop(registered);
             });
         if let Err(e) = spawned {
@@ -351,103 +491,91 @@ fn refuse_busy(mut stream: TcpStream, message: &str, handler: &dyn Handler) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// Answers frames on one connection until the peer closes it, misbehaves, idles out, or the
-/// server shuts down. Answers are written in request order. When a client pipelines, every whole
-/// request already read is answered as one batch (up to [`MAX_BATCH`]) and the answers are
-/// written together.
-fn serve_connection(
-    mut stream: TcpStream,
-    answerer: &Answerer,
-    options: &ServerOptions,
-    shutdown: &AtomicBool,
-) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
-    let timeouts = options.timeouts;
-    if stream.set_read_timeout(Some(timeouts.frame)).is_err()
-        || stream.set_write_timeout(Some(timeouts.io)).is_err()
-    {
+/// Serves one connection on its own thread until the peer closes it, misbehaves, idles out, or
+/// the server shuts down. Answers are written in request order; when a client pipelines, the
+/// requests already received are answered together and their answers written together.
+fn serve_connection(stream: TcpStream, serving: &Serving) {
+    let Some(mut conn) = ClientConn::new(stream, &serving.options) else {
         return;
-    }
-    let _ = stream.set_nodelay(true);
-    let limits = options.limits;
-    let mut reader = FrameReader::new(limits.max_frame, timeouts.frame);
-    let mut batch = Vec::new();
-    let mut out = Vec::new();
-    let mut idle_since = Instant::now();
-    // Answers the requests read so far and writes the answers; false when the write failed.
-    let mut answer_batch = |batch: &mut Vec<Frame>, stream: &mut TcpStream| -> bool {
-        if batch.is_empty() {
-            return true;
-        }
-        let answers = answerer.answer(std::mem::take(batch), &limits);
-        let count = answers.len();
-        for (index, answer) in answers.into_iter().enumerate() {
-            answer.encode_into(&mut out);
-            if out.len() >= FLUSH_AT || index + 1 == count {
-                if let Err(e) = stream.write_all(&out) {
-                    log::debug!("connection from {peer}: write failed: {e}");
-                    return false;
-                }
-                out.clear();
-            }
-        }
-        true
     };
-    while !shutdown.load(Ordering::Relaxed) {
-        match reader.read_frame(&mut stream) {
-            Ok(Some(request)) => {
-                idle_since = Instant::now();
-                batch.push(request);
-                // More whole requests already buffered join the batch without blocking.
-                if reader.has_buffered_frame() && batch.len() < MAX_BATCH {
-                    continue;
-                }
-                if !answer_batch(&mut batch, &mut stream) {
-                    return;
-                }
-            }
-            Ok(None) => {
-                answer_batch(&mut batch, &mut stream);
+    while !serving.shutdown.load(Ordering::Relaxed) {
+        // Answers a slow client has not taken yet, with the full write timeout.
+        if let Flow::Close = conn.flush_all() {
+            return;
+        }
+        if conn.pending.is_empty() {
+            let first = match conn.reader.read_frame(&mut conn.stream) {
+                Ok(Some(first)) => first,
+                Ok(None) => return,
+                Err(error) => match conn.after_read_error(error, serving) {
+                    Flow::Continue => continue,
+                    Flow::Close => return,
+                },
+            };
+            conn.gather(first);
+        }
+        let Some(pool) = &serving.pool else {
+            if let Err(e) = conn.answer_pending(serving, None) {
+                log::debug!("connection from {}: write failed: {e}", conn.peer);
                 return;
             }
-            Err(ReadError::Idle) => {
-                if idle_since.elapsed() >= timeouts.idle {
-                    log::debug!(
-                        "connection from {peer}: idle for {:?}, closing",
-                        timeouts.idle
-                    );
-                    return;
-                }
-            }
-            Err(ReadError::Stalled { buffered }) => {
-                log::info!(
-                    "connection from {peer}: dropped a frame stalled after {buffered} bytes"
-                );
-                return;
-            }
-            Err(ReadError::Truncated { buffered }) => {
-                log::debug!("connection from {peer}: closed mid-frame after {buffered} bytes");
-                return;
-            }
-            Err(ReadError::Frame { error, request_id }) => {
-                // The requests before the bad frame are answered first, in order.
-                if !answer_batch(&mut batch, &mut stream) {
-                    return;
-                }
-                log::info!("connection from {peer}: malformed frame: {error}");
-                answerer.handler().refused(error.status());
-                let answer = Frame::error_for_id(request_id, error.status(), error.to_string());
-                let _ = stream.write_all(&answer.encode());
-                let _ = stream.shutdown(Shutdown::Both);
-                return;
-            }
-            Err(ReadError::Io(e)) => {
-                log::debug!("connection from {peer}: read failed: {e}");
-                return;
-            }
+            continue;
+        };
+        conn = match lend(pool, conn, serving) {
+            Some(conn) => conn,
+            None => return,
+        };
+    }
+}
+
+/// Hands `conn` to a worker and waits until the worker gives it back; when the pool is full,
+/// answers its pending requests BUSY instead. `None` when the connection was closed.
+fn lend(pool: &ThreadPool<Lent>, conn: ClientConn, serving: &Serving) -> Option<ClientConn> {
+    let (back, returned) = mpsc::sync_channel(1);
+    match pool.try_submit(Lent { conn, back }) {
+        Ok(()) => {
+            let conn = returned.recv().ok().flatten()?;
+            conn.patient(&serving.options.timeouts).then_some(conn)
+        }
+        Err(Lent { mut conn, .. }) => {
+            let message = format!(
+                "all {} workers are busy and the queue is full",
+                pool.threads()
+            );
+            conn.refuse_pending(serving, &message).ok().map(|_| conn)
         }
     }
+}
+
+/// A worker's part: answers the lent connection's requests, and goes on serving it while its
+/// requests come promptly, its client takes the answers promptly, and no other connection waits.
+fn serve_lent(lent: Lent, serving: &Serving, backlog: &Backlog) {
+    let Lent { mut conn, back } = lent;
+    let open = conn.hurried()
+        && loop {
+            match conn.answer_pending(serving, Some(backlog)) {
+                Ok(true) => {}
+                // The client is slow to read (its own thread waits for it, with the full
+                // timeout), or others wait for this worker (the connection queues again).
+                Ok(false) => break true,
+                Err(e) => {
+                    log::debug!("connection from {}: write failed: {e}", conn.peer);
+                    break false;
+                }
+            }
+            if backlog.waiting() > 0 || serving.shutdown.load(Ordering::Relaxed) {
+                break true;
+            }
+            match conn.reader.read_frame_if_prompt(&mut conn.stream) {
+                Ok(Some(first)) => conn.gather(first),
+                Ok(None) => break false,
+                // Quiet, or part of a frame is still on its way: the connection's thread waits.
+                Err(ReadError::Idle) => break true,
+                Err(error) => {
+                    let _ = conn.after_read_error(error, serving);
+                    break false;
+                }
+            }
+        };
+    let _ = back.send(open.then_some(conn));
 }

@@ -562,6 +562,42 @@ fn idle_client_connections_hold_no_frontend_worker() {
     drop(idle);
 }
 
+#[test]
+fn a_client_that_does_not_read_its_answers_holds_no_frontend_worker() {
+    let cluster = LocalCluster::start(
+        1,
+        BackendConfig::default(),
+        FrontendConfig {
+            threads: 1,
+            queue: 8,
+            startup_timeout: Duration::from_secs(5),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let addr = cluster.frontend_addr();
+    let value: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    client(addr).put(b"big", &value).unwrap();
+    // 32 MiB of answers, far more than the socket buffers hold, and nobody reading them yet.
+    let mut greedy = raw(addr);
+    let mut requests = Vec::new();
+    for id in 0..32 {
+        requests.extend(request_bytes(Opcode::GET, id, b"big", b""));
+    }
+    greedy.write_all(&requests).unwrap();
+    // The only worker is not stuck writing to it: others are served meanwhile.
+    for _ in 0..3 {
+        assert_serves(addr);
+    }
+    // And the greedy client still gets every answer, in order, once it reads.
+    let mut buf = Vec::new();
+    for id in 0..32 {
+        let answer = read_frame_buffered(&mut greedy, &mut buf).expect("closed early");
+        assert_eq!((answer.request_id, answer.status), (id, Status::OK));
+        assert!(answer.value == value, "answer {id} has the wrong value");
+    }
+}
+
 /// A backend that takes the frontend's view and then answers key requests only when told to:
 /// it keeps the frontend's only worker busy for as long as a test needs.
 struct StuckBackend {

@@ -61,7 +61,7 @@ struct FrontendArgs {
     /// worker threads forwarding requests to the backends (default 64)
     #[argh(option, default = "64")]
     threads: usize,
-    /// request batches that may wait for a worker; more get BUSY (default 128)
+    /// connections with requests that may wait for a worker; past it requests get BUSY (default 128)
     #[argh(option, default = "128")]
     queue: usize,
     /// open client connections allowed at once; more get BUSY (default 1024)
