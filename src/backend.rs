@@ -61,6 +61,8 @@ struct BackendState {
     membership: RwLock<Option<Arc<Membership>>>,
     peers: Peers,
     counters: Counters,
+    /// The address it listens on, to name itself by until a view says how others reach it.
+    listening: std::sync::OnceLock<String>,
 }
 
 /// A running backend. Dropping it stops it.
@@ -87,6 +89,7 @@ impl Backend {
             membership: RwLock::new(None),
             peers: Peers::new(config.server.timeouts, config.server.limits),
             counters: Counters::default(),
+            listening: std::sync::OnceLock::new(),
         });
         let server = server::serve(
             "backend",
@@ -95,6 +98,7 @@ impl Backend {
             Dispatch::ThreadPerConnection,
             Arc::clone(&state) as Arc<dyn Handler>,
         )?;
+        let _ = state.listening.set(server.local_addr().to_string());
         Ok(Backend { state, server })
     }
 
@@ -123,9 +127,10 @@ impl BackendState {
     }
 
     fn my_addr(&self) -> String {
-        self.membership()
-            .map(|m| m.ring.node(m.me).to_string())
-            .unwrap_or_default()
+        match self.membership() {
+            Some(m) => m.ring.node(m.me).to_string(),
+            None => self.listening.get().cloned().unwrap_or_default(),
+        }
     }
 
     /// VIEW_INSTALL: the key is this node's own address in the view, the value the view.

@@ -419,6 +419,11 @@ fn a_backend_restarted_empty_gets_the_view_again() {
     drop(backend);
     let restarted = start_backend_at(addr);
     assert_eq!(restarted.epoch(), None);
+    // Asked directly before it has a view, it names itself by the address it listens on.
+    let reports = client(addr).size().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].addr, addr.to_string());
+    assert_eq!(reports[0].counter("keys"), 0);
 
     // The frontend's pooled connection is dead and the new backend has no view: the PUT still
     // succeeds, because the frontend reconnects and reinstalls the view on NO_VIEW.
