@@ -409,3 +409,48 @@ fn separate_backend_and_frontend_processes_serve_requests() {
         assert!(status.success(), "{status}; log:\n{}", server.log());
     }
 }
+
+#[test]
+fn kvcli_test_fails_with_exit_2_when_a_backend_is_down() {
+    let mut first = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+    let mut second = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+    let backends = [first.listening("backend"), second.listening("backend")];
+    let frontend = Server::start(&[
+        "frontend",
+        "--listen",
+        "127.0.0.1:0",
+        "--io-timeout",
+        "2",
+        &backends[0],
+        &backends[1],
+    ]);
+    let addr = frontend.listening("frontend");
+    assert_eq!(kvcli_at(&addr, &["test", "--count", "200"]).code(), Some(0));
+
+    let status = second.terminate();
+    assert!(status.success(), "{status}");
+    let out = kvcli_at(&addr, &["test", "--count", "200", "--seed", "3"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    let text = out.text();
+    // Keys whose PUT failed and whose GET then finds nothing count as mismatches, so only the
+    // errors can be counted on.
+    let errors = text
+        .lines()
+        .find_map(|line| line.strip_prefix("FAIL: "))
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|part| part.strip_suffix(" errors"))
+        .unwrap_or_else(|| panic!("no FAIL line: {out:?}"));
+    assert!(number(errors) > 0, "{out:?}");
+    assert!(
+        text.contains(&format!("{} is unavailable", backends[1])),
+        "the dead backend is not named: {out:?}"
+    );
+    // The table still shows the live node and says which one did not answer.
+    assert!(row(&text, &backends[0]).len() > 2, "{out:?}");
+    assert!(
+        row(&text, &backends[1])[1].starts_with("UNAVAILABLE"),
+        "{out:?}"
+    );
+    let status = first.terminate();
+    assert!(status.success(), "{status}");
+}

@@ -9,7 +9,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::{client, cluster, retry, split_total, sum};
-use ringkv::cli::{paper_data, run_paper_test, PaperTest};
+use ringkv::cli::{paper_data, render_paper_test, run_paper_test, PaperTest};
+use ringkv::protocol::payload::encode_reports;
+use ringkv::protocol::Opcode;
 use ringkv::protocol::Status;
 use ringkv::{
     Backend, BackendConfig, ClientOptions, Entry, Error, Frontend, FrontendConfig, Request, Ring,
@@ -478,4 +480,50 @@ fn a_frontend_started_before_its_backend_waits_for_it() {
     let mut c = client(frontend.local_addr());
     c.put(b"late", b"but here").unwrap();
     assert_eq!(c.get(b"late").unwrap().as_deref(), Some(&b"but here"[..]));
+}
+
+/// A stand-in for a frontend that stores nothing and answers every GET with the same wrong value:
+/// what the paper's test must catch.
+fn start_lying_frontend() -> SocketAddr {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                while let Some(request) = common::read_frame_buffered(&mut stream, &mut buf) {
+                    let answer = match request.opcode {
+                        Opcode::GET => request.reply(Status::OK, b"not what was stored".to_vec()),
+                        Opcode::SIZE => request.reply(Status::OK, encode_reports(&[])),
+                        _ => request.reply(Status::OK, Vec::new()),
+                    };
+                    if stream.write_all(&answer.encode()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_paper_test_fails_on_values_that_do_not_come_back() {
+    let addr = start_lying_frontend().to_string();
+    let test = PaperTest {
+        count: 50,
+        threads: 2,
+        batch: 7,
+        seed: 4,
+    };
+    let outcome = run_paper_test(&addr, &test, ClientOptions::default()).unwrap();
+    assert_eq!((outcome.mismatches, outcome.errors), (50, 0));
+    assert!(!outcome.passed());
+    let printed = render_paper_test(&outcome);
+    assert!(
+        printed.contains("FAIL: 50 mismatches, 0 errors"),
+        "{printed}"
+    );
 }
