@@ -98,13 +98,8 @@ impl<T: Send + 'static> ThreadPool<T> {
 impl<T: Send + 'static> Drop for ThreadPool<T> {
     fn drop(&mut self) {
         self.sender.take();
-        let me = std::thread::current().id();
         for worker in self.workers.drain(..) {
-            // The last owner of the pool may be one of its own workers, which cannot join itself;
-            // it ends on its own once it returns and finds the queue closed.
-            if worker.thread().id() != me {
-                let _ = worker.join();
-            }
+            let _ = worker.join();
         }
     }
 }

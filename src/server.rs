@@ -121,12 +121,17 @@ const MAX_BATCH: usize = 128;
 /// Answer bytes gathered before they are written, so big values do not pile up in memory.
 const FLUSH_AT: usize = 256 * 1024;
 
-/// What the servers' threads share: the handler, the options, and the shutdown flag.
+/// What every thread serving requests shares: the handler, the options, and the shutdown flag.
 struct Serving {
     handler: Arc<dyn Handler>,
     options: ServerOptions,
     shutdown: Arc<AtomicBool>,
-    /// The frontend's workers; `None` on a backend.
+}
+
+/// What the acceptor and the connection threads share: the above, and the frontend's workers
+/// (`None` on a backend). The workers hold only the [`Serving`] part, so they never own the pool.
+struct Connections {
+    serving: Arc<Serving>,
     pool: Option<ThreadPool<Lent>>,
 }
 
@@ -388,48 +393,34 @@ pub(crate) fn serve(
     let shutdown = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(Registry::default());
 
-    let pool = match dispatch {
-        Dispatch::ThreadPerConnection => None,
-        Dispatch::Pool { threads, queue } => {
-            // The workers reach the shared state through this cell, filled once the pool exists.
-            let cell: Arc<std::sync::OnceLock<std::sync::Weak<Serving>>> = Arc::default();
-            let worker_cell = Arc::clone(&cell);
-            let pool = ThreadPool::new(
-                &format!("{name}-worker"),
-                threads,
-                queue,
-                move |lent: Lent, backlog: &Backlog| match worker_cell
-                    .get()
-                    .and_then(std::sync::Weak::upgrade)
-                {
-                    Some(serving) => serve_lent(lent, &serving, backlog),
-                    None => drop(lent),
-                },
-            )
-            .map_err(bind_error)?;
-            Some((pool, cell))
-        }
-    };
-    let (pool, cell) = match pool {
-        Some((pool, cell)) => (Some(pool), Some(cell)),
-        None => (None, None),
-    };
     let serving = Arc::new(Serving {
         handler,
         options,
         shutdown: Arc::clone(&shutdown),
-        pool,
     });
-    if let Some(cell) = cell {
-        let _ = cell.set(Arc::downgrade(&serving));
-    }
+    let pool = match dispatch {
+        Dispatch::ThreadPerConnection => None,
+        Dispatch::Pool { threads, queue } => {
+            let serving = Arc::clone(&serving);
+            Some(
+                ThreadPool::new(
+                    &format!("{name}-worker"),
+                    threads,
+                    queue,
+                    move |lent: Lent, backlog: &Backlog| serve_lent(lent, &serving, backlog),
+                )
+                .map_err(bind_error)?,
+            )
+        }
+    };
+    let connections = Arc::new(Connections { serving, pool });
     let acceptor = {
         let shutdown = Arc::clone(&shutdown);
         let registry = Arc::clone(&registry);
         let name = name.to_string();
         std::thread::Builder::new()
             .name(format!("{name}-acceptor"))
-            .spawn(move || accept_loop(&name, listener, &shutdown, &registry, serving))
+            .spawn(move || accept_loop(&name, listener, &shutdown, &registry, connections))
             .map_err(bind_error)?
     };
     Ok(ServerHandle {
@@ -445,9 +436,9 @@ fn accept_loop(
     listener: TcpListener,
     shutdown: &AtomicBool,
     registry: &Arc<Registry>,
-    serving: Arc<Serving>,
+    connections: Arc<Connections>,
 ) {
-    let max_connections = serving.options.max_connections;
+    let max_connections = connections.serving.options.max_connections;
     for incoming in listener.incoming() {
         if shutdown.load(Ordering::SeqCst) {
             break;
@@ -465,16 +456,16 @@ fn accept_loop(
             refuse_busy(
                 stream,
                 &format!("{name} is at its limit of {max_connections} connections"),
-                &*serving.handler,
+                &*connections.serving.handler,
             );
             continue;
         }
         let registered = registry.register(&stream);
-        let serving = Arc::clone(&serving);
+        let connections = Arc::clone(&connections);
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-conn"))
             .spawn(move || {
-                serve_connection(stream, &serving);
+                serve_connection(stream, &connections);
                 drop(registered);
             });
         if let Err(e) = spawned {
@@ -494,7 +485,8 @@ fn refuse_busy(mut stream: TcpStream, message: &str, handler: &dyn Handler) {
 /// Serves one connection on its own thread until the peer closes it, misbehaves, idles out, or
 /// the server shuts down. Answers are written in request order; when a client pipelines, the
 /// requests already received are answered together and their answers written together.
-fn serve_connection(stream: TcpStream, serving: &Serving) {
+fn serve_connection(stream: TcpStream, connections: &Connections) {
+    let serving = &*connections.serving;
     let Some(mut conn) = ClientConn::new(stream, &serving.options) else {
         return;
     };
@@ -514,7 +506,7 @@ fn serve_connection(stream: TcpStream, serving: &Serving) {
             };
             conn.gather(first);
         }
-        let Some(pool) = &serving.pool else {
+        let Some(pool) = &connections.pool else {
             if let Err(e) = conn.answer_pending(serving, None) {
                 log::debug!("connection from {}: write failed: {e}", conn.peer);
                 return;

@@ -427,6 +427,20 @@ fn a_client_that_vanishes_mid_frame_does_no_harm() {
     }
 }
 
+/// A frontend configured as `frontend` (its listen address and backends aside) in front of one
+/// default backend.
+fn one_backend_cluster(frontend: FrontendConfig) -> LocalCluster {
+    LocalCluster::start(
+        1,
+        BackendConfig::default(),
+        FrontendConfig {
+            startup_timeout: Duration::from_secs(5),
+            ..frontend
+        },
+    )
+    .unwrap()
+}
+
 /// A fresh connection that must be refused with BUSY (request id 0) and closed.
 fn expect_busy(addr: SocketAddr) {
     let mut stream = raw(addr);
@@ -500,19 +514,13 @@ fn the_backend_connection_limit_answers_busy() {
 
 #[test]
 fn the_frontend_connection_limit_answers_busy() {
-    let cluster = LocalCluster::start(
-        1,
-        BackendConfig::default(),
-        FrontendConfig {
-            server: ServerOptions {
-                max_connections: 2,
-                ..ServerOptions::default()
-            },
-            startup_timeout: Duration::from_secs(5),
-            ..FrontendConfig::default()
+    let cluster = one_backend_cluster(FrontendConfig {
+        server: ServerOptions {
+            max_connections: 2,
+            ..ServerOptions::default()
         },
-    )
-    .unwrap();
+        ..FrontendConfig::default()
+    });
     let addr = cluster.frontend_addr();
     let mut first = raw(addr);
     let mut second = raw(addr);
@@ -538,17 +546,11 @@ fn the_frontend_connection_limit_answers_busy() {
 
 #[test]
 fn idle_client_connections_hold_no_frontend_worker() {
-    let cluster = LocalCluster::start(
-        1,
-        BackendConfig::default(),
-        FrontendConfig {
-            threads: 1,
-            queue: 1,
-            startup_timeout: Duration::from_secs(5),
-            ..FrontendConfig::default()
-        },
-    )
-    .unwrap();
+    let cluster = one_backend_cluster(FrontendConfig {
+        threads: 1,
+        queue: 1,
+        ..FrontendConfig::default()
+    });
     let addr = cluster.frontend_addr();
     // Connections that say nothing, and one that stops half-way through a frame.
     let idle: Vec<TcpStream> = (0..20).map(|_| raw(addr)).collect();
@@ -564,17 +566,11 @@ fn idle_client_connections_hold_no_frontend_worker() {
 
 #[test]
 fn a_client_that_does_not_read_its_answers_holds_no_frontend_worker() {
-    let cluster = LocalCluster::start(
-        1,
-        BackendConfig::default(),
-        FrontendConfig {
-            threads: 1,
-            queue: 8,
-            startup_timeout: Duration::from_secs(5),
-            ..FrontendConfig::default()
-        },
-    )
-    .unwrap();
+    let cluster = one_backend_cluster(FrontendConfig {
+        threads: 1,
+        queue: 8,
+        ..FrontendConfig::default()
+    });
     let addr = cluster.frontend_addr();
     let value: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
     client(addr).put(b"big", &value).unwrap();

@@ -56,7 +56,7 @@ struct BackendArgs {
 #[argh(subcommand, name = "frontend")]
 struct FrontendArgs {
     /// address to listen on for clients (default 127.0.0.1:7000)
-    #[argh(option, default = "String::from(\"127.0.0.1:7000\")")]
+    #[argh(option, default = "String::from(ringkv::cli::DEFAULT_FRONTEND)")]
     listen: String,
     /// worker threads forwarding requests to the backends (default 64)
     #[argh(option, default = "64")]
@@ -104,7 +104,7 @@ struct LocalArgs {
     #[argh(option, default = "3")]
     backends: usize,
     /// frontend address (default 127.0.0.1:7000; port 0 picks one)
-    #[argh(option, default = "String::from(\"127.0.0.1:7000\")")]
+    #[argh(option, default = "String::from(ringkv::cli::DEFAULT_FRONTEND)")]
     listen: String,
     /// frontend worker threads forwarding requests (default 64)
     #[argh(option, default = "64")]

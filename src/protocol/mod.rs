@@ -62,6 +62,13 @@ pub struct Limits {
 /// The frame limit never goes below this, whatever the key and value limits.
 pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
 
+impl Default for Limits {
+    /// 16 KiB keys, 4 MiB values, 8 MiB frames.
+    fn default() -> Self {
+        Limits::new(16 * 1024, 4 * 1024 * 1024)
+    }
+}
+
 impl Limits {
     /// Limits for the given longest key and value. The frame limit leaves room for a key or
     /// value somewhat over its limit to be refused politely (`TOO_LARGE`, connection kept)
@@ -77,16 +84,7 @@ impl Limits {
                 .clamp(DEFAULT_MAX_FRAME, u32::MAX as usize),
         }
     }
-}
 
-impl Default for Limits {
-    /// 16 KiB keys, 4 MiB values, 8 MiB frames.
-    fn default() -> Self {
-        Limits::new(16 * 1024, 4 * 1024 * 1024)
-    }
-}
-
-impl Limits {
     /// Checks a decoded frame's key and value against the limits.
     pub fn check(&self, frame: &Frame) -> Result<(), String> {
         if frame.key.len() > self.max_key {
