@@ -21,6 +21,12 @@ pub struct BackendConfig {
     pub server: ServerOptions,
     /// Most bytes of keys plus values stored; `None` for no limit.
     pub max_bytes: Option<u64>,
+    /// Where the write-ahead log lives; `None` keeps the store in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// When logged writes are forced to disk (with a data directory).
+    pub fsync: crate::wal::FsyncPolicy,
+    /// Open a log damaged before its tail by cutting it back to its last intact record.
+    pub repair: bool,
 }
 
 impl Default for BackendConfig {
@@ -29,6 +35,9 @@ impl Default for BackendConfig {
             listen: "127.0.0.1:0".into(),
             server: ServerOptions::default(),
             max_bytes: None,
+            data_dir: None,
+            fsync: crate::wal::FsyncPolicy::default(),
+            repair: false,
         }
     }
 }
@@ -44,10 +53,28 @@ struct Counters {
     relayed: AtomicU64,
     hops: AtomicU64,
     errors: AtomicU64,
+    /// Requests served by how many relays they took; the last bucket holds the rest.
+    relays: [AtomicU64; RELAY_BUCKETS],
 }
+
+/// Buckets of the relay histogram: 0 to 15 relays, then 16 or more.
+const RELAY_BUCKETS: usize = 17;
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Where a key request goes from here.
+enum Route {
+    /// Answered here: served, or refused.
+    Answered(Frame),
+    /// To be relayed to `next` as `relayed`.
+    Relay {
+        request: Frame,
+        relayed: Frame,
+        membership: Arc<Membership>,
+        next: String,
+    },
 }
 
 /// The ring as this node knows it, with its own place in it.
@@ -72,14 +99,30 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts a backend with an in-memory store.
+    /// Starts a backend with an in-memory store, logged to `data_dir` if there is one (its log
+    /// is replayed first).
     ///
     /// ```
     /// let backend = ringkv::Backend::start(ringkv::BackendConfig::default()).unwrap();
     /// assert_ne!(backend.local_addr().port(), 0);
     /// ```
     pub fn start(config: BackendConfig) -> Result<Backend> {
-        Backend::with_engine(config.clone(), Arc::new(MemStore::new(config.max_bytes)))
+        let store: Arc<dyn Engine> = match &config.data_dir {
+            Some(dir) => Arc::new(
+                crate::durable::DurableStore::open(
+                    dir,
+                    crate::durable::DurableOptions {
+                        fsync: config.fsync,
+                        max_bytes: config.max_bytes,
+                        repair: config.repair,
+                        ..crate::durable::DurableOptions::default()
+                    },
+                )
+                .map_err(crate::error::Error::Storage)?,
+            ),
+            None => Arc::new(MemStore::new(config.max_bytes)),
+        };
+        Backend::with_engine(config, store)
     }
 
     /// Starts a backend over the given storage engine.
@@ -167,11 +210,11 @@ impl BackendState {
             }
         }
         log::info!(
-            "{me}: installed view epoch {} with {} nodes ({} routing, {} position(s) per node)",
+            "{me}: installed view epoch {} with {} nodes ({} routing, {})",
             request.epoch,
             ring.len(),
             ring.view().routing,
-            ring.view().vnodes
+            ring.view().placement
         );
         *slot = Some(Arc::new(Membership { ring, me: index }));
         request.reply(Status::OK, Vec::new())
@@ -179,43 +222,59 @@ impl BackendState {
 
     /// PUT, GET, DELETE: serve if this node owns the key, otherwise relay.
     fn key_request(&self, request: Frame) -> Frame {
+        match self.route(request) {
+            Route::Answered(answer) => answer,
+            Route::Relay {
+                request,
+                relayed,
+                membership,
+                next,
+            } => {
+                let result = self.relay(&membership, &next, &relayed);
+                self.relay_answer(&request, &next, result)
+            }
+        }
+    }
+
+    /// What to do with a key request: answer it here (served, or refused), or relay it.
+    fn route(&self, request: Frame) -> Route {
         if request.key.is_empty() {
-            return request.error_reply(Status::BAD_REQUEST, "the key is empty");
+            return Route::Answered(request.error_reply(Status::BAD_REQUEST, "the key is empty"));
         }
         let Some(membership) = self.membership() else {
-            return request.error_reply(
+            return Route::Answered(request.error_reply(
                 Status::NO_VIEW,
                 "this backend has not been given a view yet",
-            );
+            ));
         };
         let ring = &membership.ring;
         let epoch = ring.view().epoch;
         if request.epoch != 0 && request.epoch != epoch {
-            return request.error_reply(
+            return Route::Answered(request.error_reply(
                 Status::STALE_VIEW,
                 format!(
                     "request carries view epoch {}, this node has {epoch}",
                     request.epoch
                 ),
-            );
+            ));
         }
         let position = crate::ring::key_position(&request.key);
         let owner = ring.owner(&position);
         if owner == membership.me {
-            return self.serve_locally(request);
+            return Route::Answered(self.serve_locally(request));
         }
         let limit = match request.hop_limit {
             0 => DEFAULT_HOP_LIMIT,
             limit => limit,
         };
         if request.hops >= limit {
-            return request.error_reply(
+            return Route::Answered(request.error_reply(
                 Status::LOOP,
                 format!(
                     "{} relays reached the hop limit of {limit} before the owner",
                     request.hops
                 ),
-            );
+            ));
         }
         let next = ring
             .node(ring.next_hop(membership.me, &position))
@@ -225,18 +284,58 @@ impl BackendState {
         relayed.hops = request.hops + 1;
         relayed.hop_limit = limit;
         relayed.epoch = epoch;
-        match self.relay(&membership, &next, &relayed) {
+        Route::Relay {
+            request,
+            relayed,
+            membership,
+            next,
+        }
+    }
+
+    /// The answer to the client of a relayed `request`, from what the next hop said.
+    fn relay_answer(&self, request: &Frame, next: &str, result: Result<Frame>) -> Frame {
+        match result {
             Ok(mut answer) => {
                 answer.request_id = request.request_id;
                 answer
             }
             Err(e) => {
-                self.peers.forget(&next);
+                self.peers.forget(next);
                 request.error_reply(
                     Status::UNAVAILABLE,
                     format!("node {next} is unavailable: {e}"),
                 )
             }
+        }
+    }
+
+    /// Any request but a key request's relay.
+    fn answer(&self, request: Frame) -> Frame {
+        match request.opcode {
+            Opcode::PUT | Opcode::GET | Opcode::DELETE => self.key_request(request),
+            Opcode::PING => request.reply(Status::OK, Vec::new()),
+            Opcode::SIZE | Opcode::STATS => {
+                let report = self.report(request.opcode);
+                request.reply(Status::OK, payload::encode_reports(&[report]))
+            }
+            Opcode::VIEW_INSTALL => self.install_view(&request),
+            Opcode::VIEW_GET => match self.membership() {
+                Some(membership) => view_answer(&request, membership.ring.view()),
+                None => request.error_reply(
+                    Status::NO_VIEW,
+                    "this backend has not been given a view yet",
+                ),
+            },
+            other => request.error_reply(
+                Status::UNKNOWN_OPCODE,
+                format!("opcode 0x{:02x} is not known to this backend", other.0),
+            ),
+        }
+    }
+
+    fn count_answer(&self, answer: &Frame) {
+        if !answer.status.is_success() {
+            bump(&self.counters.errors);
         }
     }
 
@@ -260,13 +359,13 @@ impl BackendState {
         self.counters
             .hops
             .fetch_add(u64::from(request.hops), Ordering::Relaxed);
+        bump(&self.counters.relays[usize::from(request.hops).min(RELAY_BUCKETS - 1)]);
         match request.opcode {
             Opcode::PUT => {
                 bump(&self.counters.puts);
                 match self.store.put(&request.key, &request.value) {
                     Ok(()) => request.reply(Status::OK, Vec::new()),
-                    Err(e) => request
-                        .error_reply(Status::STORAGE_FULL, format!("{}: {e}", self.my_addr())),
+                    Err(e) => self.store_error(&request, e),
                 }
             }
             Opcode::GET => {
@@ -278,13 +377,24 @@ impl BackendState {
             }
             _ => {
                 bump(&self.counters.deletes);
-                if self.store.delete(&request.key) {
-                    request.reply(Status::OK, Vec::new())
-                } else {
-                    request.reply(Status::NOT_FOUND, Vec::new())
+                match self.store.delete(&request.key) {
+                    Ok(true) => request.reply(Status::OK, Vec::new()),
+                    Ok(false) => request.reply(Status::NOT_FOUND, Vec::new()),
+                    Err(e) => self.store_error(&request, e),
                 }
             }
         }
+    }
+
+    /// A full store or disk answers STORAGE_FULL; any other storage failure is INTERNAL.
+    fn store_error(&self, request: &Frame, e: crate::store::StoreError) -> Frame {
+        let status = if e.is_full() {
+            Status::STORAGE_FULL
+        } else {
+            log::error!("{}: {e}", self.my_addr());
+            Status::INTERNAL
+        };
+        request.error_reply(status, format!("{}: {e}", self.my_addr()))
     }
 
     fn report(&self, opcode: Opcode) -> NodeReport {
@@ -307,6 +417,13 @@ impl BackendState {
             ] {
                 counters.push((name.to_string(), counter.load(Ordering::Relaxed)));
             }
+            for (relays, counter) in c.relays.iter().enumerate() {
+                let count = counter.load(Ordering::Relaxed);
+                if count > 0 {
+                    let plus = if relays == RELAY_BUCKETS - 1 { "+" } else { "" };
+                    counters.push((format!("relays_{relays}{plus}"), count));
+                }
+            }
         }
         NodeReport {
             addr: self.my_addr(),
@@ -320,28 +437,74 @@ impl BackendState {
 impl Handler for BackendState {
     fn handle(&self, request: Frame) -> Frame {
         bump(&self.counters.requests);
-        let answer = match request.opcode {
-            Opcode::PUT | Opcode::GET | Opcode::DELETE => self.key_request(request),
-            Opcode::PING => request.reply(Status::OK, Vec::new()),
-            Opcode::SIZE | Opcode::STATS => {
-                let report = self.report(request.opcode);
-                request.reply(Status::OK, payload::encode_reports(&[report]))
-            }
-            Opcode::VIEW_INSTALL => self.install_view(&request),
-            other => request.error_reply(
-                Status::UNKNOWN_OPCODE,
-                format!("opcode 0x{:02x} is not known to this backend", other.0),
-            ),
-        };
-        if !answer.status.is_success() {
-            bump(&self.counters.errors);
-        }
+        let answer = self.answer(request);
+        self.count_answer(&answer);
         answer
+    }
+
+    /// Serves what it owns at once and relays the rest in batches, one per next hop, so a
+    /// pipeline crosses each relay in one round trip. Requests for one key take one path, so
+    /// their order holds.
+    fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
+        let mut answers: Vec<Option<Frame>> = Vec::with_capacity(requests.len());
+        let mut relays = Vec::new();
+        for request in requests {
+            bump(&self.counters.requests);
+            let is_key = matches!(request.opcode, Opcode::PUT | Opcode::GET | Opcode::DELETE);
+            if !is_key {
+                answers.push(Some(self.answer(request)));
+                continue;
+            }
+            match self.route(request) {
+                Route::Answered(answer) => answers.push(Some(answer)),
+                Route::Relay {
+                    request,
+                    relayed,
+                    membership,
+                    next,
+                } => {
+                    relays.push((answers.len(), request, relayed, membership, next));
+                    answers.push(None);
+                }
+            }
+        }
+        let calls: Vec<(&str, &Frame)> = relays
+            .iter()
+            .map(|(_, _, relayed, _, next)| (next.as_str(), relayed))
+            .collect();
+        let results = self.peers.call_batch(&calls);
+        for ((index, request, relayed, membership, next), result) in relays.iter().zip(results) {
+            let result = match result {
+                // A next hop that restarted gets the view and this request again.
+                Ok(answer) if answer.status == Status::NO_VIEW => {
+                    self.relay(membership, next, relayed)
+                }
+                other => other,
+            };
+            answers[*index] = Some(self.relay_answer(request, next, result));
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                let answer = answer.unwrap_or_else(|| {
+                    Frame::error_for_id(0, Status::INTERNAL, "a relayed request got no answer")
+                });
+                self.count_answer(&answer);
+                answer
+            })
+            .collect()
     }
 
     fn refused(&self, _status: Status) {
         bump(&self.counters.errors);
     }
+}
+
+/// The answer to VIEW_GET: the view, with its epoch in the header.
+pub(crate) fn view_answer(request: &Frame, view: &crate::ring::View) -> Frame {
+    let mut answer = request.reply(Status::OK, payload::encode_view(view));
+    answer.epoch = view.epoch;
+    answer
 }
 
 /// The VIEW_INSTALL request that tells the node at `addr` about `view`.

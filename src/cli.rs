@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use crate::client::{Client, ClientOptions, Request};
 use crate::connection::Timeouts;
 use crate::error::{Error, Result};
+use crate::frontend::{Entry, FrontendConfig};
 use crate::protocol::payload::NodeReport;
 use crate::protocol::{Limits, Status};
+use crate::ring::{position_hex, Placement, Position, Ring, Routing, View};
 use crate::rng::Rng;
 use crate::server::ServerOptions;
 
@@ -46,6 +48,38 @@ pub fn frontend_address(flag: Option<String>) -> String {
 
 /// The frontend address `ringkv frontend` and `ringkv local` listen on unless told otherwise.
 pub const DEFAULT_FRONTEND: &str = "127.0.0.1:7000";
+
+/// The entry policy, routing mode and placement from the servers' flags: each flag given wins;
+/// the others come from the paper's design with `--paper`, else from ringkv's defaults (owner,
+/// direct, 4096 partitions). `--vnodes` and `--partitions` exclude each other.
+pub fn ring_design(
+    paper: bool,
+    entry: Option<Entry>,
+    routing: Option<Routing>,
+    vnodes: Option<u16>,
+    partitions: Option<u32>,
+) -> Result<(Entry, Routing, Placement)> {
+    let base = if paper {
+        FrontendConfig::default().paper()
+    } else {
+        FrontendConfig::default()
+    };
+    let placement = match (vnodes, partitions) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "--vnodes and --partitions exclude each other".into(),
+            ))
+        }
+        (Some(per_node), None) => Placement::Hashed { per_node },
+        (None, Some(count)) => Placement::Partitions { count },
+        (None, None) => base.placement,
+    };
+    Ok((
+        entry.unwrap_or(base.entry),
+        routing.unwrap_or(base.routing),
+        placement,
+    ))
+}
 
 /// Server options from the flags both servers take.
 pub fn server_options(
@@ -351,26 +385,87 @@ pub fn render_distribution(reports: &[NodeReport]) -> String {
     out
 }
 
-/// Every counter of every node, one row per node.
+/// What `kvcli stats` prints: the distribution of keys and bytes, every other counter per node,
+/// and the relay histogram with the mean and maximum relays per served request.
 pub fn render_stats(reports: &[NodeReport]) -> String {
+    let is_shown_elsewhere =
+        |name: &str| matches!(name, "keys" | "bytes" | "hops") || name.starts_with("relays_");
     let mut names: Vec<&str> = Vec::new();
+    let mut buckets: Vec<&str> = Vec::new();
     for report in reports {
         for (name, _) in &report.counters {
-            if !names.contains(&name.as_str()) {
-                names.push(name);
+            let list = if name.starts_with("relays_") {
+                &mut buckets
+            } else if is_shown_elsewhere(name) {
+                continue;
+            } else {
+                &mut names
+            };
+            if !list.contains(&name.as_str()) {
+                list.push(name);
             }
         }
     }
+    buckets.sort_by_key(|name| relay_bucket(name));
+    let mut out = render_distribution(reports);
+    out.push('\n');
+    out.push_str(&render_counter_table(reports, &names, |n| n.to_string()));
+    if buckets.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nrequests served, by relays taken:");
+    out.push_str(&render_counter_table(reports, &buckets, |n| {
+        n.trim_start_matches("relays_").to_string()
+    }));
+    let (nodes, _) = split_total(reports);
+    let served: u64 = nodes.iter().map(|r| r.counter("served")).sum();
+    let hops: u64 = nodes.iter().map(|r| r.counter("hops")).sum();
+    let max = buckets
+        .iter()
+        .filter(|b| nodes.iter().any(|r| r.counter(b) > 0))
+        .map(|b| b.trim_start_matches("relays_"))
+        .next_back()
+        .unwrap_or("0");
+    if served > 0 {
+        let _ = writeln!(
+            out,
+            "relays per served request: mean {:.2}, max {max}",
+            hops as f64 / served as f64
+        );
+    }
+    out
+}
+
+/// The relay count a histogram counter name stands for (`relays_16+` sorts after `relays_15`).
+fn relay_bucket(name: &str) -> u32 {
+    name.trim_start_matches("relays_")
+        .trim_end_matches('+')
+        .parse()
+        .unwrap_or(u32::MAX)
+}
+
+/// One row per report with the named counters as columns, headed by `heading(name)`.
+fn render_counter_table(
+    reports: &[NodeReport],
+    names: &[&str],
+    heading: impl Fn(&str) -> String,
+) -> String {
     let width = reports
         .iter()
         .map(|r| r.addr.len())
         .max()
         .unwrap_or(4)
         .max(5);
+    let column = names
+        .iter()
+        .map(|n| heading(n).len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
     let mut out = String::new();
     let _ = write!(out, "{:<width$}", "node");
-    for name in &names {
-        let _ = write!(out, "  {:>12}", name);
+    for name in names {
+        let _ = write!(out, "  {:>column$}", heading(name));
     }
     out.push('\n');
     for report in reports {
@@ -379,22 +474,100 @@ pub fn render_stats(reports: &[NodeReport]) -> String {
             let _ = writeln!(out, "  {}: {}", report.status, report.message);
             continue;
         }
-        for name in &names {
-            let _ = write!(out, "  {:>12}", thousands(report.counter(name)));
+        for name in names {
+            let _ = write!(out, "  {:>column$}", thousands(report.counter(name)));
         }
         out.push('\n');
     }
-    let (nodes, _) = split_total(reports);
-    let served: u64 = nodes.iter().map(|r| r.counter("served")).sum();
-    let hops: u64 = nodes.iter().map(|r| r.counter("hops")).sum();
-    if served > 0 {
+    out
+}
+
+/// What `kvcli ring` prints: the view's design, then per node its points (positions, or
+/// partition ranges) and the share of the key space it owns.
+pub fn render_ring(view: &View) -> Result<String> {
+    let ring = Ring::new(view.clone())?;
+    let shares = ring.shares();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "view epoch {}: {} nodes, {}, {} routing ({} points on the ring)",
+        view.epoch,
+        view.nodes.len(),
+        view.placement,
+        view.routing,
+        ring.point_count()
+    );
+    let mut points_of: Vec<Vec<&Position>> = vec![Vec::new(); ring.len()];
+    for (position, node) in ring.points() {
+        points_of[node].push(position);
+    }
+    let width = view.nodes.iter().map(String::len).max().unwrap_or(4).max(4);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>7}  {:>6}  points",
+        "node", "share", "count"
+    );
+    for (index, node) in view.nodes.iter().enumerate() {
+        let points = &points_of[index];
+        let listed = match view.placement {
+            Placement::Partitions { count } => partition_ranges(points, count),
+            Placement::Hashed { .. } => {
+                let mut hexes: Vec<String> =
+                    points.iter().take(3).map(|p| position_hex(p)).collect();
+                if points.len() > 3 {
+                    hexes.push(format!("... ({} more)", points.len() - 3));
+                }
+                hexes.join(" ")
+            }
+        };
         let _ = writeln!(
             out,
-            "mean relays per served request: {:.2}",
-            hops as f64 / served as f64
+            "{:<width$}  {:>6.2}%  {:>6}  {listed}",
+            node,
+            shares[index] * 100.0,
+            points.len()
         );
     }
-    out
+    let mean = 1.0 / ring.len() as f64;
+    let most = shares.iter().cloned().fold(0.0, f64::max);
+    let _ = writeln!(out, "largest share / mean: {:.3}", most / mean);
+    Ok(out)
+}
+
+/// Partition numbers of sorted partition starts, as ranges: `0-3 17 40-41`, cut after a few.
+fn partition_ranges(points: &[&Position], count: u32) -> String {
+    let bits = count.trailing_zeros();
+    let number = |p: &Position| {
+        if bits == 0 {
+            0
+        } else {
+            (u64::from_be_bytes(p[..8].try_into().unwrap_or([0; 8])) >> (64 - bits)) as u32
+        }
+    };
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for p in points {
+        let n = number(p);
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == n => *end = n,
+            _ => ranges.push((n, n)),
+        }
+    }
+    const SHOWN: usize = 6;
+    let mut text: Vec<String> = ranges
+        .iter()
+        .take(SHOWN)
+        .map(|&(a, b)| {
+            if a == b {
+                format!("{a}")
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    if ranges.len() > SHOWN {
+        text.push(format!("... ({} more ranges)", ranges.len() - SHOWN));
+    }
+    format!("partitions {}", text.join(" "))
 }
 
 fn split_total(reports: &[NodeReport]) -> (Vec<&NodeReport>, Option<&NodeReport>) {

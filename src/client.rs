@@ -6,6 +6,7 @@ use crate::connection::{Connection, Timeouts};
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
+use crate::ring::View;
 
 /// Timeouts and limits of a client connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +173,12 @@ impl Client {
     /// Every counter per node, as [`size`](Client::size) lays them out.
     pub fn stats(&mut self) -> Result<Vec<NodeReport>> {
         self.reports(Opcode::STATS)
+    }
+
+    /// The view the server holds: members, routing, placement and epoch.
+    pub fn view(&mut self) -> Result<View> {
+        let answer = Client::expect_success(self.call(Opcode::VIEW_GET, &[], &[])?)?;
+        payload::decode_view(answer.epoch, &answer.value)
     }
 
     /// Round-trip time of a PING.

@@ -19,6 +19,8 @@ pub enum Error {
     Frame { addr: String, source: FrameError },
     /// The peer at `addr` closed the connection before answering.
     Closed { addr: String },
+    /// A request of a batch to `addr` got no answer because an earlier one failed (`reason`).
+    Unanswered { addr: String, reason: String },
     /// The peer answered a different request than the one we sent.
     Mismatch {
         addr: String,
@@ -35,6 +37,8 @@ pub enum Error {
     Config(String),
     /// Binding a listening socket failed.
     Bind { addr: String, source: io::Error },
+    /// A backend's data directory could not be opened (its message names the file).
+    Storage(crate::wal::OpenError),
 }
 
 /// The crate's result type.
@@ -47,6 +51,9 @@ impl fmt::Display for Error {
             Error::Io { addr, source } => write!(f, "i/o error talking to {addr}: {source}"),
             Error::Frame { addr, source } => write!(f, "bad frame from {addr}: {source}"),
             Error::Closed { addr } => write!(f, "{addr} closed the connection"),
+            Error::Unanswered { addr, reason } => {
+                write!(f, "no answer from {addr}: {reason}")
+            }
             Error::Mismatch {
                 addr,
                 expected,
@@ -66,6 +73,7 @@ impl fmt::Display for Error {
             Error::View(msg) => write!(f, "bad view: {msg}"),
             Error::Config(msg) => write!(f, "bad configuration: {msg}"),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::Storage(source) => write!(f, "cannot open the data directory: {source}"),
         }
     }
 }
@@ -77,6 +85,7 @@ impl std::error::Error for Error {
             | Error::Io { source, .. }
             | Error::Bind { source, .. } => Some(source),
             Error::Frame { source, .. } => Some(source),
+            Error::Storage(source) => Some(source),
             _ => None,
         }
     }

@@ -6,12 +6,13 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::view_install_frame;
+use crate::backend::{view_answer, view_install_frame};
 use crate::error::{Error, Result};
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
-use crate::ring::{Ring, Routing, View};
+use crate::resp::{self, RespServer};
+use crate::ring::{Placement, Ring, Routing, View, DEFAULT_PLACEMENT};
 use crate::rng::Rng;
 use crate::server::{self, Dispatch, Handler, ServerHandle, ServerOptions};
 
@@ -65,10 +66,26 @@ pub struct FrontendConfig {
     pub entry: Entry,
     /// How backends relay (part of the view).
     pub routing: Routing,
-    /// Positions per backend on the ring (part of the view).
-    pub vnodes: u16,
+    /// Where the backends sit on the ring (part of the view).
+    pub placement: Placement,
     /// How long start-up waits for a backend that is not up yet.
     pub startup_timeout: Duration,
+    /// Address of the Redis-protocol (RESP2) door, if it is to be opened; it shares `server`'s
+    /// limits, timeouts and connection bound (counted apart from the binary door's).
+    pub resp_listen: Option<String>,
+}
+
+impl FrontendConfig {
+    /// This configuration with the paper's design: a random entry backend, relays to the
+    /// successor, one position per backend.
+    pub fn paper(self) -> FrontendConfig {
+        FrontendConfig {
+            entry: Entry::Random,
+            routing: Routing::Successor,
+            placement: Placement::Hashed { per_node: 1 },
+            ..self
+        }
+    }
 }
 
 impl Default for FrontendConfig {
@@ -79,10 +96,11 @@ impl Default for FrontendConfig {
             threads: 64,
             queue: 128,
             server: ServerOptions::default(),
-            entry: Entry::Random,
-            routing: Routing::Successor,
-            vnodes: 1,
+            entry: Entry::Owner,
+            routing: Routing::Direct,
+            placement: DEFAULT_PLACEMENT,
             startup_timeout: Duration::from_secs(30),
+            resp_listen: None,
         }
     }
 }
@@ -97,6 +115,7 @@ struct FrontendState {
 pub struct Frontend {
     state: Arc<FrontendState>,
     server: ServerHandle,
+    resp: Option<RespServer>,
 }
 
 thread_local! {
@@ -116,7 +135,7 @@ impl Frontend {
         let view = View {
             epoch: 1,
             routing: config.routing,
-            vnodes: config.vnodes,
+            placement: config.placement,
             nodes: config.backends.clone(),
         };
         let ring = Ring::new(view)?;
@@ -140,8 +159,25 @@ impl Frontend {
             },
             Arc::clone(&state) as Arc<dyn Handler>,
         )?;
+        let resp = match &config.resp_listen {
+            Some(addr) => Some(resp::serve(
+                addr,
+                config.server,
+                Arc::clone(&state) as Arc<dyn Handler>,
+            )?),
+            None => None,
+        };
         state.install_everywhere(config.startup_timeout);
-        Ok(Frontend { state, server })
+        Ok(Frontend {
+            state,
+            server,
+            resp,
+        })
+    }
+
+    /// The address of the Redis-protocol door, when it is open.
+    pub fn resp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.resp.as_ref().map(RespServer::local_addr)
     }
 
     /// The address clients connect to.
@@ -157,6 +193,9 @@ impl Frontend {
     /// Stops listening and closes every client connection.
     pub fn shutdown(&mut self) {
         self.server.shutdown();
+        if let Some(resp) = &mut self.resp {
+            resp.shutdown();
+        }
     }
 }
 
@@ -209,35 +248,57 @@ impl FrontendState {
         });
     }
 
-    fn entry_for(&self, key: &[u8]) -> usize {
-        match self.entry {
-            Entry::Owner => self.ring.owner_of_key(key),
-            Entry::Random => {
-                ENTRY_RNG.with(|rng| rng.borrow_mut().below(self.ring.len() as u64) as usize)
-            }
-        }
+    /// A random backend, for the paper's entry policy.
+    fn random_entry(&self) -> usize {
+        ENTRY_RNG.with(|rng| rng.borrow_mut().below(self.ring.len() as u64) as usize)
     }
 
-    /// PUT, GET, DELETE: to the entry backend, which serves or relays. A backend that lost its
-    /// view (it restarted) is given it again and asked once more.
-    fn forward(&self, request: Frame) -> Frame {
-        let addr = self.ring.node(self.entry_for(&request.key));
-        let view = self.ring.view();
+    /// The backend a key request enters the ring at; `random` is the pick for a random entry.
+    fn entry_for(&self, key: &[u8], random: usize) -> &str {
+        self.ring.node(match self.entry {
+            Entry::Owner => self.ring.owner_of_key(key),
+            Entry::Random => random,
+        })
+    }
+
+    /// The copy of a client's key request that goes to the backends: this view's epoch, no
+    /// relays yet, and a hop limit that only stops loops, never a request on its way.
+    fn to_backend(&self, request: &Frame) -> Frame {
         let mut forwarded = request.clone();
-        forwarded.epoch = view.epoch;
+        forwarded.epoch = self.ring.view().epoch;
         forwarded.hops = 0;
-        // Successor routing may visit every point once; the limit only has to stop loops.
-        let points = view.nodes.len() * usize::from(view.vnodes);
         forwarded.hop_limit =
-            points.clamp(usize::from(DEFAULT_HOP_LIMIT), usize::from(u16::MAX)) as u16;
-        let result = self.peers.call(addr, &forwarded).and_then(|answer| {
+            self.ring
+                .relay_bound()
+                .clamp(usize::from(DEFAULT_HOP_LIMIT), usize::from(u16::MAX)) as u16;
+        forwarded
+    }
+
+    /// PUT, GET, DELETE: to the entry backend, which serves or relays.
+    fn forward(&self, request: Frame) -> Frame {
+        let addr = self.entry_for(&request.key, self.random_entry());
+        let forwarded = self.to_backend(&request);
+        let result = self.peers.call(addr, &forwarded);
+        self.answer_from(&request, addr, &forwarded, result)
+    }
+
+    /// The client's answer from what backend `addr` said to `forwarded`. A backend that lost
+    /// its view (it restarted) is given it again and asked once more.
+    fn answer_from(
+        &self,
+        request: &Frame,
+        addr: &str,
+        forwarded: &Frame,
+        result: Result<Frame>,
+    ) -> Frame {
+        let result = result.and_then(|answer| {
             if answer.status == Status::NO_VIEW || answer.status == Status::STALE_VIEW {
                 log::info!(
                     "backend {addr} answered {}; installing the view again",
                     answer.status
                 );
                 self.install(addr)?;
-                self.peers.call(addr, &forwarded)
+                self.peers.call(addr, forwarded)
             } else {
                 Ok(answer)
             }
@@ -255,6 +316,27 @@ impl FrontendState {
                 )
             }
         }
+    }
+
+    /// Key requests of one pipeline, forwarded together: one batch per backend, one round trip
+    /// each, all backends at once. A random entry is drawn once per batch, so that requests
+    /// for one key take one path and keep their order.
+    fn forward_batch(&self, requests: &[Frame]) -> Vec<Frame> {
+        let random = self.random_entry();
+        let forwarded: Vec<(&str, Frame)> = requests
+            .iter()
+            .map(|r| (self.entry_for(&r.key, random), self.to_backend(r)))
+            .collect();
+        let calls: Vec<(&str, &Frame)> = forwarded.iter().map(|(a, f)| (*a, f)).collect();
+        let results = self.peers.call_batch(&calls);
+        requests
+            .iter()
+            .zip(&forwarded)
+            .zip(results)
+            .map(|((request, (addr, frame)), result)| {
+                self.answer_from(request, addr, frame, result)
+            })
+            .collect()
     }
 
     /// SIZE, STATS: every backend's report, asked in parallel, in view order, then the total.
@@ -331,6 +413,31 @@ fn total(reports: &[NodeReport]) -> NodeReport {
 }
 
 impl Handler for FrontendState {
+    /// Runs of key requests go to the backends in batches; any other request is answered in
+    /// its place in the order, after the key requests before it.
+    fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
+        let is_batched = |r: &Frame| {
+            matches!(r.opcode, Opcode::PUT | Opcode::GET | Opcode::DELETE) && !r.key.is_empty()
+        };
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut rest = requests.as_slice();
+        while let Some(first) = rest.first() {
+            if !is_batched(first) {
+                answers.push(self.handle(first.clone()));
+                rest = &rest[1..];
+                continue;
+            }
+            let run = rest.iter().take_while(|r| is_batched(r)).count();
+            if run == 1 {
+                answers.push(self.forward(first.clone()));
+            } else {
+                answers.extend(self.forward_batch(&rest[..run]));
+            }
+            rest = &rest[run..];
+        }
+        answers
+    }
+
     fn handle(&self, request: Frame) -> Frame {
         match request.opcode {
             Opcode::PUT | Opcode::GET | Opcode::DELETE => {
@@ -342,6 +449,7 @@ impl Handler for FrontendState {
             }
             Opcode::SIZE | Opcode::STATS => self.gather(&request),
             Opcode::PING => request.reply(Status::OK, Vec::new()),
+            Opcode::VIEW_GET => view_answer(&request, self.ring.view()),
             Opcode::VIEW_INSTALL => request.error_reply(
                 Status::BAD_REQUEST,
                 "the frontend makes views; it does not accept them",

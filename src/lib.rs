@@ -11,13 +11,16 @@
 //! - [`protocol`]: the wire format (length-prefixed, CRC-checked frames), its limits, and the
 //!   payloads of SIZE, STATS and VIEW_INSTALL. PROTOCOL.md is its normative description.
 //! - [`ring`]: SHA-1 positions, views, the one ownership rule and next-hop routing.
-//! - [`store`]: the storage engine trait and the in-memory engine.
+//! - [`store`]: the storage engine trait and the in-memory engine; [`wal`] is the write-ahead
+//!   log (format, fsync policies, recovery, compaction) and [`durable`] the engine built on both.
 //! - [`connection`]: framed reads and writes on a socket, with timeouts; [`peers`] pools
 //!   connections between servers.
 //! - [`server`]: the accept loop, connection limit, per-connection frame loop and shutdown
 //!   that both servers share; [`pool`] is the frontend's bounded thread pool.
 //! - [`backend`] and [`frontend`]: the two servers; [`local`] runs both in one process.
+//! - [`resp`]: the frontend's Redis-protocol (RESP2) door, for redis-cli and Redis clients.
 //! - [`client`]: the library clients use, with pipelining; [`cli`] holds what `kvcli` prints.
+//! - [`loadgen`]: `kvcli bench`, a load generator with HDR latency percentiles.
 //!
 //! One PUT, hop by hop: [`Client::put`] sends a frame; the frontend's `FrontendState::forward`
 //! picks an entry backend; the backend's `BackendState::key_request` asks [`Ring::owner`] and
@@ -28,21 +31,25 @@ pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod connection;
+pub mod durable;
 pub mod error;
 pub mod frontend;
+pub mod loadgen;
 pub mod local;
 pub mod peers;
 pub mod pool;
 pub mod protocol;
+pub mod resp;
 pub mod ring;
 pub mod rng;
 pub mod server;
 pub mod store;
+pub mod wal;
 
 pub use backend::{Backend, BackendConfig};
 pub use client::{Client, ClientOptions, Reply, Request};
 pub use error::{Error, Result};
 pub use frontend::{Entry, Frontend, FrontendConfig};
 pub use local::LocalCluster;
-pub use ring::{Ring, Routing, View};
+pub use ring::{Placement, Ring, Routing, View};
 pub use server::ServerOptions;

@@ -17,6 +17,11 @@ impl LocalCluster {
     /// Starts `backends` backends on `127.0.0.1:0` from the `backend` template, then a frontend
     /// from the `frontend` template (its backend list is filled in).
     ///
+    /// With a `data_dir` in the template, backend N keeps its log in `data_dir/backend-N` and
+    /// the address it first listened on in `data_dir/backend-N/address`; started again over
+    /// the same directory it listens there again, so the ring, and with it which backend owns
+    /// which key, is the same as before.
+    ///
     /// ```
     /// use ringkv::{BackendConfig, FrontendConfig, LocalCluster};
     /// let cluster = LocalCluster::start(3, BackendConfig::default(), FrontendConfig::default()).unwrap();
@@ -30,12 +35,15 @@ impl LocalCluster {
         frontend: FrontendConfig,
     ) -> Result<LocalCluster> {
         let mut started = Vec::with_capacity(backends);
-        for _ in 0..backends {
+        for index in 0..backends {
             let config = BackendConfig {
                 listen: "127.0.0.1:0".into(),
                 ..backend.clone()
             };
-            started.push(Backend::start(config)?);
+            started.push(match &backend.data_dir {
+                Some(root) => start_remembered(config, &root.join(format!("backend-{index}")))?,
+                None => Backend::start(config)?,
+            });
         }
         let frontend = Frontend::start(FrontendConfig {
             backends: started.iter().map(|b| b.local_addr().to_string()).collect(),
@@ -50,6 +58,12 @@ impl LocalCluster {
     /// The frontend's address.
     pub fn frontend_addr(&self) -> SocketAddr {
         self.frontend.local_addr()
+    }
+
+    /// The address of the frontend's Redis-protocol door, when the frontend template asked
+    /// for one (`FrontendConfig::resp_listen`).
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.frontend.resp_addr()
     }
 
     /// The frontend.
@@ -77,4 +91,48 @@ impl LocalCluster {
             backend.shutdown();
         }
     }
+}
+
+/// The file in a backend's data directory that holds the address it listens on.
+const ADDRESS_FILE: &str = "address";
+
+/// Starts a backend over `dir`, on the address recorded there if there is one, else on a fresh
+/// port that is then recorded.
+fn start_remembered(config: BackendConfig, dir: &std::path::Path) -> Result<Backend> {
+    let address_file = dir.join(ADDRESS_FILE);
+    let storage_error = |source: std::io::Error| {
+        crate::error::Error::Storage(crate::wal::OpenError::Io {
+            path: address_file.clone(),
+            source,
+        })
+    };
+    let remembered = match std::fs::read_to_string(&address_file) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(storage_error(e)),
+    };
+    let config = BackendConfig {
+        data_dir: Some(dir.to_path_buf()),
+        listen: remembered.clone().unwrap_or(config.listen),
+        ..config
+    };
+    let backend = Backend::start(config).map_err(|e| match (&remembered, e) {
+        (Some(addr), crate::error::Error::Bind { source, .. }) => crate::error::Error::Config(
+            format!(
+                "the backend in {} listened on {addr} before and must do so again for the                  cluster to find its keys, but cannot: {source}",
+                dir.display()
+            ),
+        ),
+        (_, e) => e,
+    })?;
+    if remembered.is_none() {
+        // Written whole or not at all, so a crash here cannot leave a half address behind.
+        let temp = dir.join(format!("{ADDRESS_FILE}.tmp"));
+        std::fs::write(&temp, format!("{}\n", backend.local_addr()))
+            .and_then(|()| std::fs::File::open(&temp)?.sync_all())
+            .and_then(|()| std::fs::rename(&temp, &address_file))
+            .and_then(|()| std::fs::File::open(dir)?.sync_all())
+            .map_err(storage_error)?;
+    }
+    Ok(backend)
 }

@@ -1,14 +1,51 @@
 //! Persistent, pooled connections to other servers (frontend to backends, backend to backend).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use crate::connection::{Connection, Timeouts};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::protocol::{Frame, Limits};
 
 /// Idle connections kept per peer; more are opened under load and closed after use.
 const MAX_IDLE_PER_PEER: usize = 64;
+
+/// Most request bytes written to one peer before its answers are read: well under the smallest
+/// socket buffers, so a chunk never waits for the peer to read.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// One peer's share of a batch: its requests (indexes into the batch), cut into chunks.
+struct PeerBatch<'a> {
+    addr: &'a str,
+    chunks: VecDeque<Vec<usize>>,
+    chunk_bytes: usize,
+    conn: Option<Result<Connection>>,
+}
+
+impl<'a> PeerBatch<'a> {
+    fn new(addr: &'a str) -> PeerBatch<'a> {
+        PeerBatch {
+            addr,
+            chunks: VecDeque::new(),
+            chunk_bytes: 0,
+            conn: None,
+        }
+    }
+
+    fn push(&mut self, index: usize, request: &Frame) {
+        let bytes = request.encoded_len();
+        match self.chunks.back_mut() {
+            Some(chunk) if self.chunk_bytes + bytes <= CHUNK_BYTES => {
+                chunk.push(index);
+                self.chunk_bytes += bytes;
+            }
+            _ => {
+                self.chunks.push_back(vec![index]);
+                self.chunk_bytes = bytes;
+            }
+        }
+    }
+}
 
 /// A pool of open connections per peer address.
 pub struct Peers {
@@ -75,6 +112,124 @@ impl Peers {
         let answer = conn.call(request)?;
         self.give_back(conn);
         Ok(answer)
+    }
+
+    /// Sends every `(addr, request)` and returns the answers in the same order: the requests for
+    /// one peer go out together on one connection and their answers are read together, one round
+    /// trip for many requests, and the peers work on their shares at the same time.
+    ///
+    /// A peer's requests go out in chunks of at most [`CHUNK_BYTES`] (or one bigger frame), and
+    /// each chunk's answers are read before the next chunk is written: a chunk always fits in
+    /// the socket buffers, so neither side can wait for the other forever. The retry rule is
+    /// [`call`](Peers::call)'s: a chunk that could not be written on a pooled connection is sent
+    /// once more on a fresh one; once written, never again. A failure fails that peer's requests
+    /// from the failed chunk on, each with its own error.
+    pub fn call_batch(&self, calls: &[(&str, &Frame)]) -> Vec<Result<Frame>> {
+        let mut answers: Vec<Option<Result<Frame>>> = calls.iter().map(|_| None).collect();
+        let mut groups: Vec<PeerBatch> = Vec::new();
+        for (index, (addr, request)) in calls.iter().enumerate() {
+            match groups.iter_mut().find(|g| g.addr == *addr) {
+                Some(group) => group.push(index, request),
+                None => {
+                    let mut group = PeerBatch::new(addr);
+                    group.push(index, request);
+                    groups.push(group);
+                }
+            }
+        }
+        while groups.iter().any(|g| !g.chunks.is_empty()) {
+            for group in groups.iter_mut().filter(|g| !g.chunks.is_empty()) {
+                group.conn = self.write_chunk(group, calls);
+            }
+            for group in groups.iter_mut() {
+                let Some(chunk) = group.chunks.pop_front() else {
+                    continue;
+                };
+                let failure = match group.conn.take() {
+                    Some(Ok(mut conn)) => {
+                        let mut failure = None;
+                        for &index in &chunk {
+                            match conn.recv_answer(calls[index].1) {
+                                Ok(answer) => answers[index] = Some(Ok(answer)),
+                                Err(e) => {
+                                    failure = Some(e.to_string());
+                                    answers[index] = Some(Err(e));
+                                    break;
+                                }
+                            }
+                        }
+                        if failure.is_none() {
+                            group.conn = Some(Ok(conn));
+                        }
+                        failure
+                    }
+                    Some(Err(e)) => {
+                        let message = e.to_string();
+                        answers[chunk[0]] = Some(Err(e));
+                        Some(message)
+                    }
+                    None => Some("no connection".to_string()),
+                };
+                if let Some(reason) = failure {
+                    for index in group.chunks.drain(..).flatten().chain(chunk) {
+                        if answers[index].is_none() {
+                            answers[index] = Some(Err(Error::Unanswered {
+                                addr: group.addr.to_string(),
+                                reason: reason.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        for group in groups {
+            if let Some(Ok(conn)) = group.conn {
+                self.give_back(conn);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(Error::Unanswered {
+                        addr: String::new(),
+                        reason: "not sent".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Writes `group`'s next chunk on its connection (a pooled one, or a fresh one when the
+    /// pooled one fails before the chunk is out).
+    fn write_chunk(
+        &self,
+        group: &mut PeerBatch,
+        calls: &[(&str, &Frame)],
+    ) -> Option<Result<Connection>> {
+        let chunk = group.chunks.front()?;
+        let write = |conn: &mut Connection| {
+            for &index in chunk {
+                conn.send(calls[index].1);
+            }
+            conn.flush()
+        };
+        let pooled = match group.conn.take() {
+            Some(Ok(conn)) => Some(conn),
+            _ => self.take(group.addr),
+        };
+        if let Some(mut conn) = pooled {
+            match write(&mut conn) {
+                Ok(()) => return Some(Ok(conn)),
+                Err(e) => log::debug!(
+                    "pooled connection to {} failed ({e}); reconnecting",
+                    group.addr
+                ),
+            }
+        }
+        let fresh = Connection::open(group.addr, &self.timeouts, &self.limits)
+            .and_then(|mut conn| write(&mut conn).map(|()| conn));
+        Some(fresh)
     }
 
     /// Closes every idle connection to `addr` (after the peer was found dead or restarted).

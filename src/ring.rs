@@ -41,6 +41,8 @@ pub fn position_hex(position: &Position) -> String {
 pub enum Routing {
     /// The paper: relay to the next node clockwise (O(N) relays).
     Successor = 0,
+    /// Chord: relay to the closest finger preceding the key (O(log N) relays).
+    Finger = 1,
     /// Every node knows every node: relay straight to the owner (at most one relay).
     Direct = 2,
 }
@@ -50,6 +52,7 @@ impl Routing {
     pub fn from_u8(byte: u8) -> Option<Routing> {
         match byte {
             0 => Some(Routing::Successor),
+            1 => Some(Routing::Finger),
             2 => Some(Routing::Direct),
             _ => None,
         }
@@ -60,6 +63,7 @@ impl fmt::Display for Routing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Routing::Successor => "successor",
+            Routing::Finger => "finger",
             Routing::Direct => "direct",
         })
     }
@@ -70,10 +74,76 @@ impl std::str::FromStr for Routing {
     fn from_str(s: &str) -> std::result::Result<Routing, String> {
         match s {
             "successor" => Ok(Routing::Successor),
+            "finger" => Ok(Routing::Finger),
             "direct" => Ok(Routing::Direct),
             _ => Err(format!(
-                "unknown routing mode {s:?} (expected successor or direct)"
+                "unknown routing mode {s:?} (expected successor, finger or direct)"
             )),
+        }
+    }
+}
+
+/// Where nodes sit on the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Each node at `per_node` hashed positions: the digest of its address, then of `ADDRESS#i`
+    /// (1: the paper).
+    Hashed {
+        /// Positions per node, at least 1.
+        per_node: u16,
+    },
+    /// The ring cut into `count` equal partitions (a power of two, at least the number of nodes),
+    /// dealt to the nodes so that every node holds `count / N` of them, rounded down or up. The
+    /// deal depends only on the ordered node list, and appending a node moves only the
+    /// partitions it takes: `count / (N + 1)` of them.
+    Partitions {
+        /// Number of partitions, a power of two from 1 to [`MAX_PARTITIONS`].
+        count: u32,
+    },
+}
+
+/// The most partitions a ring may be cut into.
+pub const MAX_PARTITIONS: u32 = 1 << 16;
+
+/// The placement `ringkv` uses unless told otherwise: chosen by `cargo bench --bench ring`,
+/// where it gives the most even load and moves the fewest keys when a node joins.
+pub const DEFAULT_PLACEMENT: Placement = Placement::Partitions { count: 4096 };
+
+impl Placement {
+    /// The number `placement_kind` on the wire: 0 hashed, 1 partitions.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Placement::Hashed { .. } => 0,
+            Placement::Partitions { .. } => 1,
+        }
+    }
+
+    /// The number that goes with the kind on the wire: positions per node, or partitions.
+    pub fn parameter(&self) -> u32 {
+        match *self {
+            Placement::Hashed { per_node } => u32::from(per_node),
+            Placement::Partitions { count } => count,
+        }
+    }
+
+    /// The placement numbered `kind` with `parameter`, as on the wire.
+    pub fn from_wire(kind: u8, parameter: u32) -> Option<Placement> {
+        match kind {
+            0 => u16::try_from(parameter)
+                .ok()
+                .map(|per_node| Placement::Hashed { per_node }),
+            1 => Some(Placement::Partitions { count: parameter }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::Hashed { per_node: 1 } => f.write_str("1 hashed position per node"),
+            Placement::Hashed { per_node } => write!(f, "{per_node} hashed positions per node"),
+            Placement::Partitions { count } => write!(f, "{count} equal partitions"),
         }
     }
 }
@@ -85,8 +155,8 @@ pub struct View {
     pub epoch: u64,
     /// How backends relay keys they do not own.
     pub routing: Routing,
-    /// Points per node on the ring (1: the paper).
-    pub vnodes: u16,
+    /// Where the nodes sit on the ring.
+    pub placement: Placement,
     /// Backend addresses, as clients of the backends reach them.
     pub nodes: Vec<String>,
 }
@@ -100,13 +170,11 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// Builds the ring of a view. Fails on an empty view, duplicate addresses or zero vnodes.
+    /// Builds the ring of a view. Fails on an empty view, duplicate addresses, zero positions
+    /// per node, or a partition count that is not a power of two at least the number of nodes.
     pub fn new(view: View) -> Result<Ring> {
         if view.nodes.is_empty() {
             return Err(Error::View("a view needs at least one node".into()));
-        }
-        if view.vnodes == 0 {
-            return Err(Error::View("a node needs at least one position".into()));
         }
         let mut seen = HashSet::new();
         for node in &view.nodes {
@@ -114,12 +182,38 @@ impl Ring {
                 return Err(Error::View(format!("node {node} is listed twice")));
             }
         }
-        let mut points = Vec::with_capacity(view.nodes.len() * view.vnodes as usize);
-        for (index, node) in view.nodes.iter().enumerate() {
-            for vnode in 0..view.vnodes {
-                points.push((node_position(node, vnode), index as u32));
+        let mut points = match view.placement {
+            Placement::Hashed { per_node } => {
+                if per_node == 0 {
+                    return Err(Error::View("a node needs at least one position".into()));
+                }
+                let mut points = Vec::with_capacity(view.nodes.len() * usize::from(per_node));
+                for (index, node) in view.nodes.iter().enumerate() {
+                    for vnode in 0..per_node {
+                        points.push((node_position(node, vnode), index as u32));
+                    }
+                }
+                points
             }
-        }
+            Placement::Partitions { count } => {
+                if !count.is_power_of_two() || count > MAX_PARTITIONS {
+                    return Err(Error::View(format!(
+                        "{count} partitions: the count must be a power of two from 1 to {MAX_PARTITIONS}"
+                    )));
+                }
+                if (count as usize) < view.nodes.len() {
+                    return Err(Error::View(format!(
+                        "{count} partitions cannot be shared by {} nodes",
+                        view.nodes.len()
+                    )));
+                }
+                deal_partitions(&view.nodes, count)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(partition, node)| (partition_start(partition as u32, count), node))
+                    .collect()
+            }
+        };
         points.sort_unstable();
         // Two points at one position would make ownership depend on sort order; with SHA-1 it
         // takes a collision, but a view must never be ambiguous.
@@ -176,27 +270,65 @@ impl Ring {
         self.owner(&key_position(key))
     }
 
+    /// Index into `points` of `from`'s last point at or before `position`, walking
+    /// counter-clockwise from the point that owns it; `None` if `from` has no point.
+    fn nearest_point_of(&self, from: usize, position: &Position) -> Option<usize> {
+        let n = self.points.len();
+        let owner_point = self.point_of(position);
+        (0..n)
+            .map(|back| (owner_point + n - back) % n)
+            .find(|&i| self.points[i].1 as usize == from)
+    }
+
     /// Where node `from`, which does not own `position`, sends a request for it.
     ///
-    /// `Successor`: from `from`'s point nearest before `position` (counter-clockwise), the node of
-    /// the next point clockwise; with one point per node that is `from`'s successor, and every
-    /// hop strictly shortens the clockwise distance to the owner. `Direct`: the owner.
+    /// All three modes start from `from`'s point nearest before `position` (counter-clockwise)
+    /// and pick a point between it and the owner's point, so every relay strictly shortens the
+    /// clockwise distance left and a request always arrives. `Successor`: the next point
+    /// clockwise (the paper; with one point per node, `from`'s successor). `Finger`: Chord's
+    /// closest preceding finger, the first point at or after `p + 2^i` for the largest `i` that
+    /// does not pass the key, which at least halves the distance left. `Direct`: the owner.
     pub fn next_hop(&self, from: usize, position: &Position) -> usize {
+        if self.view.routing == Routing::Direct {
+            return self.owner(position);
+        }
+        // `from` is not on the ring (it is not in the view): the owner is as good as any.
+        let Some(start) = self.nearest_point_of(from, position) else {
+            return self.owner(position);
+        };
+        let n = self.points.len();
         match self.view.routing {
-            Routing::Direct => self.owner(position),
-            Routing::Successor => {
-                let n = self.points.len();
-                let owner_point = self.point_of(position);
-                for back in 0..n {
-                    let i = (owner_point + n - back) % n;
-                    if self.points[i].1 as usize == from {
-                        return self.points[(i + 1) % n].1 as usize;
+            Routing::Successor | Routing::Direct => self.points[(start + 1) % n].1 as usize,
+            Routing::Finger => {
+                let from_position = &self.points[start].0;
+                let left = sub_mod(position, from_position);
+                for bit in (0..=highest_bit(&left).unwrap_or(0)).rev() {
+                    let target = add_pow2(from_position, bit);
+                    let finger = self.points.partition_point(|(p, _)| *p < target) % n;
+                    // A finger that wrapped round to `p` itself is no progress.
+                    if finger != start && sub_mod(&self.points[finger].0, from_position) <= left {
+                        return self.points[finger].1 as usize;
                     }
                 }
-                // `from` is not on the ring (it is not in the view): the owner is as good as any.
-                self.owner(position)
+                self.points[(start + 1) % n].1 as usize
             }
         }
+    }
+
+    /// The most relays a request can take under this ring's routing before it reaches the
+    /// owner. With successor and finger routing a node never sees the same request twice: the
+    /// next hop's point lies after the sender's nearest point, and the sender has no point
+    /// between that one and the key. So at most N - 1 relays.
+    pub fn relay_bound(&self) -> usize {
+        match self.view.routing {
+            Routing::Direct => 1,
+            Routing::Successor | Routing::Finger => self.len().saturating_sub(1).max(1),
+        }
+    }
+
+    /// Number of points on the ring.
+    pub fn point_count(&self) -> usize {
+        self.points.len()
     }
 
     /// The fraction of the key space each node owns, indexed like the view's nodes.
@@ -225,6 +357,106 @@ fn position_to_f64(position: &Position) -> f64 {
         .fold(0.0, |acc, &b| (acc + f64::from(b)) / 256.0)
 }
 
+/// The first position of partition `partition` of `count` (a power of two): the partition
+/// number in the top `log2(count)` bits.
+pub fn partition_start(partition: u32, count: u32) -> Position {
+    let bits = count.trailing_zeros();
+    let mut position = [0u8; 20];
+    if bits > 0 {
+        let top = u64::from(partition) << (64 - bits);
+        position[..8].copy_from_slice(&top.to_be_bytes());
+    }
+    position
+}
+
+/// The owner of every partition, by index into `nodes`: node 0 starts with all of them, and each
+/// further node takes `count / (k + 1)` partitions, one at a time from whichever node then holds
+/// the most (the lowest index on a tie), choosing among that node's partitions by a hash of the
+/// partition and the new node's address. Every node ends with `count / N` rounded down or up, and
+/// appending a node to the list changes the owner of exactly the partitions the new node takes.
+fn deal_partitions(nodes: &[String], count: u32) -> Vec<u32> {
+    let mut owners = vec![0u32; count as usize];
+    let mut held = vec![count as usize];
+    for (k, node) in nodes.iter().enumerate().skip(1) {
+        let mut gives = vec![0usize; k];
+        for _ in 0..count as usize / (k + 1) {
+            let donor = (0..k)
+                .max_by_key(|&d| (held[d] - gives[d], std::cmp::Reverse(d)))
+                .unwrap_or(0);
+            gives[donor] += 1;
+        }
+        let seed = u64::from_be_bytes(node_position(node, 0)[..8].try_into().unwrap_or([0; 8]));
+        let mut by_donor: Vec<Vec<(u64, usize)>> = vec![Vec::new(); k];
+        for (partition, &owner) in owners.iter().enumerate() {
+            if gives[owner as usize] > 0 {
+                by_donor[owner as usize].push((mix64(seed ^ partition as u64), partition));
+            }
+        }
+        for (donor, mut candidates) in by_donor.into_iter().enumerate() {
+            let take = gives[donor];
+            if take == 0 {
+                continue;
+            }
+            if take < candidates.len() {
+                candidates.select_nth_unstable_by(take - 1, |a, b| b.cmp(a));
+            }
+            for &(_, partition) in &candidates[..take] {
+                owners[partition] = k as u32;
+            }
+            held[donor] -= take;
+        }
+        held.push(count as usize / (k + 1));
+    }
+    owners
+}
+
+/// A 64-bit mixing function (SplitMix64's finaliser): spreads nearby inputs far apart.
+fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// `a - b` modulo 2^160: the clockwise distance from `b` to `a`.
+fn sub_mod(a: &Position, b: &Position) -> Position {
+    let mut out = [0u8; 20];
+    let mut borrow = 0i16;
+    for i in (0..20).rev() {
+        let mut d = i16::from(a[i]) - i16::from(b[i]) - borrow;
+        borrow = 0;
+        if d < 0 {
+            d += 256;
+            borrow = 1;
+        }
+        out[i] = d as u8;
+    }
+    out
+}
+
+/// `a + 2^bit` modulo 2^160.
+fn add_pow2(a: &Position, bit: u32) -> Position {
+    let mut out = *a;
+    let mut i = 19 - (bit / 8) as usize;
+    let mut carry = 1u16 << (bit % 8);
+    loop {
+        let sum = u16::from(out[i]) + carry;
+        out[i] = sum as u8;
+        carry = sum >> 8;
+        if carry == 0 || i == 0 {
+            break;
+        }
+        i -= 1;
+    }
+    out
+}
+
+/// The index of the highest set bit (0 = least significant), `None` for zero.
+fn highest_bit(a: &Position) -> Option<u32> {
+    let first = a.iter().position(|&b| b != 0)?;
+    Some((19 - first as u32) * 8 + (7 - a[first].leading_zeros()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,9 +465,31 @@ mod tests {
         View {
             epoch: 1,
             routing,
-            vnodes,
+            placement: Placement::Hashed { per_node: vnodes },
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    fn partitioned(nodes: usize, routing: Routing, count: u32) -> View {
+        View {
+            epoch: 1,
+            routing,
+            placement: Placement::Partitions { count },
+            nodes: (0..nodes).map(|i| format!("10.0.0.{i}:7001")).collect(),
+        }
+    }
+
+    /// Relays from `start` to the owner of `position`, failing the test on a loop.
+    fn relays(ring: &Ring, start: usize, position: &Position) -> usize {
+        let owner = ring.owner(position);
+        let mut at = start;
+        let mut relays = 0;
+        while at != owner {
+            at = ring.next_hop(at, position);
+            relays += 1;
+            assert!(relays <= ring.relay_bound(), "routing loops");
+        }
+        relays
     }
 
     fn pos(first: u8) -> Position {
@@ -347,6 +601,99 @@ mod tests {
         assert!(Ring::new(view(&[], Routing::Successor, 1)).is_err());
         assert!(Ring::new(view(&["a:1", "a:1"], Routing::Successor, 1)).is_err());
         assert!(Ring::new(view(&["a:1"], Routing::Successor, 0)).is_err());
+        assert!(Ring::new(partitioned(3, Routing::Direct, 12)).is_err());
+        assert!(Ring::new(partitioned(5, Routing::Direct, 4)).is_err());
+        assert!(Ring::new(partitioned(1, Routing::Direct, MAX_PARTITIONS * 2)).is_err());
+        assert!(Ring::new(partitioned(4, Routing::Direct, 4)).is_ok());
+    }
+
+    #[test]
+    fn position_arithmetic_wraps_at_2_pow_160() {
+        let mut one = [0u8; 20];
+        one[19] = 1;
+        assert_eq!(sub_mod(&[0; 20], &one), [0xff; 20]);
+        assert_eq!(add_pow2(&[0xff; 20], 0), [0; 20]);
+        assert_eq!(add_pow2(&[0; 20], 159)[0], 0x80);
+        assert_eq!(add_pow2(&[0; 20], 9)[18], 0x02);
+        assert_eq!(highest_bit(&one), Some(0));
+        assert_eq!(highest_bit(&[0xff; 20]), Some(159));
+        assert_eq!(highest_bit(&[0; 20]), None);
+        assert_eq!(partition_start(3, 4)[0], 0xc0);
+        assert_eq!(partition_start(1, 1 << 16)[..3], [0, 1, 0]);
+        assert_eq!(partition_start(0, 1), [0; 20]);
+    }
+
+    #[test]
+    fn finger_routing_arrives_in_logarithmic_relays() {
+        for nodes in [2usize, 5, 16, 64] {
+            let names: Vec<String> = (0..nodes).map(|i| format!("node-{i}:7001")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let ring = Ring::new(view(&names, Routing::Finger, 1)).unwrap();
+            let mut total = 0;
+            let mut count = 0;
+            for k in 0..400u32 {
+                let position = key_position(&k.to_le_bytes());
+                let start = (k as usize * 7) % nodes;
+                let taken = relays(&ring, start, &position);
+                // Each finger relay at least halves the distance left; with N points the
+                // owner is reached within about log2 N relays.
+                assert!(taken <= 2 * (nodes.ilog2() as usize + 1), "{taken} relays");
+                total += taken;
+                count += 1;
+            }
+            let mean = total as f64 / count as f64;
+            assert!(mean <= 0.5 * f64::from(nodes.ilog2()) + 1.0, "mean {mean}");
+        }
+    }
+
+    #[test]
+    fn every_mode_arrives_with_partitions_and_vnodes() {
+        let hashed = view(&["a:1", "b:1", "c:1", "d:1", "e:1"], Routing::Finger, 16);
+        for base in [hashed, partitioned(5, Routing::Finger, 256)] {
+            for routing in [Routing::Successor, Routing::Finger, Routing::Direct] {
+                let ring = Ring::new(View {
+                    routing,
+                    ..base.clone()
+                })
+                .unwrap();
+                for k in 0..300u32 {
+                    let position = key_position(&k.to_be_bytes());
+                    for start in 0..5 {
+                        let taken = relays(&ring, start, &position);
+                        if routing == Routing::Direct {
+                            assert!(taken <= 1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn partitions_are_dealt_evenly_and_a_new_node_moves_only_its_share() {
+        for nodes in [1usize, 3, 8, 9, 100] {
+            let ring = Ring::new(partitioned(nodes, Routing::Direct, 1024)).unwrap();
+            let mut held = vec![0usize; nodes];
+            for (_, node) in ring.points() {
+                held[node] += 1;
+            }
+            let (min, max) = (held.iter().min().unwrap(), held.iter().max().unwrap());
+            assert!(max - min <= 1, "{nodes} nodes: {held:?}");
+            assert_eq!(held.iter().sum::<usize>(), 1024);
+        }
+        let before = deal_partitions(&partitioned(8, Routing::Direct, 4096).nodes, 4096);
+        let after = deal_partitions(&partitioned(9, Routing::Direct, 4096).nodes, 4096);
+        let moved: Vec<usize> = (0..4096).filter(|&p| before[p] != after[p]).collect();
+        assert_eq!(moved.len(), 4096 / 9);
+        assert!(
+            moved.iter().all(|&p| after[p] == 8),
+            "only the new node gains"
+        );
+        // The deal is a function of the node list alone.
+        assert_eq!(
+            before,
+            deal_partitions(&partitioned(8, Routing::Direct, 4096).nodes, 4096)
+        );
     }
 
     #[test]

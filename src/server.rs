@@ -39,6 +39,12 @@ impl Default for ServerOptions {
 pub trait Handler: Send + Sync + 'static {
     /// The answer to one well-formed request that is within the limits.
     fn handle(&self, request: Frame) -> Frame;
+    /// The answers to requests a client sent without waiting, in the same order. A handler
+    /// that forwards requests elsewhere overrides it to forward them in batches, one round
+    /// trip for many requests instead of one each.
+    fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
+        requests.into_iter().map(|r| self.handle(r)).collect()
+    }
     /// Told about every error answer the connection loop itself sends (malformed, too large,
     /// busy), so that the server can count it.
     fn refused(&self, _status: Status) {}
@@ -120,6 +126,11 @@ const MAX_BATCH: usize = 128;
 
 /// Answer bytes gathered before they are written, so big values do not pile up in memory.
 const FLUSH_AT: usize = 256 * 1024;
+
+/// Most requests handed to the handler at once: a batch's answers are all in memory before
+/// any is written, so this bounds what one connection can make the server hold (with values
+/// up to the value limit).
+const HANDLER_BATCH: usize = 32;
 
 /// What every thread serving requests shares: the handler, the options, and the shutdown flag.
 struct Serving {
@@ -219,8 +230,12 @@ impl ClientConn {
         serving: &Serving,
         backlog: Option<&Backlog>,
     ) -> std::io::Result<bool> {
-        while let Some(request) = self.pending.pop_front() {
-            answer_one(serving, request).encode_into(&mut self.out);
+        while !self.pending.is_empty() {
+            let take = self.pending.len().min(HANDLER_BATCH);
+            let batch: Vec<Frame> = self.pending.drain(..take).collect();
+            for answer in answer_batch(serving, batch) {
+                answer.encode_into(&mut self.out);
+            }
             if self.out.len() - self.written >= FLUSH_AT && !self.flush()? {
                 return Ok(false);
             }
@@ -319,25 +334,54 @@ impl ClientConn {
     }
 }
 
-/// The answer to one well-formed frame: refused when it is not a request or breaks the limits,
-/// otherwise the handler's. A handler that panics must not take the thread with it (a pool
-/// worker would be lost for good): the request is answered INTERNAL.
-fn answer_one(serving: &Serving, request: Frame) -> Frame {
+/// The answers to well-formed frames, in order: a frame that is not a request or breaks the
+/// limits is refused, the others go to the handler in one batch. A handler that panics must not
+/// take the thread with it (a pool worker would be lost for good): its requests are answered
+/// INTERNAL.
+fn answer_batch(serving: &Serving, requests: Vec<Frame>) -> Vec<Frame> {
     let handler = &*serving.handler;
-    if request.kind != Kind::Request {
-        handler.refused(Status::BAD_REQUEST);
-        return request.error_reply(Status::BAD_REQUEST, "a server accepts requests only");
+    let mut answers: Vec<Option<Frame>> = Vec::with_capacity(requests.len());
+    let mut accepted = Vec::with_capacity(requests.len());
+    let mut ids = Vec::with_capacity(requests.len());
+    for request in requests {
+        if request.kind != Kind::Request {
+            handler.refused(Status::BAD_REQUEST);
+            answers.push(Some(
+                request.error_reply(Status::BAD_REQUEST, "a server accepts requests only"),
+            ));
+        } else if let Err(message) = serving.options.limits.check(&request) {
+            handler.refused(Status::TOO_LARGE);
+            answers.push(Some(request.error_reply(Status::TOO_LARGE, message)));
+        } else {
+            ids.push((answers.len(), request.request_id));
+            answers.push(None);
+            accepted.push(request);
+        }
     }
-    if let Err(message) = serving.options.limits.check(&request) {
-        handler.refused(Status::TOO_LARGE);
-        return request.error_reply(Status::TOO_LARGE, message);
-    }
-    let id = request.request_id;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(request)))
+    let handled = if accepted.len() == 1 {
+        let request = accepted.pop().into_iter();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            request.map(|r| handler.handle(r)).collect::<Vec<_>>()
+        }))
+    } else if accepted.is_empty() {
+        Ok(Vec::new())
+    } else {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.handle_batch(accepted)
+        }))
+    };
+    let mut handled = handled
         .unwrap_or_else(|_| {
             log::error!("a request handler panicked; answering INTERNAL");
-            Frame::error_for_id(id, Status::INTERNAL, "the server failed on this request")
+            Vec::new()
         })
+        .into_iter();
+    for (slot, id) in ids {
+        answers[slot] = Some(handled.next().unwrap_or_else(|| {
+            Frame::error_for_id(id, Status::INTERNAL, "the server failed on this request")
+        }));
+    }
+    answers.into_iter().flatten().collect()
 }
 
 /// A running server: its address, and the means to stop it. Dropping it stops it too.

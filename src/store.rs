@@ -16,11 +16,22 @@ pub struct StoreSize {
     pub bytes: u64,
 }
 
-/// Why a write was refused; nothing was changed.
+/// Why a write failed. After `Full` and `DiskFull` nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The write would take the store over its byte limit.
     Full { needed: u64, used: u64, limit: u64 },
+    /// The disk holding the log is full; the message names the file.
+    DiskFull(String),
+    /// Writing or syncing the log failed; the message names the file and the cause.
+    Io(String),
+}
+
+impl StoreError {
+    /// True for the errors a client should see as "storage full".
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full { .. } | StoreError::DiskFull(_))
+    }
 }
 
 impl fmt::Display for StoreError {
@@ -34,6 +45,8 @@ impl fmt::Display for StoreError {
                 f,
                 "storage full: {used} of {limit} bytes used, the write needs {needed} more"
             ),
+            StoreError::DiskFull(message) => write!(f, "storage full: disk full: {message}"),
+            StoreError::Io(message) => write!(f, "storage i/o error: {message}"),
         }
     }
 }
@@ -47,7 +60,7 @@ pub trait Engine: Send + Sync {
     /// Stores `value` under `key`, replacing what was there.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Removes `key`; true if it was stored.
-    fn delete(&self, key: &[u8]) -> bool;
+    fn delete(&self, key: &[u8]) -> Result<bool, StoreError>;
     /// Keys and bytes stored.
     fn size(&self) -> StoreSize;
 }
@@ -65,6 +78,17 @@ pub struct MemStore {
 }
 
 const SHARDS: usize = 64;
+
+/// A poisoned lock means a thread panicked mid-update of a map; the map itself is still a valid
+/// map, so we keep serving rather than take the whole node down.
+macro_rules! lock {
+    ($lock:expr, $how:ident) => {
+        match $lock.$how() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    };
+}
 
 impl Default for MemStore {
     fn default() -> Self {
@@ -88,25 +112,16 @@ impl MemStore {
         let hash = self.hasher.hash_one(key);
         &self.shards[(hash as usize) % SHARDS]
     }
-}
 
-/// A poisoned lock means a thread panicked mid-update of a map; the map itself is still a valid
-/// map, so we keep serving rather than take the whole node down.
-macro_rules! lock {
-    ($lock:expr, $how:ident) => {
-        match $lock.$how() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    };
-}
-
-impl Engine for MemStore {
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        lock!(self.shard(key), read).get(key).map(|v| v.to_vec())
-    }
-
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    /// Stores `value` under `key` if it fits, calling `log` first, while no other write to the
+    /// key can run: so a log sees each key's writes in the order the map does, and a write
+    /// `log` refuses changes nothing.
+    pub fn put_logged<T>(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        log: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut shard = lock!(self.shard(key), write);
         let added = (key.len() + value.len()) as u64;
         let removed = shard.get(key).map_or(0, |v| (key.len() + v.len()) as u64);
@@ -123,6 +138,14 @@ impl Engine for MemStore {
                 used,
                 limit,
             })?;
+        let logged = match log() {
+            Ok(logged) => logged,
+            Err(e) => {
+                self.bytes.fetch_add(removed, Ordering::AcqRel);
+                self.bytes.fetch_sub(added, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
         match shard.get_mut(key) {
             Some(slot) => *slot = value.into(),
             None => {
@@ -130,20 +153,73 @@ impl Engine for MemStore {
                 self.keys.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(())
+        Ok(logged)
     }
 
-    fn delete(&self, key: &[u8]) -> bool {
-        let removed = lock!(self.shard(key), write).remove(key);
-        match removed {
-            Some(value) => {
-                self.keys.fetch_sub(1, Ordering::Relaxed);
-                self.bytes
-                    .fetch_sub((key.len() + value.len()) as u64, Ordering::Relaxed);
-                true
-            }
-            None => false,
+    /// Removes `key` if it is stored, calling `log` first (see [`MemStore::put_logged`]);
+    /// `None` if the key was absent, in which case `log` is not called.
+    pub fn delete_logged<T>(
+        &self,
+        key: &[u8],
+        log: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let mut shard = lock!(self.shard(key), write);
+        if !shard.contains_key(key) {
+            return Ok(None);
         }
+        let logged = log()?;
+        if let Some(value) = shard.remove(key) {
+            self.keys.fetch_sub(1, Ordering::Relaxed);
+            self.bytes
+                .fetch_sub((key.len() + value.len()) as u64, Ordering::Relaxed);
+        }
+        Ok(Some(logged))
+    }
+
+    /// Stores `value` under `key` whatever the byte limit: replaying a log must restore what
+    /// was acknowledged even if the limit has since been lowered.
+    pub fn load(&self, key: &[u8], value: &[u8]) {
+        let mut shard = lock!(self.shard(key), write);
+        let added = (key.len() + value.len()) as u64;
+        match shard.insert(key.into(), value.into()) {
+            Some(old) => {
+                self.bytes.fetch_add(added, Ordering::Relaxed);
+                self.bytes
+                    .fetch_sub((key.len() + old.len()) as u64, Ordering::Relaxed);
+            }
+            None => {
+                self.keys.fetch_add(1, Ordering::Relaxed);
+                self.bytes.fetch_add(added, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Calls `visit` with every key and value, one shard at a time; a shard's writers wait
+    /// while it is visited. Stops at the first error.
+    pub fn try_for_each<E>(
+        &self,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for shard in self.shards.iter() {
+            for (key, value) in lock!(shard, read).iter() {
+                visit(key, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine for MemStore {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        lock!(self.shard(key), read).get(key).map(|v| v.to_vec())
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.put_logged(key, value, || Ok(()))
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.delete_logged(key, || Ok(()))?.is_some())
     }
 
     fn size(&self) -> StoreSize {
@@ -169,8 +245,8 @@ mod tests {
         store.put(b"k", b"v2").unwrap();
         assert_eq!(store.get(b"k").as_deref(), Some(&b"v2"[..]));
         assert_eq!(store.size(), StoreSize { keys: 1, bytes: 3 });
-        assert!(store.delete(b"k"));
-        assert!(!store.delete(b"k"));
+        assert_eq!(store.delete(b"k"), Ok(true));
+        assert_eq!(store.delete(b"k"), Ok(false));
         assert_eq!(store.size(), StoreSize::default());
     }
 
@@ -206,7 +282,7 @@ mod tests {
                         let key = format!("{t}-{i}");
                         store.put(key.as_bytes(), b"12345").unwrap();
                         if i % 2 == 0 {
-                            store.delete(key.as_bytes());
+                            assert_eq!(store.delete(key.as_bytes()), Ok(true));
                         }
                     }
                 })
@@ -225,5 +301,54 @@ mod tests {
             })
             .sum();
         assert_eq!(size.bytes, key_bytes + 4_000 * 5);
+    }
+
+    #[test]
+    fn a_refused_log_write_changes_nothing() {
+        let store = MemStore::new(Some(100));
+        store.put(b"k", b"old").unwrap();
+        let refused = StoreError::Io("the disk went away".into());
+        let err = store
+            .put_logged(b"k", b"new value", || Err::<(), _>(refused.clone()))
+            .unwrap_err();
+        assert_eq!(err, refused);
+        assert_eq!(store.get(b"k").as_deref(), Some(&b"old"[..]));
+        assert_eq!(store.size(), StoreSize { keys: 1, bytes: 4 });
+        let err = store
+            .delete_logged(b"k", || Err::<(), _>(refused.clone()))
+            .unwrap_err();
+        assert_eq!(err, refused);
+        assert_eq!(store.get(b"k").as_deref(), Some(&b"old"[..]));
+        // An absent key is not logged at all.
+        assert_eq!(
+            store.delete_logged(b"absent", || -> Result<(), StoreError> {
+                panic!("logged a delete of an absent key")
+            }),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn load_ignores_the_limit_and_keeps_counts() {
+        let store = MemStore::new(Some(4));
+        store.load(b"key", b"long value");
+        store.load(b"key", b"v");
+        store.load(b"other", b"xy");
+        assert_eq!(store.size(), StoreSize { keys: 2, bytes: 11 });
+        let mut seen = Vec::new();
+        store
+            .try_for_each(|k, v| {
+                seen.push((k.to_vec(), v.to_vec()));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                (b"key".to_vec(), b"v".to_vec()),
+                (b"other".to_vec(), b"xy".to_vec())
+            ]
+        );
     }
 }

@@ -100,6 +100,7 @@ impl Drop for Server {
 fn local_cluster() -> (Server, String, Vec<String>) {
     let server = Server::start(&["local", "--backends", "3", "--listen", "127.0.0.1:0"]);
     let frontend = server.listening("frontend");
+    server.listening("resp");
     let backends = (0..3).map(|_| server.listening("backend")).collect();
     (server, frontend, backends)
 }
@@ -302,7 +303,15 @@ fn size_stats_and_ping_describe_the_cluster() {
 
     let out = kvcli_at(&frontend, &["stats"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
-    let table = out.text();
+    // The distribution first (as `kvcli size`), then the other counters.
+    let text = out.text();
+    let sections: Vec<&str> = text.split("\n\n").collect();
+    assert_eq!(
+        number(row(sections[0], "total")[1]),
+        keys.len() as u64,
+        "{out:?}"
+    );
+    let table = sections[1];
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     let column = |name: &str| {
         header
@@ -312,7 +321,6 @@ fn size_stats_and_ping_describe_the_cluster() {
     };
     let total = row(&table, "total");
     assert_eq!(number(total[column("puts")]), keys.len() as u64, "{out:?}");
-    assert_eq!(number(total[column("keys")]), keys.len() as u64, "{out:?}");
     let served: u64 = backends
         .iter()
         .map(|b| number(row(&table, b)[column("served")]))
@@ -453,4 +461,112 @@ fn kvcli_test_fails_with_exit_2_when_a_backend_is_down() {
     );
     let status = first.terminate();
     assert!(status.success(), "{status}");
+}
+
+/// The relay histogram `kvcli stats` prints: (relays, requests) summed over the nodes.
+fn relay_histogram(stats: &str) -> Vec<(u32, u64)> {
+    let section = stats
+        .split("\n\n")
+        .find(|s| s.starts_with("requests served, by relays taken:"))
+        .unwrap_or_else(|| panic!("no relay histogram:\n{stats}"));
+    let mut lines = section.lines().skip(1);
+    let header: Vec<u32> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|h| h.trim_end_matches('+').parse().unwrap())
+        .collect();
+    let total = lines
+        .find(|l| l.starts_with("total "))
+        .unwrap_or_else(|| panic!("no total row:\n{section}"));
+    let counts = total.split_whitespace().skip(1).map(number);
+    header.into_iter().zip(counts).collect()
+}
+
+#[test]
+fn the_paper_design_relays_and_stats_and_ring_show_it() {
+    let server = Server::start(&[
+        "local",
+        "--backends",
+        "4",
+        "--listen",
+        "127.0.0.1:0",
+        "--paper",
+    ]);
+    let frontend = server.listening("frontend");
+    server.listening("resp");
+    let out = kvcli_at(&frontend, &["test", "--count", "2000", "--seed", "3"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let max_line = out
+        .text()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("relays per request: mean ")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("{out:?}"));
+    let max: u32 = max_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((1..=3).contains(&max), "{out:?}");
+
+    let stats = kvcli_at(&frontend, &["stats"]);
+    assert_eq!(stats.code(), Some(0), "{stats:?}");
+    let histogram = relay_histogram(&stats.text());
+    let served: u64 = histogram.iter().map(|(_, n)| n).sum();
+    assert_eq!(served, 4000, "{stats:?}");
+    assert!(
+        histogram.iter().all(|&(relays, _)| relays <= 3),
+        "{stats:?}"
+    );
+    assert!(
+        histogram.iter().any(|&(relays, n)| relays == max && n > 0),
+        "{stats:?}"
+    );
+    assert!(
+        stats
+            .text()
+            .contains(&format!("relays per served request: mean ")),
+        "{stats:?}"
+    );
+
+    let ring = kvcli_at(&frontend, &["ring"]);
+    assert_eq!(ring.code(), Some(0), "{ring:?}");
+    let text = ring.text();
+    assert!(
+        text.starts_with("view epoch 1: 4 nodes, 1 hashed position per node, successor routing"),
+        "{ring:?}"
+    );
+    let shares: f64 = text
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)?
+                .strip_suffix('%')?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum();
+    assert!((shares - 100.0).abs() < 0.1, "{ring:?}");
+}
+
+#[test]
+fn kvcli_ring_shows_equal_partitions_by_default() {
+    let (_server, frontend, backends) = local_cluster();
+    let out = kvcli_at(&frontend, &["ring"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let text = out.text();
+    assert!(
+        text.starts_with("view epoch 1: 3 nodes, 4096 equal partitions, direct routing"),
+        "{out:?}"
+    );
+    for backend in &backends {
+        let columns = row(&text, backend);
+        let share: f64 = columns[1].trim_end_matches('%').parse().unwrap();
+        assert!((share - 100.0 / 3.0).abs() < 0.05, "{out:?}");
+        let count = number(columns[2]);
+        assert!(count == 1365 || count == 1366, "{out:?}");
+        assert_eq!(columns[3], "partitions", "{out:?}");
+    }
+    assert!(text.contains("largest share / mean: 1.000"), "{out:?}");
 }

@@ -13,9 +13,10 @@ use ringkv::cli::{paper_data, render_paper_test, run_paper_test, PaperTest};
 use ringkv::protocol::payload::encode_reports;
 use ringkv::protocol::Opcode;
 use ringkv::protocol::Status;
+use ringkv::ring::DEFAULT_PLACEMENT;
 use ringkv::{
-    Backend, BackendConfig, ClientOptions, Entry, Error, Frontend, FrontendConfig, Request, Ring,
-    Routing,
+    Backend, BackendConfig, ClientOptions, Entry, Error, Frontend, FrontendConfig, Placement,
+    Request, Ring, Routing,
 };
 
 /// Runs the paper's test with `count` keys against a fresh cluster of `n` backends (random entry,
@@ -187,27 +188,128 @@ fn round_trip_with_bound(cluster: &ringkv::LocalCluster, keys: usize, bound: u16
 }
 
 #[test]
-fn entry_policies_and_routing_modes_obey_their_relay_bounds() {
+fn single_calls_report_their_relays() {
     const N: usize = 4;
-    for routing in [Routing::Successor, Routing::Direct] {
-        // Owner entry: the frontend goes straight to the owner, whatever the routing.
-        let owner = cluster(N, Entry::Owner, routing);
-        assert_eq!(round_trip_with_bound(&owner, 400, 0), 0, "{routing}");
-        drop(owner);
+    let owner = cluster(N, Entry::Owner, Routing::Direct);
+    assert_eq!(round_trip_with_bound(&owner, 400, 0), 0);
+    drop(owner);
+    // Random entry: the entry is the owner 1 time in N, so over 800 requests every relay count
+    // up to the bound occurs.
+    let paper = ringkv::LocalCluster::start(
+        N,
+        BackendConfig::default(),
+        FrontendConfig {
+            threads: 4,
+            ..FrontendConfig::default().paper()
+        },
+    )
+    .unwrap();
+    assert_eq!(round_trip_with_bound(&paper, 400, N as u16 - 1), N as u16 - 1);
+}
 
-        // Random entry: the entry is the owner 1 time in N, so over 800 requests every relay
-        // count up to the bound occurs.
-        let random = cluster(N, Entry::Random, routing);
-        let bound = match routing {
-            Routing::Successor => (N - 1) as u16,
-            Routing::Direct => 1,
-        };
-        assert_eq!(
-            round_trip_with_bound(&random, 400, bound),
-            bound,
-            "{routing}"
-        );
-    }
+/// Relays every reply took, after checking it is OK and (for GETs) carries `value`.
+fn checked_relays(replies: Vec<ringkv::Reply>, values: &[Vec<u8>], gets: bool) -> Vec<u16> {
+    assert_eq!(replies.len(), values.len());
+    replies
+        .into_iter()
+        .zip(values)
+        .map(|(reply, value)| {
+            assert_eq!(reply.status, Status::OK, "{reply:?}");
+            if gets {
+                assert_eq!(&reply.value, value);
+            }
+            reply.hops
+        })
+        .collect()
+}
+
+#[test]
+fn a_hundred_thousand_keys_come_back_in_every_routing_mode_within_its_relay_bound() {
+    const N: usize = 8;
+    const KEYS: usize = 100_000;
+    let log2_n = (N as f64).log2();
+    // (entry, routing, placement, largest relay count allowed, mean allowed)
+    let modes = [
+        (Entry::Owner, Routing::Direct, DEFAULT_PLACEMENT, 0, 0.0),
+        (Entry::Random, Routing::Direct, DEFAULT_PLACEMENT, 1, 1.0),
+        (
+            Entry::Random,
+            Routing::Finger,
+            DEFAULT_PLACEMENT,
+            N - 1,
+            0.5 * log2_n + 0.5,
+        ),
+        (
+            Entry::Random,
+            Routing::Finger,
+            Placement::Hashed { per_node: 1 },
+            N - 1,
+            0.5 * log2_n + 0.5,
+        ),
+        // The paper: about N/2 on average (0 to N-1 relays from a random entry).
+        (
+            Entry::Random,
+            Routing::Successor,
+            Placement::Hashed { per_node: 1 },
+            N - 1,
+            N as f64 / 2.0 + 0.5,
+        ),
+    ];
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(|i| format!("k{i:06}").into_bytes()).collect();
+    let values: Vec<Vec<u8>> = (0..KEYS)
+        .map(|i| format!("v{}", i * 7).into_bytes())
+        .collect();
+    std::thread::scope(|scope| {
+        for (entry, routing, placement, most, mean) in modes {
+            let (keys, values) = (&keys, &values);
+            scope.spawn(move || {
+                let cluster = ringkv::LocalCluster::start(
+                    N,
+                    BackendConfig::default(),
+                    FrontendConfig {
+                        entry,
+                        routing,
+                        placement,
+                        threads: 4,
+                        startup_timeout: common::BOUND,
+                        ..FrontendConfig::default()
+                    },
+                )
+                .unwrap();
+                let mut c = client(cluster.frontend_addr());
+                let mut relays = Vec::with_capacity(2 * KEYS);
+                for (k, v) in keys.chunks(2000).zip(values.chunks(2000)) {
+                    let puts: Vec<Request> = k
+                        .iter()
+                        .zip(v)
+                        .map(|(key, value)| Request::Put {
+                            key: key.clone(),
+                            value: value.clone(),
+                        })
+                        .collect();
+                    relays.extend(checked_relays(c.pipeline(&puts).unwrap(), v, false));
+                }
+                for (k, v) in keys.chunks(2000).zip(values.chunks(2000)) {
+                    let gets: Vec<Request> = k
+                        .iter()
+                        .map(|key| Request::Get { key: key.clone() })
+                        .collect();
+                    relays.extend(checked_relays(c.pipeline(&gets).unwrap(), v, true));
+                }
+                let label = format!("{entry} entry, {routing} routing, {placement}");
+                let max = *relays.iter().max().unwrap() as usize;
+                let avg = relays.iter().map(|&r| f64::from(r)).sum::<f64>() / relays.len() as f64;
+                assert!(max <= most, "{label}: {max} relays, bound {most}");
+                assert!(avg <= mean, "{label}: mean {avg:.3} relays, bound {mean}");
+                if entry == Entry::Random && routing != Routing::Direct {
+                    // A random entry must actually relay; 0 everywhere would mean no routing.
+                    assert!(max >= 2, "{label}: at most {max} relays");
+                }
+                let total = c.size().unwrap().pop().unwrap();
+                assert_eq!(total.counter("keys"), KEYS as u64, "{label}");
+            });
+        }
+    });
 }
 
 #[test]

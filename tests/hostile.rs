@@ -163,7 +163,7 @@ fn unknown_opcodes_and_bad_requests_keep_the_connection() {
     let (_cluster, addrs) = targets(ServerOptions::default());
     for addr in addrs {
         let mut stream = raw(addr);
-        for (id, opcode) in [(1, 0x00), (2, 0x7f), (3, 0xff), (4, 0x11)] {
+        for (id, opcode) in [(1, 0x00), (2, 0x7f), (3, 0xff), (4, 0x12)] {
             let answer = raw_call(&mut stream, Opcode(opcode), id, b"some key", b"v");
             assert_eq!(answer.status, Status::UNKNOWN_OPCODE, "opcode {opcode:#x}");
             let answer = raw_call(&mut stream, Opcode::PING, 100 + id, b"", b"");

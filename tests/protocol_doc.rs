@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ringkv::protocol::payload::{self, NodeReport};
 use ringkv::protocol::{self, Frame, Kind, Limits, Opcode, Status, DEFAULT_HOP_LIMIT, MIN_FRAME};
-use ringkv::ring::{self, Ring, Routing, View};
+use ringkv::ring::{self, Placement, Ring, Routing, View};
 use ringkv::{BackendConfig, FrontendConfig, LocalCluster};
 
 const DOC: &str = include_str!("../PROTOCOL.md");
@@ -246,7 +246,7 @@ fn payload_examples_are_what_the_encoders_produce() {
     let view = View {
         epoch: 1,
         routing: Routing::Successor,
-        vnodes: 1,
+        placement: Placement::Hashed { per_node: 1 },
         nodes: vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
     };
     let bytes = hex_bytes(&block("ringkv-payload", "view"));
@@ -261,7 +261,7 @@ fn ring_example_follows_the_ownership_rule() {
     let ring = Ring::new(View {
         epoch: 1,
         routing: Routing::Successor,
-        vnodes: 1,
+        placement: Placement::Hashed { per_node: 1 },
         nodes: nodes.iter().map(|s| s.to_string()).collect(),
     })
     .unwrap();

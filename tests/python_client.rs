@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::process::{run_bounded, Finished};
 
-use ringkv::{BackendConfig, Entry, FrontendConfig, LocalCluster, Routing};
+use ringkv::{BackendConfig, Entry, FrontendConfig, LocalCluster, Placement, Routing};
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -103,7 +103,7 @@ fn python_self_check_passes_with_direct_routing_and_virtual_nodes() {
         FrontendConfig {
             entry: Entry::Owner,
             routing: Routing::Direct,
-            vnodes: 8,
+            placement: Placement::Hashed { per_node: 8 },
             threads: 8,
             startup_timeout: common::BOUND,
             ..FrontendConfig::default()

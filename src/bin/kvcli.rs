@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use ringkv::cli::{
-    render_distribution, render_paper_test, render_stats, run_paper_test, PaperTest,
+    render_distribution, render_paper_test, render_ring, render_stats, run_paper_test, PaperTest,
 };
 use ringkv::{Client, ClientOptions};
 
@@ -38,7 +38,9 @@ enum Command {
     Size(SizeArgs),
     Stats(StatsArgs),
     Ping(PingArgs),
+    Ring(RingArgs),
     Test(TestArgs),
+    Bench(BenchArgs),
 }
 
 /// Store a value: from the argument, from --file, or from stdin when neither is given.
@@ -89,6 +91,11 @@ struct StatsArgs {}
 #[argh(subcommand, name = "ping")]
 struct PingArgs {}
 
+/// Show the ring: nodes, their positions or partitions, and the share of the key space each owns.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "ring")]
+struct RingArgs {}
+
 /// The paper's test: PUT N random keys, GET them all back, compare, print the distribution.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "test")]
@@ -105,6 +112,96 @@ struct TestArgs {
     /// seed of the random keys (default: from the clock)
     #[argh(option)]
     seed: Option<u64>,
+}
+
+/// Load generator: N clients send GETs and PUTs of random keys; prints ops/s and latency
+/// percentiles (exit 2 if every request failed).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "bench")]
+struct BenchArgs {
+    /// client threads, one connection each (default 50)
+    #[argh(option, default = "50")]
+    clients: usize,
+    /// requests in all (default 100000)
+    #[argh(option, default = "100_000")]
+    requests: u64,
+    /// run for this many seconds instead of a number of requests
+    #[argh(option)]
+    duration: Option<f64>,
+    /// requests each client sends before reading their answers (default 1)
+    #[argh(option, default = "1")]
+    pipeline: usize,
+    /// bytes of each PUT's value (default 32)
+    #[argh(option, default = "32")]
+    value_size: usize,
+    /// keys are key:000000000000 up to this many, drawn uniformly (default 100000)
+    #[argh(option, default = "100_000")]
+    keyspace: u64,
+    /// get, put, or the fraction of GETs such as 0.9 (default 0.5)
+    #[argh(option, default = "ringkv::loadgen::Mix::HALF")]
+    mix: ringkv::loadgen::Mix,
+    /// PUT every key once before measuring, so that GETs find values
+    #[argh(switch)]
+    preload: bool,
+    /// print one JSON object instead of the table
+    #[argh(switch)]
+    json: bool,
+    /// no progress bar
+    #[argh(switch)]
+    no_progress: bool,
+}
+
+fn bench(
+    addr: &str,
+    options: ClientOptions,
+    b: BenchArgs,
+) -> Result<u8, Box<dyn std::error::Error>> {
+    let duration = b
+        .duration
+        .map(|secs| {
+            Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!("--duration must be a positive number of seconds, not {secs}")
+                })
+        })
+        .transpose()?;
+    let config = ringkv::loadgen::BenchConfig {
+        clients: b.clients,
+        requests: b.requests,
+        duration,
+        pipeline: b.pipeline,
+        value_size: b.value_size,
+        keyspace: b.keyspace,
+        mix: b.mix,
+        preload: b.preload,
+        progress: !b.no_progress && !b.json && std::io::stderr().is_terminal(),
+        seed: None,
+    };
+    let outcome = ringkv::loadgen::run(addr, &config, options)?;
+    if b.json {
+        println!("{}", ringkv::loadgen::render_json(&outcome));
+    } else {
+        print!("{}", ringkv::loadgen::render_text(&outcome));
+    }
+    if outcome.all_failed() {
+        let why = outcome.failures.first().map_or("", String::as_str);
+        eprintln!(
+            "kvcli: bench: every request failed ({} of {}): {why}",
+            outcome.errors(),
+            outcome.requests()
+        );
+        return Ok(EXIT_ERROR);
+    }
+    if outcome.errors() > 0 {
+        eprintln!(
+            "kvcli: bench: {} of {} requests failed",
+            outcome.errors(),
+            outcome.requests()
+        );
+    }
+    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -129,6 +226,9 @@ fn run(
     options: ClientOptions,
     command: Command,
 ) -> Result<u8, Box<dyn std::error::Error>> {
+    if let Command::Bench(b) = command {
+        return bench(addr, options, b);
+    }
     if let Command::Test(t) = command {
         let test = PaperTest {
             count: t.count,
@@ -188,11 +288,12 @@ fn run(
         }
         Command::Size(_) => write!(stdout, "{}", render_distribution(&client.size()?))?,
         Command::Stats(_) => write!(stdout, "{}", render_stats(&client.stats()?))?,
+        Command::Ring(_) => write!(stdout, "{}", render_ring(&client.view()?)?)?,
         Command::Ping(_) => {
             let rtt = client.ping()?;
             writeln!(stdout, "PONG from {addr} in {rtt:.2?}")?;
         }
-        Command::Test(_) => unreachable!("handled above"),
+        Command::Test(_) | Command::Bench(_) => unreachable!("handled above"),
     }
     stdout.flush()?;
     Ok(0)

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use argh::FromArgs;
-use ringkv::cli::server_options;
+use ringkv::cli::{ring_design, server_options};
 use ringkv::{Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Routing};
 
 /// ringkv: a distributed key-value store (frontend + ring of backends).
@@ -34,6 +34,15 @@ struct BackendArgs {
     /// most bytes of keys plus values to store (default: no limit)
     #[argh(option)]
     max_bytes: Option<u64>,
+    /// directory for the write-ahead log, replayed on start (default: memory only)
+    #[argh(option)]
+    data_dir: Option<std::path::PathBuf>,
+    /// when logged writes reach the disk: always, everysec or never (default everysec)
+    #[argh(option, default = "ringkv::wal::FsyncPolicy::EverySec")]
+    fsync: ringkv::wal::FsyncPolicy,
+    /// start even if the log is corrupt before its tail, keeping the records before the damage
+    #[argh(switch)]
+    repair_log: bool,
     /// open connections allowed at once; more get BUSY (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
@@ -67,15 +76,21 @@ struct FrontendArgs {
     /// open client connections allowed at once; more get BUSY (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
-    /// which backend receives a request: random (the paper) or owner (default random)
-    #[argh(option, default = "Entry::Random")]
-    entry: Entry,
-    /// how backends relay: successor (the paper) or direct (default successor)
-    #[argh(option, default = "Routing::Successor")]
-    routing: Routing,
-    /// positions per backend on the ring (default 1, the paper)
-    #[argh(option, default = "1")]
-    vnodes: u16,
+    /// the paper's design: --entry random --routing successor --vnodes 1 (each can still be set)
+    #[argh(switch)]
+    paper: bool,
+    /// which backend receives a request: owner (no relay) or random (the paper) (default owner)
+    #[argh(option)]
+    entry: Option<Entry>,
+    /// how backends relay: direct (to the owner), finger (Chord) or successor (the paper) (default direct)
+    #[argh(option)]
+    routing: Option<Routing>,
+    /// place each backend at N hashed positions on the ring (1: the paper)
+    #[argh(option)]
+    vnodes: Option<u16>,
+    /// cut the ring into N equal partitions dealt to the backends (a power of two; default 4096)
+    #[argh(option)]
+    partitions: Option<u32>,
     /// seconds to wait at start for backends that are not up yet (default 30)
     #[argh(option, default = "30")]
     startup_timeout: u64,
@@ -91,6 +106,9 @@ struct FrontendArgs {
     /// seconds an idle client connection is kept (default 300)
     #[argh(option, default = "300")]
     idle_timeout: u64,
+    /// address of the Redis-protocol (RESP2) door, e.g. 127.0.0.1:6380 (default: off)
+    #[argh(option)]
+    resp_listen: Option<String>,
     /// backend addresses, as the frontend and the other backends reach them
     #[argh(positional)]
     backends: Vec<String>,
@@ -109,18 +127,35 @@ struct LocalArgs {
     /// frontend worker threads forwarding requests (default 64)
     #[argh(option, default = "64")]
     threads: usize,
-    /// which backend receives a request: random (the paper) or owner (default random)
-    #[argh(option, default = "Entry::Random")]
-    entry: Entry,
-    /// how backends relay: successor (the paper) or direct (default successor)
-    #[argh(option, default = "Routing::Successor")]
-    routing: Routing,
-    /// positions per backend on the ring (default 1, the paper)
-    #[argh(option, default = "1")]
-    vnodes: u16,
+    /// the paper's design: --entry random --routing successor --vnodes 1 (each can still be set)
+    #[argh(switch)]
+    paper: bool,
+    /// which backend receives a request: owner (no relay) or random (the paper) (default owner)
+    #[argh(option)]
+    entry: Option<Entry>,
+    /// how backends relay: direct (to the owner), finger (Chord) or successor (the paper) (default direct)
+    #[argh(option)]
+    routing: Option<Routing>,
+    /// place each backend at N hashed positions on the ring (1: the paper)
+    #[argh(option)]
+    vnodes: Option<u16>,
+    /// cut the ring into N equal partitions dealt to the backends (a power of two; default 4096)
+    #[argh(option)]
+    partitions: Option<u32>,
     /// most bytes of keys plus values per backend (default: no limit)
     #[argh(option)]
     max_bytes: Option<u64>,
+    /// address of the Redis-protocol (RESP2) door, or off (default: the frontend's host, port
+    /// 6380; port 0 when the frontend's port is 0)
+    #[argh(option)]
+    resp_listen: Option<String>,
+    /// keep each backend's write-ahead log in DIR/backend-N and its address with it, so that a
+    /// restart serves the same keys (default: memory only)
+    #[argh(option)]
+    data_dir: Option<std::path::PathBuf>,
+    /// when logged writes reach the disk: always, everysec or never (default everysec)
+    #[argh(option, default = "ringkv::wal::FsyncPolicy::EverySec")]
+    fsync: ringkv::wal::FsyncPolicy,
 }
 
 fn main() -> ExitCode {
@@ -170,6 +205,9 @@ fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
         listen: a.listen,
         server,
         max_bytes: a.max_bytes,
+        data_dir: a.data_dir,
+        fsync: a.fsync,
+        repair: a.repair_log,
     })?;
     announce(format!("backend listening on {}", backend.local_addr()));
     wait_for_signal()?;
@@ -185,18 +223,24 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         a.io_timeout,
         a.idle_timeout,
     )?;
+    let (entry, routing, placement) =
+        ring_design(a.paper, a.entry, a.routing, a.vnodes, a.partitions)?;
     let mut frontend = Frontend::start(FrontendConfig {
         listen: a.listen,
         backends: a.backends,
         threads: a.threads,
         queue: a.queue,
         server,
-        entry: a.entry,
-        routing: a.routing,
-        vnodes: a.vnodes,
+        entry,
+        routing,
+        placement,
         startup_timeout: Duration::from_secs(a.startup_timeout),
+        resp_listen: a.resp_listen.filter(|addr| addr != "off"),
     })?;
     announce(format!("frontend listening on {}", frontend.local_addr()));
+    if let Some(addr) = frontend.resp_addr() {
+        announce(format!("resp listening on {addr}"));
+    }
     wait_for_signal()?;
     frontend.shutdown();
     Ok(())
@@ -208,24 +252,53 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
             "--backends must be at least 1".into(),
         ));
     }
+    let (entry, routing, placement) =
+        ring_design(a.paper, a.entry, a.routing, a.vnodes, a.partitions)?;
+    let resp_listen = local_resp_listen(a.resp_listen, &a.listen);
     let frontend = FrontendConfig {
         listen: a.listen,
+        resp_listen,
         threads: a.threads,
-        entry: a.entry,
-        routing: a.routing,
-        vnodes: a.vnodes,
+        entry,
+        routing,
+        placement,
         ..FrontendConfig::default()
     };
     let backend = BackendConfig {
         max_bytes: a.max_bytes,
+        data_dir: a.data_dir,
+        fsync: a.fsync,
         ..BackendConfig::default()
     };
     let mut cluster = LocalCluster::start(a.backends, backend, frontend)?;
     announce(format!("frontend listening on {}", cluster.frontend_addr()));
+    if let Some(addr) = cluster.resp_addr() {
+        announce(format!("resp listening on {addr}"));
+    }
     for addr in cluster.backend_addrs() {
         announce(format!("backend listening on {addr}"));
     }
     wait_for_signal()?;
     cluster.shutdown();
     Ok(())
+}
+
+/// Where `local` opens the Redis-protocol door: as asked (`off`: nowhere), else the frontend's
+/// host on port 6380, or on port 0 when the frontend's port is 0, so that runs asking for free
+/// ports never collide on it.
+fn local_resp_listen(asked: Option<String>, frontend_listen: &str) -> Option<String> {
+    match asked {
+        Some(addr) if addr == "off" => None,
+        Some(addr) => Some(addr),
+        None => {
+            let (host, port) = frontend_listen
+                .rsplit_once(':')
+                .unwrap_or((frontend_listen, ""));
+            Some(if port == "0" {
+                format!("{host}:0")
+            } else {
+                format!("{host}:6380")
+            })
+        }
+    }
 }

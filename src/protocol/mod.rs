@@ -160,6 +160,8 @@ named_codes!(
         PING = 0x06,
         /// Internal: the frontend hands a backend the member list.
         VIEW_INSTALL = 0x10,
+        /// The view the server holds: the ring's members, routing and placement.
+        VIEW_GET = 0x11,
     }
 );
 

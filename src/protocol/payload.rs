@@ -7,7 +7,7 @@ use byteorder::{BigEndian, ByteOrder};
 
 use super::Status;
 use crate::error::{Error, Result};
-use crate::ring::{Routing, View};
+use crate::ring::{Placement, Routing, View};
 
 /// One node's answer to SIZE or STATS, as the frontend relays it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,9 @@ impl<'a> Reader<'a> {
     }
     fn u16(&mut self) -> Result<u16> {
         Ok(BigEndian::read_u16(self.take(2)?))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(BigEndian::read_u32(self.take(4)?))
     }
     fn u64(&mut self) -> Result<u64> {
         Ok(BigEndian::read_u64(self.take(8)?))
@@ -158,7 +161,10 @@ pub fn decode_reports(buf: &[u8]) -> Result<Vec<NodeReport>> {
 pub fn encode_view(view: &View) -> Vec<u8> {
     let mut out = Vec::new();
     out.push(view.routing as u8);
-    put_u16(&mut out, view.vnodes);
+    out.push(view.placement.kind());
+    let mut parameter = [0u8; 4];
+    BigEndian::write_u32(&mut parameter, view.placement.parameter());
+    out.extend_from_slice(&parameter);
     put_u16(&mut out, view.nodes.len().min(u16::MAX as usize) as u16);
     for node in view.nodes.iter().take(u16::MAX as usize) {
         put_str16(&mut out, node);
@@ -172,7 +178,13 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
     let routing_byte = r.u8()?;
     let routing = Routing::from_u8(routing_byte)
         .ok_or_else(|| Error::Payload(format!("unknown routing mode {routing_byte}")))?;
-    let vnodes = r.u16()?;
+    let placement_kind = r.u8()?;
+    let parameter = r.u32()?;
+    let placement = Placement::from_wire(placement_kind, parameter).ok_or_else(|| {
+        Error::Payload(format!(
+            "unknown placement {placement_kind} (or parameter {parameter} out of range)"
+        ))
+    })?;
     let count = r.u16()?;
     let mut nodes = Vec::new();
     for _ in 0..count {
@@ -183,7 +195,7 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
     Ok(View {
         epoch,
         routing,
-        vnodes,
+        placement,
         nodes,
     })
 }
@@ -229,7 +241,7 @@ mod tests {
         let view = View {
             epoch: 7,
             routing: Routing::Successor,
-            vnodes: 1,
+            placement: Placement::Partitions { count: 64 },
             nodes: vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
         };
         let bytes = encode_view(&view);

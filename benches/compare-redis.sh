@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# Compares ringkv's Redis-protocol door with Redis alone and with twemproxy (nutcracker, ketama)
+# in front of three Redis servers. Everything runs on loopback on this machine:
+#
+#   redis       one redis-server
+#   twemproxy   nutcracker (ketama, fnv1a_64) in front of three redis-servers
+#   ringkv      `ringkv local --backends 3`, driven through its RESP door
+#
+# Each is driven by the same redis-benchmark runs (SET then GET, 50 clients, 32-byte values,
+# random keys out of 100000, pipeline 1 and 16), interleaved over ROUNDS rounds, the order of the
+# servers rotating from round to round. `kvcli bench` runs the same shape against ringkv's native
+# port (target ringkv-native). The script prints the median of each figure over the rounds and
+# the ringkv / twemproxy ratios, then stops everything it started.
+#
+# Missing redis-server, redis-tools or nutcracker are installed from Debian's packages.
+#
+# Settings (environment): ROUNDS (3), REQUESTS_P1 (100000), REQUESTS_P16 (400000),
+# RAW_CSV (a file to keep every run's figures in; default: not kept).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+REQUESTS_P1=${REQUESTS_P1:-100000}
+REQUESTS_P16=${REQUESTS_P16:-400000}
+CLIENTS=50
+VALUE_SIZE=32
+KEYSPACE=100000
+PIPELINES=(1 16)
+
+say() { printf '%s\n' "$*" >&2; }
+fail() {
+  say "compare-redis: $*"
+  exit 1
+}
+
+# --- tools -------------------------------------------------------------------------------------
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+{ command -v redis-benchmark && command -v redis-cli; } >/dev/null 2>&1 || missing+=(redis-tools)
+command -v nutcracker >/dev/null 2>&1 || missing+=(nutcracker)
+if ((${#missing[@]})); then
+  say "installing ${missing[*]} from Debian's packages"
+  sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+say "building ringkv (release)"
+cargo build --release --quiet --bins
+RINGKV=target/release/ringkv
+KVCLI=target/release/kvcli
+
+# --- processes and cleanup ---------------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/compare-redis.XXXXXX")
+STARTED=()
+cleanup() {
+  local pid
+  for pid in "${STARTED[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Ports are drawn below Linux's ephemeral range, so that no outgoing connection of the
+# benchmark holds one, and each is checked to have no listener.
+declare -A HANDED_OUT=()
+PORT=
+next_free_port() {
+  local candidate
+  for _ in $(seq 1000); do
+    candidate=$((20000 + RANDOM % 12000))
+    [ -z "${HANDED_OUT[$candidate]:-}" ] || continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+      HANDED_OUT[$candidate]=1
+      PORT=$candidate
+      return
+    fi
+  done
+  fail "no free port found"
+}
+
+wait_for_port() {
+  local port=$1 what=$2
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return
+    fi
+    sleep 0.05
+  done
+  fail "$what did not listen on port $port within 10 s"
+}
+
+start_redis() {
+  local port=$1 name=$2
+  mkdir -p "$WORK/$name"
+  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$WORK/$name" \
+    --daemonize no --logfile "$WORK/$name/redis.log" &
+  STARTED+=($!)
+  wait_for_port "$port" "redis-server $name"
+}
+
+# --- servers -----------------------------------------------------------------------------------
+next_free_port
+REDIS_PORT=$PORT
+start_redis "$REDIS_PORT" redis
+
+SHARDS=()
+for i in 1 2 3; do
+  next_free_port
+  SHARDS+=("$PORT")
+  start_redis "$PORT" "shard$i"
+done
+next_free_port
+TWEMPROXY_PORT=$PORT
+next_free_port
+TWEMPROXY_STATS_PORT=$PORT
+cat >"$WORK/nutcracker.yml" <<EOF
+ringkv_compare:
+  listen: 127.0.0.1:$TWEMPROXY_PORT
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  auto_eject_hosts: false
+  servers:
+   - 127.0.0.1:${SHARDS[0]}:1
+   - 127.0.0.1:${SHARDS[1]}:1
+   - 127.0.0.1:${SHARDS[2]}:1
+EOF
+nutcracker -c "$WORK/nutcracker.yml" -s "$TWEMPROXY_STATS_PORT" -a 127.0.0.1 \
+  -o "$WORK/nutcracker.log" &
+STARTED+=($!)
+wait_for_port "$TWEMPROXY_PORT" nutcracker
+
+RUST_LOG=warn "$RINGKV" local --backends 3 --listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 \
+  >"$WORK/ringkv.out" 2>"$WORK/ringkv.log" &
+STARTED+=($!)
+for _ in $(seq 300); do
+  grep -q '^resp listening on ' "$WORK/ringkv.out" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q '^resp listening on ' "$WORK/ringkv.out" ||
+  fail "ringkv local did not print its RESP address within 30 s: $(cat "$WORK/ringkv.log")"
+RINGKV_NATIVE=$(sed -n 's/^frontend listening on //p' "$WORK/ringkv.out")
+RINGKV_PORT=$(sed -n 's/^resp listening on .*:\([0-9]*\)$/\1/p' "$WORK/ringkv.out")
+
+HAVE_KVCLI_BENCH=1
+if ! "$KVCLI" bench --help >/dev/null 2>&1; then
+  HAVE_KVCLI_BENCH=0
+  say "kvcli bench is not there: skipping the ringkv-native runs"
+fi
+
+# --- runs --------------------------------------------------------------------------------------
+RESULTS="$WORK/results.csv"
+echo "round,target,pipeline,test,rps,p50_ms,p99_ms" >"$RESULTS"
+
+requests_for() { if [ "$1" = 1 ]; then echo "$REQUESTS_P1"; else echo "$REQUESTS_P16"; fi; }
+
+# redis-benchmark's CSV: "test","rps","avg","min","p50","p95","p99","max" (latencies in ms).
+run_redis_benchmark() {
+  local round=$1 target=$2 port=$3 pipeline=$4
+  redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -c "$CLIENTS" -d "$VALUE_SIZE" \
+    -r "$KEYSPACE" -n "$(requests_for "$pipeline")" -P "$pipeline" --csv 2>>"$WORK/benchmark.log" |
+    tr -d '"' |
+    awk -F, -v round="$round" -v target="$target" -v pipeline="$pipeline" \
+      '$1 == "SET" || $1 == "GET" { print round "," target "," pipeline "," $1 "," $2 "," $5 "," $7 }' \
+      >>"$RESULTS"
+}
+
+# kvcli bench --json: ops_per_sec and latency_us {p50, p99} at the top level, first in the line.
+run_kvcli_bench() {
+  local round=$1 pipeline=$2 mix test json
+  for mix in put get; do
+    test=SET
+    [ "$mix" = get ] && test=GET
+    json=$("$KVCLI" --frontend "$RINGKV_NATIVE" bench --clients "$CLIENTS" \
+      --requests "$(requests_for "$pipeline")" --pipeline "$pipeline" --value-size "$VALUE_SIZE" \
+      --keyspace "$KEYSPACE" --mix "$mix" --json --no-progress 2>>"$WORK/benchmark.log") || {
+      say "kvcli bench failed (round $round, pipeline $pipeline, $mix)"
+      continue
+    }
+    printf '%s\n' "$json" | sed -nE 's/.*"ops_per_sec":([0-9.]+),"latency_us":\{"p50":([0-9.]+),"p90":[0-9.]+,"p99":([0-9.]+).*/\1 \2 \3/p' |
+      head -n 1 |
+      awk -v round="$round" -v pipeline="$pipeline" -v test="$test" \
+        '{ printf "%s,ringkv-native,%s,%s,%s,%.3f,%.3f\n", round, pipeline, test, $1, $2 / 1000, $3 / 1000 }' \
+        >>"$RESULTS"
+  done
+}
+
+TARGETS=(redis twemproxy ringkv)
+[ "$HAVE_KVCLI_BENCH" = 1 ] && TARGETS+=(ringkv-native)
+for round in $(seq "$ROUNDS"); do
+  # Rotate the order, so that no server always runs first or last in a round.
+  order=()
+  for i in "${!TARGETS[@]}"; do
+    order+=("${TARGETS[$(((i + round - 1) % ${#TARGETS[@]}))]}")
+  done
+  for pipeline in "${PIPELINES[@]}"; do
+    for target in "${order[@]}"; do
+      say "round $round/$ROUNDS, pipeline $pipeline: $target"
+      case $target in
+        redis) run_redis_benchmark "$round" redis "$REDIS_PORT" "$pipeline" ;;
+        twemproxy) run_redis_benchmark "$round" twemproxy "$TWEMPROXY_PORT" "$pipeline" ;;
+        ringkv) run_redis_benchmark "$round" ringkv "$RINGKV_PORT" "$pipeline" ;;
+        ringkv-native) run_kvcli_bench "$round" "$pipeline" ;;
+      esac
+    done
+  done
+done
+
+[ -z "${RAW_CSV:-}" ] || cp "$RESULTS" "$RAW_CSV"
+
+# --- table of medians --------------------------------------------------------------------------
+echo "# compare-redis: medians of $ROUNDS rounds; $CLIENTS clients, $VALUE_SIZE-byte values, random keys of $KEYSPACE"
+echo "# requests per run: $REQUESTS_P1 at pipeline 1, $REQUESTS_P16 at pipeline 16; latencies in ms"
+echo "# redis, twemproxy (ketama over 3 redis-servers), ringkv (RESP door, 3 backends): redis-benchmark"
+[ "$HAVE_KVCLI_BENCH" = 1 ] && echo "# ringkv-native: kvcli bench against the native port"
+[ "$HAVE_KVCLI_BENCH" = 1 ] || echo "# ringkv-native: skipped (no kvcli bench)"
+awk -F, -v targets="${TARGETS[*]}" '
+  function median(key,    n, i, j, tmp, v) {
+    n = count[key]
+    if (n == 0) return ""
+    for (i = 1; i <= n; i++) v[i] = values[key, i]
+    for (i = 2; i <= n; i++) {
+      tmp = v[i]
+      for (j = i - 1; j >= 1 && v[j] > tmp; j--) v[j + 1] = v[j]
+      v[j + 1] = tmp
+    }
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  function show(x, format) { return x == "" ? "n/a" : sprintf(format, x) }
+  function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "n/a" : sprintf("%.2f", a / b) }
+  NR > 1 {
+    for (m = 5; m <= 7; m++) {
+      key = $2 SUBSEP $3 SUBSEP $4 SUBSEP m
+      values[key, ++count[key]] = $m + 0
+    }
+  }
+  END {
+    split(targets, names, " ")
+    printf "\n%-5s %-8s %-14s %12s %9s %9s\n", "test", "pipeline", "target", "requests/s", "p50_ms", "p99_ms"
+    split("1 16", pipelines, " ")
+    split("SET GET", tests, " ")
+    for (p = 1; p <= 2; p++) for (t = 1; t <= 2; t++) for (n = 1; n in names; n++) {
+      base = names[n] SUBSEP pipelines[p] SUBSEP tests[t]
+      printf "%-5s %-8s %-14s %12s %9s %9s\n", tests[t], pipelines[p], names[n],
+        show(median(base SUBSEP 5), "%.0f"), show(median(base SUBSEP 6), "%.3f"),
+        show(median(base SUBSEP 7), "%.3f")
+    }
+    printf "\nringkv / twemproxy (requests/s: higher is better; latency: lower is better)\n"
+    printf "%-5s %-8s %12s %9s %9s\n", "test", "pipeline", "requests/s", "p50", "p99"
+    for (p = 1; p <= 2; p++) for (t = 1; t <= 2; t++) {
+      r = "ringkv" SUBSEP pipelines[p] SUBSEP tests[t]
+      w = "twemproxy" SUBSEP pipelines[p] SUBSEP tests[t]
+      printf "%-5s %-8s %12s %9s %9s\n", tests[t], pipelines[p],
+        ratio(median(r SUBSEP 5), median(w SUBSEP 5)), ratio(median(r SUBSEP 6), median(w SUBSEP 6)),
+        ratio(median(r SUBSEP 7), median(w SUBSEP 7))
+    }
+  }
+' "$RESULTS"

@@ -1,0 +1,1667 @@
+//! The frontend's Redis-protocol door: RESP2 requests (multibulk and inline) turned into protocol
+//! frames for the frontend's [`Handler`], and its answers turned back into RESP replies.
+//!
+//! Commands: GET, SET, DEL, EXISTS, MGET, MSET, DBSIZE, PING, ECHO, INFO, COMMAND, CONFIG GET,
+//! SELECT 0 and QUIT; anything else is answered `-ERR unknown command`. Keys and values are the
+//! bytes the binary protocol sees, so either door reads what the other wrote.
+//!
+//! Every request already received on a connection is answered with one
+//! [`Handler::handle_batch`] call, so a pipeline of 16 SETs, or one MSET of 16 keys, is one batch
+//! of 16 frames for the frontend to forward.
+//!
+//! How answers map to replies: OK is the command's reply (`+OK`, a bulk string, an integer or an
+//! array); NOT_FOUND is a nil bulk for GET and MGET and counts 0 for DEL and EXISTS;
+//! STORAGE_FULL is `-OOM STORAGE_FULL: <message>`; every other status is
+//! `-ERR <STATUS>: <message>`. A command of several keys (DEL, EXISTS, MGET, MSET) whose frames
+//! get an error is answered with the first error, and its other keys may have been changed.
+//!
+//! Malformed input is answered as Redis answers it: `-ERR Protocol error: ...`, then the
+//! connection is closed after the replies before it have been written.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::protocol::payload::{self, NodeReport};
+use crate::protocol::{Frame, Limits, Opcode, Status};
+use crate::server::{Handler, ServerOptions};
+
+/// Longest inline request line, and longest `*N` or `$N` line, that is waited for (Redis's
+/// PROTO_INLINE_MAX_SIZE): past it, the bytes cannot be a request.
+pub const MAX_INLINE: usize = 64 * 1024;
+
+/// Most arguments in one multibulk request (Redis's historic limit).
+pub const MAX_ARGS: usize = 1024 * 1024;
+
+/// Most requests answered as one batch, so answers to a deep pipeline start flowing early.
+const MAX_BATCH_REQUESTS: usize = 128;
+
+/// Frames past which no further request joins a batch (one MGET may bring more on its own).
+const MAX_BATCH_FRAMES: usize = 1024;
+
+/// Bytes read from the socket at a time, at least.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What one request may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Most arguments of a multibulk request, the command name included.
+    pub max_args: usize,
+    /// Longest bulk string: the longer of the key and value limits, since no argument can be
+    /// useful past both.
+    pub max_bulk: usize,
+    /// Longest inline line and `*N` / `$N` line.
+    pub max_inline: usize,
+    /// Most bytes one request's arguments may take together, counting a small overhead per
+    /// argument so that a million empty arguments count too.
+    pub max_request: usize,
+}
+
+impl RequestLimits {
+    /// The limits that go with the frontend's key, value and frame limits: one request may take
+    /// as much memory as two of the largest binary frames.
+    pub fn for_limits(limits: &Limits) -> RequestLimits {
+        RequestLimits {
+            max_args: MAX_ARGS,
+            max_bulk: limits.max_key.max(limits.max_value),
+            max_inline: MAX_INLINE,
+            max_request: limits.max_frame.saturating_mul(2),
+        }
+    }
+}
+
+/// Why the bytes received cannot be a request. The text follows Redis's, after
+/// `Protocol error: `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// An inline line longer than [`RequestLimits::max_inline`].
+    InlineTooBig,
+    /// An inline line with a quote that is not closed, or closed and not followed by a space.
+    UnbalancedQuotes,
+    /// A `*N` line with no end in sight.
+    MultibulkCountTooBig,
+    /// `*N` where N is not a number or is over [`RequestLimits::max_args`].
+    InvalidMultibulkLength,
+    /// A `$N` line with no end in sight.
+    BulkCountTooBig,
+    /// An argument of a multibulk request that does not start with `$`.
+    ExpectedDollar(u8),
+    /// `$N` where N is not a number, is negative or is over [`RequestLimits::max_bulk`].
+    InvalidBulkLength,
+    /// The arguments together are over [`RequestLimits::max_request`].
+    RequestTooBig { limit: usize },
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::InlineTooBig => f.write_str("too big inline request"),
+            ProtocolError::UnbalancedQuotes => f.write_str("unbalanced quotes in request"),
+            ProtocolError::MultibulkCountTooBig => f.write_str("too big mbulk count string"),
+            ProtocolError::InvalidMultibulkLength => f.write_str("invalid multibulk length"),
+            ProtocolError::BulkCountTooBig => f.write_str("too big bulk count string"),
+            ProtocolError::ExpectedDollar(found) => {
+                let shown = if found.is_ascii_graphic() || *found == b' ' {
+                    *found as char
+                } else {
+                    ' '
+                };
+                write!(f, "expected '$', got '{shown}'")
+            }
+            ProtocolError::InvalidBulkLength => f.write_str("invalid bulk length"),
+            ProtocolError::RequestTooBig { limit } => {
+                write!(f, "request is over the limit of {limit} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// A multibulk request whose arguments are still arriving.
+struct Multibulk {
+    remaining: usize,
+    args: Vec<Vec<u8>>,
+    bytes: usize,
+    /// The length of the bulk string whose `$N` line has been read and whose bytes have not.
+    bulk_len: Option<usize>,
+}
+
+/// Turns the bytes of a connection into requests, holding partial input between reads. It keeps
+/// the state of a multibulk request that is half in, so arguments arriving one read at a time
+/// are each looked at once.
+pub struct Parser {
+    limits: RequestLimits,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already turned into requests.
+    pos: usize,
+    partial: Option<Multibulk>,
+}
+
+/// Memory an argument takes besides its bytes, counted against [`RequestLimits::max_request`].
+const ARG_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>();
+
+impl Parser {
+    /// A parser with nothing received yet.
+    pub fn new(limits: RequestLimits) -> Parser {
+        Parser {
+            limits,
+            buf: Vec::new(),
+            pos: 0,
+            partial: None,
+        }
+    }
+
+    /// Adds received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Reads once from `src` into the buffer; `Ok(0)` when the peer closed the connection.
+    pub fn read_from<R: Read>(&mut self, src: &mut R) -> io::Result<usize> {
+        self.compact();
+        let waiting_for = match &self.partial {
+            Some(Multibulk {
+                bulk_len: Some(len),
+                ..
+            }) => (len + 2).saturating_sub(self.buf.len() - self.pos),
+            _ => 0,
+        };
+        let start = self.buf.len();
+        self.buf.resize(start + waiting_for.max(READ_CHUNK), 0);
+        let result = src.read(&mut self.buf[start..]);
+        let read = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(start + read);
+        result
+    }
+
+    /// True when part of a request has been received and the rest has not.
+    pub fn has_partial(&self) -> bool {
+        self.pos < self.buf.len() || self.partial.is_some()
+    }
+
+    fn compact(&mut self) {
+        if self.pos == 0 {
+            return;
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            if self.buf.capacity() > 4 * READ_CHUNK + MAX_INLINE {
+                self.buf = Vec::new();
+            }
+        } else {
+            self.buf.drain(..self.pos);
+        }
+        self.pos = 0;
+    }
+
+    /// The next whole request, as its arguments (never empty): `Ok(None)` when more bytes are
+    /// needed. Empty requests (a blank inline line, `*0`) are skipped, as Redis does.
+    pub fn next_request(&mut self) -> std::result::Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+        loop {
+            if self.partial.is_none() {
+                let Some(&first) = self.buf.get(self.pos) else {
+                    return Ok(None);
+                };
+                if first != b'*' {
+                    match self.inline()? {
+                        None => return Ok(None),
+                        Some(args) if args.is_empty() => continue,
+                        Some(args) => return Ok(Some(args)),
+                    }
+                }
+                let Some(count) = self.multibulk_count()? else {
+                    return Ok(None);
+                };
+                if count == 0 {
+                    continue;
+                }
+                self.partial = Some(Multibulk {
+                    remaining: count,
+                    args: Vec::with_capacity(count.min(64)),
+                    bytes: 0,
+                    bulk_len: None,
+                });
+            }
+            if !self.fill_multibulk()? {
+                return Ok(None);
+            }
+            if let Some(done) = self.partial.take() {
+                return Ok(Some(done.args));
+            }
+        }
+    }
+
+    /// The line at `pos` up to its `\r` (Redis looks for the `\r` and skips the byte after it
+    /// unseen), and the bytes it takes with its ending; `None` while it is incomplete.
+    fn count_line(
+        &self,
+        too_big: ProtocolError,
+    ) -> std::result::Result<Option<(usize, usize)>, ProtocolError> {
+        let rest = &self.buf[self.pos..];
+        let window = &rest[..rest.len().min(self.limits.max_inline + 1)];
+        match window.iter().position(|&b| b == b'\r') {
+            Some(cr) if cr + 1 < rest.len() => Ok(Some((cr, cr + 2))),
+            Some(_) => Ok(None),
+            None if rest.len() > self.limits.max_inline => Err(too_big),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads `*N`: `Some(0)` for a request with no arguments (N of 0 or less).
+    fn multibulk_count(&mut self) -> std::result::Result<Option<usize>, ProtocolError> {
+        let Some((end, used)) = self.count_line(ProtocolError::MultibulkCountTooBig)? else {
+            return Ok(None);
+        };
+        let digits = &self.buf[self.pos + 1..self.pos + end];
+        let count = parse_integer(digits).ok_or(ProtocolError::InvalidMultibulkLength)?;
+        if count > self.limits.max_args as i64 {
+            return Err(ProtocolError::InvalidMultibulkLength);
+        }
+        self.pos += used;
+        Ok(Some(count.max(0) as usize))
+    }
+
+    /// Reads arguments of the multibulk request in progress; true when it has all of them.
+    fn fill_multibulk(&mut self) -> std::result::Result<bool, ProtocolError> {
+        loop {
+            let Some(partial) = &self.partial else {
+                return Ok(true);
+            };
+            if partial.remaining == 0 {
+                return Ok(true);
+            }
+            let bulk_len = match partial.bulk_len {
+                Some(len) => len,
+                None => {
+                    let Some((end, used)) = self.count_line(ProtocolError::BulkCountTooBig)? else {
+                        return Ok(false);
+                    };
+                    let line = &self.buf[self.pos..self.pos + end];
+                    match line.first() {
+                        Some(b'$') => {}
+                        Some(&other) => return Err(ProtocolError::ExpectedDollar(other)),
+                        None => return Err(ProtocolError::ExpectedDollar(b'\r')),
+                    }
+                    let len = parse_integer(&line[1..])
+                        .filter(|&n| n >= 0 && n as u64 <= self.limits.max_bulk as u64)
+                        .ok_or(ProtocolError::InvalidBulkLength)?
+                        as usize;
+                    let bytes = partial.bytes.saturating_add(len + ARG_OVERHEAD);
+                    if bytes > self.limits.max_request {
+                        return Err(ProtocolError::RequestTooBig {
+                            limit: self.limits.max_request,
+                        });
+                    }
+                    self.pos += used;
+                    if let Some(partial) = &mut self.partial {
+                        partial.bulk_len = Some(len);
+                        partial.bytes = bytes;
+                    }
+                    len
+                }
+            };
+            // Redis does not look at the two bytes after a bulk string either; it skips them.
+            if self.buf.len() - self.pos < bulk_len + 2 {
+                return Ok(false);
+            }
+            let arg = self.buf[self.pos..self.pos + bulk_len].to_vec();
+            self.pos += bulk_len + 2;
+            if let Some(partial) = &mut self.partial {
+                partial.args.push(arg);
+                partial.remaining -= 1;
+                partial.bulk_len = None;
+            }
+        }
+    }
+
+    /// Reads an inline request: one line split like a shell would (Redis's `sdssplitargs`).
+    fn inline(&mut self) -> std::result::Result<Option<Vec<Vec<u8>>>, ProtocolError> {
+        let rest = &self.buf[self.pos..];
+        let window = &rest[..rest.len().min(self.limits.max_inline + 1)];
+        let Some(newline) = window.iter().position(|&b| b == b'\n') else {
+            return if rest.len() > self.limits.max_inline {
+                Err(ProtocolError::InlineTooBig)
+            } else {
+                Ok(None)
+            };
+        };
+        let line_end = if newline > 0 && rest[newline - 1] == b'\r' {
+            newline - 1
+        } else {
+            newline
+        };
+        let args = split_inline(&rest[..line_end]).ok_or(ProtocolError::UnbalancedQuotes)?;
+        self.pos += newline + 1;
+        Ok(Some(args))
+    }
+}
+
+/// A whole decimal integer as Redis's `string2ll` reads it: an optional `-`, no `+`, no
+/// leading zeros, no spaces, no overflow.
+fn parse_integer(digits: &[u8]) -> Option<i64> {
+    let (negative, body) = match digits.split_first() {
+        Some((b'-', body)) => (true, body),
+        _ => (false, digits),
+    };
+    match body {
+        [] => return None,
+        [b'0'] => return (!negative).then_some(0),
+        [b'0', ..] => return None,
+        _ => {}
+    }
+    let mut value: i64 = 0;
+    for &b in body {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        let digit = i64::from(b - b'0');
+        value = value.checked_mul(10)?;
+        value = if negative {
+            value.checked_sub(digit)?
+        } else {
+            value.checked_add(digit)?
+        };
+    }
+    Some(value)
+}
+
+/// Splits an inline request line into arguments as Redis's `sdssplitargs` does: spaces separate
+/// them; "double quotes" take `\n`, `\r`, `\t`, `\b`, `\a`, `\xHH` and `\<any>` escapes;
+/// 'single quotes' take only `\'`. A quote left open, or a closing quote followed by anything but
+/// a space, makes the line unusable (`None`). A NUL byte ends the line, as in C.
+pub fn split_inline(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let line = match line.iter().position(|&b| b == 0) {
+        Some(nul) => &line[..nul],
+        None => line,
+    };
+    let at = |i: usize| line.get(i).copied().unwrap_or(0);
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && is_space(line[i]) {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Some(args);
+        }
+        let mut current = Vec::new();
+        let (mut in_double, mut in_single) = (false, false);
+        loop {
+            let c = at(i);
+            if in_double {
+                if c == b'\\'
+                    && at(i + 1) == b'x'
+                    && hex_value(at(i + 2)).is_some()
+                    && hex_value(at(i + 3)).is_some()
+                {
+                    let (hi, lo) = (hex_value(at(i + 2))?, hex_value(at(i + 3))?);
+                    current.push(hi * 16 + lo);
+                    i += 3;
+                } else if c == b'\\' && at(i + 1) != 0 {
+                    i += 1;
+                    current.push(match at(i) {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    if at(i + 1) != 0 && !is_space(at(i + 1)) {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else if c == 0 {
+                    return None;
+                } else {
+                    current.push(c);
+                }
+            } else if in_single {
+                if c == b'\\' && at(i + 1) == b'\'' {
+                    i += 1;
+                    current.push(b'\'');
+                } else if c == b'\'' {
+                    if at(i + 1) != 0 && !is_space(at(i + 1)) {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else if c == 0 {
+                    return None;
+                } else {
+                    current.push(c);
+                }
+            } else {
+                match c {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b'"' => in_double = true,
+                    b'\'' => in_single = true,
+                    other => current.push(other),
+                }
+            }
+            i += 1;
+        }
+        args.push(current);
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// One command of the table: what COMMAND reports and how many arguments it takes (Redis's
+/// arity: N means exactly N with the name, -N at least N).
+struct CommandSpec {
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    first_key: i64,
+    last_key: i64,
+    step: i64,
+}
+
+const COMMANDS: &[CommandSpec] = &[
+    spec("get", 2, &["readonly", "fast"], 1, 1, 1),
+    spec("set", -3, &["write", "denyoom"], 1, 1, 1),
+    spec("del", -2, &["write"], 1, -1, 1),
+    spec("exists", -2, &["readonly", "fast"], 1, -1, 1),
+    spec("mget", -2, &["readonly", "fast"], 1, -1, 1),
+    spec("mset", -3, &["write", "denyoom"], 1, -1, 2),
+    spec("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
+    spec("ping", -1, &["fast", "stale"], 0, 0, 0),
+    spec("echo", 2, &["fast", "stale"], 0, 0, 0),
+    spec("info", -1, &["stale"], 0, 0, 0),
+    spec("command", -1, &["stale"], 0, 0, 0),
+    spec("config", -2, &["admin", "stale"], 0, 0, 0),
+    spec("select", 2, &["fast", "stale"], 0, 0, 0),
+    spec("quit", -1, &["fast", "stale"], 0, 0, 0),
+];
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    first_key: i64,
+    last_key: i64,
+    step: i64,
+) -> CommandSpec {
+    CommandSpec {
+        name,
+        arity,
+        flags,
+        first_key,
+        last_key,
+        step,
+    }
+}
+
+fn find_command(name: &[u8]) -> Option<&'static CommandSpec> {
+    COMMANDS
+        .iter()
+        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+fn arity_ok(arity: i64, argc: usize) -> bool {
+    let argc = argc as i64;
+    if arity >= 0 {
+        argc == arity
+    } else {
+        argc >= -arity
+    }
+}
+
+/// Writers of RESP2 replies.
+mod reply {
+    use std::io::Write;
+
+    /// Text for a simple string or error: line breaks would end the reply early, so they become
+    /// spaces, as Redis does.
+    fn line(out: &mut Vec<u8>, text: &str) {
+        out.extend(
+            text.bytes()
+                .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
+        out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn simple(out: &mut Vec<u8>, text: &str) {
+        out.push(b'+');
+        line(out, text);
+    }
+
+    /// An error reply; `text` starts with its code (`ERR`, `OOM`, ...).
+    pub fn error(out: &mut Vec<u8>, text: &str) {
+        out.push(b'-');
+        line(out, text);
+    }
+
+    pub fn integer(out: &mut Vec<u8>, n: i64) {
+        let _ = write!(out, ":{n}\r\n");
+    }
+
+    pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+        let _ = write!(out, "${}\r\n", bytes.len());
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    pub fn nil(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"$-1\r\n");
+    }
+
+    pub fn nil_array(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"*-1\r\n");
+    }
+
+    pub fn array(out: &mut Vec<u8>, len: usize) {
+        let _ = write!(out, "*{len}\r\n");
+    }
+}
+
+/// The error reply for an answer whose status is not a success.
+fn status_error(out: &mut Vec<u8>, answer: &Frame) {
+    let message = answer.message();
+    let code = if answer.status == Status::STORAGE_FULL {
+        "OOM"
+    } else {
+        "ERR"
+    };
+    if message.is_empty() {
+        reply::error(out, &format!("{code} {}", answer.status));
+    } else {
+        reply::error(out, &format!("{code} {}: {message}", answer.status));
+    }
+}
+
+fn wrong_arity(out: &mut Vec<u8>, name: &str) {
+    reply::error(
+        out,
+        &format!("ERR wrong number of arguments for '{name}' command"),
+    );
+}
+
+/// Redis's answer to a command it does not know, quoting the start of its arguments.
+fn unknown_command(out: &mut Vec<u8>, args: &[Vec<u8>]) {
+    let name: String = String::from_utf8_lossy(&args[0])
+        .chars()
+        .take(128)
+        .collect();
+    let mut quoted = String::new();
+    for arg in &args[1..] {
+        if quoted.len() >= 128 {
+            break;
+        }
+        let room = 128 - quoted.len();
+        let text: String = String::from_utf8_lossy(arg).chars().take(room).collect();
+        quoted.push_str(&format!("'{text}' "));
+    }
+    reply::error(
+        out,
+        &format!("ERR unknown command '{name}', with args beginning with: {quoted}"),
+    );
+}
+
+/// What is left to do for a command once its frames are answered.
+enum Finish {
+    Get,
+    Set,
+    Del,
+    Exists,
+    Mget,
+    Mset,
+    DbSize,
+    Info(InfoSections),
+}
+
+/// A command of a batch: its reply, or the frames whose answers make it.
+enum Planned {
+    Ready(Vec<u8>),
+    Frames {
+        first: usize,
+        count: usize,
+        finish: Finish,
+    },
+}
+
+/// The sections INFO can print.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct InfoSections {
+    server: bool,
+    clients: bool,
+    keyspace: bool,
+    nodes: bool,
+}
+
+impl InfoSections {
+    /// The sections named by INFO's arguments: all of them with none, `default`, `all` or
+    /// `everything`; an unknown name adds nothing, as in Redis.
+    fn from_args(args: &[Vec<u8>]) -> InfoSections {
+        let all = InfoSections {
+            server: true,
+            clients: true,
+            keyspace: true,
+            nodes: true,
+        };
+        if args.is_empty() {
+            return all;
+        }
+        let mut sections = InfoSections::default();
+        for arg in args {
+            match arg.to_ascii_lowercase().as_slice() {
+                b"default" | b"all" | b"everything" => return all,
+                b"server" => sections.server = true,
+                b"clients" => sections.clients = true,
+                b"keyspace" => sections.keyspace = true,
+                b"nodes" => sections.nodes = true,
+                _ => {}
+            }
+        }
+        sections
+    }
+
+    /// True when the sections need the nodes' reports.
+    fn needs_stats(&self) -> bool {
+        self.keyspace || self.nodes
+    }
+}
+
+/// What the door's threads share.
+struct Door {
+    handler: Arc<dyn Handler>,
+    options: ServerOptions,
+    request_limits: RequestLimits,
+    shutdown: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+    local_addr: SocketAddr,
+    started: Instant,
+}
+
+/// The requests of one batch turned into frames, and how to reply to each.
+struct Batch<'a> {
+    door: &'a Door,
+    frames: Vec<Frame>,
+    planned: Vec<Planned>,
+    next_id: &'a mut u64,
+}
+
+impl<'a> Batch<'a> {
+    fn new(door: &'a Door, next_id: &'a mut u64) -> Batch<'a> {
+        Batch {
+            door,
+            frames: Vec::new(),
+            planned: Vec::new(),
+            next_id,
+        }
+    }
+
+    /// True when no further request should join this batch.
+    fn is_full(&self) -> bool {
+        self.planned.len() >= MAX_BATCH_REQUESTS || self.frames.len() >= MAX_BATCH_FRAMES
+    }
+
+    fn request(&mut self, opcode: Opcode, key: Vec<u8>, value: Vec<u8>) -> Frame {
+        *self.next_id = self.next_id.wrapping_add(1);
+        Frame::request(opcode, *self.next_id, key, value)
+    }
+
+    fn ready(&mut self, build: impl FnOnce(&mut Vec<u8>)) {
+        let mut out = Vec::new();
+        build(&mut out);
+        self.planned.push(Planned::Ready(out));
+    }
+
+    /// Adds the frames of one command, unless one of them is over the key or value limits: then
+    /// none is sent and the command is answered TOO_LARGE.
+    fn frames(&mut self, frames: Vec<Frame>, finish: Finish) {
+        for frame in &frames {
+            if let Err(message) = self.door.options.limits.check(frame) {
+                self.door.handler.refused(Status::TOO_LARGE);
+                return self.ready(|out| reply::error(out, &format!("ERR TOO_LARGE: {message}")));
+            }
+        }
+        self.planned.push(Planned::Frames {
+            first: self.frames.len(),
+            count: frames.len(),
+            finish,
+        });
+        self.frames.extend(frames);
+    }
+
+    /// Plans the reply to one request (never empty). False for QUIT: the connection ends after
+    /// its reply.
+    fn plan(&mut self, args: Vec<Vec<u8>>) -> bool {
+        let Some(spec) = find_command(&args[0]) else {
+            self.ready(|out| unknown_command(out, &args));
+            return true;
+        };
+        if !arity_ok(spec.arity, args.len()) || (spec.name == "mset" && args.len() % 2 == 0) {
+            self.ready(|out| wrong_arity(out, spec.name));
+            return true;
+        }
+        let mut rest = args.into_iter();
+        rest.next();
+        match spec.name {
+            "get" => {
+                let frame = self.request(Opcode::GET, rest.next().unwrap_or_default(), Vec::new());
+                self.frames(vec![frame], Finish::Get);
+            }
+            "set" if rest.len() > 2 => self
+                .ready(|out| reply::error(out, "ERR syntax error (ringkv's SET takes no options)")),
+            "set" => {
+                let key = rest.next().unwrap_or_default();
+                let value = rest.next().unwrap_or_default();
+                let frame = self.request(Opcode::PUT, key, value);
+                self.frames(vec![frame], Finish::Set);
+            }
+            "del" => {
+                let frames = rest
+                    .map(|key| self.request(Opcode::DELETE, key, Vec::new()))
+                    .collect();
+                self.frames(frames, Finish::Del);
+            }
+            "exists" | "mget" => {
+                let frames = rest
+                    .map(|key| self.request(Opcode::GET, key, Vec::new()))
+                    .collect();
+                let finish = if spec.name == "exists" {
+                    Finish::Exists
+                } else {
+                    Finish::Mget
+                };
+                self.frames(frames, finish);
+            }
+            "mset" => {
+                let mut frames = Vec::with_capacity(rest.len() / 2);
+                while let (Some(key), Some(value)) = (rest.next(), rest.next()) {
+                    frames.push(self.request(Opcode::PUT, key, value));
+                }
+                self.frames(frames, Finish::Mset);
+            }
+            "dbsize" => {
+                let frame = self.request(Opcode::SIZE, Vec::new(), Vec::new());
+                self.frames(vec![frame], Finish::DbSize);
+            }
+            "ping" => match rest.next() {
+                None => self.ready(|out| reply::simple(out, "PONG")),
+                Some(message) if rest.len() == 0 => self.ready(|out| reply::bulk(out, &message)),
+                Some(_) => self.ready(|out| wrong_arity(out, "ping")),
+            },
+            "echo" => {
+                let message = rest.next().unwrap_or_default();
+                self.ready(|out| reply::bulk(out, &message));
+            }
+            "info" => {
+                let sections = InfoSections::from_args(rest.as_slice());
+                if sections.needs_stats() {
+                    let frame = self.request(Opcode::STATS, Vec::new(), Vec::new());
+                    self.frames(vec![frame], Finish::Info(sections));
+                } else {
+                    let text = info_text(self.door, sections, None);
+                    self.ready(|out| reply::bulk(out, text.as_bytes()));
+                }
+            }
+            "command" => {
+                let rest = rest.as_slice();
+                self.ready(|out| command_reply(out, rest));
+            }
+            "config" => {
+                let door = self.door;
+                let rest = rest.as_slice();
+                self.ready(|out| config_reply(out, door, rest));
+            }
+            "select" => {
+                let index = rest.next().unwrap_or_default();
+                self.ready(|out| match parse_integer(&index) {
+                    Some(0) => reply::simple(out, "OK"),
+                    Some(_) => reply::error(out, "ERR DB index is out of range"),
+                    None => reply::error(out, "ERR value is not an integer or out of range"),
+                });
+            }
+            "quit" => {
+                self.ready(|out| reply::simple(out, "OK"));
+                return false;
+            }
+            other => {
+                log::error!("resp: command {other} is in the table but has no handling");
+                self.ready(|out| reply::error(out, "ERR INTERNAL: command not handled"));
+            }
+        }
+        true
+    }
+
+    /// Hands every frame of the batch to the handler in one call, then writes the replies in
+    /// request order. A handler that panics, or answers a different number of frames, fails
+    /// the commands that had frames with INTERNAL and nothing else.
+    fn run(self) -> Vec<u8> {
+        let door = self.door;
+        let sent = self.frames.len();
+        let answers = if sent == 0 {
+            Some(Vec::new())
+        } else {
+            let handler = &*door.handler;
+            let frames = self.frames;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.handle_batch(frames)
+            })) {
+                Ok(answers) if answers.len() == sent => Some(answers),
+                Ok(answers) => {
+                    log::error!(
+                        "resp: the handler answered {} of a batch of {sent} frames",
+                        answers.len()
+                    );
+                    None
+                }
+                Err(_) => {
+                    log::error!("resp: the request handler panicked; answering INTERNAL");
+                    None
+                }
+            }
+        };
+        let mut out = Vec::new();
+        for planned in self.planned {
+            match planned {
+                Planned::Ready(bytes) => out.extend_from_slice(&bytes),
+                Planned::Frames {
+                    first,
+                    count,
+                    finish,
+                } => match &answers {
+                    Some(answers) => {
+                        finish_reply(door, finish, &answers[first..first + count], &mut out)
+                    }
+                    None => {
+                        reply::error(&mut out, "ERR INTERNAL: the server failed on this request")
+                    }
+                },
+            }
+        }
+        out
+    }
+}
+
+/// The reply to a command from the answers to its frames.
+fn finish_reply(door: &Door, finish: Finish, answers: &[Frame], out: &mut Vec<u8>) {
+    let failed = |success: fn(Status) -> bool| answers.iter().find(|a| !success(a.status));
+    let ok_or_missing = |s: Status| s.is_success();
+    let ok_only = |s: Status| s == Status::OK;
+    match finish {
+        Finish::Get | Finish::Mget => {
+            if let Some(failure) = failed(ok_or_missing) {
+                return status_error(out, failure);
+            }
+            if matches!(finish, Finish::Mget) {
+                reply::array(out, answers.len());
+            }
+            for answer in answers {
+                if answer.status == Status::OK {
+                    reply::bulk(out, &answer.value);
+                } else {
+                    reply::nil(out);
+                }
+            }
+        }
+        Finish::Set | Finish::Mset => match failed(ok_only) {
+            Some(failure) => status_error(out, failure),
+            None => reply::simple(out, "OK"),
+        },
+        Finish::Del | Finish::Exists => match failed(ok_or_missing) {
+            Some(failure) => status_error(out, failure),
+            None => {
+                let found = answers.iter().filter(|a| a.status == Status::OK).count();
+                reply::integer(out, found as i64);
+            }
+        },
+        Finish::DbSize => match reports_of(answers) {
+            Err(()) => status_error(out, &answers[0]),
+            Ok(Err(message)) => reply::error(out, &format!("ERR INTERNAL: {message}")),
+            Ok(Ok(reports)) => match reports.iter().find(|r| r.status != Status::OK) {
+                Some(down) => reply::error(
+                    out,
+                    &format!(
+                        "ERR {}: node {} did not report its size: {}",
+                        down.status, down.addr, down.message
+                    ),
+                ),
+                None => {
+                    let keys = reports.last().map_or(0, |total| total.counter("keys"));
+                    reply::integer(out, i64::try_from(keys).unwrap_or(i64::MAX));
+                }
+            },
+        },
+        Finish::Info(sections) => {
+            let stats = match reports_of(answers) {
+                Err(()) => Err(format!("{}: {}", answers[0].status, answers[0].message())),
+                Ok(decoded) => decoded,
+            };
+            let text = info_text(door, sections, Some(stats));
+            reply::bulk(out, text.as_bytes());
+        }
+    }
+}
+
+/// Node reports, the total last, or why they could not be read.
+type Reports = std::result::Result<Vec<NodeReport>, String>;
+
+/// The node reports of a SIZE or STATS answer, the total last: `Err(())` when the answer is an
+/// error, `Ok(Err(_))` when its payload does not decode.
+fn reports_of(answers: &[Frame]) -> std::result::Result<Reports, ()> {
+    match answers.first() {
+        Some(answer) if answer.status == Status::OK => {
+            Ok(payload::decode_reports(&answer.value).map_err(|e| e.to_string()))
+        }
+        _ => Err(()),
+    }
+}
+
+/// INFO's text: `# Section` headers, `name:value` lines, a blank line between sections. The
+/// Nodes section is ringkv's own: one line per backend with its counters.
+fn info_text(door: &Door, sections: InfoSections, stats: Option<Reports>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if sections.server {
+        parts.push(format!(
+            "# Server\r\nringkv_version:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            door.local_addr.port(),
+            door.started.elapsed().as_secs()
+        ));
+    }
+    if sections.clients {
+        parts.push(format!(
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n",
+            door.registry.len(),
+            door.options.max_connections
+        ));
+    }
+    let stats = stats.unwrap_or_else(|| Err("not asked".into()));
+    let clean = |text: &str| text.replace(['\r', '\n'], " ");
+    if sections.keyspace {
+        let mut part = String::from("# Keyspace\r\n");
+        match &stats {
+            Ok(reports) => {
+                let keys = reports.last().map_or(0, |total| total.counter("keys"));
+                // Redis lists only databases that hold keys.
+                if keys > 0 {
+                    part.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
+                }
+            }
+            Err(message) => part.push_str(&format!("keyspace_error:{}\r\n", clean(message))),
+        }
+        parts.push(part);
+    }
+    if sections.nodes {
+        let mut part = String::from("# Nodes\r\n");
+        match &stats {
+            Ok(reports) => {
+                let nodes = &reports[..reports.len().saturating_sub(1)];
+                part.push_str(&format!("nodes:{}\r\n", nodes.len()));
+                for (i, node) in nodes.iter().enumerate() {
+                    part.push_str(&format!(
+                        "node{i}:addr={},status={}",
+                        node.addr, node.status
+                    ));
+                    if node.status == Status::OK {
+                        for (name, value) in &node.counters {
+                            part.push_str(&format!(",{name}={value}"));
+                        }
+                    } else {
+                        part.push_str(&format!(",message={}", clean(&node.message)));
+                    }
+                    part.push_str("\r\n");
+                }
+            }
+            Err(message) => part.push_str(&format!("nodes_error:{}\r\n", clean(message))),
+        }
+        parts.push(part);
+    }
+    parts.join("\r\n")
+}
+
+/// COMMAND, COMMAND COUNT, COMMAND INFO name..., COMMAND LIST and COMMAND DOCS (no docs: an
+/// empty answer, which redis-cli takes as "no hints").
+fn command_reply(out: &mut Vec<u8>, args: &[Vec<u8>]) {
+    let entry = |out: &mut Vec<u8>, spec: &CommandSpec| {
+        reply::array(out, 6);
+        reply::bulk(out, spec.name.as_bytes());
+        reply::integer(out, spec.arity);
+        reply::array(out, spec.flags.len());
+        for flag in spec.flags {
+            reply::simple(out, flag);
+        }
+        reply::integer(out, spec.first_key);
+        reply::integer(out, spec.last_key);
+        reply::integer(out, spec.step);
+    };
+    let Some(sub) = args.first() else {
+        reply::array(out, COMMANDS.len());
+        for spec in COMMANDS {
+            entry(out, spec);
+        }
+        return;
+    };
+    match sub.to_ascii_lowercase().as_slice() {
+        b"count" if args.len() == 1 => reply::integer(out, COMMANDS.len() as i64),
+        b"list" if args.len() == 1 => {
+            reply::array(out, COMMANDS.len());
+            for spec in COMMANDS {
+                reply::bulk(out, spec.name.as_bytes());
+            }
+        }
+        b"info" => {
+            reply::array(out, args.len() - 1);
+            for name in &args[1..] {
+                match find_command(name) {
+                    Some(spec) => entry(out, spec),
+                    None => reply::nil_array(out),
+                }
+            }
+        }
+        b"docs" => reply::array(out, 0),
+        b"count" | b"list" => wrong_arity(
+            out,
+            &format!("command|{}", String::from_utf8_lossy(sub).to_lowercase()),
+        ),
+        _ => reply::error(
+            out,
+            &format!(
+                "ERR unknown subcommand '{}'. ringkv knows COMMAND, COMMAND COUNT, COMMAND DOCS, \
+                 COMMAND INFO and COMMAND LIST",
+                String::from_utf8_lossy(sub)
+            ),
+        ),
+    }
+}
+
+/// CONFIG GET pattern...: the few parameters clients ask about (redis-benchmark asks `save` and
+/// `appendonly`), as name/value pairs.
+fn config_reply(out: &mut Vec<u8>, door: &Door, args: &[Vec<u8>]) {
+    let sub = args.first().map(Vec::as_slice).unwrap_or_default();
+    if !sub.eq_ignore_ascii_case(b"get") {
+        return reply::error(
+            out,
+            &format!(
+                "ERR unknown subcommand '{}'. ringkv knows CONFIG GET only",
+                String::from_utf8_lossy(sub)
+            ),
+        );
+    }
+    if args.len() < 2 {
+        return wrong_arity(out, "config|get");
+    }
+    let parameters = [
+        ("save", String::new()),
+        ("appendonly", "no".to_string()),
+        ("databases", "1".to_string()),
+        ("maxclients", door.options.max_connections.to_string()),
+        ("timeout", door.options.timeouts.idle.as_secs().to_string()),
+        (
+            "proto-max-bulk-len",
+            door.request_limits.max_bulk.to_string(),
+        ),
+    ];
+    let matching: Vec<&(&str, String)> = parameters
+        .iter()
+        .filter(|(name, _)| args[1..].iter().any(|p| glob_match(p, name.as_bytes())))
+        .collect();
+    reply::array(out, matching.len() * 2);
+    for (name, value) in matching {
+        reply::bulk(out, name.as_bytes());
+        reply::bulk(out, value.as_bytes());
+    }
+}
+
+/// Case-insensitive glob match with `*` and `?`, enough for CONFIG GET patterns.
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|skip| glob_match(rest, &name[skip..])),
+        Some((&p, rest)) => match name.split_first() {
+            Some((&n, name_rest)) if p == b'?' || p.eq_ignore_ascii_case(&n) => {
+                glob_match(rest, name_rest)
+            }
+            _ => false,
+        },
+    }
+}
+
+/// The sockets of open connections, so that shutdown can close them and the acceptor can count
+/// them against the limit.
+#[derive(Default)]
+struct Registry {
+    open: Mutex<HashMap<u64, TcpStream>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
+        match self.open.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn register(self: &Arc<Self>, stream: &TcpStream) -> Registered {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = stream.try_clone() {
+            self.lock().insert(id, clone);
+        }
+        Registered {
+            registry: Arc::clone(self),
+            id,
+        }
+    }
+
+    fn close_all(&self) {
+        for stream in self.lock().values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Removes a connection from the registry when its thread is done with it.
+struct Registered {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+/// The running door: its address, and the means to stop it. Dropping it stops it too.
+pub struct RespServer {
+    local_addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl RespServer {
+    /// The address the door listens on (with the real port when it was asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every open connection and waits for the acceptor to end.
+    pub fn shutdown(&mut self) {
+        if self.shutdown.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.registry.close_all();
+        // The acceptor blocks in accept(); a connection of our own wakes it to see the flag.
+        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        // Connections accepted while the flag was being raised.
+        self.registry.close_all();
+    }
+}
+
+impl Drop for RespServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Binds `addr` and serves RESP2 on it with `handler`, one thread per connection, at most
+/// `options.max_connections` of them; `options` also gives the key and value limits and the
+/// timeouts.
+pub fn serve(addr: &str, options: ServerOptions, handler: Arc<dyn Handler>) -> Result<RespServer> {
+    let bind_error = |source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let registry = Arc::new(Registry::default());
+    let door = Arc::new(Door {
+        handler,
+        options,
+        request_limits: RequestLimits::for_limits(&options.limits),
+        shutdown: Arc::clone(&shutdown),
+        registry: Arc::clone(&registry),
+        local_addr,
+        started: Instant::now(),
+    });
+    let acceptor = std::thread::Builder::new()
+        .name("resp-acceptor".into())
+        .spawn(move || accept_loop(listener, door))
+        .map_err(bind_error)?;
+    Ok(RespServer {
+        local_addr,
+        shutdown,
+        registry,
+        acceptor: Some(acceptor),
+    })
+}
+
+fn accept_loop(listener: TcpListener, door: Arc<Door>) {
+    let max_connections = door.options.max_connections;
+    for incoming in listener.incoming() {
+        if door.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        let mut stream = match incoming {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of descriptors and similar: back off instead of spinning.
+                log::warn!("resp: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        if door.registry.len() >= max_connections {
+            log::debug!("resp: refusing a connection: at the limit of {max_connections}");
+            door.handler.refused(Status::BUSY);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = stream.write_all(b"-ERR max number of clients reached\r\n");
+            close_after_reply(&stream);
+            continue;
+        }
+        let registered = door.registry.register(&stream);
+        let door = Arc::clone(&door);
+        let spawned = std::thread::Builder::new()
+            .name("resp-conn".into())
+            .spawn(move || {
+                serve_connection(stream, &door);
+                drop(registered);
+            });
+        if let Err(e) = spawned {
+            log::warn!("resp: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Ends a connection whose last reply has been written: the write side is closed first and what
+/// the client still sends is read for a moment, so that closing does not reset the connection
+/// (and lose the reply) while the client's bytes are unread.
+fn close_after_reply(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 16 * 1024];
+    let mut reader = stream;
+    while Instant::now() < deadline {
+        match reader.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Serves one connection until the client closes it, sends QUIT or malformed input, idles out,
+/// stalls half-way through a request, or the door shuts down.
+fn serve_connection(mut stream: TcpStream, door: &Door) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let timeouts = door.options.timeouts;
+    let configured = stream
+        .set_read_timeout(Some(timeouts.frame))
+        .and_then(|_| stream.set_write_timeout(Some(timeouts.io)));
+    if configured.is_err() {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let mut parser = Parser::new(door.request_limits);
+    let mut next_id = 0u64;
+    let mut idle_since = Instant::now();
+    // When the request now arriving was first seen incomplete; reset by every whole request.
+    let mut partial_since: Option<Instant> = None;
+    while !door.shutdown.load(Ordering::Relaxed) {
+        let mut batch = Batch::new(door, &mut next_id);
+        let mut ending: Option<std::result::Result<(), ProtocolError>> = None;
+        let mut whole = 0;
+        while !batch.is_full() {
+            match parser.next_request() {
+                Ok(Some(args)) => {
+                    whole += 1;
+                    if !batch.plan(args) {
+                        ending = Some(Ok(()));
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    ending = Some(Err(error));
+                    break;
+                }
+            }
+        }
+        let more_buffered = ending.is_none() && batch.is_full();
+        let mut out = batch.run();
+        if let Some(Err(error)) = &ending {
+            log::info!("resp: connection from {peer}: protocol error: {error}");
+            door.handler.refused(Status::BAD_FRAME);
+            reply::error(&mut out, &format!("ERR Protocol error: {error}"));
+        }
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out) {
+                log::debug!("resp: connection from {peer}: write failed: {e}");
+                return;
+            }
+        }
+        if ending.is_some() {
+            close_after_reply(&stream);
+            return;
+        }
+        if whole > 0 {
+            idle_since = Instant::now();
+            partial_since = None;
+        }
+        if more_buffered {
+            continue;
+        }
+        if parser.has_partial() {
+            partial_since.get_or_insert_with(Instant::now);
+        }
+        match parser.read_from(&mut stream) {
+            Ok(0) => return,
+            Ok(_) => idle_since = Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                if partial_since.is_none() && idle_since.elapsed() >= timeouts.idle {
+                    log::debug!(
+                        "resp: connection from {peer}: idle for {:?}, closing",
+                        timeouts.idle
+                    );
+                    return;
+                }
+            }
+            Err(e) => {
+                log::debug!("resp: connection from {peer}: read failed: {e}");
+                return;
+            }
+        }
+        if partial_since.is_some_and(|since| since.elapsed() > timeouts.frame) {
+            log::info!(
+                "resp: connection from {peer}: dropped a request stalled for {:?}",
+                timeouts.frame
+            );
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> RequestLimits {
+        RequestLimits {
+            max_args: 8,
+            max_bulk: 32,
+            max_inline: 64,
+            max_request: 200,
+        }
+    }
+
+    fn args(list: &[&[u8]]) -> Vec<Vec<u8>> {
+        list.iter().map(|a| a.to_vec()).collect()
+    }
+
+    /// Every request in `input` (fed whole), and the error that ended it, if any.
+    fn parse_all(input: &[u8]) -> (Vec<Vec<Vec<u8>>>, Option<ProtocolError>) {
+        let mut parser = Parser::new(limits());
+        parser.feed(input);
+        let mut requests = Vec::new();
+        loop {
+            match parser.next_request() {
+                Ok(Some(request)) => requests.push(request),
+                Ok(None) => return (requests, None),
+                Err(e) => return (requests, Some(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn multibulk_requests_come_out_whole_and_in_order() {
+        let (requests, error) =
+            parse_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv1\r\n*1\r\n$4\r\nPING\r\n");
+        assert_eq!(error, None);
+        assert_eq!(
+            requests,
+            vec![args(&[b"SET", b"k", b"v1"]), args(&[b"PING"])]
+        );
+    }
+
+    #[test]
+    fn bulk_strings_are_binary_safe() {
+        let (requests, error) = parse_all(b"*2\r\n$4\r\na\r\nb\r\n$0\r\n\r\n");
+        assert_eq!(error, None);
+        assert_eq!(requests, vec![args(&[b"a\r\nb", b""])]);
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_requests() {
+        let input: &[u8] =
+            b"*2\r\n$3\r\nGET\r\n$5\r\nhello\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\r\n\r\n";
+        let (whole, _) = parse_all(input);
+        assert_eq!(whole.len(), 3);
+        for cut in 0..input.len() {
+            let mut parser = Parser::new(limits());
+            let mut got = Vec::new();
+            for part in [&input[..cut], &input[cut..]] {
+                parser.feed(part);
+                while let Some(request) = parser.next_request().unwrap() {
+                    got.push(request);
+                }
+            }
+            assert_eq!(got, whole, "split at {cut}");
+            assert!(!parser.has_partial(), "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_input_gives_the_same_requests() {
+        let input: &[u8] = b"*2\r\n$4\r\nECHO\r\n$3\r\nabc\r\nset k \"v w\"\r\n";
+        let mut parser = Parser::new(limits());
+        let mut got = Vec::new();
+        for byte in input {
+            parser.feed(std::slice::from_ref(byte));
+            while let Some(request) = parser.next_request().unwrap() {
+                got.push(request);
+            }
+        }
+        assert_eq!(
+            got,
+            vec![args(&[b"ECHO", b"abc"]), args(&[b"set", b"k", b"v w"])]
+        );
+    }
+
+    #[test]
+    fn empty_requests_are_skipped() {
+        let (requests, error) = parse_all(b"*0\r\n*-1\r\n\r\n   \r\n\nPING\r\n");
+        assert_eq!(error, None);
+        assert_eq!(requests, vec![args(&[b"PING"])]);
+    }
+
+    #[test]
+    fn inline_requests_split_like_redis() {
+        let (requests, error) = parse_all(b"SET  k   v\r\nGET k\n");
+        assert_eq!(error, None);
+        assert_eq!(
+            requests,
+            vec![args(&[b"SET", b"k", b"v"]), args(&[b"GET", b"k"])]
+        );
+        let split = |line: &[u8]| split_inline(line);
+        assert_eq!(
+            split(b"set \"a b\" 'c d'"),
+            Some(args(&[b"set", b"a b", b"c d"]))
+        );
+        assert_eq!(
+            split(b"x \"\\x41\\n\\t\\\"\\\\\" 'it\\'s'"),
+            Some(args(&[b"x", b"A\n\t\"\\", b"it's"]))
+        );
+        assert_eq!(split(b"\"\""), Some(args(&[b""])));
+        assert_eq!(split(b"a\0b c"), Some(args(&[b"a"])));
+        assert_eq!(split(b"\"open"), None);
+        assert_eq!(split(b"'open"), None);
+        assert_eq!(split(b"\"closed\"x"), None);
+        assert_eq!(split(b"'closed'x"), None);
+    }
+
+    #[test]
+    fn malformed_multibulk_is_a_protocol_error() {
+        let cases: &[(&[u8], ProtocolError)] = &[
+            (b"*x\r\n", ProtocolError::InvalidMultibulkLength),
+            (b"*\r\n", ProtocolError::InvalidMultibulkLength),
+            (b"*01\r\n", ProtocolError::InvalidMultibulkLength),
+            (b"*+1\r\n", ProtocolError::InvalidMultibulkLength),
+            (b"*9\r\n", ProtocolError::InvalidMultibulkLength),
+            (
+                b"*99999999999999999999\r\n",
+                ProtocolError::InvalidMultibulkLength,
+            ),
+            (b"*1\r\nPING\r\n", ProtocolError::ExpectedDollar(b'P')),
+            (b"*1\r\n\r\n", ProtocolError::ExpectedDollar(b'\r')),
+            (b"*1\r\n$-1\r\n", ProtocolError::InvalidBulkLength),
+            (b"*1\r\n$33\r\n", ProtocolError::InvalidBulkLength),
+            (b"*1\r\n$abc\r\n", ProtocolError::InvalidBulkLength),
+            (
+                b"*1\r\n$99999999999999999999\r\n",
+                ProtocolError::InvalidBulkLength,
+            ),
+            (b"\"unbalanced\r\n", ProtocolError::UnbalancedQuotes),
+        ];
+        for (input, expected) in cases {
+            let (requests, error) = parse_all(input);
+            assert!(requests.is_empty(), "{input:?}");
+            assert_eq!(error.as_ref(), Some(expected), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn lines_without_an_end_are_refused_past_the_inline_limit() {
+        let long = vec![b'a'; 65];
+        assert_eq!(parse_all(&long).1, Some(ProtocolError::InlineTooBig));
+        assert_eq!(
+            parse_all(&long[..64]).1,
+            None,
+            "still waiting for the line end"
+        );
+        let mut count = b"*".to_vec();
+        count.extend(vec![b'1'; 70]);
+        assert_eq!(
+            parse_all(&count).1,
+            Some(ProtocolError::MultibulkCountTooBig)
+        );
+        let mut bulk = b"*1\r\n$".to_vec();
+        bulk.extend(vec![b'1'; 70]);
+        assert_eq!(parse_all(&bulk).1, Some(ProtocolError::BulkCountTooBig));
+    }
+
+    #[test]
+    fn a_request_over_the_byte_limit_is_refused_before_it_arrives() {
+        // Eight 32-byte arguments take more than 200 bytes with their overhead.
+        let mut input = b"*8\r\n".to_vec();
+        for _ in 0..8 {
+            input.extend_from_slice(b"$32\r\n");
+            input.extend(vec![b'x'; 32]);
+            input.extend_from_slice(b"\r\n");
+        }
+        let (requests, error) = parse_all(&input);
+        assert!(requests.is_empty());
+        assert_eq!(error, Some(ProtocolError::RequestTooBig { limit: 200 }));
+    }
+
+    #[test]
+    fn a_big_bulk_is_read_in_one_go() {
+        let mut parser = Parser::new(RequestLimits {
+            max_bulk: 1 << 20,
+            max_request: 4 << 20,
+            ..limits()
+        });
+        let mut input = b"*2\r\n$3\r\nSET\r\n$1000000\r\n".to_vec();
+        input.extend(vec![7u8; 1_000_000]);
+        input.extend_from_slice(b"\r\n");
+        let mut src = io::Cursor::new(input);
+        let mut reads = 0;
+        let request = loop {
+            if let Some(request) = parser.next_request().unwrap() {
+                break request;
+            }
+            assert!(parser.read_from(&mut src).unwrap() > 0);
+            reads += 1;
+        };
+        assert_eq!(request[1].len(), 1_000_000);
+        assert!(reads <= 3, "{reads} reads for one value");
+    }
+
+    #[test]
+    fn integers_are_read_as_string2ll_reads_them() {
+        assert_eq!(parse_integer(b"0"), Some(0));
+        assert_eq!(parse_integer(b"-12"), Some(-12));
+        assert_eq!(parse_integer(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_integer(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"-0",
+            b"007",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"9223372036854775808",
+        ] {
+            assert_eq!(parse_integer(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_parser() {
+        let mut rng = crate::rng::Rng::seeded(7);
+        let alphabet = b"*$\r\n0123456789-+ \"'\\xab";
+        for _ in 0..2000 {
+            let len = rng.below(40) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                .collect();
+            let _ = parse_all(&input);
+        }
+    }
+
+    #[test]
+    fn glob_patterns_match_config_names() {
+        assert!(glob_match(b"save", b"save"));
+        assert!(glob_match(b"SAVE", b"save"));
+        assert!(glob_match(b"*", b"appendonly"));
+        assert!(glob_match(b"max*", b"maxclients"));
+        assert!(glob_match(b"s?ve", b"save"));
+        assert!(!glob_match(b"sav", b"save"));
+        assert!(!glob_match(b"*x", b"save"));
+    }
+
+    #[test]
+    fn error_text_never_breaks_the_reply_line() {
+        let mut out = Vec::new();
+        unknown_command(&mut out, &args(&[b"bad\r\ncmd", b"x\ny"]));
+        assert_eq!(
+            out,
+            b"-ERR unknown command 'bad  cmd', with args beginning with: 'x y' \r\n".to_vec()
+        );
+    }
+}

@@ -1,0 +1,966 @@
+//! The write-ahead log that makes a backend durable: its file format, the writer with its three
+//! fsync policies, recovery, and compaction.
+//!
+//! # Format
+//!
+//! A log is one file, `wal.log`, in the backend's data directory. It starts with a 16-byte
+//! header: the magic `RINGKVWL`, the format version (u32, little-endian) and four reserved zero
+//! bytes. A version newer than [`FORMAT_VERSION`] is refused: its records may mean something this
+//! build does not know.
+//!
+//! Then come records, each self-checking:
+//!
+//! ```text
+//! len: u32 LE | type: u8 (1 put, 2 delete) | key_len: u32 LE | key | value | crc: u32 LE
+//!               \________________ body: len bytes _____________/
+//! ```
+//!
+//! The CRC-32 covers the length field and the body, so a damaged length is caught as surely as a
+//! damaged key or value. A delete has no value. A record costs [`RECORD_OVERHEAD`] bytes beyond
+//! its key and value.
+//!
+//! # Writing and fsync policies
+//!
+//! Every mutation is appended with one `write` under the log's lock, straight to the file (there
+//! is no buffer in the process, so a killed process loses nothing the kernel has). Then:
+//!
+//! - [`FsyncPolicy::Always`]: the writer returns only once an fsync has covered its record. Group
+//!   commit: a writer that finds no fsync in progress becomes the syncer and fsyncs everything
+//!   appended so far; writers that arrive meanwhile wait, and the next fsync covers them all, so
+//!   N concurrent writers share one fsync instead of queueing for N.
+//! - [`FsyncPolicy::EverySec`]: a background thread fsyncs once a second if anything was
+//!   appended; an operating-system crash or power loss may lose about the last second.
+//! - [`FsyncPolicy::Never`]: the operating system writes back when it likes (typically within
+//!   30 s on Linux).
+//!
+//! A write that fails (a full disk, ENOSPC) is cut back off the file, so the log ends with whole
+//! records and stays readable; if even that fails, or an fsync fails, the log refuses every later
+//! write, since after a failed fsync the kernel's view of what is on disk can no longer be trusted.
+//!
+//! # Recovery
+//!
+//! On open the records are replayed in order. The first record that fails its checks (too short,
+//! a length out of range, a bad CRC, a bad type or key length) at offset X is judged by what
+//! follows it:
+//!
+//! - no whole valid record starts anywhere after X: this is a torn tail, what a crash in the
+//!   middle of an append leaves (a partial record, or zeros or stale bytes where the file grew but
+//!   the data never reached the disk). The file is cut back to X, fsynced, and the bytes dropped
+//!   are logged. Such records were never acknowledged under `always`.
+//! - a valid record starts after X: records were written after the damaged one, so the damage is
+//!   not a crash mid-append but corruption of data that was once whole. Opening stops with an
+//!   error naming the file and X, unless `repair` is set; then the original is kept beside the log
+//!   as `wal.log.corrupt-X` and the log is cut back to X, keeping the longest prefix of history
+//!   that is intact (skipping only the bad record instead would replay a state that never
+//!   existed).
+//!
+//! The rule errs on the side of stopping: a crash that persisted a later page of a multi-record
+//! append but not an earlier one also has a valid record after the damage, and needs `repair`.
+//!
+//! # Compaction
+//!
+//! When dead records dominate, the live set is rewritten (see [`Wal::compact`]):
+//!
+//! 1. note the current end P of the log; write a put record for every live key into
+//!    `wal.log.compact`. Writes go on meanwhile, so this snapshot is fuzzy: each key holds its
+//!    value at P or a later one.
+//! 2. copy the log's bytes from P on to the new file (catch-up), fsync it, and catch up again.
+//!    Replaying, in order, every record written after P over a fuzzy snapshot gives each key the
+//!    value of its last record, the same as replaying the whole old log, so nothing is lost or
+//!    resurrected.
+//! 3. handover, under the log's lock so that no write slips between: copy the last few records,
+//!    fsync, rename the new file over `wal.log`, fsync the directory, and append from then on to
+//!    the new file.
+//!
+//! A crash at any point leaves either the old log whole (the temporary file is deleted on the
+//! next open) or the new one whole (it was fsynced before the rename).
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The first bytes of every log.
+pub const MAGIC: &[u8; 8] = b"RINGKVWL";
+/// The format version this build writes, and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the file header.
+pub const HEADER_LEN: u64 = 16;
+/// Bytes a record costs beyond its key and value: length, type, key length, CRC.
+pub const RECORD_OVERHEAD: u64 = 4 + 1 + 4 + 4;
+/// The log's file name inside the data directory.
+pub const LOG_FILE: &str = "wal.log";
+/// The file a compaction writes before it is renamed over the log.
+pub const COMPACT_FILE: &str = "wal.log.compact";
+
+const TYPE_PUT: u8 = 1;
+const TYPE_DELETE: u8 = 2;
+/// The smallest body: type and key length.
+const MIN_BODY: u32 = 1 + 4;
+/// A body longer than this is taken as a damaged length rather than a record.
+const MAX_BODY: u32 = 1 << 30;
+/// Catch-up rounds stop once less than this is left to copy under the lock.
+const HANDOVER_BYTES: u64 = 64 * 1024;
+/// Linux and macOS both number ENOSPC 28.
+const ENOSPC: i32 = 28;
+
+/// When appended records are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Before each write is acknowledged (concurrent writers share an fsync).
+    Always,
+    /// Once a second, in the background.
+    #[default]
+    EverySec,
+    /// When the operating system decides.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "everysec" => Ok(FsyncPolicy::EverySec),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(format!(
+                "unknown fsync policy {other:?}: expected always, everysec or never"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::EverySec => "everysec",
+            FsyncPolicy::Never => "never",
+        })
+    }
+}
+
+/// Points in a compaction where a test can make it stop as if the process had died there.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The live set is written to the temporary file, nothing fsynced.
+    AfterSnapshot,
+    /// The temporary file is caught up and fsynced once.
+    AfterCatchUp,
+    /// The temporary file is complete and fsynced, not yet renamed.
+    AfterTempSync,
+    /// The rename is done, the directory not yet fsynced, appends still go to the old file.
+    AfterRename,
+}
+
+impl CrashPoint {
+    /// Every crash point, in the order a compaction reaches them.
+    pub const ALL: [CrashPoint; 4] = [
+        CrashPoint::AfterSnapshot,
+        CrashPoint::AfterCatchUp,
+        CrashPoint::AfterTempSync,
+        CrashPoint::AfterRename,
+    ];
+}
+
+/// How to open a log.
+#[derive(Debug, Clone, Default)]
+pub struct WalOptions {
+    pub fsync: FsyncPolicy,
+    /// Cut the log back to its last intact record even when the damage is not a torn tail.
+    pub repair: bool,
+    /// Tests only: the log file may not grow past this many bytes; a write that would is
+    /// written in part and fails with ENOSPC, as on a full disk.
+    #[doc(hidden)]
+    pub disk_budget: Option<u64>,
+    /// Tests only: compaction stops at this point and the log refuses further writes.
+    #[doc(hidden)]
+    pub crash_at: Option<CrashPoint>,
+}
+
+/// One mutation, as replayed from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record<'a> {
+    Put { key: &'a [u8], value: &'a [u8] },
+    Delete { key: &'a [u8] },
+}
+
+/// Why a log could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Reading, writing or creating `path` failed.
+    Io { path: PathBuf, source: io::Error },
+    /// `path` does not start with a ringkv log header.
+    NotALog { path: PathBuf },
+    /// `path` was written by a newer format version.
+    NewerVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    /// Records after `offset` follow damaged bytes: not a torn tail.
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            OpenError::NotALog { path } => {
+                write!(f, "{} is not a ringkv log (bad header)", path.display())
+            }
+            OpenError::NewerVersion {
+                path,
+                found,
+                supported,
+            } => write!(
+                f,
+                "{} was written by log format version {found}; this build reads up to \
+                 version {supported}",
+                path.display()
+            ),
+            OpenError::Corrupt {
+                path,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "{} is corrupt at byte offset {offset} ({reason}) and valid records follow, so \
+                 this is not a torn tail; start with the repair flag to keep the records before \
+                 offset {offset} (the original is saved beside it)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What opening a log found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Whole records replayed.
+    pub records: u64,
+    /// Bytes cut off the end (a torn tail, or everything from the damage on under repair).
+    pub dropped_bytes: u64,
+    /// Where the damaged original was saved, when repair cut it.
+    pub saved_corrupt: Option<PathBuf>,
+    /// The log's length once opened.
+    pub log_bytes: u64,
+    /// A compaction's temporary file was left by a crash and deleted.
+    pub removed_partial_compaction: bool,
+}
+
+/// What [`Wal::compact`] calls with an `emit` to hand it the live set: `emit(key, value)`
+/// once per live key.
+pub type LiveSet<'a> =
+    dyn FnMut(&mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>) -> io::Result<()> + 'a;
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+struct LogState {
+    file: Arc<File>,
+    /// Length of the current file: every byte below it belongs to a whole record.
+    file_len: u64,
+    /// Bytes appended since open, across compactions: what the syncer's progress is counted in.
+    appended: u64,
+    /// Set once the log can no longer be trusted; every later write fails with it.
+    failed: Option<String>,
+    scratch: Vec<u8>,
+}
+
+struct SyncState {
+    /// Every byte below this (in `appended` terms) is on disk.
+    synced: u64,
+    syncing: bool,
+}
+
+struct Shared {
+    dir: PathBuf,
+    path: PathBuf,
+    options: WalOptions,
+    state: Mutex<LogState>,
+    sync: Mutex<SyncState>,
+    synced_changed: Condvar,
+    fsyncs: AtomicU64,
+    compacting: AtomicBool,
+    stop: Mutex<bool>,
+    stop_changed: Condvar,
+}
+
+/// An open log. Dropping it stops its background syncer (after a last fsync under `everysec`).
+pub struct Wal {
+    shared: Arc<Shared>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the state it guards is
+/// updated in single steps, so it is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// True when `e` says the disk (or the quota) is full.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(ENOSPC)
+}
+
+fn encode(out: &mut Vec<u8>, record: Record<'_>) {
+    let (kind, key, value): (u8, &[u8], &[u8]) = match record {
+        Record::Put { key, value } => (TYPE_PUT, key, value),
+        Record::Delete { key } => (TYPE_DELETE, key, &[]),
+    };
+    let body = MIN_BODY as usize + key.len() + value.len();
+    let start = out.len();
+    out.extend_from_slice(&(body as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes the record whose length field is `len_bytes` and whose body and CRC are `rest`.
+fn decode<'a>(len_bytes: [u8; 4], rest: &'a [u8]) -> Result<Record<'a>, String> {
+    let (body, crc) = rest.split_at(rest.len() - 4);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len_bytes);
+    hasher.update(body);
+    let computed = hasher.finalize();
+    let stored = u32::from_le_bytes(crc.try_into().expect("four bytes"));
+    if computed != stored {
+        return Err(format!(
+            "CRC mismatch: stored {stored:08x}, computed {computed:08x}"
+        ));
+    }
+    let key_len = u32::from_le_bytes(body[1..5].try_into().expect("four bytes")) as usize;
+    if key_len > body.len() - 5 {
+        return Err(format!("key length {key_len} exceeds the record"));
+    }
+    let key = &body[5..5 + key_len];
+    let value = &body[5 + key_len..];
+    match body[0] {
+        TYPE_PUT => Ok(Record::Put { key, value }),
+        TYPE_DELETE if value.is_empty() => Ok(Record::Delete { key }),
+        TYPE_DELETE => Err("a delete record carries a value".into()),
+        other => Err(format!("unknown record type {other}")),
+    }
+}
+
+/// Whether a whole valid record starts anywhere in `tail` after its first byte.
+fn valid_record_after(tail: &[u8]) -> bool {
+    let min = (4 + MIN_BODY + 4) as usize;
+    (1..tail.len().saturating_sub(min - 1)).any(|p| {
+        let len_bytes: [u8; 4] = tail[p..p + 4].try_into().expect("four bytes");
+        let len = u32::from_le_bytes(len_bytes);
+        if !(MIN_BODY..=MAX_BODY).contains(&len) {
+            return false;
+        }
+        let end = p + 4 + len as usize + 4;
+        end <= tail.len() && decode(len_bytes, &tail[p + 4..end]).is_ok()
+    })
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn header() -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates an empty log at `path` atomically: a crash leaves either no log or a whole header.
+fn create_log(dir: &Path, path: &Path) -> Result<(), OpenError> {
+    let temp = dir.join(COMPACT_FILE);
+    let mut file = File::create(&temp).map_err(io_err(&temp))?;
+    file.write_all(&header()).map_err(io_err(&temp))?;
+    file.sync_all().map_err(io_err(&temp))?;
+    fs::rename(&temp, path).map_err(io_err(path))?;
+    sync_dir(dir).map_err(io_err(dir))
+}
+
+/// Reads the header and replays every whole record into `apply`; decides what to do with a bad
+/// record (see the module doc). Returns the length of the intact log.
+fn replay(
+    path: &Path,
+    repair: bool,
+    apply: &mut dyn FnMut(Record<'_>),
+    recovery: &mut Recovery,
+) -> Result<u64, OpenError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let file_len = file.metadata().map_err(io_err(path))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut head = [0u8; HEADER_LEN as usize];
+    if file_len < HEADER_LEN || reader.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
+        return Err(OpenError::NotALog {
+            path: path.to_path_buf(),
+        });
+    }
+    let version = u32::from_le_bytes(head[8..12].try_into().expect("four bytes"));
+    if version > FORMAT_VERSION {
+        return Err(OpenError::NewerVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version == 0 {
+        return Err(OpenError::NotALog {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut offset = HEADER_LEN;
+    let mut buf = Vec::new();
+    let damage = loop {
+        if offset == file_len {
+            return Ok(offset);
+        }
+        let remaining = file_len - offset;
+        if remaining < 4 {
+            break format!("{remaining} byte(s) where a record should start");
+        }
+        let mut len_bytes = [0u8; 4];
+        reader.read_exact(&mut len_bytes).map_err(io_err(path))?;
+        let len = u32::from_le_bytes(len_bytes);
+        if !(MIN_BODY..=MAX_BODY).contains(&len) {
+            break format!("record length {len} is out of range");
+        }
+        let whole = 4 + u64::from(len) + 4;
+        if whole > remaining {
+            break format!("a record of {whole} bytes but only {remaining} left in the file");
+        }
+        buf.resize(len as usize + 4, 0);
+        reader.read_exact(&mut buf).map_err(io_err(path))?;
+        match decode(len_bytes, &buf) {
+            Ok(record) => apply(record),
+            Err(reason) => break reason,
+        }
+        recovery.records += 1;
+        offset += whole;
+    };
+    drop(reader);
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut tail = vec![0u8; (file_len - offset) as usize];
+    file.read_exact_at(&mut tail, offset)
+        .map_err(io_err(path))?;
+    if valid_record_after(&tail) {
+        if !repair {
+            return Err(OpenError::Corrupt {
+                path: path.to_path_buf(),
+                offset,
+                reason: damage,
+            });
+        }
+        let saved = path.with_file_name(format!("{LOG_FILE}.corrupt-{offset}"));
+        fs::copy(path, &saved).map_err(io_err(&saved))?;
+        File::open(&saved)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&saved))?;
+        log::warn!(
+            "{}: corrupt at offset {offset} ({damage}); repair keeps the {} records before it \
+             and drops {} bytes; the original is saved as {}",
+            path.display(),
+            recovery.records,
+            file_len - offset,
+            saved.display()
+        );
+        recovery.saved_corrupt = Some(saved);
+    } else {
+        log::warn!(
+            "{}: torn tail at offset {offset} ({damage}); dropped {} bytes after {} whole records",
+            path.display(),
+            file_len - offset,
+            recovery.records
+        );
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.set_len(offset).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    recovery.dropped_bytes = file_len - offset;
+    Ok(offset)
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, replaying every record into `apply` first.
+    pub fn open(
+        dir: &Path,
+        options: WalOptions,
+        apply: &mut dyn FnMut(Record<'_>),
+    ) -> Result<(Wal, Recovery), OpenError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let path = dir.join(LOG_FILE);
+        let mut recovery = Recovery::default();
+        let temp = dir.join(COMPACT_FILE);
+        if temp.exists() {
+            fs::remove_file(&temp).map_err(io_err(&temp))?;
+            recovery.removed_partial_compaction = true;
+            log::warn!(
+                "{}: removed a compaction left unfinished by a crash; {} is whole",
+                temp.display(),
+                path.display()
+            );
+        }
+        if !path.exists() {
+            create_log(dir, &path)?;
+        }
+        let len = replay(&path, options.repair, apply, &mut recovery)?;
+        recovery.log_bytes = len;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            path,
+            options,
+            state: Mutex::new(LogState {
+                file: Arc::new(file),
+                file_len: len,
+                appended: 0,
+                failed: None,
+                scratch: Vec::new(),
+            }),
+            sync: Mutex::new(SyncState {
+                synced: 0,
+                syncing: false,
+            }),
+            synced_changed: Condvar::new(),
+            fsyncs: AtomicU64::new(0),
+            compacting: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            stop_changed: Condvar::new(),
+        });
+        let syncer = (shared.options.fsync == FsyncPolicy::EverySec).then(|| {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("wal-syncer".into())
+                .spawn(move || shared.sync_every_second())
+                .expect("spawning the log's syncer thread")
+        });
+        Ok((Wal { shared, syncer }, recovery))
+    }
+
+    /// The log file's path.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Appends `record`; returns the position to pass to [`Wal::commit`].
+    pub fn append(&self, record: Record<'_>) -> io::Result<u64> {
+        let shared = &*self.shared;
+        let mut state = lock(&shared.state);
+        if let Some(why) = &state.failed {
+            return Err(io::Error::other(format!("the log refuses writes: {why}")));
+        }
+        let mut scratch = std::mem::take(&mut state.scratch);
+        scratch.clear();
+        encode(&mut scratch, record);
+        let written = shared.write(&state.file, state.file_len, &scratch);
+        let len = scratch.len() as u64;
+        state.scratch = scratch;
+        match written {
+            Ok(()) => {
+                state.file_len += len;
+                state.appended += len;
+                Ok(state.appended)
+            }
+            Err(e) => {
+                // Part of the record may be in the file; cut it off so the log ends whole.
+                if let Err(cut) = state.file.set_len(state.file_len) {
+                    state.failed = Some(format!(
+                        "a failed write ({e}) could not be cut back off {}: {cut}",
+                        shared.path.display()
+                    ));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns once the record ending at `position` is as durable as the policy promises.
+    pub fn commit(&self, position: u64) -> io::Result<()> {
+        match self.shared.options.fsync {
+            FsyncPolicy::Always => self.shared.sync_to(position),
+            FsyncPolicy::EverySec | FsyncPolicy::Never => Ok(()),
+        }
+    }
+
+    /// Forces everything appended so far to disk.
+    pub fn sync(&self) -> io::Result<()> {
+        let target = lock(&self.shared.state).appended;
+        self.shared.sync_to(target)
+    }
+
+    /// The log file's length in bytes.
+    pub fn len(&self) -> u64 {
+        lock(&self.shared.state).file_len
+    }
+
+    /// True when the log holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == HEADER_LEN
+    }
+
+    /// How many fsyncs of the log were made since it was opened.
+    pub fn fsyncs(&self) -> u64 {
+        self.shared.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Whether a compaction is running.
+    pub fn is_compacting(&self) -> bool {
+        self.shared.compacting.load(Ordering::Acquire)
+    }
+
+    /// Rewrites the log as the live set that `live` produces (it calls its argument once per
+    /// live key) followed by whatever was appended meanwhile; see the module doc. Writes go on
+    /// while it runs. `None` if another compaction is running.
+    pub fn compact(&self, live: &mut LiveSet<'_>) -> io::Result<Option<Compaction>> {
+        let shared = &*self.shared;
+        if shared.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let temp = shared.dir.join(COMPACT_FILE);
+        let result = shared.compact_into(&temp, live);
+        shared.compacting.store(false, Ordering::Release);
+        match result {
+            Ok(done) => Ok(Some(done)),
+            Err(Stop::Io(e)) => {
+                let _ = fs::remove_file(&temp);
+                Err(e)
+            }
+            Err(Stop::Crashed(point)) => Err(io::Error::other(format!(
+                "compaction stopped by a test crash at {point:?}"
+            ))),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        *lock(&self.shared.stop) = true;
+        self.shared.stop_changed.notify_all();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
+    }
+}
+
+impl Shared {
+    /// Writes `bytes` at the end of `file`, which is `len` long, honouring the test disk budget.
+    fn write(&self, mut file: &File, len: u64, bytes: &[u8]) -> io::Result<()> {
+        if let Some(budget) = self.options.disk_budget {
+            let room = budget.saturating_sub(len) as usize;
+            if bytes.len() > room {
+                file.write_all(&bytes[..room])?;
+                return Err(io::Error::from_raw_os_error(ENOSPC));
+            }
+        }
+        file.write_all(bytes)
+    }
+
+    /// Group commit: returns once an fsync has covered `target`, doing it if no one else is.
+    fn sync_to(&self, target: u64) -> io::Result<()> {
+        let mut sync = lock(&self.sync);
+        loop {
+            if sync.synced >= target {
+                return Ok(());
+            }
+            if sync.syncing {
+                sync = self
+                    .synced_changed
+                    .wait(sync)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            sync.syncing = true;
+            drop(sync);
+            let (file, upto, failed) = {
+                let state = lock(&self.state);
+                (
+                    Arc::clone(&state.file),
+                    state.appended,
+                    state.failed.clone(),
+                )
+            };
+            let result = match failed {
+                Some(why) => Err(io::Error::other(format!("the log refuses writes: {why}"))),
+                None => {
+                    self.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    file.sync_data()
+                }
+            };
+            sync = lock(&self.sync);
+            sync.syncing = false;
+            self.synced_changed.notify_all();
+            match result {
+                Ok(()) => sync.synced = sync.synced.max(upto),
+                Err(e) => {
+                    drop(sync);
+                    let mut state = lock(&self.state);
+                    if state.failed.is_none() {
+                        state.failed =
+                            Some(format!("an fsync of {} failed: {e}", self.path.display()));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn sync_every_second(&self) {
+        let mut stop = lock(&self.stop);
+        loop {
+            if *stop {
+                break;
+            }
+            stop = self
+                .stop_changed
+                .wait_timeout(stop, Duration::from_secs(1))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            drop(stop);
+            self.sync_pending();
+            stop = lock(&self.stop);
+        }
+    }
+
+    fn sync_pending(&self) {
+        let (target, failed) = {
+            let state = lock(&self.state);
+            (state.appended, state.failed.is_some())
+        };
+        if failed || lock(&self.sync).synced >= target {
+            return;
+        }
+        if let Err(e) = self.sync_to(target) {
+            log::error!("{}: background fsync failed: {e}", self.path.display());
+        }
+    }
+
+    /// Stops a compaction at `point` when a test asked for it. As after a real crash, the log
+    /// then takes no more writes, so the files stay as this point left them for the next open.
+    fn crash_point(&self, point: CrashPoint, state: &mut LogState) -> Result<(), Stop> {
+        if self.options.crash_at != Some(point) {
+            return Ok(());
+        }
+        state.failed = Some(format!("a test crash at {point:?}"));
+        Err(Stop::Crashed(point))
+    }
+
+    fn compact_into(&self, temp: &Path, live: &mut LiveSet<'_>) -> Result<Compaction, Stop> {
+        let (old, mut copied) = {
+            let state = lock(&self.state);
+            if let Some(why) = &state.failed {
+                return Err(Stop::Io(io::Error::other(format!(
+                    "the log refuses writes: {why}"
+                ))));
+            }
+            (Arc::clone(&state.file), state.file_len)
+        };
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(temp)?);
+        out.write_all(&header())?;
+        let mut record = Vec::new();
+        live(&mut |key, value| {
+            record.clear();
+            encode(&mut record, Record::Put { key, value });
+            out.write_all(&record)
+        })?;
+        self.crash_point(CrashPoint::AfterSnapshot, &mut lock(&self.state))?;
+        // Only a compaction replaces the file and only one runs at a time, so `old` stays the
+        // file appended to until the handover; the lock is taken just to read how far it grew.
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut copy_up_to = |out: &mut BufWriter<File>, copied: &mut u64, end: u64| {
+            copy_range(&old, out, copied, end, &mut chunk)
+        };
+        loop {
+            let end = lock(&self.state).file_len;
+            let behind = end - copied;
+            copy_up_to(&mut out, &mut copied, end)?;
+            if behind < HANDOVER_BYTES {
+                break;
+            }
+        }
+        // The bulk is fsynced before the handover, so that writers wait only for the last few
+        // records to be copied and fsynced.
+        out.flush()?;
+        out.get_ref().sync_data()?;
+        self.crash_point(CrashPoint::AfterCatchUp, &mut lock(&self.state))?;
+
+        let mut state = lock(&self.state);
+        let bytes_before = state.file_len;
+        copy_up_to(&mut out, &mut copied, bytes_before)?;
+        let new = out.into_inner().map_err(|e| e.into_error())?;
+        new.sync_all()?;
+        drop(new);
+        self.crash_point(CrashPoint::AfterTempSync, &mut state)?;
+        fs::rename(temp, &self.path)?;
+        // From here the path names the new file: appending to the old one would lose writes,
+        // so any failure stops the log instead of leaving it on the old file.
+        self.crash_point(CrashPoint::AfterRename, &mut state)?;
+        let swapped = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|file| {
+                sync_dir(&self.dir)?;
+                let len = file.metadata()?.len();
+                Ok((file, len))
+            });
+        let (file, bytes_after) = match swapped {
+            Ok(opened) => opened,
+            Err(e) => {
+                state.failed = Some(format!(
+                    "a compaction renamed {} but could not switch to it: {e}",
+                    self.path.display()
+                ));
+                return Err(Stop::Io(e));
+            }
+        };
+        state.file = Arc::new(file);
+        state.file_len = bytes_after;
+        let appended = state.appended;
+        {
+            let mut sync = lock(&self.sync);
+            sync.synced = sync.synced.max(appended);
+        }
+        self.synced_changed.notify_all();
+        Ok(Compaction {
+            bytes_before,
+            bytes_after,
+        })
+    }
+}
+
+/// Appends `from..end` of `old` to `out`, advancing `from`.
+fn copy_range(
+    old: &File,
+    out: &mut BufWriter<File>,
+    from: &mut u64,
+    end: u64,
+    chunk: &mut [u8],
+) -> io::Result<()> {
+    while *from < end {
+        let n = chunk.len().min((end - *from) as usize);
+        old.read_exact_at(&mut chunk[..n], *from)?;
+        out.write_all(&chunk[..n])?;
+        *from += n as u64;
+    }
+    Ok(())
+}
+
+/// Why a compaction stopped early.
+enum Stop {
+    Io(io::Error),
+    Crashed(CrashPoint),
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Stop {
+        Stop::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_and_any_flipped_bit_is_caught() {
+        let mut bytes = Vec::new();
+        encode(
+            &mut bytes,
+            Record::Put {
+                key: b"key",
+                value: b"value",
+            },
+        );
+        assert_eq!(bytes.len() as u64, RECORD_OVERHEAD + 8);
+        let len_bytes: [u8; 4] = bytes[..4].try_into().unwrap();
+        assert_eq!(
+            decode(len_bytes, &bytes[4..]),
+            Ok(Record::Put {
+                key: b"key",
+                value: b"value"
+            })
+        );
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let len_bytes: [u8; 4] = damaged[..4].try_into().unwrap();
+            let len = u32::from_le_bytes(len_bytes) as usize;
+            if len + 8 == damaged.len() {
+                assert!(decode(len_bytes, &damaged[4..]).is_err(), "bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn fsync_policies_parse_and_print() {
+        for policy in [
+            FsyncPolicy::Always,
+            FsyncPolicy::EverySec,
+            FsyncPolicy::Never,
+        ] {
+            assert_eq!(policy.to_string().parse::<FsyncPolicy>(), Ok(policy));
+        }
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    }
+
+    #[test]
+    fn a_torn_record_is_not_taken_for_a_later_valid_one() {
+        let mut bytes = Vec::new();
+        encode(
+            &mut bytes,
+            Record::Put {
+                key: b"k",
+                value: &[7; 40],
+            },
+        );
+        for cut in 1..bytes.len() {
+            assert!(!valid_record_after(&bytes[..cut]), "cut at {cut}");
+        }
+        let mut two = bytes.clone();
+        encode(&mut two, Record::Delete { key: b"k" });
+        two[6] ^= 1;
+        assert!(valid_record_after(&two));
+    }
+}

@@ -1,0 +1,837 @@
+//! Durable backends: the write-ahead log survives kill -9, torn tails, corruption, compaction
+//! crashes, full stores and full disks, and a whole cluster restarted over its data serves the
+//! same keys.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::process::{run_bounded, ChildGuard};
+use common::BOUND;
+use ringkv::durable::{DurableOptions, DurableStore};
+use ringkv::protocol::Status;
+use ringkv::store::{Engine, StoreError};
+use ringkv::wal::{CrashPoint, FsyncPolicy, OpenError, HEADER_LEN, LOG_FILE, RECORD_OVERHEAD};
+use ringkv::{BackendConfig, Client, Error, FrontendConfig, LocalCluster};
+
+const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// A fresh directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringkv-durability-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn log(&self) -> PathBuf {
+        self.0.join(LOG_FILE)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn options(fsync: FsyncPolicy) -> DurableOptions {
+    DurableOptions {
+        fsync,
+        ..DurableOptions::default()
+    }
+}
+
+fn open(dir: &Path) -> DurableStore {
+    DurableStore::open(dir, options(FsyncPolicy::Never)).unwrap()
+}
+
+/// One mutation and the model of the store it is checked against.
+#[derive(Clone, Debug)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+impl Op {
+    /// Bytes the op takes in the log.
+    fn log_bytes(&self) -> u64 {
+        RECORD_OVERHEAD
+            + match self {
+                Op::Put(k, v) => (k.len() + v.len()) as u64,
+                Op::Delete(k) => k.len() as u64,
+            }
+    }
+}
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn apply(store: &dyn Engine, model: &mut Model, op: &Op) {
+    match op {
+        Op::Put(k, v) => {
+            store.put(k, v).unwrap();
+            model.insert(k.clone(), v.clone());
+        }
+        Op::Delete(k) => {
+            assert_eq!(store.delete(k).unwrap(), model.remove(k).is_some());
+        }
+    }
+}
+
+/// Puts, overwrites (of varied lengths, empty included) and deletes of keys that exist, so
+/// every op writes exactly one record.
+fn history(n: usize) -> Vec<Op> {
+    let mut live: Vec<Vec<u8>> = Vec::new();
+    (0..n)
+        .map(|i| {
+            if i % 7 == 6 && !live.is_empty() {
+                Op::Delete(live.remove(i % live.len()))
+            } else {
+                let key = format!("key-{}", i % 11).into_bytes();
+                if !live.contains(&key) {
+                    live.push(key.clone());
+                }
+                Op::Put(key, vec![b'a' + (i % 26) as u8; (i * 13) % 50])
+            }
+        })
+        .collect()
+}
+
+/// Asserts that `store` holds exactly `model`.
+fn assert_holds(store: &dyn Engine, model: &Model, universe: &[Vec<u8>], what: &str) {
+    for key in universe {
+        assert_eq!(
+            store.get(key),
+            model.get(key).cloned(),
+            "{what}: key {:?}",
+            String::from_utf8_lossy(key)
+        );
+    }
+    assert_eq!(store.size().keys, model.len() as u64, "{what}: key count");
+    let bytes: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert_eq!(store.size().bytes, bytes as u64, "{what}: byte count");
+}
+
+fn keys_of(ops: &[Op]) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Put(k, _) | Op::Delete(k) => k.clone(),
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Writes `ops` to a fresh log in `dir`; returns the offset where each record ends (the first
+/// entry is the end of the header).
+fn write_log(dir: &Path, ops: &[Op]) -> Vec<u64> {
+    let store = open(dir);
+    let mut model = Model::new();
+    let mut ends = vec![HEADER_LEN];
+    for op in ops {
+        apply(&store, &mut model, op);
+        ends.push(ends.last().unwrap() + op.log_bytes());
+    }
+    assert_eq!(store.log_bytes(), *ends.last().unwrap());
+    ends
+}
+
+fn model_after(ops: &[Op]) -> Model {
+    let mut model = Model::new();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                model.insert(k.clone(), v.clone());
+            }
+            Op::Delete(k) => {
+                model.remove(k);
+            }
+        }
+    }
+    model
+}
+
+#[test]
+fn truncating_the_log_anywhere_keeps_exactly_the_whole_records_before_the_cut() {
+    let source = TempDir::new("truncate-source");
+    let ops = history(40);
+    let universe = keys_of(&ops);
+    let ends = write_log(source.path(), &ops);
+    let bytes = std::fs::read(source.log()).unwrap();
+    let mut cuts: Vec<u64> = Vec::new();
+    for pair in ends.windows(2) {
+        let (start, end) = (pair[0], pair[1]);
+        // Every boundary, and inside each record: in the length, the type, the key length,
+        // the key or value, and one byte short of the CRC's end.
+        cuts.extend([start, start + 1, start + 4, start + 5, start + 9]);
+        cuts.extend([(start + end) / 2, end - 1]);
+    }
+    cuts.push(*ends.last().unwrap());
+    cuts.sort();
+    cuts.dedup();
+    for cut in cuts {
+        let dir = TempDir::new("truncated");
+        std::fs::write(dir.log(), &bytes[..cut as usize]).unwrap();
+        let whole = ends.iter().rposition(|&end| end <= cut).unwrap();
+        let store = open(dir.path());
+        let what = format!("cut at {cut}");
+        assert_eq!(store.recovery().records, whole as u64, "{what}");
+        assert_eq!(store.recovery().dropped_bytes, cut - ends[whole], "{what}");
+        assert_eq!(store.log_bytes(), ends[whole], "{what}");
+        assert_holds(&store, &model_after(&ops[..whole]), &universe, &what);
+        drop(store);
+        // The cut log is whole again: opening it once more drops nothing.
+        let again = open(dir.path());
+        assert_eq!(again.recovery().dropped_bytes, 0, "{what}, reopened");
+        assert_eq!(again.recovery().records, whole as u64, "{what}, reopened");
+    }
+}
+
+#[test]
+fn a_log_cut_inside_its_header_is_refused_without_panicking() {
+    let source = TempDir::new("header-source");
+    write_log(source.path(), &history(3));
+    let bytes = std::fs::read(source.log()).unwrap();
+    for cut in 0..HEADER_LEN as usize {
+        let dir = TempDir::new("header-cut");
+        std::fs::write(dir.log(), &bytes[..cut]).unwrap();
+        let err = DurableStore::open(dir.path(), DurableOptions::default()).err();
+        assert!(
+            matches!(err, Some(OpenError::NotALog { .. })),
+            "cut at {cut}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_flipped_bit_before_the_tail_is_refused_and_repair_keeps_the_records_before_it() {
+    let source = TempDir::new("flip-source");
+    let ops = history(30);
+    let universe = keys_of(&ops);
+    let ends = write_log(source.path(), &ops);
+    let original = std::fs::read(source.log()).unwrap();
+    // Record 10 is damaged in its length field, then (separately) in the middle of its bytes.
+    for damaged_byte in [ends[10] + 1, (ends[10] + ends[11]) / 2] {
+        let dir = TempDir::new("flipped");
+        let mut bytes = original.clone();
+        bytes[damaged_byte as usize] ^= 0x10;
+        std::fs::write(dir.log(), &bytes).unwrap();
+        let err = DurableStore::open(dir.path(), DurableOptions::default())
+            .err()
+            .expect("a corrupt log was opened");
+        match &err {
+            OpenError::Corrupt { path, offset, .. } => {
+                assert_eq!(*offset, ends[10], "byte {damaged_byte}");
+                assert_eq!(path, &dir.log());
+            }
+            other => panic!("byte {damaged_byte}: expected Corrupt, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains(&dir.log().display().to_string())
+                && message.contains(&format!("offset {}", ends[10])),
+            "{message}"
+        );
+        assert_eq!(
+            std::fs::read(dir.log()).unwrap(),
+            bytes,
+            "a refused log is not changed"
+        );
+
+        let repaired = DurableStore::open(
+            dir.path(),
+            DurableOptions {
+                repair: true,
+                ..DurableOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(repaired.recovery().records, 10);
+        assert_holds(
+            &repaired,
+            &model_after(&ops[..10]),
+            &universe,
+            "after repair",
+        );
+        let saved = repaired.recovery().saved_corrupt.clone().unwrap();
+        assert_eq!(
+            std::fs::read(saved).unwrap(),
+            bytes,
+            "the original is saved"
+        );
+    }
+}
+
+#[test]
+fn damage_in_the_last_record_is_a_torn_tail_and_is_cut() {
+    let source = TempDir::new("last-source");
+    let ops = history(12);
+    let ends = write_log(source.path(), &ops);
+    let mut bytes = std::fs::read(source.log()).unwrap();
+    let last = ends[ends.len() - 2];
+    bytes[(last + 6) as usize] ^= 1;
+    std::fs::write(source.log(), &bytes).unwrap();
+    let store = open(source.path());
+    assert_eq!(store.recovery().records, 11);
+    assert_eq!(store.recovery().dropped_bytes, ends[12] - ends[11]);
+    assert_holds(
+        &store,
+        &model_after(&ops[..11]),
+        &keys_of(&ops),
+        "after the cut",
+    );
+}
+
+#[test]
+fn a_log_from_a_newer_format_version_or_of_another_kind_is_refused() {
+    let dir = TempDir::new("version");
+    write_log(dir.path(), &history(5));
+    let mut bytes = std::fs::read(dir.log()).unwrap();
+    bytes[8] = 2;
+    std::fs::write(dir.log(), &bytes).unwrap();
+    let err = DurableStore::open(dir.path(), DurableOptions::default()).err();
+    assert!(
+        matches!(
+            err,
+            Some(OpenError::NewerVersion {
+                found: 2,
+                supported: 1,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(dir.log()).unwrap(), bytes, "left untouched");
+    bytes[0] = b'X';
+    std::fs::write(dir.log(), &bytes).unwrap();
+    let err = DurableStore::open(dir.path(), DurableOptions::default()).err();
+    assert!(matches!(err, Some(OpenError::NotALog { .. })), "{err:?}");
+}
+
+/// Overwrites each of 100 keys five times and deletes every fourth.
+fn churn(store: &DurableStore, model: &mut Model) {
+    for round in 0..5u8 {
+        for i in 0..100 {
+            let op = Op::Put(format!("k{i}").into_bytes(), vec![round; 20 + i % 7]);
+            apply(store, model, &op);
+        }
+    }
+    for i in (0..100).step_by(4) {
+        apply(store, model, &Op::Delete(format!("k{i}").into_bytes()));
+    }
+}
+
+fn universe() -> Vec<Vec<u8>> {
+    (0..100).map(|i| format!("k{i}").into_bytes()).collect()
+}
+
+fn live_log_bytes(model: &Model) -> u64 {
+    HEADER_LEN
+        + model
+            .iter()
+            .map(|(k, v)| RECORD_OVERHEAD + (k.len() + v.len()) as u64)
+            .sum::<u64>()
+}
+
+#[test]
+fn compaction_keeps_the_latest_value_of_every_key_and_drops_deleted_ones() {
+    let dir = TempDir::new("compact");
+    let store = open(dir.path());
+    let mut model = Model::new();
+    churn(&store, &mut model);
+    let before = store.log_bytes();
+    let done = store.compact().unwrap().expect("no other compaction runs");
+    assert_eq!(done.bytes_before, before);
+    assert_eq!(done.bytes_after, live_log_bytes(&model));
+    assert_eq!(store.log_bytes(), live_log_bytes(&model));
+    assert_holds(&store, &model, &universe(), "after compaction");
+    // The compacted log takes writes as the old one did.
+    apply(
+        &store,
+        &mut model,
+        &Op::Put(b"k1".to_vec(), b"after".to_vec()),
+    );
+    apply(&store, &mut model, &Op::Delete(b"k2".to_vec()));
+    drop(store);
+    let reopened = open(dir.path());
+    assert_eq!(reopened.recovery().records, 75 + 2);
+    assert_holds(&reopened, &model, &universe(), "reopened");
+}
+
+#[test]
+fn a_crash_at_any_step_of_compaction_loses_nothing() {
+    for point in CrashPoint::ALL {
+        let dir = TempDir::new("compact-crash");
+        let store = DurableStore::open(
+            dir.path(),
+            DurableOptions {
+                fsync: FsyncPolicy::EverySec,
+                crash_at: Some(point),
+                ..DurableOptions::default()
+            },
+        )
+        .unwrap();
+        let mut model = Model::new();
+        churn(&store, &mut model);
+        assert!(
+            store.compact().is_err(),
+            "{point:?}: the crash was injected"
+        );
+        // A crashed process writes nothing more; neither does the log after the crash point.
+        assert!(matches!(store.put(b"late", b"x"), Err(StoreError::Io(_))));
+        drop(store);
+
+        let reopened = open(dir.path());
+        assert_eq!(
+            reopened.recovery().removed_partial_compaction,
+            point != CrashPoint::AfterRename,
+            "{point:?}"
+        );
+        assert_eq!(reopened.recovery().dropped_bytes, 0, "{point:?}");
+        assert_holds(&reopened, &model, &universe(), &format!("{point:?}"));
+        apply(
+            &reopened,
+            &mut model,
+            &Op::Put(b"k3".to_vec(), b"new".to_vec()),
+        );
+        reopened.compact().unwrap();
+        drop(reopened);
+        assert_holds(
+            &open(dir.path()),
+            &model,
+            &universe(),
+            &format!("{point:?}, compacted again"),
+        );
+    }
+}
+
+#[test]
+fn writes_that_arrive_during_compaction_are_kept() {
+    let dir = TempDir::new("compact-concurrent");
+    let store = Arc::new(open(dir.path()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut model = Model::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) || i < 2_000 {
+                    let key = format!("t{t}-{}", i % 50).into_bytes();
+                    if i % 9 == 8 {
+                        let _ = store.delete(&key).unwrap();
+                        model.remove(&key);
+                    } else {
+                        let value = i.to_le_bytes().repeat(4);
+                        store.put(&key, &value).unwrap();
+                        model.insert(key, value);
+                    }
+                    i += 1;
+                }
+                model
+            })
+        })
+        .collect();
+    let mut compactions = 0;
+    while compactions < 20 {
+        if store.compact().unwrap().is_some() {
+            compactions += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut model = Model::new();
+    for writer in writers {
+        model.extend(writer.join().unwrap());
+    }
+    let universe: Vec<Vec<u8>> = (0..4)
+        .flat_map(|t| (0..50).map(move |i| format!("t{t}-{i}").into_bytes()))
+        .collect();
+    assert_holds(&*store, &model, &universe, "in memory");
+    drop(store);
+    assert_holds(&open(dir.path()), &model, &universe, "reopened");
+}
+
+#[test]
+fn the_log_is_compacted_in_the_background_once_dead_records_dominate() {
+    let dir = TempDir::new("compact-background");
+    let min = 64 * 1024;
+    let store = DurableStore::open(
+        dir.path(),
+        DurableOptions {
+            fsync: FsyncPolicy::Never,
+            compact_min_bytes: min,
+            ..DurableOptions::default()
+        },
+    )
+    .unwrap();
+    let mut model = Model::new();
+    let mut written = 0;
+    for i in 0..5_000u32 {
+        let op = Op::Put(format!("k{}", i % 10).into_bytes(), vec![7; 100]);
+        written += op.log_bytes();
+        apply(&store, &mut model, &op);
+    }
+    assert!(written > 5 * min);
+    store.wait_for_compaction();
+    // A write after the background work settled finds the log small or compacts it once more.
+    apply(
+        &store,
+        &mut model,
+        &Op::Put(b"k0".to_vec(), b"last".to_vec()),
+    );
+    store.wait_for_compaction();
+    assert!(
+        store.log_bytes() < min,
+        "the log holds {} bytes after {written} written",
+        store.log_bytes()
+    );
+    let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("k{i}").into_bytes()).collect();
+    drop(store);
+    assert_holds(&open(dir.path()), &model, &keys, "reopened");
+}
+
+#[test]
+fn a_full_store_refuses_puts_and_keeps_what_it_had() {
+    let dir = TempDir::new("full");
+    let limited = DurableOptions {
+        max_bytes: Some(100),
+        ..options(FsyncPolicy::Always)
+    };
+    let store = DurableStore::open(dir.path(), limited.clone()).unwrap();
+    store.put(b"a", &[1; 60]).unwrap();
+    let log_before = store.log_bytes();
+    let err = store.put(b"b", &[2; 60]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Full { limit: 100, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_full());
+    assert_eq!(store.log_bytes(), log_before, "a refused put is not logged");
+    assert_eq!(store.get(b"a"), Some(vec![1; 60]));
+    assert_eq!(store.get(b"b"), None);
+    drop(store);
+    let reopened = DurableStore::open(dir.path(), limited).unwrap();
+    assert_eq!(reopened.get(b"a"), Some(vec![1; 60]));
+    assert_eq!(reopened.size().keys, 1);
+}
+
+#[test]
+fn a_full_cluster_answers_storage_full_naming_the_backend() {
+    let dir = TempDir::new("full-cluster");
+    let cluster = LocalCluster::start(
+        1,
+        BackendConfig {
+            max_bytes: Some(50),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..BackendConfig::default()
+        },
+        FrontendConfig {
+            startup_timeout: Duration::from_secs(5),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let mut client = Client::connect(&cluster.frontend_addr().to_string()).unwrap();
+    client.put(b"kept", &[b'v'; 40]).unwrap();
+    match client.put(b"refused", &[b'v'; 40]) {
+        Err(Error::Status { status, message }) => {
+            assert_eq!(status, Status::STORAGE_FULL);
+            assert!(message.contains(&cluster.backend_addrs()[0]), "{message}");
+        }
+        other => panic!("expected STORAGE_FULL, got {other:?}"),
+    }
+    assert_eq!(client.get(b"kept").unwrap(), Some(vec![b'v'; 40]));
+    assert_eq!(client.get(b"refused").unwrap(), None);
+}
+
+#[test]
+fn a_full_disk_fails_the_write_and_leaves_the_log_readable() {
+    let dir = TempDir::new("enospc");
+    // Room for three puts and a delete, not for a fourth put.
+    let budget = HEADER_LEN + 3 * (RECORD_OVERHEAD + 2 + 30) + 20;
+    let full_disk = DurableOptions {
+        disk_budget: Some(budget),
+        ..options(FsyncPolicy::Always)
+    };
+    let store = DurableStore::open(dir.path(), full_disk.clone()).unwrap();
+    let mut model = Model::new();
+    for i in 0..3 {
+        apply(
+            &store,
+            &mut model,
+            &Op::Put(format!("k{i}").into_bytes(), vec![i; 30]),
+        );
+    }
+    let log_before = store.log_bytes();
+    let err = store.put(b"k0", &[9; 30]).unwrap_err();
+    assert!(matches!(err, StoreError::DiskFull(_)), "{err:?}");
+    assert!(err.is_full() && err.to_string().contains(LOG_FILE), "{err}");
+    assert_eq!(store.log_bytes(), log_before);
+    assert_eq!(
+        std::fs::metadata(dir.log()).unwrap().len(),
+        log_before,
+        "the part that was written is cut off"
+    );
+    assert_eq!(store.get(b"k0"), Some(vec![0; 30]), "the old value stays");
+    // The store goes on: a delete fits and frees room.
+    apply(&store, &mut model, &Op::Delete(b"k1".to_vec()));
+    drop(store);
+    let reopened = DurableStore::open(dir.path(), full_disk).unwrap();
+    assert_eq!(reopened.recovery().dropped_bytes, 0);
+    let keys: Vec<Vec<u8>> = (0..3).map(|i| format!("k{i}").into_bytes()).collect();
+    assert_holds(&reopened, &model, &keys, "reopened");
+}
+
+/// A `ringkv` process, killed (SIGKILL) when dropped; its stdout lines arrive on a channel.
+struct Server {
+    child: ChildGuard,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(RINGKV)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start ringkv {args:?}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        Server {
+            child: ChildGuard(child),
+            lines,
+            log,
+        }
+    }
+
+    /// The address in the next stdout line that reads `{role} listening on ADDR` (other
+    /// announcements, of other doors, are passed over).
+    fn listening(&self, role: &str) -> String {
+        let prefix = format!("{role} listening on ");
+        let deadline = std::time::Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no `{prefix}ADDR` line within {BOUND:?}; log:\n{}",
+                    String::from_utf8_lossy(&self.log.lock().unwrap())
+                )
+            });
+            if let Some(addr) = line.strip_prefix(&prefix) {
+                return addr.to_string();
+            }
+        }
+    }
+
+    /// kill -9, waited for.
+    fn kill(mut self) {
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
+    }
+}
+
+fn frontend_over(backend: &str) -> (Server, String) {
+    let frontend = Server::start(&[
+        "frontend",
+        "--listen",
+        "127.0.0.1:0",
+        "--startup-timeout",
+        "5",
+        backend,
+    ]);
+    let addr = frontend.listening("frontend");
+    (frontend, addr)
+}
+
+#[test]
+fn kill_9_after_acknowledged_puts_with_fsync_always_loses_none_of_them() {
+    let dir = TempDir::new("kill9");
+    let data_dir = dir.path().to_str().unwrap();
+    let backend_args = [
+        "backend",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+        "--fsync",
+        "always",
+    ];
+    let backend = Server::start(&backend_args);
+    let backend_addr = backend.listening("backend");
+    let (frontend, frontend_addr) = frontend_over(&backend_addr);
+    // Concurrent writers, so acknowledgements also come from shared (group) fsyncs.
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = frontend_addr.clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&addr).unwrap();
+                for i in 0..100 {
+                    client
+                        .put(
+                            format!("w{t}-{i}").as_bytes(),
+                            format!("value {t} {i}").as_bytes(),
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    backend.kill();
+    frontend.kill();
+
+    let backend = Server::start(&backend_args);
+    let backend_addr = backend.listening("backend");
+    let (_frontend, frontend_addr) = frontend_over(&backend_addr);
+    let mut client = Client::connect(&frontend_addr).unwrap();
+    for t in 0..4 {
+        for i in 0..100 {
+            assert_eq!(
+                client.get(format!("w{t}-{i}").as_bytes()).unwrap(),
+                Some(format!("value {t} {i}").into_bytes()),
+                "w{t}-{i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_whole_cluster_restarted_over_its_data_serves_the_same_keys() {
+    let dir = TempDir::new("cluster-restart");
+    let args = [
+        "local",
+        "--backends",
+        "3",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--fsync",
+        "always",
+    ];
+    let cluster = Server::start(&args);
+    let frontend = cluster.listening("frontend");
+    let backends: Vec<String> = (0..3).map(|_| cluster.listening("backend")).collect();
+    let mut client = Client::connect(&frontend).unwrap();
+    for i in 0..300 {
+        client
+            .put(
+                format!("key {i}").as_bytes(),
+                format!("value {i}").as_bytes(),
+            )
+            .unwrap();
+    }
+    for i in (0..300).step_by(10) {
+        assert!(client.delete(format!("key {i}").as_bytes()).unwrap());
+    }
+    drop(client);
+    cluster.kill();
+
+    let cluster = Server::start(&args);
+    let frontend = cluster.listening("frontend");
+    let again: Vec<String> = (0..3).map(|_| cluster.listening("backend")).collect();
+    assert_eq!(again, backends, "each backend listens where it did before");
+    let mut client = Client::connect(&frontend).unwrap();
+    for i in 0..300 {
+        let expected = (i % 10 != 0).then(|| format!("value {i}").into_bytes());
+        assert_eq!(
+            client.get(format!("key {i}").as_bytes()).unwrap(),
+            expected,
+            "key {i}"
+        );
+    }
+    // Only the backends' own reports: the frontend adds a total.
+    let keys: u64 = client
+        .size()
+        .unwrap()
+        .iter()
+        .filter(|node| again.contains(&node.addr))
+        .map(|node| {
+            node.counters
+                .iter()
+                .find(|(name, _)| name == "keys")
+                .map_or(0, |(_, n)| *n)
+        })
+        .sum();
+    assert_eq!(keys, 270);
+}
+
+#[test]
+fn a_backend_over_a_corrupt_log_stops_naming_the_file_and_offset_unless_told_to_repair() {
+    let dir = TempDir::new("corrupt-process");
+    let ops = history(20);
+    let ends = write_log(dir.path(), &ops);
+    let mut bytes = std::fs::read(dir.log()).unwrap();
+    bytes[(ends[5] + 7) as usize] ^= 0x40;
+    std::fs::write(dir.log(), &bytes).unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let refused = run_bounded(
+        Command::new(RINGKV).args(["backend", "--listen", "127.0.0.1:0", "--data-dir", data_dir]),
+        b"",
+        BOUND,
+    );
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains(&dir.log().display().to_string())
+            && refused.stderr.contains(&format!("offset {}", ends[5])),
+        "{refused:?}"
+    );
+    let repaired = Server::start(&[
+        "backend",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+        "--repair-log",
+    ]);
+    repaired.listening("backend");
+    repaired.kill();
+    assert_holds(
+        &open(dir.path()),
+        &model_after(&ops[..5]),
+        &keys_of(&ops),
+        "after repair",
+    );
+}

@@ -1,0 +1,298 @@
+//! Pipelines end to end: a client's pipelined requests cross the frontend, and each relay, in
+//! batches (one round trip for many requests), with their order and their answers intact.
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{client, raw, read_frame_buffered, request_bytes};
+use ringkv::protocol::{Frame, Opcode, Status};
+use ringkv::{
+    Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Placement, Request,
+    Ring, Routing,
+};
+
+/// A backend that takes any view, then holds key requests until `batch` of them have arrived
+/// and only then answers them all, in order, with the key as the value. A server that forwards
+/// a pipeline one request at a time would wait for the first answer forever: the batch would
+/// never fill, and after a few seconds this backend gives up and closes the connection.
+struct GatheringBackend {
+    addr: String,
+    /// The number of key requests each gathered batch held.
+    batches: mpsc::Receiver<usize>,
+}
+
+impl GatheringBackend {
+    fn start(batch: usize) -> GatheringBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (gathered, batches) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let gathered = gathered.clone();
+                std::thread::spawn(move || serve_gathering(stream, batch, gathered));
+            }
+        });
+        GatheringBackend { addr, batches }
+    }
+}
+
+fn serve_gathering(mut stream: TcpStream, batch: usize, gathered: mpsc::Sender<usize>) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut held: Vec<Frame> = Vec::new();
+    while let Some(request) = read_frame_buffered(&mut stream, &mut buf) {
+        if request.opcode == Opcode::VIEW_INSTALL {
+            let answer = request.reply(Status::OK, Vec::new());
+            if stream.write_all(&answer.encode()).is_err() {
+                return;
+            }
+            continue;
+        }
+        held.push(request);
+        if held.len() < batch {
+            continue;
+        }
+        let _ = gathered.send(held.len());
+        let mut out = Vec::new();
+        for request in held.drain(..) {
+            request
+                .reply(Status::OK, request.key.clone())
+                .encode_into(&mut out);
+        }
+        if stream.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes every request in one go and reads the answers.
+fn pipeline_raw(stream: &mut TcpStream, requests: &[Vec<u8>]) -> Vec<Frame> {
+    stream.write_all(&requests.concat()).unwrap();
+    let mut buf = Vec::new();
+    (0..requests.len())
+        .map(|i| read_frame_buffered(stream, &mut buf).unwrap_or_else(|| panic!("no answer {i}")))
+        .collect()
+}
+
+#[test]
+fn the_frontend_forwards_a_pipeline_as_one_batch() {
+    const DEPTH: usize = 20;
+    let backend = GatheringBackend::start(DEPTH);
+    let frontend = Frontend::start(FrontendConfig {
+        backends: vec![backend.addr.clone()],
+        threads: 2,
+        startup_timeout: common::BOUND,
+        ..FrontendConfig::default()
+    })
+    .unwrap();
+    let mut stream = raw(frontend.local_addr());
+    let requests: Vec<Vec<u8>> = (0..DEPTH)
+        .map(|i| {
+            request_bytes(
+                Opcode::GET,
+                i as u64 + 1,
+                format!("key-{i}").as_bytes(),
+                b"",
+            )
+        })
+        .collect();
+    let answers = pipeline_raw(&mut stream, &requests);
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.status, Status::OK, "{answer:?}");
+        assert_eq!(answer.request_id, i as u64 + 1);
+        assert_eq!(answer.value, format!("key-{i}").as_bytes());
+    }
+    assert_eq!(backend.batches.recv_timeout(common::BOUND).unwrap(), DEPTH);
+}
+
+#[test]
+fn a_backend_relays_a_pipeline_as_one_batch() {
+    const DEPTH: usize = 20;
+    let relaying = Backend::start(BackendConfig::default()).unwrap();
+    let gathering = GatheringBackend::start(DEPTH);
+    let nodes = vec![relaying.local_addr().to_string(), gathering.addr.clone()];
+    let frontend = Frontend::start(FrontendConfig {
+        backends: nodes.clone(),
+        routing: Routing::Direct,
+        threads: 2,
+        startup_timeout: common::BOUND,
+        ..FrontendConfig::default()
+    })
+    .unwrap();
+    let ring = Ring::new(frontend.view().clone()).unwrap();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| ring.owner_of_key(k.as_bytes()) == 1)
+        .take(DEPTH)
+        .collect();
+    // Straight to the backend that does not own them: it relays them all to the owner.
+    let mut stream = raw(relaying.local_addr());
+    let requests: Vec<Vec<u8>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| request_bytes(Opcode::GET, i as u64 + 1, k.as_bytes(), b""))
+        .collect();
+    let answers = pipeline_raw(&mut stream, &requests);
+    for (answer, key) in answers.iter().zip(&keys) {
+        assert_eq!(answer.status, Status::OK, "{answer:?}");
+        assert_eq!(answer.value, key.as_bytes());
+        assert_eq!(answer.hops, 1);
+    }
+    assert_eq!(
+        gathering.batches.recv_timeout(common::BOUND).unwrap(),
+        DEPTH
+    );
+}
+
+#[test]
+fn pipelined_requests_for_one_key_keep_their_order_on_every_path() {
+    // The paper's design: a random entry and relays along the ring, so a key's requests could
+    // take different paths if they were not kept together.
+    let cluster = LocalCluster::start(
+        5,
+        BackendConfig::default(),
+        FrontendConfig {
+            threads: 4,
+            startup_timeout: common::BOUND,
+            ..FrontendConfig::default().paper()
+        },
+    )
+    .unwrap();
+    let mut c = client(cluster.frontend_addr());
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
+    let mut requests = Vec::new();
+    for step in 0..3u8 {
+        for key in &keys {
+            requests.push(Request::Put {
+                key: key.clone(),
+                value: vec![step; 3],
+            });
+            requests.push(Request::Get { key: key.clone() });
+        }
+    }
+    for key in keys.iter().step_by(2) {
+        requests.push(Request::Delete { key: key.clone() });
+        requests.push(Request::Get { key: key.clone() });
+    }
+    let replies = c.pipeline(&requests).unwrap();
+    for (request, reply) in requests.iter().zip(&replies) {
+        match request {
+            Request::Put { .. } => assert_eq!(reply.status, Status::OK),
+            Request::Delete { .. } => assert_eq!(reply.status, Status::OK),
+            Request::Get { .. } => {}
+        }
+    }
+    // Each GET sees the PUT just before it, and the GET after a DELETE sees nothing.
+    let mut expected = Vec::new();
+    for step in 0..3u8 {
+        for _ in &keys {
+            expected.push(Some(vec![step; 3]));
+        }
+    }
+    for _ in keys.iter().step_by(2) {
+        expected.push(None);
+    }
+    let gets: Vec<&ringkv::Reply> = replies.iter().skip(1).step_by(2).collect();
+    assert_eq!(gets.len(), expected.len());
+    for (reply, expected) in gets.into_iter().zip(expected) {
+        match expected {
+            Some(value) => {
+                assert_eq!(reply.status, Status::OK, "{reply:?}");
+                assert_eq!(reply.value, value);
+            }
+            None => assert_eq!(reply.status, Status::NOT_FOUND, "{reply:?}"),
+        }
+    }
+}
+
+#[test]
+fn other_requests_in_a_pipeline_see_the_key_requests_before_them() {
+    let cluster = common::cluster(3, Entry::Owner, Routing::Direct);
+    let mut stream = raw(cluster.frontend_addr());
+    let requests = vec![
+        request_bytes(Opcode::PUT, 1, b"a", b"1"),
+        request_bytes(Opcode::PUT, 2, b"b", b"22"),
+        request_bytes(Opcode::SIZE, 3, b"", b""),
+        request_bytes(Opcode::DELETE, 4, b"a", b""),
+        request_bytes(Opcode::PING, 5, b"", b""),
+        request_bytes(Opcode::SIZE, 6, b"", b""),
+        request_bytes(Opcode::GET, 7, b"", b""),
+        request_bytes(Opcode::GET, 8, b"b", b""),
+    ];
+    let answers = pipeline_raw(&mut stream, &requests);
+    let ids: Vec<u64> = answers.iter().map(|a| a.request_id).collect();
+    assert_eq!(ids, (1..=8).collect::<Vec<u64>>());
+    let keys = |answer: &Frame| {
+        ringkv::protocol::payload::decode_reports(&answer.value)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .counter("keys")
+    };
+    assert_eq!(keys(&answers[2]), 2);
+    assert_eq!(keys(&answers[5]), 1);
+    assert_eq!(answers[4].status, Status::OK);
+    assert_eq!(answers[6].status, Status::BAD_REQUEST);
+    assert_eq!(answers[7].value, b"22");
+}
+
+#[test]
+fn a_dead_backend_fails_only_its_share_of_a_pipeline() {
+    let mut cluster = LocalCluster::start(
+        3,
+        BackendConfig::default(),
+        FrontendConfig {
+            threads: 4,
+            placement: Placement::Partitions { count: 64 },
+            startup_timeout: common::BOUND,
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let mut c = client(cluster.frontend_addr());
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("key{i}").into_bytes()).collect();
+    let puts: Vec<Request> = keys
+        .iter()
+        .map(|k| Request::Put {
+            key: k.clone(),
+            value: k.clone(),
+        })
+        .collect();
+    assert!(c
+        .pipeline(&puts)
+        .unwrap()
+        .iter()
+        .all(|r| r.status == Status::OK));
+    let ring = Ring::new(cluster.frontend().view().clone()).unwrap();
+    let dead = cluster.backend_addrs()[1].clone();
+    cluster.kill_backend(1);
+    let gets: Vec<Request> = keys
+        .iter()
+        .map(|k| Request::Get { key: k.clone() })
+        .collect();
+    let replies = c.pipeline(&gets).unwrap();
+    let mut unavailable = 0;
+    for (key, reply) in keys.iter().zip(&replies) {
+        if ring.owner_of_key(key) == 1 {
+            assert_eq!(reply.status, Status::UNAVAILABLE, "{reply:?}");
+            assert!(
+                String::from_utf8_lossy(&reply.value).contains(&dead),
+                "{reply:?}"
+            );
+            unavailable += 1;
+        } else {
+            assert_eq!(reply.status, Status::OK, "{reply:?}");
+            assert_eq!(&reply.value, key);
+        }
+    }
+    assert!(unavailable > 50, "{unavailable}");
+    // The connection is still good.
+    c.ping().unwrap();
+}

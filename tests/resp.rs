@@ -1,0 +1,873 @@
+//! The Redis-protocol door over real sockets: raw RESP2 edge cases, the same keys through both
+//! doors, limits and timeouts, batching into the handler, and redis-cli / redis-benchmark driven
+//! as processes.
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::process::{run_bounded, ChildGuard, Finished};
+use common::{client, small_limits, BOUND};
+use ringkv::connection::Timeouts;
+use ringkv::protocol::{Frame, Opcode, Status};
+use ringkv::server::Handler;
+use ringkv::{BackendConfig, FrontendConfig, LocalCluster, ServerOptions};
+
+const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// One RESP2 reply, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Resp>),
+    NilArray,
+}
+
+fn bulk(bytes: &[u8]) -> Resp {
+    Resp::Bulk(bytes.to_vec())
+}
+
+fn ok() -> Resp {
+    Resp::Simple("OK".into())
+}
+
+/// The reply at the start of `buf` and the bytes it takes; `None` while it is incomplete.
+fn parse_reply(buf: &[u8]) -> Option<(Resp, usize)> {
+    let cr = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[1..cr]).expect("reply header is not text");
+    let after = cr + 2;
+    let number = || line.parse::<i64>().expect("reply length is not a number");
+    match buf[0] {
+        b'+' => Some((Resp::Simple(line.into()), after)),
+        b'-' => Some((Resp::Error(line.into()), after)),
+        b':' => Some((Resp::Int(number()), after)),
+        b'$' if number() < 0 => Some((Resp::Nil, after)),
+        b'$' => {
+            let len = number() as usize;
+            if buf.len() < after + len + 2 {
+                return None;
+            }
+            assert_eq!(
+                &buf[after + len..after + len + 2],
+                b"\r\n",
+                "bulk not ended"
+            );
+            Some((
+                Resp::Bulk(buf[after..after + len].to_vec()),
+                after + len + 2,
+            ))
+        }
+        b'*' if number() < 0 => Some((Resp::NilArray, after)),
+        b'*' => {
+            let mut used = after;
+            let mut items = Vec::new();
+            for _ in 0..number() {
+                let (item, n) = parse_reply(&buf[used..])?;
+                items.push(item);
+                used += n;
+            }
+            Some((Resp::Array(items), used))
+        }
+        other => panic!("a reply cannot start with {:?}", other as char),
+    }
+}
+
+/// A raw RESP connection whose reads give up after [`BOUND`].
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect_timeout(&addr, BOUND).unwrap();
+        stream.set_read_timeout(Some(BOUND)).unwrap();
+        stream.set_write_timeout(Some(BOUND)).unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next reply; panics when the server closes the connection or sends nothing in time.
+    fn reply(&mut self) -> Resp {
+        self.try_reply()
+            .expect("the server closed the connection instead of replying")
+    }
+
+    /// The next reply, or `None` when the server closed the connection first.
+    fn try_reply(&mut self) -> Option<Resp> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            if let Some((reply, used)) = parse_reply(&self.buf) {
+                self.buf.drain(..used);
+                return Some(reply);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("no reply within {BOUND:?}: {e}"),
+            }
+        }
+    }
+
+    /// Sends one multibulk request and reads its reply.
+    fn call(&mut self, args: &[&[u8]]) -> Resp {
+        self.send(&multibulk(args));
+        self.reply()
+    }
+
+    /// Asserts that the server closes the connection with nothing more to say.
+    fn assert_closed(&mut self) {
+        assert_eq!(self.buf, b"", "unread bytes before the close");
+        match self.try_reply() {
+            None => {}
+            Some(reply) => panic!("expected the connection to close, got {reply:?}"),
+        }
+    }
+}
+
+fn multibulk(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn error_starting(reply: &Resp, prefix: &str) -> bool {
+    matches!(reply, Resp::Error(text) if text.starts_with(prefix))
+}
+
+/// A cluster of `backends` backends whose frontend opens the RESP door on a free port.
+fn cluster_with(backends: usize, server: ServerOptions) -> LocalCluster {
+    LocalCluster::start(
+        backends,
+        BackendConfig::default(),
+        FrontendConfig {
+            threads: 8,
+            startup_timeout: Duration::from_secs(5),
+            resp_listen: Some("127.0.0.1:0".into()),
+            server,
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+fn cluster() -> LocalCluster {
+    cluster_with(3, ServerOptions::default())
+}
+
+fn resp_addr(cluster: &LocalCluster) -> SocketAddr {
+    cluster.resp_addr().expect("the RESP door is open")
+}
+
+#[test]
+fn inline_and_multibulk_commands_answer_like_redis() {
+    let cluster = cluster();
+    let mut conn = Conn::open(resp_addr(&cluster));
+    assert_eq!(conn.call(&[b"PING"]), Resp::Simple("PONG".into()));
+    assert_eq!(conn.call(&[b"ping", b"hi"]), bulk(b"hi"));
+    assert_eq!(conn.call(&[b"ECHO", b"x y"]), bulk(b"x y"));
+    conn.send(b"SET inline-key \"two words\"\r\n");
+    assert_eq!(conn.reply(), ok());
+    conn.send(b"GET inline-key\n");
+    assert_eq!(conn.reply(), bulk(b"two words"));
+    assert_eq!(conn.call(&[b"get", b"absent"]), Resp::Nil);
+    assert_eq!(
+        conn.call(&[b"MSET", b"m1", b"v1", b"m2", b"v2"]),
+        ok(),
+        "MSET"
+    );
+    assert_eq!(
+        conn.call(&[b"MGET", b"m1", b"absent", b"m2"]),
+        Resp::Array(vec![bulk(b"v1"), Resp::Nil, bulk(b"v2")])
+    );
+    assert_eq!(
+        conn.call(&[b"EXISTS", b"m1", b"m1", b"absent"]),
+        Resp::Int(2)
+    );
+    assert_eq!(conn.call(&[b"DBSIZE"]), Resp::Int(3));
+    assert_eq!(conn.call(&[b"DEL", b"m1", b"absent", b"m2"]), Resp::Int(2));
+    assert_eq!(conn.call(&[b"DBSIZE"]), Resp::Int(1));
+    assert_eq!(conn.call(&[b"SELECT", b"0"]), ok());
+    assert!(error_starting(
+        &conn.call(&[b"SELECT", b"1"]),
+        "ERR DB index is out of range"
+    ));
+}
+
+#[test]
+fn a_pipeline_of_mixed_commands_is_answered_in_order() {
+    let cluster = cluster();
+    let mut conn = Conn::open(resp_addr(&cluster));
+    let mut pipeline = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let key = format!("pipe-{i}");
+        let value = format!("value-{i}");
+        pipeline.extend(multibulk(&[b"SET", key.as_bytes(), value.as_bytes()]));
+        expected.push(ok());
+        pipeline.extend(format!("GET {key}\r\n").into_bytes());
+        expected.push(bulk(value.as_bytes()));
+        pipeline.extend_from_slice(b"PING\r\n");
+        expected.push(Resp::Simple("PONG".into()));
+        if i % 10 == 9 {
+            pipeline.extend(multibulk(&[b"MGET", key.as_bytes(), b"nope"]));
+            expected.push(Resp::Array(vec![bulk(value.as_bytes()), Resp::Nil]));
+            pipeline.extend(multibulk(&[b"NOSUCH", key.as_bytes()]));
+            expected.push(Resp::Error(format!(
+                "ERR unknown command 'NOSUCH', with args beginning with: '{key}' "
+            )));
+            pipeline.extend(multibulk(&[b"DEL", key.as_bytes()]));
+            expected.push(Resp::Int(1));
+        }
+    }
+    conn.send(&pipeline);
+    let replies: Vec<Resp> = (0..expected.len()).map(|_| conn.reply()).collect();
+    assert_eq!(replies, expected);
+    assert_eq!(conn.call(&[b"DBSIZE"]), Resp::Int(36));
+}
+
+#[test]
+fn values_are_binary_safe_and_may_be_empty() {
+    let cluster = cluster();
+    let mut conn = Conn::open(resp_addr(&cluster));
+    let every_byte: Vec<u8> = (0..=255u8).collect();
+    let tricky: &[&[u8]] = &[
+        b"a\r\nb",
+        b"\r\n",
+        b"$3\r\n*1\r\n",
+        b"\0\0",
+        &every_byte,
+        b"",
+    ];
+    for (i, value) in tricky.iter().enumerate() {
+        let key = format!("bin\r\n{i}\0");
+        assert_eq!(conn.call(&[b"SET", key.as_bytes(), value]), ok());
+        assert_eq!(
+            conn.call(&[b"GET", key.as_bytes()]),
+            bulk(value),
+            "value {i}"
+        );
+    }
+    assert_eq!(
+        conn.call(&[b"EXISTS", b"bin\r\n5\0"]),
+        Resp::Int(1),
+        "empty value"
+    );
+}
+
+#[test]
+fn the_same_keys_are_seen_through_both_doors() {
+    let cluster = cluster();
+    let mut conn = Conn::open(resp_addr(&cluster));
+    let mut native = client(cluster.frontend_addr());
+    assert_eq!(conn.call(&[b"SET", b"from-resp", b"r\r\nvalue"]), ok());
+    assert_eq!(
+        native.get(b"from-resp").unwrap().as_deref(),
+        Some(&b"r\r\nvalue"[..])
+    );
+    native.put(b"from-native", b"n\0value").unwrap();
+    assert_eq!(conn.call(&[b"GET", b"from-native"]), bulk(b"n\0value"));
+    assert_eq!(conn.call(&[b"DEL", b"from-native"]), Resp::Int(1));
+    assert_eq!(native.get(b"from-native").unwrap(), None);
+    let total: u64 = native
+        .size()
+        .unwrap()
+        .last()
+        .map(|total| total.counter("keys"))
+        .unwrap();
+    assert_eq!(conn.call(&[b"DBSIZE"]), Resp::Int(total as i64));
+}
+
+#[test]
+fn errors_keep_the_connection_usable() {
+    let cluster = cluster_with(
+        1,
+        ServerOptions {
+            limits: small_limits(),
+            ..ServerOptions::default()
+        },
+    );
+    let mut conn = Conn::open(resp_addr(&cluster));
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (multibulk(&[b"FLUSHALL"]), "ERR unknown command 'FLUSHALL'"),
+        (
+            multibulk(&[b"GET"]),
+            "ERR wrong number of arguments for 'get' command",
+        ),
+        (
+            multibulk(&[b"GET", b"a", b"b"]),
+            "ERR wrong number of arguments for 'get' command",
+        ),
+        (
+            multibulk(&[b"MSET", b"a"]),
+            "ERR wrong number of arguments for 'mset' command",
+        ),
+        (
+            multibulk(&[b"MSET", b"a", b"1", b"b"]),
+            "ERR wrong number of arguments for 'mset' command",
+        ),
+        (
+            multibulk(&[b"SET", b"a", b"1", b"EX", b"10"]),
+            "ERR syntax error",
+        ),
+        (multibulk(&[b"SET", b"", b"1"]), "ERR BAD_REQUEST: "),
+        (multibulk(&[b"SELECT", b"x"]), "ERR value is not an integer"),
+        (
+            multibulk(&[b"CONFIG", b"SET", b"a", b"b"]),
+            "ERR unknown subcommand 'SET'",
+        ),
+        (
+            multibulk(&[b"GET", &[b'k'; 65]]),
+            "ERR TOO_LARGE: key of 65 bytes",
+        ),
+        (
+            b"bogus\r\n".to_vec(),
+            "ERR unknown command 'bogus', with args beginning with: ",
+        ),
+    ];
+    for (request, prefix) in cases {
+        conn.send(&request);
+        let reply = conn.reply();
+        assert!(
+            error_starting(&reply, prefix),
+            "{}: {reply:?}",
+            String::from_utf8_lossy(&request)
+        );
+    }
+    // A value at the limit is fine. An MSET with one key over the limit changes nothing.
+    assert_eq!(conn.call(&[b"SET", b"k", &[b'v'; 1024]]), ok());
+    assert!(error_starting(
+        &conn.call(&[b"MSET", b"k2", b"x", &[b'k'; 65], b"y"]),
+        "ERR TOO_LARGE: key of 65 bytes"
+    ));
+    assert_eq!(conn.call(&[b"EXISTS", b"k2", b"k"]), Resp::Int(1));
+    assert_eq!(conn.call(&[b"PING"]), Resp::Simple("PONG".into()));
+}
+
+#[test]
+fn malformed_requests_get_a_protocol_error_and_the_connection_closes() {
+    let cluster = cluster_with(
+        1,
+        ServerOptions {
+            limits: small_limits(),
+            ..ServerOptions::default()
+        },
+    );
+    let addr = resp_addr(&cluster);
+    let oversized_bulk = {
+        // Over the value limit of small_limits(): refused from its header, before it arrives.
+        let mut bytes = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5000\r\n".to_vec();
+        bytes.extend(vec![b'v'; 2000]);
+        bytes
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"*1\r\n$-1\r\n".to_vec(), "invalid bulk length"),
+        (b"*1\r\n$abc\r\n".to_vec(), "invalid bulk length"),
+        (
+            b"*1\r\n$99999999999999999999999\r\n".to_vec(),
+            "invalid bulk length",
+        ),
+        (oversized_bulk, "invalid bulk length"),
+        (b"*abc\r\n".to_vec(), "invalid multibulk length"),
+        (b"*99999999999\r\n".to_vec(), "invalid multibulk length"),
+        (b"*1\r\nPING\r\n".to_vec(), "expected '$', got 'P'"),
+        (
+            b"SET k \"unterminated\r\n".to_vec(),
+            "unbalanced quotes in request",
+        ),
+        (vec![b'x'; 70 * 1024], "too big inline request"),
+        (
+            [b"*".as_slice(), &[b'1'; 70 * 1024]].concat(),
+            "too big mbulk count string",
+        ),
+    ];
+    for (request, text) in cases {
+        let mut conn = Conn::open(addr);
+        // The request before the bad one is answered first, in order.
+        conn.send(b"PING\r\n");
+        conn.send(&request);
+        assert_eq!(conn.reply(), Resp::Simple("PONG".into()));
+        let reply = conn.reply();
+        assert_eq!(
+            reply,
+            Resp::Error(format!("ERR Protocol error: {text}")),
+            "{:?}",
+            String::from_utf8_lossy(&request[..request.len().min(40)])
+        );
+        conn.assert_closed();
+    }
+    // Nothing of that harmed the door.
+    assert_eq!(
+        Conn::open(addr).call(&[b"PING"]),
+        Resp::Simple("PONG".into())
+    );
+}
+
+#[test]
+fn empty_requests_are_ignored_and_quit_closes() {
+    let cluster = cluster();
+    let mut conn = Conn::open(resp_addr(&cluster));
+    conn.send(b"\r\n   \r\n*0\r\n*-1\r\nPING\r\n");
+    assert_eq!(conn.reply(), Resp::Simple("PONG".into()));
+    conn.send(b"QUIT\r\nPING\r\n");
+    assert_eq!(conn.reply(), ok());
+    conn.assert_closed();
+}
+
+#[test]
+fn garbage_never_takes_the_door_down() {
+    let cluster = cluster();
+    let addr = resp_addr(&cluster);
+    let mut rng = ringkv::rng::Rng::seeded(5);
+    let blobs: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            let len = 1 + rng.below(300) as usize;
+            let alphabet: &[u8] = if i % 2 == 0 {
+                b"*$\r\n-0123456789 \"'\\x"
+            } else {
+                &[]
+            };
+            (0..len)
+                .map(|_| {
+                    if alphabet.is_empty() {
+                        rng.below(256) as u8
+                    } else {
+                        alphabet[rng.below(alphabet.len() as u64) as usize]
+                    }
+                })
+                .collect()
+        })
+        .chain([
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".to_vec(),
+            ringkv::protocol::Frame::request(Opcode::PUT, 1, b"k".to_vec(), b"v".to_vec()).encode(),
+        ])
+        .collect();
+    for blob in blobs {
+        let mut conn = Conn::open(addr);
+        conn.send(&blob);
+        // Whatever it is answered, the connection either waits for more (then the client's
+        // half-close ends it) or closes by itself; both within the bound.
+        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        match conn.stream.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the door neither answered nor closed: {e}"),
+        }
+    }
+    assert_eq!(
+        Conn::open(addr).call(&[b"PING"]),
+        Resp::Simple("PONG".into())
+    );
+}
+
+#[test]
+fn info_command_and_config_describe_the_cluster() {
+    let cluster = cluster();
+    let mut conn = Conn::open(resp_addr(&cluster));
+    assert_eq!(conn.call(&[b"MSET", b"i1", b"a", b"i2", b"b"]), ok());
+    let Resp::Bulk(info) = conn.call(&[b"INFO"]) else {
+        panic!("INFO is not a bulk string")
+    };
+    let info = String::from_utf8(info).unwrap();
+    for section in ["# Server", "# Clients", "# Keyspace", "# Nodes"] {
+        assert!(info.contains(section), "{section} missing:\n{info}");
+    }
+    assert!(info.contains("db0:keys=2,"), "{info}");
+    assert!(info.contains("nodes:3\r\n"), "{info}");
+    let node_lines: Vec<&str> = info.lines().filter(|l| l.starts_with("node")).collect();
+    assert_eq!(node_lines.len(), 4, "{info}");
+    for (i, addr) in cluster.backend_addrs().iter().enumerate() {
+        assert!(
+            info.contains(&format!("node{i}:addr={addr},status=OK,keys=")),
+            "{info}"
+        );
+    }
+    let Resp::Bulk(server_only) = conn.call(&[b"INFO", b"server"]) else {
+        panic!("INFO server is not a bulk string")
+    };
+    let server_only = String::from_utf8(server_only).unwrap();
+    assert!(server_only.starts_with("# Server\r\n") && !server_only.contains("# Nodes"));
+
+    assert_eq!(
+        conn.call(&[b"CONFIG", b"GET", b"save"]),
+        Resp::Array(vec![bulk(b"save"), bulk(b"")])
+    );
+    assert_eq!(
+        conn.call(&[b"config", b"get", b"appendonly"]),
+        Resp::Array(vec![bulk(b"appendonly"), bulk(b"no")])
+    );
+    assert_eq!(
+        conn.call(&[b"CONFIG", b"GET", b"no-such-parameter"]),
+        Resp::Array(vec![])
+    );
+    let Resp::Int(count) = conn.call(&[b"COMMAND", b"COUNT"]) else {
+        panic!("COMMAND COUNT is not an integer")
+    };
+    let Resp::Array(table) = conn.call(&[b"COMMAND"]) else {
+        panic!("COMMAND is not an array")
+    };
+    assert_eq!(table.len() as i64, count);
+    assert_eq!(
+        conn.call(&[b"COMMAND", b"INFO", b"get", b"nosuch"]),
+        Resp::Array(vec![
+            Resp::Array(vec![
+                bulk(b"get"),
+                Resp::Int(2),
+                Resp::Array(vec![
+                    Resp::Simple("readonly".into()),
+                    Resp::Simple("fast".into())
+                ]),
+                Resp::Int(1),
+                Resp::Int(1),
+                Resp::Int(1),
+            ]),
+            Resp::NilArray,
+        ])
+    );
+}
+
+#[test]
+fn connections_over_the_limit_are_refused() {
+    let cluster = cluster_with(
+        1,
+        ServerOptions {
+            max_connections: 2,
+            ..ServerOptions::default()
+        },
+    );
+    let addr = resp_addr(&cluster);
+    let mut held: Vec<Conn> = (0..2).map(|_| Conn::open(addr)).collect();
+    for conn in &mut held {
+        assert_eq!(conn.call(&[b"PING"]), Resp::Simple("PONG".into()));
+    }
+    let mut refused = Conn::open(addr);
+    assert_eq!(
+        refused.reply(),
+        Resp::Error("ERR max number of clients reached".into())
+    );
+    refused.assert_closed();
+    drop(held);
+    // The slots come back once their connections are gone.
+    common::retry(BOUND, "a connection accepted again", || {
+        let mut conn = Conn::open(addr);
+        conn.send(b"PING\r\n");
+        (conn.try_reply()? == Resp::Simple("PONG".into())).then_some(())
+    });
+}
+
+#[test]
+fn idle_and_stalled_connections_are_closed() {
+    let timeouts = Timeouts {
+        idle: Duration::from_millis(400),
+        frame: Duration::from_millis(200),
+        ..Timeouts::default()
+    };
+    let cluster = cluster_with(
+        1,
+        ServerOptions {
+            timeouts,
+            ..ServerOptions::default()
+        },
+    );
+    let addr = resp_addr(&cluster);
+    let started = Instant::now();
+    let mut idle = Conn::open(addr);
+    assert_eq!(idle.call(&[b"PING"]), Resp::Simple("PONG".into()));
+    let mut stalled = Conn::open(addr);
+    stalled.send(b"*2\r\n$3\r\nGET\r\n$5\r\nab");
+    stalled.assert_closed();
+    idle.assert_closed();
+    assert!(
+        started.elapsed() >= timeouts.idle,
+        "closed before the idle timeout"
+    );
+}
+
+#[test]
+fn shutdown_closes_open_connections() {
+    let mut cluster = cluster();
+    let addr = resp_addr(&cluster);
+    let mut conn = Conn::open(addr);
+    assert_eq!(conn.call(&[b"PING"]), Resp::Simple("PONG".into()));
+    cluster.shutdown();
+    conn.assert_closed();
+    assert!(
+        TcpStream::connect_timeout(&addr, BOUND).is_err(),
+        "still listening"
+    );
+}
+
+/// A handler that records the size of every batch it is given and keeps values in a map.
+#[derive(Default)]
+struct Recording {
+    batches: Mutex<Vec<usize>>,
+    stored: Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl Handler for Recording {
+    fn handle(&self, request: Frame) -> Frame {
+        if request.key == b"panic" {
+            panic!("a handler failing on one key");
+        }
+        let mut stored = self.stored.lock().unwrap();
+        match request.opcode {
+            Opcode::PUT => {
+                stored.insert(request.key.clone(), request.value.clone());
+                request.reply(Status::OK, Vec::new())
+            }
+            Opcode::GET => match stored.get(&request.key) {
+                Some(value) => request.reply(Status::OK, value.clone()),
+                None => request.reply(Status::NOT_FOUND, Vec::new()),
+            },
+            Opcode::DELETE if request.key == b"full" => {
+                request.error_reply(Status::STORAGE_FULL, "no room")
+            }
+            _ => request.error_reply(Status::UNAVAILABLE, "backend 10.0.0.1:1 is unavailable"),
+        }
+    }
+
+    fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
+        self.batches.lock().unwrap().push(requests.len());
+        requests.into_iter().map(|r| self.handle(r)).collect()
+    }
+}
+
+#[test]
+fn requests_already_read_go_to_the_handler_as_one_batch() {
+    let handler = Arc::new(Recording::default());
+    let door = ringkv::resp::serve(
+        "127.0.0.1:0",
+        ServerOptions::default(),
+        Arc::clone(&handler) as Arc<dyn Handler>,
+    )
+    .unwrap();
+    let mut conn = Conn::open(door.local_addr());
+    let mut pipeline = Vec::new();
+    for i in 0..16 {
+        pipeline.extend(multibulk(&[b"SET", format!("k{i}").as_bytes(), b"v"]));
+    }
+    conn.send(&pipeline);
+    for _ in 0..16 {
+        assert_eq!(conn.reply(), ok());
+    }
+    // MGET and MSET expand into one frame per key, in the same batch as the commands around
+    // them; PING needs no frame.
+    let mut mixed = multibulk(&[b"MGET", b"k0", b"k1", b"none"]);
+    mixed.extend(multibulk(&[b"PING"]));
+    mixed.extend(multibulk(&[b"MSET", b"a", b"1", b"b", b"2"]));
+    mixed.extend(multibulk(&[b"GET", b"a"]));
+    conn.send(&mixed);
+    assert_eq!(
+        conn.reply(),
+        Resp::Array(vec![bulk(b"v"), bulk(b"v"), Resp::Nil])
+    );
+    assert_eq!(conn.reply(), Resp::Simple("PONG".into()));
+    assert_eq!(conn.reply(), ok());
+    assert_eq!(conn.reply(), bulk(b"1"));
+    assert_eq!(*handler.batches.lock().unwrap(), vec![16, 6]);
+}
+
+#[test]
+fn handler_statuses_map_to_redis_errors() {
+    let handler = Arc::new(Recording::default());
+    let door = ringkv::resp::serve(
+        "127.0.0.1:0",
+        ServerOptions::default(),
+        Arc::clone(&handler) as Arc<dyn Handler>,
+    )
+    .unwrap();
+    let mut conn = Conn::open(door.local_addr());
+    assert_eq!(
+        conn.call(&[b"DEL", b"full"]),
+        Resp::Error("OOM STORAGE_FULL: no room".into())
+    );
+    assert_eq!(
+        conn.call(&[b"DBSIZE"]),
+        Resp::Error("ERR UNAVAILABLE: backend 10.0.0.1:1 is unavailable".into())
+    );
+    assert_eq!(
+        conn.call(&[b"GET", b"panic"]),
+        Resp::Error("ERR INTERNAL: the server failed on this request".into())
+    );
+    assert_eq!(conn.call(&[b"SET", b"after", b"panic"]), ok());
+}
+
+/// Whether redis-cli and redis-benchmark can be run. Missing tools fail the test when
+/// RINGKV_REQUIRE_REDIS_TOOLS=1 (CI installs them); otherwise the test is skipped with a note.
+fn redis_tools_present() -> bool {
+    let present = ["redis-cli", "redis-benchmark"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !present {
+        assert!(
+            std::env::var("RINGKV_REQUIRE_REDIS_TOOLS").as_deref() != Ok("1"),
+            "redis-cli and redis-benchmark are required (RINGKV_REQUIRE_REDIS_TOOLS=1); \
+             install Debian's redis-tools"
+        );
+        eprintln!("note: redis-cli or redis-benchmark is missing; skipping (install redis-tools)");
+    }
+    present
+}
+
+const TOOL_BOUND: Duration = Duration::from_secs(60);
+
+fn redis_cli(addr: SocketAddr, args: &[&str]) -> Finished {
+    let finished = run_bounded(
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+            .args(args),
+        b"",
+        TOOL_BOUND,
+    );
+    assert_eq!(finished.code(), Some(0), "redis-cli {args:?}: {finished:?}");
+    finished
+}
+
+#[test]
+fn redis_cli_reads_and_writes() {
+    if !redis_tools_present() {
+        return;
+    }
+    let cluster = cluster();
+    let addr = resp_addr(&cluster);
+    assert_eq!(
+        redis_cli(addr, &["set", "cli-key", "cli value"]).text(),
+        "OK\n"
+    );
+    assert_eq!(redis_cli(addr, &["get", "cli-key"]).text(), "cli value\n");
+    assert_eq!(redis_cli(addr, &["get", "absent"]).text(), "\n");
+    assert_eq!(redis_cli(addr, &["dbsize"]).text(), "1\n");
+    let info = redis_cli(addr, &["info"]).text();
+    assert!(
+        info.contains("# Nodes") && info.contains("node2:addr="),
+        "{info}"
+    );
+    assert_eq!(
+        client(cluster.frontend_addr())
+            .get(b"cli-key")
+            .unwrap()
+            .as_deref(),
+        Some(&b"cli value"[..])
+    );
+}
+
+#[test]
+fn redis_benchmark_runs_set_and_get() {
+    if !redis_tools_present() {
+        return;
+    }
+    let cluster = cluster();
+    let addr = resp_addr(&cluster);
+    let finished = run_bounded(
+        Command::new("redis-benchmark").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-t",
+            "set,get",
+            "-n",
+            "2000",
+            "-q",
+        ]),
+        b"",
+        TOOL_BOUND,
+    );
+    assert_eq!(finished.code(), Some(0), "{finished:?}");
+    let text = finished.text();
+    for test in ["SET", "GET"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("{test}: ")) && l.contains("requests per second")),
+            "no {test} figure:\n{finished:?}"
+        );
+    }
+    assert!(
+        !finished.stderr.contains("ERR") && !text.contains("ERR"),
+        "{finished:?}"
+    );
+    // The benchmark's key is there, written through the RESP door.
+    let mut native = client(cluster.frontend_addr());
+    assert_eq!(
+        native.get(b"key:__rand_int__").unwrap().map(|v| v.len()),
+        Some(3)
+    );
+}
+
+/// `ringkv local` prints the RESP door's address right after the frontend's, and serves on it.
+#[test]
+fn ringkv_local_opens_the_door_unless_told_off() {
+    let lines_of = |args: &[&str]| {
+        let mut child = Command::new(RINGKV)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (ChildGuard(child), rx)
+    };
+    let next = |rx: &mpsc::Receiver<String>| rx.recv_timeout(BOUND).expect("a line from ringkv");
+
+    let (_on, rx) = lines_of(&["local", "--listen", "127.0.0.1:0", "--backends", "1"]);
+    assert!(next(&rx).starts_with("frontend listening on 127.0.0.1:"));
+    let resp_line = next(&rx);
+    let addr: SocketAddr = resp_line
+        .strip_prefix("resp listening on ")
+        .unwrap_or_else(|| panic!("expected the resp line, got {resp_line:?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 0);
+    assert_eq!(
+        Conn::open(addr).call(&[b"PING"]),
+        Resp::Simple("PONG".into())
+    );
+
+    let (_off, rx) = lines_of(&[
+        "local",
+        "--listen",
+        "127.0.0.1:0",
+        "--backends",
+        "1",
+        "--resp-listen",
+        "off",
+    ]);
+    assert!(next(&rx).starts_with("frontend listening on "));
+    assert!(next(&rx).starts_with("backend listening on "));
+}
