@@ -167,6 +167,8 @@ pub struct Ring {
     view: View,
     /// Every point of every node, sorted by position; the `u32` indexes `view.nodes`.
     points: Vec<(Position, u32)>,
+    /// For each node, the indexes into `points` of its points, ascending.
+    points_of_node: Vec<Vec<u32>>,
 }
 
 impl Ring {
@@ -218,7 +220,15 @@ impl Ring {
         // Two points at one position would make ownership depend on sort order; with SHA-1 it
         // takes a collision, but a view must never be ambiguous.
         points.dedup_by(|next, prev| next.0 == prev.0);
-        Ok(Ring { view, points })
+        let mut points_of_node = vec![Vec::new(); view.nodes.len()];
+        for (index, (_, node)) in points.iter().enumerate() {
+            points_of_node[*node as usize].push(index as u32);
+        }
+        Ok(Ring {
+            view,
+            points,
+            points_of_node,
+        })
     }
 
     /// The view this ring was built from.
@@ -273,11 +283,13 @@ impl Ring {
     /// Index into `points` of `from`'s last point at or before `position`, walking
     /// counter-clockwise from the point that owns it; `None` if `from` has no point.
     fn nearest_point_of(&self, from: usize, position: &Position) -> Option<usize> {
-        let n = self.points.len();
-        let owner_point = self.point_of(position);
-        (0..n)
-            .map(|back| (owner_point + n - back) % n)
-            .find(|&i| self.points[i].1 as usize == from)
+        let own = self.points_of_node.get(from)?;
+        let owner_point = self.point_of(position) as u32;
+        match own.partition_point(|&i| i <= owner_point) {
+            0 => own.last(),
+            after => own.get(after - 1),
+        }
+        .map(|&i| i as usize)
     }
 
     /// Where node `from`, which does not own `position`, sends a request for it.
@@ -298,7 +310,8 @@ impl Ring {
         };
         let n = self.points.len();
         match self.view.routing {
-            Routing::Successor | Routing::Direct => self.points[(start + 1) % n].1 as usize,
+            Routing::Successor => self.points[(start + 1) % n].1 as usize,
+            Routing::Direct => self.owner(position),
             Routing::Finger => {
                 let from_position = &self.points[start].0;
                 let left = sub_mod(position, from_position);
