@@ -319,11 +319,11 @@ fn size_stats_and_ping_describe_the_cluster() {
             .position(|&h| h == name)
             .unwrap_or_else(|| panic!("no {name} column:\n{table}"))
     };
-    let total = row(&table, "total");
+    let total = row(table, "total");
     assert_eq!(number(total[column("puts")]), keys.len() as u64, "{out:?}");
     let served: u64 = backends
         .iter()
-        .map(|b| number(row(&table, b)[column("served")]))
+        .map(|b| number(row(table, b)[column("served")]))
         .sum();
     assert_eq!(served, keys.len() as u64, "{out:?}");
 
@@ -523,9 +523,7 @@ fn the_paper_design_relays_and_stats_and_ring_show_it() {
         "{stats:?}"
     );
     assert!(
-        stats
-            .text()
-            .contains(&format!("relays per served request: mean ")),
+        stats.text().contains("relays per served request: mean "),
         "{stats:?}"
     );
 
