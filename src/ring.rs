@@ -167,6 +167,8 @@ pub struct Ring {
     view: View,
     /// Every point of every node, sorted by position; the `u32` indexes `view.nodes`.
     points: Vec<(Position, u32)>,
+    /// The first 64 bits of each point's position, for a fast search.
+    heads: Vec<u64>,
     /// For each node, the indexes into `points` of its points, ascending.
     points_of_node: Vec<Vec<u32>>,
 }
@@ -224,9 +226,11 @@ impl Ring {
         for (index, (_, node)) in points.iter().enumerate() {
             points_of_node[*node as usize].push(index as u32);
         }
+        let heads = points.iter().map(|(p, _)| position_head(p)).collect();
         Ok(Ring {
             view,
             points,
+            heads,
             points_of_node,
         })
     }
@@ -264,7 +268,14 @@ impl Ring {
     /// Index into `points` of the point whose span holds `position`: the last point at or
     /// before it, or the last point of all when `position` is below every point.
     fn point_of(&self, position: &Position) -> usize {
-        match self.points.partition_point(|(p, _)| p <= position) {
+        // The search runs on the positions' first 64 bits, which are plain integer compares;
+        // only points sharing those bits with `position` need the full 160.
+        let head = position_head(position);
+        let mut after = self.heads.partition_point(|&h| h <= head);
+        while after > 0 && self.heads[after - 1] == head && self.points[after - 1].0 > *position {
+            after -= 1;
+        }
+        match after {
             0 => self.points.len() - 1,
             after => after - 1,
         }
@@ -359,6 +370,14 @@ impl Ring {
         }
         shares
     }
+}
+
+/// The first 64 bits of a position, as a number: positions compare as their heads do, unless
+/// the heads are equal.
+fn position_head(position: &Position) -> u64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&position[..8]);
+    u64::from_be_bytes(head)
 }
 
 /// A position as a fraction of the ring, in [0, 1).
@@ -618,6 +637,26 @@ mod tests {
         assert!(Ring::new(partitioned(5, Routing::Direct, 4)).is_err());
         assert!(Ring::new(partitioned(1, Routing::Direct, MAX_PARTITIONS * 2)).is_err());
         assert!(Ring::new(partitioned(4, Routing::Direct, 4)).is_ok());
+    }
+
+    #[test]
+    fn points_sharing_their_first_64_bits_still_own_by_the_full_position() {
+        // Partition starts have zero low bits, so keys whose head equals a start exercise the
+        // tie rule: a position at or past the point belongs to it.
+        let ring = Ring::new(partitioned(4, Routing::Direct, 4)).unwrap();
+        let nodes: Vec<usize> = ring.points().map(|(_, n)| n).collect();
+        for (k, (start, node)) in ring.points().enumerate() {
+            assert_eq!(ring.owner(start), node);
+            let mut inside = *start;
+            inside[19] = 1;
+            assert_eq!(ring.owner(&inside), node);
+            if k > 0 {
+                let mut one = [0u8; 20];
+                one[19] = 1;
+                let before = sub_mod(start, &one);
+                assert_eq!(ring.owner(&before), nodes[k - 1]);
+            }
+        }
     }
 
     #[test]

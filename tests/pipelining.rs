@@ -296,3 +296,50 @@ fn a_dead_backend_fails_only_its_share_of_a_pipeline() {
     // The connection is still good.
     c.ping().unwrap();
 }
+
+#[test]
+fn a_client_stuck_behind_a_silent_backend_does_not_hold_up_another_client() {
+    // The silent backend answers only batches of 1000, which never come: requests for its keys
+    // hang until the frontend's i/o timeout.
+    let silent = GatheringBackend::start(1000);
+    let healthy = Backend::start(BackendConfig::default()).unwrap();
+    let frontend = Frontend::start(FrontendConfig {
+        backends: vec![silent.addr.clone(), healthy.local_addr().to_string()],
+        threads: 2,
+        startup_timeout: common::BOUND,
+        ..FrontendConfig::default()
+    })
+    .unwrap();
+    let ring = Ring::new(frontend.view().clone()).unwrap();
+    let key_on = |node: usize| {
+        (0..)
+            .map(|i| format!("key-{i}"))
+            .find(|k| ring.owner_of_key(k.as_bytes()) == node)
+            .unwrap()
+    };
+    let (stuck_key, healthy_key) = (key_on(0), key_on(1));
+    let mut stuck = raw(frontend.local_addr());
+    let pipeline: Vec<Vec<u8>> = (0..8)
+        .map(|i| request_bytes(Opcode::GET, i + 1, stuck_key.as_bytes(), b""))
+        .collect();
+    stuck.write_all(&pipeline.concat()).unwrap();
+
+    let mut other = client(frontend.local_addr());
+    for i in 0..200 {
+        let value = format!("v{i}");
+        other.put(healthy_key.as_bytes(), value.as_bytes()).unwrap();
+        assert_eq!(
+            other.get(healthy_key.as_bytes()).unwrap(),
+            Some(value.into_bytes())
+        );
+    }
+    // The other client was served while the stuck one still waits: had it queued behind the
+    // stuck requests, it would have waited for their i/o timeout, and they would be answered.
+    stuck.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let waiting = matches!(
+        std::io::Read::read(&mut stuck, &mut byte),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    assert!(waiting, "the stuck client was answered already");
+}
