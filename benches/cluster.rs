@@ -2,9 +2,10 @@
 //! client threads that each own one connection and have one request in flight at a time.
 //!
 //! Two configurations run in the same process, one after the other:
-//! - `paper`: `FrontendConfig::default()`, a random entry backend that relays to its successor
-//!   until the owner is reached (one relay per request on average with 3 backends);
-//! - `direct`: the owner as entry backend and direct routing, so no request is relayed.
+//! - `paper`: `FrontendConfig::default().paper()`, a random entry backend that relays to its
+//!   successor until the owner is reached (one relay per request on average with 3 backends);
+//! - `default`: `FrontendConfig::default()`, the owner as entry backend (direct routing, 4096
+//!   partitions), so no request is relayed.
 //!
 //! The difference between the two is the cost of relaying. Clients, frontend and backends share
 //! the machine's CPUs, so the figures are those of the whole system on this host, not of a
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::{print_header, run_threads, Measured, Pick, Plan};
 use hdrhistogram::Histogram;
 use ringkv::rng::Rng;
-use ringkv::{BackendConfig, Client, Entry, FrontendConfig, LocalCluster, Request, Routing};
+use ringkv::{BackendConfig, Client, FrontendConfig, LocalCluster, Request};
 
 const BACKENDS: usize = 3;
 /// Keys preloaded before any run, so every GET finds its key.
@@ -35,8 +36,11 @@ fn main() {
         "# data: {BACKENDS} backends, {KEYS} preloaded keys of 16 bytes, {VALUE_LEN}-byte values, \
          uniform random keys; latency is per request, from send to answer"
     );
-    println!("# config paper: FrontendConfig::default() (random entry, successor routing)");
-    println!("# config direct: Entry::Owner, Routing::Direct (no relay)");
+    println!(
+        "# config paper: FrontendConfig::default().paper() (random entry, successor routing, \
+         1 position per node)"
+    );
+    println!("# config default: FrontendConfig::default() (owner entry, direct routing: no relay)");
     println!(
         "# *_pipeline{PIPELINE_BATCH}_1t: one client sending batches of {PIPELINE_BATCH} GETs \
          with Client::pipeline; its latency is per batch"
@@ -46,13 +50,9 @@ fn main() {
     let keys: Vec<Vec<u8>> = (0..KEYS)
         .map(|i| format!("key-{i:012}").into_bytes())
         .collect();
-    let paper = FrontendConfig::default();
-    let direct = FrontendConfig {
-        entry: Entry::Owner,
-        routing: Routing::Direct,
-        ..FrontendConfig::default()
-    };
-    for (name, config) in [("paper", paper), ("direct", direct)] {
+    let paper = FrontendConfig::default().paper();
+    let default = FrontendConfig::default();
+    for (name, config) in [("paper", paper), ("default", default)] {
         bench_config(&plan, name, config, &keys);
     }
 }
