@@ -86,7 +86,7 @@ fn frontend_answer(request: &Frame, status: Status) -> Frame {
     answer
 }
 
-/// The frames of section 18, by block name, built without looking at the document.
+/// The frames of section 19, by block name, built without looking at the document.
 fn worked_frames() -> Vec<(&'static str, Frame)> {
     let put = Frame::request(Opcode::PUT, 1, b"hello".to_vec(), b"world".to_vec());
     let get = Frame::request(Opcode::GET, 2, b"missing".to_vec(), Vec::new());
