@@ -10,7 +10,7 @@ use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
 use crate::ring::Ring;
 use crate::server::{self, Dispatch, Handler, ServerHandle, ServerOptions};
-use crate::store::{Engine, MemStore};
+use crate::store::{Engine, MemStore, Unsettled};
 
 /// How to run a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,8 +222,12 @@ impl BackendState {
 
     /// PUT, GET, DELETE: serve if this node owns the key, otherwise relay.
     fn key_request(&self, request: Frame) -> Frame {
-        match self.route(request) {
-            Route::Answered(answer) => answer,
+        let mut writes = Unsettled::NONE;
+        match self.route(request, &mut writes) {
+            Route::Answered(mut answer) => {
+                self.settle(writes, [&mut answer]);
+                answer
+            }
             Route::Relay {
                 request,
                 relayed,
@@ -236,8 +240,9 @@ impl BackendState {
         }
     }
 
-    /// What to do with a key request: answer it here (served, or refused), or relay it.
-    fn route(&self, request: Frame) -> Route {
+    /// What to do with a key request: answer it here (served, or refused), or relay it. A
+    /// write served here extends `writes`, which the caller settles.
+    fn route(&self, request: Frame, writes: &mut Unsettled) -> Route {
         if request.key.is_empty() {
             return Route::Answered(request.error_reply(Status::BAD_REQUEST, "the key is empty"));
         }
@@ -261,7 +266,7 @@ impl BackendState {
         let position = crate::ring::key_position(&request.key);
         let owner = ring.owner(&position);
         if owner == membership.me {
-            return Route::Answered(self.serve_locally(request));
+            return Route::Answered(self.serve_locally(request, writes));
         }
         let limit = match request.hop_limit {
             0 => DEFAULT_HOP_LIMIT,
@@ -333,6 +338,20 @@ impl BackendState {
         }
     }
 
+    /// Waits for the writes behind `answers` to be durable. If that fails, no write is
+    /// acknowledged: every successful answer to a PUT or DELETE becomes the storage error.
+    fn settle<'a>(&self, writes: Unsettled, answers: impl IntoIterator<Item = &'a mut Frame>) {
+        let Err(e) = self.store.settle(writes) else {
+            return;
+        };
+        for answer in answers {
+            let is_write = matches!(answer.opcode, Opcode::PUT | Opcode::DELETE);
+            if is_write && answer.status == Status::OK {
+                *answer = self.store_error(answer, e.clone());
+            }
+        }
+    }
+
     fn count_answer(&self, answer: &Frame) {
         if !answer.status.is_success() {
             bump(&self.counters.errors);
@@ -354,7 +373,9 @@ impl BackendState {
         self.peers.call(next, request)
     }
 
-    fn serve_locally(&self, request: Frame) -> Frame {
+    /// Serves a key this node owns. Writes are not settled here: the caller settles `writes`
+    /// (grown to cover this one) before any answer leaves, so a batch shares one wait.
+    fn serve_locally(&self, request: Frame, writes: &mut Unsettled) -> Frame {
         bump(&self.counters.served);
         self.counters
             .hops
@@ -363,8 +384,11 @@ impl BackendState {
         match request.opcode {
             Opcode::PUT => {
                 bump(&self.counters.puts);
-                match self.store.put(&request.key, &request.value) {
-                    Ok(()) => request.reply(Status::OK, Vec::new()),
+                match self.store.put_unsettled(&request.key, &request.value) {
+                    Ok(written) => {
+                        *writes = (*writes).max(written);
+                        request.reply(Status::OK, Vec::new())
+                    }
                     Err(e) => self.store_error(&request, e),
                 }
             }
@@ -377,9 +401,12 @@ impl BackendState {
             }
             _ => {
                 bump(&self.counters.deletes);
-                match self.store.delete(&request.key) {
-                    Ok(true) => request.reply(Status::OK, Vec::new()),
-                    Ok(false) => request.reply(Status::NOT_FOUND, Vec::new()),
+                match self.store.delete_unsettled(&request.key) {
+                    Ok((found, written)) => {
+                        *writes = (*writes).max(written);
+                        let status = if found { Status::OK } else { Status::NOT_FOUND };
+                        request.reply(status, Vec::new())
+                    }
                     Err(e) => self.store_error(&request, e),
                 }
             }
@@ -448,6 +475,7 @@ impl Handler for BackendState {
     fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
         let mut answers: Vec<Option<Frame>> = Vec::with_capacity(requests.len());
         let mut relays = Vec::new();
+        let mut writes = Unsettled::NONE;
         for request in requests {
             bump(&self.counters.requests);
             let is_key = matches!(request.opcode, Opcode::PUT | Opcode::GET | Opcode::DELETE);
@@ -455,7 +483,7 @@ impl Handler for BackendState {
                 answers.push(Some(self.answer(request)));
                 continue;
             }
-            match self.route(request) {
+            match self.route(request, &mut writes) {
                 Route::Answered(answer) => answers.push(Some(answer)),
                 Route::Relay {
                     request,
@@ -468,6 +496,8 @@ impl Handler for BackendState {
                 }
             }
         }
+        // One wait (one fsync under `always`) for every write served here.
+        self.settle(writes, answers.iter_mut().flatten());
         let calls: Vec<(&str, &Frame)> = relays
             .iter()
             .map(|(_, _, relayed, _, next)| (next.as_str(), relayed))

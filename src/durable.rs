@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::store::{Engine, MemStore, StoreError, StoreSize};
+use crate::store::{Engine, MemStore, StoreError, StoreSize, Unsettled};
 use crate::wal::{
     self, Compaction, CrashPoint, FsyncPolicy, OpenError, Record, Recovery, Wal, WalOptions,
 };
@@ -247,31 +247,48 @@ impl Engine for DurableStore {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let writes = self.put_unsettled(key, value)?;
+        self.settle(writes)
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let (found, writes) = self.delete_unsettled(key)?;
+        self.settle(writes)?;
+        Ok(found)
+    }
+
+    fn size(&self) -> StoreSize {
+        self.inner.mem.size()
+    }
+
+    fn put_unsettled(&self, key: &[u8], value: &[u8]) -> Result<Unsettled, StoreError> {
         let wal = &self.inner.wal;
         let position = self.inner.mem.put_logged(key, value, || {
             wal.append(Record::Put { key, value })
                 .map_err(|e| store_error(wal, e))
         })?;
-        wal.commit(position).map_err(|e| store_error(wal, e))?;
-        self.maybe_compact();
-        Ok(())
+        Ok(Unsettled(position))
     }
 
-    fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
+    fn delete_unsettled(&self, key: &[u8]) -> Result<(bool, Unsettled), StoreError> {
         let wal = &self.inner.wal;
         let logged = self.inner.mem.delete_logged(key, || {
             wal.append(Record::Delete { key })
                 .map_err(|e| store_error(wal, e))
         })?;
-        let Some(position) = logged else {
-            return Ok(false);
-        };
-        wal.commit(position).map_err(|e| store_error(wal, e))?;
-        self.maybe_compact();
-        Ok(true)
+        Ok(match logged {
+            Some(position) => (true, Unsettled(position)),
+            None => (false, Unsettled::NONE),
+        })
     }
 
-    fn size(&self) -> StoreSize {
-        self.inner.mem.size()
+    fn settle(&self, writes: Unsettled) -> Result<(), StoreError> {
+        if writes == Unsettled::NONE {
+            return Ok(());
+        }
+        let wal = &self.inner.wal;
+        wal.commit(writes.0).map_err(|e| store_error(wal, e))?;
+        self.maybe_compact();
+        Ok(())
     }
 }

@@ -64,6 +64,30 @@ pub trait Engine: Send + Sync {
     fn delete(&self, key: &[u8]) -> Result<bool, StoreError>;
     /// Keys and bytes stored.
     fn size(&self) -> StoreSize;
+    /// Like [`put`](Engine::put), but may return before the write is as durable as the store
+    /// promises; [`settle`](Engine::settle) waits for that. A batch of writes settled once
+    /// shares one wait (one fsync, for a log synced on every write).
+    fn put_unsettled(&self, key: &[u8], value: &[u8]) -> Result<Unsettled, StoreError> {
+        self.put(key, value).map(|()| Unsettled::NONE)
+    }
+    /// Like [`delete`](Engine::delete), but settled later, as [`put_unsettled`](Engine::put_unsettled).
+    fn delete_unsettled(&self, key: &[u8]) -> Result<(bool, Unsettled), StoreError> {
+        self.delete(key).map(|found| (found, Unsettled::NONE))
+    }
+    /// Returns once every write up to `writes` is as durable as the store promises.
+    fn settle(&self, _writes: Unsettled) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Writes not yet known to be durable: the point in the store's history they reach. Later
+/// writes compare greater, so a batch keeps the greatest and settles it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Unsettled(pub u64);
+
+impl Unsettled {
+    /// Nothing to wait for.
+    pub const NONE: Unsettled = Unsettled(0);
 }
 
 /// A key and its value in one allocation: the key's length as a LEB128 varint, the key, then the

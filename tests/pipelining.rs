@@ -343,3 +343,81 @@ fn a_client_stuck_behind_a_silent_backend_does_not_hold_up_another_client() {
     );
     assert!(waiting, "the stuck client was answered already");
 }
+
+/// A directory under the system's temporary directory, removed when dropped.
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn new(name: &str) -> ScratchDir {
+        let path = std::env::temp_dir().join(format!("ringkv-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        ScratchDir(path)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn pipelined_writes_to_a_log_synced_on_every_write_share_their_fsyncs() {
+    use ringkv::durable::{DurableOptions, DurableStore};
+    use ringkv::wal::FsyncPolicy;
+    const WRITES: usize = 64;
+    let dir = ScratchDir::new("pipelined-fsync");
+    let store = std::sync::Arc::new(
+        DurableStore::open(
+            &dir.0,
+            DurableOptions {
+                fsync: FsyncPolicy::Always,
+                ..DurableOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let backend = Backend::with_engine(
+        BackendConfig::default(),
+        std::sync::Arc::clone(&store) as std::sync::Arc<dyn ringkv::store::Engine>,
+    )
+    .unwrap();
+    let frontend = Frontend::start(FrontendConfig {
+        backends: vec![backend.local_addr().to_string()],
+        threads: 2,
+        startup_timeout: common::BOUND,
+        ..FrontendConfig::default()
+    })
+    .unwrap();
+    let before = store.fsyncs();
+    let mut stream = raw(frontend.local_addr());
+    let requests: Vec<Vec<u8>> = (0..WRITES)
+        .map(|i| {
+            let key = format!("key-{i}");
+            request_bytes(Opcode::PUT, i as u64 + 1, key.as_bytes(), b"value")
+        })
+        .collect();
+    for answer in pipeline_raw(&mut stream, &requests) {
+        assert_eq!(answer.status, Status::OK, "{answer:?}");
+    }
+    // Every acknowledged write is on disk, and they took far fewer fsyncs than writes: one per
+    // batch the backend received (at most 32 requests each).
+    let fsyncs = store.fsyncs() - before;
+    assert!(fsyncs >= 1, "no fsync at all");
+    assert!(
+        fsyncs <= (WRITES / 2) as u64,
+        "{fsyncs} fsyncs for {WRITES} writes"
+    );
+    drop(frontend);
+    drop(backend);
+    drop(store);
+    let reopened = DurableStore::open(&dir.0, DurableOptions::default()).unwrap();
+    for i in 0..WRITES {
+        let key = format!("key-{i}");
+        assert_eq!(
+            ringkv::store::Engine::get(&reopened, key.as_bytes()),
+            Some(b"value".to_vec())
+        );
+    }
+}
