@@ -12,18 +12,18 @@
 //! server measured from outside.
 
 mod common;
+#[path = "common/traffic.rs"]
+mod traffic;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{print_header, run_threads, Measured, Pick, Plan};
-use hdrhistogram::Histogram;
-use ringkv::rng::Rng;
-use ringkv::{BackendConfig, Client, FrontendConfig, LocalCluster, Request};
+use common::{print_header, run_threads, Pick, Plan};
+use ringkv::{BackendConfig, FrontendConfig, LocalCluster, Request};
+use traffic::{preload, print_run, Op, Worker, VALUE_LEN};
 
 const BACKENDS: usize = 3;
 /// Keys preloaded before any run, so every GET finds its key.
 const KEYS: usize = 10_000;
-const VALUE_LEN: usize = 32;
 const PIPELINE_BATCH: usize = 100;
 
 fn main() {
@@ -61,18 +61,24 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
     let mut cluster = LocalCluster::start(BACKENDS, BackendConfig::default(), config)
         .expect("the local cluster starts");
     let addr = cluster.frontend_addr().to_string();
-    preload(&addr, keys);
+    preload(&addr, keys, PIPELINE_BATCH);
 
     let mut relays = 0u64;
     let mut requests = 0u64;
     for op in [Op::Put, Op::Get] {
         for threads in [1usize, 16] {
             let run = plan.measure(|| {
-                let workers = (0..threads).map(|t| Worker::new(&addr, t)).collect();
+                let workers = (0..threads)
+                    .map(|t| Worker::new(&addr, 0xc1_u64 << 32 | t as u64))
+                    .collect();
                 run_threads(workers, plan.run_time, |w: &mut Worker| w.one(op, keys))
                     .map_states(Worker::finish)
             });
-            print_run(&format!("cluster_{name}_{}_{threads}t", op.name()), &run);
+            print_run(
+                &format!("cluster_{name}_{}_{threads}t", op.name()),
+                &run,
+                false,
+            );
             for seen in &run.states {
                 relays += seen.relays;
                 requests += seen.requests;
@@ -82,15 +88,16 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
 
     let run = plan.measure(|| {
         run_threads(
-            vec![Worker::new(&addr, 0)],
+            vec![Worker::new(&addr, 0xc1_u64 << 32)],
             plan.run_time,
-            |w: &mut Worker| w.pipelined_gets(keys),
+            |w: &mut Worker| pipelined_gets(w, keys),
         )
         .map_states(Worker::finish)
     });
     print_run(
         &format!("cluster_{name}_get_pipeline{PIPELINE_BATCH}_1t"),
         &run,
+        false,
     );
 
     println!(
@@ -100,133 +107,20 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
     cluster.shutdown();
 }
 
-/// Stores every key through the frontend, a pipeline at a time.
-fn preload(addr: &str, keys: &[Vec<u8>]) {
-    let mut client = Client::connect(addr).expect("a client connects");
-    let value = vec![b'v'; VALUE_LEN];
-    for chunk in keys.chunks(PIPELINE_BATCH) {
-        let puts: Vec<Request> = chunk
-            .iter()
-            .map(|k| Request::Put {
-                key: k.clone(),
-                value: value.clone(),
-            })
-            .collect();
-        for reply in client.pipeline(&puts).expect("the preload pipeline") {
-            reply.into_result().expect("a preload PUT");
-        }
+/// One client sending batches of [`PIPELINE_BATCH`] GETs; returns the requests made.
+fn pipelined_gets(worker: &mut Worker, keys: &[Vec<u8>]) -> u64 {
+    let gets: Vec<Request> = (0..PIPELINE_BATCH)
+        .map(|_| Request::Get {
+            key: keys[worker.rng.below(keys.len() as u64) as usize].clone(),
+        })
+        .collect();
+    let sent = Instant::now();
+    let replies = worker.client.pipeline(&gets).expect("a GET pipeline");
+    worker.record(sent.elapsed());
+    assert_eq!(replies.len(), PIPELINE_BATCH, "answers went missing");
+    for reply in replies {
+        let value = reply.into_result().expect("a pipelined GET");
+        assert!(value.is_some(), "a preloaded key is missing");
     }
-}
-
-#[derive(Clone, Copy)]
-enum Op {
-    Put,
-    Get,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Put => "put",
-            Op::Get => "get",
-        }
-    }
-}
-
-/// One client thread's connection and what it has seen.
-struct Worker {
-    client: Client,
-    rng: Rng,
-    value: Vec<u8>,
-    seen: Seen,
-}
-
-/// What a client thread measured.
-struct Seen {
-    /// Nanoseconds per request (per batch when pipelining).
-    latency: Histogram<u64>,
-    relays: u64,
-    requests: u64,
-}
-
-impl Worker {
-    fn new(addr: &str, index: usize) -> Worker {
-        Worker {
-            client: Client::connect(addr).expect("a client connects"),
-            rng: Rng::seeded(0xc1_u64 << 32 | index as u64),
-            value: vec![b'w'; VALUE_LEN],
-            seen: Seen {
-                latency: latency_histogram(),
-                relays: 0,
-                requests: 0,
-            },
-        }
-    }
-
-    /// Closes the connection and keeps the measurements. A figure keeps several runs until it
-    /// picks one, and the frontend serves each open connection with one of its worker threads,
-    /// so connections left open by earlier runs would take workers from the next one.
-    fn finish(self) -> Seen {
-        self.seen
-    }
-
-    fn one(&mut self, op: Op, keys: &[Vec<u8>]) -> u64 {
-        let key = &keys[self.rng.below(keys.len() as u64) as usize];
-        let sent = Instant::now();
-        match op {
-            Op::Put => self.client.put(key, &self.value).expect("a PUT"),
-            Op::Get => {
-                let value = self.client.get(key).expect("a GET");
-                assert!(value.is_some(), "a preloaded key is missing");
-            }
-        }
-        self.record(sent.elapsed());
-        self.seen.relays += u64::from(self.client.last_hops());
-        self.seen.requests += 1;
-        1
-    }
-
-    fn pipelined_gets(&mut self, keys: &[Vec<u8>]) -> u64 {
-        let gets: Vec<Request> = (0..PIPELINE_BATCH)
-            .map(|_| Request::Get {
-                key: keys[self.rng.below(keys.len() as u64) as usize].clone(),
-            })
-            .collect();
-        let sent = Instant::now();
-        let replies = self.client.pipeline(&gets).expect("a GET pipeline");
-        self.record(sent.elapsed());
-        assert_eq!(replies.len(), PIPELINE_BATCH, "answers went missing");
-        for reply in replies {
-            let value = reply.into_result().expect("a pipelined GET");
-            assert!(value.is_some(), "a preloaded key is missing");
-        }
-        PIPELINE_BATCH as u64
-    }
-
-    fn record(&mut self, took: Duration) {
-        self.seen
-            .latency
-            .saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
-    }
-}
-
-/// Nanoseconds from 1 ns to a minute, three significant digits.
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
-}
-
-fn print_run(name: &str, run: &Measured<Seen>) {
-    let mut latency = latency_histogram();
-    for seen in &run.states {
-        latency
-            .add(&seen.latency)
-            .expect("histograms of equal bounds");
-    }
-    let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "{name}: {:.0} ops/s p50 {:.1} us p99 {:.1} us",
-        run.rate(),
-        us(0.50),
-        us(0.99)
-    );
+    PIPELINE_BATCH as u64
 }

@@ -10,17 +10,17 @@
 //! and hashed once: every ring of the balance and movement tables sees the same positions.
 
 mod common;
+#[path = "common/traffic.rs"]
+mod traffic;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{print_header, run_threads, Measured, Pick, Plan};
-use hdrhistogram::Histogram;
+use common::{print_header, run_threads, Pick, Plan};
 use ringkv::ring::{key_position, Position, DEFAULT_PLACEMENT};
 use ringkv::rng::Rng;
-use ringkv::{
-    BackendConfig, Client, FrontendConfig, LocalCluster, Placement, Request, Ring, Routing, View,
-};
+use ringkv::{BackendConfig, FrontendConfig, LocalCluster, Placement, Ring, Routing, View};
+use traffic::{preload, print_run, Op, Worker, VALUE_LEN};
 
 /// Ring sizes of the relay table.
 const RELAY_NODES: [usize; 7] = [4, 8, 16, 32, 64, 128, 256];
@@ -38,7 +38,6 @@ const MOVED_AIM: f64 = 1.1;
 const TIMING_NODES: usize = 256;
 /// Backends of the end-to-end runs.
 const CLUSTER_BACKENDS: usize = 8;
-const VALUE_LEN: usize = 32;
 /// Lookups per timed step, so that reading the clock costs nothing next to the work.
 const BATCH: usize = 1024;
 
@@ -466,133 +465,25 @@ fn cluster_runs(plan: &Plan, sizes: &Sizes, keys: &[Vec<u8>]) {
         let mut cluster = LocalCluster::start(CLUSTER_BACKENDS, BackendConfig::default(), config)
             .expect("the local cluster starts");
         let addr = cluster.frontend_addr().to_string();
-        preload(&addr, keys);
+        preload(&addr, keys, 100);
         for op in [Op::Put, Op::Get] {
             for threads in sizes.cluster_threads {
                 let run = plan.measure(|| {
-                    let workers = (0..threads).map(|t| Worker::new(&addr, t)).collect();
+                    let workers = (0..threads)
+                        .map(|t| Worker::new(&addr, 0x7e_u64 << 32 | t as u64))
+                        .collect();
                     run_threads(workers, plan.run_time, |w: &mut Worker| w.one(op, keys))
                         .map_states(Worker::finish)
                 });
-                print_cluster_run(&format!("ring_e2e_{name}_{}_{threads}t", op.name()), &run);
+                print_run(
+                    &format!("ring_e2e_{name}_{}_{threads}t", op.name()),
+                    &run,
+                    true,
+                );
             }
         }
         cluster.shutdown();
     }
-}
-
-/// Stores every key through the frontend, a pipeline at a time.
-fn preload(addr: &str, keys: &[Vec<u8>]) {
-    let mut client = Client::connect(addr).expect("a client connects");
-    let value = vec![b'v'; VALUE_LEN];
-    for chunk in keys.chunks(100) {
-        let puts: Vec<Request> = chunk
-            .iter()
-            .map(|k| Request::Put {
-                key: k.clone(),
-                value: value.clone(),
-            })
-            .collect();
-        for reply in client.pipeline(&puts).expect("the preload pipeline") {
-            reply.into_result().expect("a preload PUT");
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Op {
-    Put,
-    Get,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Put => "put",
-            Op::Get => "get",
-        }
-    }
-}
-
-/// One client thread's connection and what it has seen.
-struct Worker {
-    client: Client,
-    rng: Rng,
-    value: Vec<u8>,
-    seen: Seen,
-}
-
-/// What a client thread measured.
-struct Seen {
-    /// Nanoseconds per request.
-    latency: Histogram<u64>,
-    relays: u64,
-    requests: u64,
-}
-
-impl Worker {
-    fn new(addr: &str, index: usize) -> Worker {
-        Worker {
-            client: Client::connect(addr).expect("a client connects"),
-            rng: Rng::seeded(0x7e_u64 << 32 | index as u64),
-            value: vec![b'w'; VALUE_LEN],
-            seen: Seen {
-                latency: latency_histogram(),
-                relays: 0,
-                requests: 0,
-            },
-        }
-    }
-
-    /// Keeps the measurements and closes the connection, so that runs kept for later
-    /// comparison do not hold frontend threads during the next run.
-    fn finish(self) -> Seen {
-        self.seen
-    }
-
-    fn one(&mut self, op: Op, keys: &[Vec<u8>]) -> u64 {
-        let key = &keys[self.rng.below(keys.len() as u64) as usize];
-        let sent = Instant::now();
-        match op {
-            Op::Put => self.client.put(key, &self.value).expect("a PUT"),
-            Op::Get => {
-                let value = self.client.get(key).expect("a GET");
-                assert!(value.is_some(), "a preloaded key is missing");
-            }
-        }
-        let took = sent.elapsed();
-        self.seen
-            .latency
-            .saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
-        self.seen.relays += u64::from(self.client.last_hops());
-        self.seen.requests += 1;
-        1
-    }
-}
-
-/// Nanoseconds from 1 ns to a minute, three significant digits.
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
-}
-
-fn print_cluster_run(name: &str, run: &Measured<Seen>) {
-    let mut latency = latency_histogram();
-    let (mut relays, mut requests) = (0u64, 0u64);
-    for seen in &run.states {
-        latency
-            .add(&seen.latency)
-            .expect("histograms of equal bounds");
-        relays += seen.relays;
-        requests += seen.requests;
-    }
-    let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "{name}: {:.0} ops/s p50 {:.1} us p99 {:.1} us relays {:.2} per request",
-        run.rate(),
-        us(0.50),
-        us(0.99),
-        relays as f64 / requests.max(1) as f64
-    );
 }
 
 /// Picks, from the figures above, the placement they support as the default: it must meet the

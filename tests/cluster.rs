@@ -204,7 +204,10 @@ fn single_calls_report_their_relays() {
         },
     )
     .unwrap();
-    assert_eq!(round_trip_with_bound(&paper, 400, N as u16 - 1), N as u16 - 1);
+    assert_eq!(
+        round_trip_with_bound(&paper, 400, N as u16 - 1),
+        N as u16 - 1
+    );
 }
 
 /// Relays every reply took, after checking it is OK and (for GETs) carries `value`.
