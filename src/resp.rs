@@ -18,19 +18,18 @@
 //! Malformed input is answered as Redis answers it: `-ERR Protocol error: ...`, then the
 //! connection is closed after the replies before it have been written.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
-use crate::server::{Handler, ServerOptions};
+use crate::server::{Handler, Registry, ServerOptions};
 
 /// Longest inline request line, and longest `*N` or `$N` line, that is waited for (Redis's
 /// PROTO_INLINE_MAX_SIZE): past it, the bytes cannot be a request.
@@ -1132,56 +1131,6 @@ fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
             }
             _ => false,
         },
-    }
-}
-
-/// The sockets of open connections, so that shutdown can close them and the acceptor can count
-/// them against the limit.
-#[derive(Default)]
-struct Registry {
-    open: Mutex<HashMap<u64, TcpStream>>,
-    next_id: AtomicU64,
-}
-
-impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
-        match self.open.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn register(self: &Arc<Self>, stream: &TcpStream) -> Registered {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(clone) = stream.try_clone() {
-            self.lock().insert(id, clone);
-        }
-        Registered {
-            registry: Arc::clone(self),
-            id,
-        }
-    }
-
-    fn close_all(&self) {
-        for stream in self.lock().values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-/// Removes a connection from the registry when its thread is done with it.
-struct Registered {
-    registry: Arc<Registry>,
-    id: u64,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
     }
 }
 

@@ -53,24 +53,24 @@ pub trait Handler: Send + Sync + 'static {
 /// The sockets of open connections, so that shutdown can close them and the acceptor can count
 /// them against the limit.
 #[derive(Default)]
-struct Registry {
+pub(crate) struct Registry {
     open: Mutex<HashMap<u64, TcpStream>>,
     next_id: AtomicU64,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
         match self.open.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    fn register(self: &Arc<Self>, stream: &TcpStream) -> Registered {
+    pub(crate) fn register(self: &Arc<Self>, stream: &TcpStream) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
             self.lock().insert(id, clone);
@@ -81,7 +81,7 @@ impl Registry {
         }
     }
 
-    fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         for stream in self.lock().values() {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -89,7 +89,7 @@ impl Registry {
 }
 
 /// Removes a connection from the registry when its thread is done with it.
-struct Registered {
+pub(crate) struct Registered {
     registry: Arc<Registry>,
     id: u64,
 }
