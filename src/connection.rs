@@ -304,15 +304,7 @@ impl Connection {
         if !self.out.is_empty() || self.reader.buffered() > 0 {
             return false;
         }
-        if self.stream.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let mut byte = [0u8; 1];
-        let alive = matches!(
-            self.stream.peek(&mut byte),
-            Err(ref e) if e.kind() == io::ErrorKind::WouldBlock
-        );
-        self.stream.set_nonblocking(false).is_ok() && alive
+        peer_is_quiet(&self.stream)
     }
 
     /// Reads the answer to `request`, checking that it carries the same id.
@@ -384,6 +376,40 @@ impl Connection {
             }
         })
     }
+}
+
+/// Whether `stream`'s peer has neither closed it nor sent anything: a peek that must not wait
+/// finds nothing to read. One `recv(MSG_PEEK | MSG_DONTWAIT)` call, where std's blocking
+/// `peek` would need the socket switched to non-blocking mode and back (three calls, on every
+/// request forwarded over a pooled connection).
+#[cfg(unix)]
+fn peer_is_quiet(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: the descriptor belongs to `stream`, which outlives the call, and the buffer is
+    // one byte that lives on this stack frame; recv writes at most one byte into it.
+    let received = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    received < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+#[cfg(not(unix))]
+fn peer_is_quiet(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let quiet = matches!(
+        stream.peek(&mut byte),
+        Err(ref e) if e.kind() == io::ErrorKind::WouldBlock
+    );
+    stream.set_nonblocking(false).is_ok() && quiet
 }
 
 #[cfg(test)]
