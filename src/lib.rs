@@ -10,11 +10,12 @@
 //!
 //! - [`protocol`]: the wire format (length-prefixed, CRC-checked frames), its limits, and the
 //!   payloads of SIZE, STATS and VIEW_INSTALL. PROTOCOL.md is its normative description.
-//! - [`ring`]: SHA-1 positions, views, the one ownership rule and next-hop routing.
+//! - [`ring`]: SHA-1 positions, views, placement (equal partitions or hashed positions), the one
+//!   ownership rule and next-hop routing (direct, Chord fingers, or the paper's successor).
 //! - [`store`]: the storage engine trait and the in-memory engine; [`wal`] is the write-ahead
 //!   log (format, fsync policies, recovery, compaction) and [`durable`] the engine built on both.
 //! - [`connection`]: framed reads and writes on a socket, with timeouts; [`peers`] pools
-//!   connections between servers.
+//!   connections between servers and carries a batch of requests to several peers at once.
 //! - [`server`]: the accept loop, connection limit, per-connection frame loop and shutdown
 //!   that both servers share; [`pool`] is the frontend's bounded thread pool.
 //! - [`backend`] and [`frontend`]: the two servers; [`local`] runs both in one process.
@@ -23,9 +24,11 @@
 //! - [`loadgen`]: `kvcli bench`, a load generator with HDR latency percentiles.
 //!
 //! One PUT, hop by hop: [`Client::put`] sends a frame; the frontend's `FrontendState::forward`
-//! picks an entry backend; the backend's `BackendState::key_request` asks [`Ring::owner`] and
-//! either stores the value or relays the frame to [`Ring::next_hop`]; the answer travels back
-//! the same way.
+//! picks an entry backend (the key's owner, unless the paper's random entry is chosen); the
+//! backend's `BackendState::key_request` asks [`Ring::owner`] and either stores the value or
+//! relays the frame to [`Ring::next_hop`]; the answer travels back the same way. Pipelined
+//! requests take the same path in batches ([`server::Handler::handle_batch`],
+//! [`peers::Peers::call_batch`]).
 
 pub mod backend;
 pub mod cli;
