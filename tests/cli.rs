@@ -3,98 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
-use common::process::{run_bounded, wait_bounded, Finished};
+use common::process::{run_bounded, Finished, Server};
 use common::BOUND;
 
-const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
 const KVCLI: &str = env!("CARGO_BIN_EXE_kvcli");
-
-/// A running `ringkv` server process, killed when dropped so that a failing test leaves nothing
-/// running. Its stdout lines arrive on a channel; its log (stderr) is kept for failure messages.
-struct Server {
-    child: Child,
-    lines: Receiver<String>,
-    log: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(RINGKV)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start ringkv {args:?}: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
-        Server { child, lines, log }
-    }
-
-    /// Waits for the next stdout line, which must read `{role} listening on ADDR`, and returns
-    /// ADDR.
-    fn listening(&self, role: &str) -> String {
-        let line = self.lines.recv_timeout(BOUND).unwrap_or_else(|_| {
-            panic!(
-                "no `{role} listening on` line within {BOUND:?}; log:\n{}",
-                self.log()
-            )
-        });
-        line.strip_prefix(&format!("{role} listening on "))
-            .unwrap_or_else(|| panic!("expected `{role} listening on ADDR`, got {line:?}"))
-            .to_string()
-    }
-
-    fn log(&self) -> String {
-        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
-    }
-
-    /// Sends SIGTERM and returns the exit status, which must come within a few seconds.
-    fn terminate(&mut self) -> ExitStatus {
-        let kill = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(kill.success(), "kill -TERM failed: {kill}");
-        wait_bounded(&mut self.child, Duration::from_secs(5)).unwrap_or_else(|| {
-            panic!(
-                "ringkv did not exit within 5 s of SIGTERM; log:\n{}",
-                self.log()
-            )
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `ringkv local` with three backends: the server, the frontend's address and the backends'.
 fn local_cluster() -> (Server, String, Vec<String>) {

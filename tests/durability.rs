@@ -5,15 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::{run_bounded, ChildGuard};
+use common::process::{run_bounded, Server};
 use common::BOUND;
 use ringkv::durable::{DurableOptions, DurableStore};
 use ringkv::protocol::Status;
@@ -603,73 +601,6 @@ fn a_full_disk_fails_the_write_and_leaves_the_log_readable() {
     assert_holds(&reopened, &model, &keys, "reopened");
 }
 
-/// A `ringkv` process, killed (SIGKILL) when dropped; its stdout lines arrive on a channel.
-struct Server {
-    child: ChildGuard,
-    lines: Receiver<String>,
-    log: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(RINGKV)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start ringkv {args:?}: {e}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
-        Server {
-            child: ChildGuard(child),
-            lines,
-            log,
-        }
-    }
-
-    /// The address in the next stdout line that reads `{role} listening on ADDR` (other
-    /// announcements, of other doors, are passed over).
-    fn listening(&self, role: &str) -> String {
-        let prefix = format!("{role} listening on ");
-        let deadline = std::time::Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "no `{prefix}ADDR` line within {BOUND:?}; log:\n{}",
-                    String::from_utf8_lossy(&self.log.lock().unwrap())
-                )
-            });
-            if let Some(addr) = line.strip_prefix(&prefix) {
-                return addr.to_string();
-            }
-        }
-    }
-
-    /// kill -9, waited for.
-    fn kill(mut self) {
-        self.child.0.kill().unwrap();
-        self.child.0.wait().unwrap();
-    }
-}
-
 fn frontend_over(backend: &str) -> (Server, String) {
     let frontend = Server::start(&[
         "frontend",
@@ -753,6 +684,7 @@ fn a_whole_cluster_restarted_over_its_data_serves_the_same_keys() {
     ];
     let cluster = Server::start(&args);
     let frontend = cluster.listening("frontend");
+    cluster.listening("resp");
     let backends: Vec<String> = (0..3).map(|_| cluster.listening("backend")).collect();
     let mut client = Client::connect(&frontend).unwrap();
     for i in 0..300 {
@@ -771,6 +703,7 @@ fn a_whole_cluster_restarted_over_its_data_serves_the_same_keys() {
 
     let cluster = Server::start(&args);
     let frontend = cluster.listening("frontend");
+    cluster.listening("resp");
     let again: Vec<String> = (0..3).map(|_| cluster.listening("backend")).collect();
     assert_eq!(again, backends, "each backend listens where it did before");
     let mut client = Client::connect(&frontend).unwrap();

@@ -1,9 +1,10 @@
 //! Child processes for the tests that run real programs: killed when dropped, waited for with a
 //! bound, their output collected without risk of a pipe deadlock.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A child process that is killed when dropped, so that a failing test leaves nothing running.
@@ -114,5 +115,90 @@ pub fn run_bounded(command: &mut Command, stdin: &[u8], bound: Duration) -> Fini
         stdout,
         stderr,
         elapsed,
+    }
+}
+
+/// A running `ringkv` process, killed when dropped so that a failing test leaves nothing
+/// running. Its stdout lines arrive on a channel; its log (stderr) is kept for failure messages.
+pub struct Server {
+    child: ChildGuard,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Server {
+    /// Starts `ringkv` with `args`.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start ringkv {args:?}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        Server {
+            child: ChildGuard(child),
+            lines,
+            log,
+        }
+    }
+
+    /// Waits for the next stdout line, which must read `{role} listening on ADDR`, and returns
+    /// ADDR.
+    pub fn listening(&self, role: &str) -> String {
+        let line = self.lines.recv_timeout(super::BOUND).unwrap_or_else(|_| {
+            panic!(
+                "no `{role} listening on` line within {:?}; log:\n{}",
+                super::BOUND,
+                self.log()
+            )
+        });
+        line.strip_prefix(&format!("{role} listening on "))
+            .unwrap_or_else(|| panic!("expected `{role} listening on ADDR`, got {line:?}"))
+            .to_string()
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned()
+    }
+
+    /// Sends SIGTERM and returns the exit status, which must come within a few seconds.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.0.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(kill.success(), "kill -TERM failed: {kill}");
+        wait_bounded(&mut self.child.0, Duration::from_secs(5)).unwrap_or_else(|| {
+            panic!(
+                "ringkv did not exit within 5 s of SIGTERM; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// kill -9, waited for.
+    pub fn kill(mut self) {
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
     }
 }
