@@ -23,13 +23,12 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
-use crate::server::{Handler, Registry, ServerOptions};
+use crate::server::{Handler, Registry, ServerHandle, ServerOptions};
 
 /// Longest inline request line, and longest `*N` or `$N` line, that is waited for (Redis's
 /// PROTO_INLINE_MAX_SIZE): past it, the bytes cannot be a request.
@@ -1135,40 +1134,7 @@ fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
 }
 
 /// The running door: its address, and the means to stop it. Dropping it stops it too.
-pub struct RespServer {
-    local_addr: SocketAddr,
-    shutdown: Arc<AtomicBool>,
-    registry: Arc<Registry>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl RespServer {
-    /// The address the door listens on (with the real port when it was asked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops accepting, closes every open connection and waits for the acceptor to end.
-    pub fn shutdown(&mut self) {
-        if self.shutdown.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        self.registry.close_all();
-        // The acceptor blocks in accept(); a connection of our own wakes it to see the flag.
-        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-        // Connections accepted while the flag was being raised.
-        self.registry.close_all();
-    }
-}
-
-impl Drop for RespServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+pub type RespServer = ServerHandle;
 
 /// Binds `addr` and serves RESP2 on it with `handler`, one thread per connection, at most
 /// `options.max_connections` of them; `options` also gives the key and value limits and the
@@ -1195,12 +1161,7 @@ pub fn serve(addr: &str, options: ServerOptions, handler: Arc<dyn Handler>) -> R
         .name("resp-acceptor".into())
         .spawn(move || accept_loop(listener, door))
         .map_err(bind_error)?;
-    Ok(RespServer {
-        local_addr,
-        shutdown,
-        registry,
-        acceptor: Some(acceptor),
-    })
+    Ok(ServerHandle::new(local_addr, shutdown, registry, acceptor))
 }
 
 fn accept_loop(listener: TcpListener, door: Arc<Door>) {

@@ -393,6 +393,22 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
+    /// The handle of a server listening on `local_addr`, whose acceptor thread watches
+    /// `shutdown` and whose open connections are in `registry`.
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        shutdown: Arc<AtomicBool>,
+        registry: Arc<Registry>,
+        acceptor: JoinHandle<()>,
+    ) -> ServerHandle {
+        ServerHandle {
+            local_addr,
+            shutdown,
+            registry,
+            acceptor: Some(acceptor),
+        }
+    }
+
     /// The address the server listens on (with the real port when it was asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -467,12 +483,7 @@ pub(crate) fn serve(
             .spawn(move || accept_loop(&name, listener, &shutdown, &registry, connections))
             .map_err(bind_error)?
     };
-    Ok(ServerHandle {
-        local_addr,
-        shutdown,
-        registry,
-        acceptor: Some(acceptor),
-    })
+    Ok(ServerHandle::new(local_addr, shutdown, registry, acceptor))
 }
 
 fn accept_loop(
