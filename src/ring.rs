@@ -105,6 +105,13 @@ pub enum Placement {
 /// The most partitions a ring may be cut into.
 pub const MAX_PARTITIONS: u32 = 1 << 16;
 
+/// The most nodes a view may list. A view comes from the network, so what building its ring
+/// costs (memory, and time to deal the partitions) must have a bound.
+pub const MAX_NODES: usize = 4096;
+
+/// The most hashed positions a ring may hold, over all its nodes.
+pub const MAX_POINTS: usize = 1 << 20;
+
 /// The placement `ringkv` uses unless told otherwise: chosen by `cargo bench --bench ring`,
 /// where it gives the most even load and moves the fewest keys when a node joins.
 pub const DEFAULT_PLACEMENT: Placement = Placement::Partitions { count: 4096 };
@@ -180,6 +187,12 @@ impl Ring {
         if view.nodes.is_empty() {
             return Err(Error::View("a view needs at least one node".into()));
         }
+        if view.nodes.len() > MAX_NODES {
+            return Err(Error::View(format!(
+                "{} nodes: a view holds at most {MAX_NODES}",
+                view.nodes.len()
+            )));
+        }
         let mut seen = HashSet::new();
         for node in &view.nodes {
             if !seen.insert(node.as_str()) {
@@ -190,6 +203,12 @@ impl Ring {
             Placement::Hashed { per_node } => {
                 if per_node == 0 {
                     return Err(Error::View("a node needs at least one position".into()));
+                }
+                if view.nodes.len() * usize::from(per_node) > MAX_POINTS {
+                    return Err(Error::View(format!(
+                        "{} nodes at {per_node} positions each: a ring holds at most {MAX_POINTS} points",
+                        view.nodes.len()
+                    )));
                 }
                 let mut points = Vec::with_capacity(view.nodes.len() * usize::from(per_node));
                 for (index, node) in view.nodes.iter().enumerate() {
@@ -637,6 +656,11 @@ mod tests {
         assert!(Ring::new(partitioned(5, Routing::Direct, 4)).is_err());
         assert!(Ring::new(partitioned(1, Routing::Direct, MAX_PARTITIONS * 2)).is_err());
         assert!(Ring::new(partitioned(4, Routing::Direct, 4)).is_ok());
+        // What a view from the network may make a node build is bounded.
+        assert!(Ring::new(partitioned(MAX_NODES + 1, Routing::Direct, MAX_PARTITIONS)).is_err());
+        let names: Vec<String> = (0..300).map(|i| format!("n{i}:1")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert!(Ring::new(view(&names, Routing::Direct, 4000)).is_err());
     }
 
     #[test]
