@@ -19,6 +19,23 @@ pub struct ClientOptions {
     pub max_frame: usize,
 }
 
+impl ClientOptions {
+    /// A framed connection to `addr` with these timeouts and limits, for callers that drive
+    /// the protocol themselves.
+    pub fn open(&self, addr: &str) -> Result<Connection> {
+        let timeouts = Timeouts {
+            connect: self.connect_timeout,
+            io: self.io_timeout,
+            ..Timeouts::default()
+        };
+        let limits = Limits {
+            max_frame: self.max_frame,
+            ..Limits::default()
+        };
+        Connection::open(addr, &timeouts, &limits)
+    }
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         let timeouts = Timeouts::default();
@@ -85,17 +102,8 @@ impl Client {
 
     /// Connects with the given timeouts and limits.
     pub fn connect_with(addr: &str, options: ClientOptions) -> Result<Client> {
-        let timeouts = Timeouts {
-            connect: options.connect_timeout,
-            io: options.io_timeout,
-            ..Timeouts::default()
-        };
-        let limits = Limits {
-            max_frame: options.max_frame,
-            ..Limits::default()
-        };
         Ok(Client {
-            conn: Connection::open(addr, &timeouts, &limits)?,
+            conn: options.open(addr)?,
             next_id: 1,
             last_hops: 0,
         })

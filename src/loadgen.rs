@@ -18,9 +18,9 @@ use hdrhistogram::Histogram;
 
 use crate::cli::thousands;
 use crate::client::ClientOptions;
-use crate::connection::{Connection, Timeouts};
+use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::protocol::{Frame, Limits, Opcode, Status, MIN_FRAME};
+use crate::protocol::{Frame, Opcode, Status, MIN_FRAME};
 use crate::rng::Rng;
 
 /// Keys are `key:` and this many digits, so the key space can hold at most 10^12 keys.
@@ -505,19 +505,6 @@ impl ClientPart {
     }
 }
 
-fn open(addr: &str, options: ClientOptions) -> Result<Connection> {
-    let timeouts = Timeouts {
-        connect: options.connect_timeout,
-        io: options.io_timeout,
-        ..Timeouts::default()
-    };
-    let limits = Limits {
-        max_frame: options.max_frame,
-        ..Limits::default()
-    };
-    Connection::open(addr, &timeouts, &limits)
-}
-
 /// One client thread's measured part: `quota` requests, or requests until the configured
 /// duration has passed.
 fn measure(
@@ -530,7 +517,7 @@ fn measure(
     done: &AtomicU64,
 ) -> ClientPart {
     let mut part = ClientPart::default();
-    let mut conn = match open(addr, options) {
+    let mut conn = match options.open(addr) {
         Ok(conn) => Some(conn),
         Err(e) => {
             part.note(e.to_string());
@@ -560,7 +547,7 @@ fn measure(
             part.stats(kind).requests += 1;
         }
         if conn.is_none() && !gave_up {
-            match open(addr, options) {
+            match options.open(addr) {
                 Ok(fresh) => conn = Some(fresh),
                 Err(e) => {
                     part.note(e.to_string());
@@ -740,7 +727,7 @@ fn preload_range(
     start: u64,
     end: u64,
 ) -> (u64, Option<String>) {
-    let mut conn = match open(addr, options) {
+    let mut conn = match options.open(addr) {
         Ok(conn) => conn,
         Err(e) => return (end - start, Some(e.to_string())),
     };
