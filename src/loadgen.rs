@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Barrier;
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -386,23 +386,32 @@ pub fn run(addr: &str, config: &BenchConfig, options: ClientOptions) -> Result<B
     let quotas = split_evenly(config.requests, config.clients);
     let done = AtomicU64::new(0);
     let finished = AtomicUsize::new(0);
-    // Every client connects first; the clock starts when all are ready.
+    // Every client connects first; the clock starts when all are ready, and each client's
+    // deadline counts from that one start, so the run lasts at least the duration asked.
     let ready = Barrier::new(config.clients + 1);
+    let go = Barrier::new(config.clients + 1);
+    let start = OnceLock::new();
     let (seconds, parts) = std::thread::scope(|scope| {
         let workers: Vec<_> = client_seeds
             .iter()
             .zip(&quotas)
             .map(|(&seed, &quota)| {
-                let (ready, done, finished) = (&ready, &done, &finished);
+                let clock = Clock {
+                    ready: &ready,
+                    go: &go,
+                    start: &start,
+                };
+                let (done, finished) = (&done, &finished);
                 scope.spawn(move || {
-                    let part = measure(addr, config, options, seed, quota, ready, done);
+                    let part = measure(addr, config, options, seed, quota, clock, done);
                     finished.fetch_add(1, Ordering::Release);
                     part
                 })
             })
             .collect();
         ready.wait();
-        let started = Instant::now();
+        let started = *start.get_or_init(Instant::now);
+        go.wait();
         if config.progress {
             show_progress(config, started, &done, &finished);
         }
@@ -507,13 +516,22 @@ impl ClientPart {
 
 /// One client thread's measured part: `quota` requests, or requests until the configured
 /// duration has passed.
+/// How the clients of a run start together: all wait at `ready` once connected; the run's
+/// start is then set, and `go` lets them begin.
+#[derive(Clone, Copy)]
+struct Clock<'a> {
+    ready: &'a Barrier,
+    go: &'a Barrier,
+    start: &'a OnceLock<Instant>,
+}
+
 fn measure(
     addr: &str,
     config: &BenchConfig,
     options: ClientOptions,
     seed: u64,
     quota: u64,
-    ready: &Barrier,
+    clock: Clock<'_>,
     done: &AtomicU64,
 ) -> ClientPart {
     let mut part = ClientPart::default();
@@ -526,8 +544,10 @@ fn measure(
     };
     // After a connect that failed, the client gives up instead of hammering a dead address.
     let mut gave_up = conn.is_none();
-    ready.wait();
-    let deadline = config.duration.map(|d| Instant::now() + d);
+    clock.ready.wait();
+    clock.go.wait();
+    let started = *clock.start.get_or_init(Instant::now);
+    let deadline = config.duration.map(|d| started + d);
     let mut workload = Workload::new(config.keyspace, config.mix, Rng::seeded(seed));
     let mut next_id = 1u64;
     let mut remaining = quota;
