@@ -148,13 +148,8 @@ fn node_names(count: usize) -> Vec<String> {
 }
 
 fn build(nodes: usize, placement: Placement, routing: Routing) -> Ring {
-    Ring::new(View {
-        epoch: 1,
-        routing,
-        placement,
-        nodes: node_names(nodes),
-    })
-    .unwrap_or_else(|e| panic!("a ring of {nodes} nodes with {placement}: {e}"))
+    Ring::new(View::new(1, routing, placement, 1, node_names(nodes)))
+        .unwrap_or_else(|e| panic!("a ring of {nodes} nodes with {placement}: {e}"))
 }
 
 fn short_name(placement: Placement) -> String {

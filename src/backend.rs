@@ -2,15 +2,17 @@
 //! for other keys towards their owner.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use crate::cluster::chain::{self, KeyLocks};
+use crate::cluster::view_file::{self, SavedView};
 use crate::error::Result;
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
-use crate::ring::Ring;
+use crate::ring::{Position, Ring};
 use crate::server::{self, Dispatch, Handler, ServerHandle, ServerOptions};
-use crate::store::{Engine, MemStore, Unsettled};
+use crate::store::{Engine, MemStore, StoreSize, Unsettled};
 
 /// How to run a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,14 @@ struct Counters {
     relayed: AtomicU64,
     hops: AtomicU64,
     errors: AtomicU64,
+    /// Writes this node applied and passed down a chain to its successor.
+    chain_relayed: AtomicU64,
+    /// Writes this node applied as a non-head chain member.
+    chain_applied: AtomicU64,
+    /// Views installed (a restart's saved view included).
+    view_changes: AtomicU64,
+    /// Requests and chain answers refused because they belong to another epoch.
+    stale_refused: AtomicU64,
     /// Requests served by how many relays they took; the last bucket holds the rest.
     relays: [AtomicU64; RELAY_BUCKETS],
 }
@@ -75,6 +85,13 @@ enum Route {
         membership: Arc<Membership>,
         next: String,
     },
+    /// A write applied here that the rest of its chain must apply before it is acknowledged:
+    /// `forward` goes to `next`; `answer` is what this node answers once `next` acknowledges.
+    Chain {
+        answer: Frame,
+        forward: Frame,
+        next: String,
+    },
 }
 
 /// The ring as this node knows it, with its own place in it.
@@ -83,13 +100,37 @@ struct Membership {
     me: usize,
 }
 
+impl Membership {
+    /// Whether this node is the head of `key`'s chain.
+    fn heads(&self, key: &[u8]) -> bool {
+        self.ring.chain_of_key(key).head() == Some(self.me)
+    }
+
+    /// Whether this node heads `key`'s chain and passes its writes on to other members.
+    fn heads_longer_chain(&self, key: &[u8]) -> bool {
+        let chain = self.ring.chain_of_key(key);
+        chain.len() > 1 && chain.head() == Some(self.me)
+    }
+}
+
 struct BackendState {
     store: Arc<dyn Engine>,
+    /// Taken for reading while a request is checked against the epoch and applied, and for
+    /// writing to install a view: a request is applied under exactly the epoch it was checked
+    /// against.
     membership: RwLock<Option<Arc<Membership>>>,
+    /// The per-key write order of the chains this node heads.
+    key_locks: KeyLocks,
+    /// Where the view is kept across restarts (with a data directory).
+    data_dir: Option<std::path::PathBuf>,
     peers: Peers,
     counters: Counters,
     /// The address it listens on, to name itself by until a view says how others reach it.
     listening: std::sync::OnceLock<String>,
+    /// Chosen at random when the process starts and sent with every PING answer, so that the
+    /// view keeper can tell a backend that restarted (and may have lost writes) from one that
+    /// stayed up.
+    incarnation: u64,
 }
 
 /// A running backend. Dropping it stops it.
@@ -127,12 +168,19 @@ impl Backend {
 
     /// Starts a backend over the given storage engine.
     pub fn with_engine(config: BackendConfig, store: Arc<dyn Engine>) -> Result<Backend> {
+        let membership = match &config.data_dir {
+            Some(dir) => saved_membership(dir)?,
+            None => None,
+        };
         let state = Arc::new(BackendState {
             store,
-            membership: RwLock::new(None),
+            membership: RwLock::new(membership.map(Arc::new)),
+            key_locks: KeyLocks::default(),
+            data_dir: config.data_dir.clone(),
             peers: Peers::new(config.server.timeouts, config.server.limits),
             counters: Counters::default(),
             listening: std::sync::OnceLock::new(),
+            incarnation: crate::rng::Rng::from_entropy().next_u64() | 1,
         });
         let server = server::serve(
             "backend",
@@ -163,9 +211,13 @@ impl Backend {
 
 impl BackendState {
     fn membership(&self) -> Option<Arc<Membership>> {
+        self.read_membership().clone()
+    }
+
+    fn read_membership(&self) -> RwLockReadGuard<'_, Option<Arc<Membership>>> {
         match self.membership.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -176,13 +228,18 @@ impl BackendState {
         }
     }
 
-    /// VIEW_INSTALL: the key is this node's own address in the view, the value the view.
+    /// VIEW_INSTALL: the key is this node's own address in the view, the value the view. A
+    /// view is taken only if its epoch is higher than the installed one's, or it is the
+    /// installed view again; with a data directory it is on disk before it is acknowledged.
     fn install_view(&self, request: &Frame) -> Frame {
         let view = match payload::decode_view(request.epoch, &request.value) {
             Ok(view) => view,
             Err(e) => return request.error_reply(Status::BAD_REQUEST, e.to_string()),
         };
         let me = String::from_utf8_lossy(&request.key).into_owned();
+        if view.epoch == 0 {
+            return request.error_reply(Status::BAD_REQUEST, "a view's epoch is at least 1");
+        }
         let ring = match Ring::new(view) {
             Ok(ring) => ring,
             Err(e) => return request.error_reply(Status::BAD_REQUEST, e.to_string()),
@@ -198,55 +255,195 @@ impl BackendState {
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some(current) = slot.as_ref() {
-            let epoch = current.ring.view().epoch;
-            if request.epoch < epoch {
+            let installed = current.ring.view();
+            if let Some(refusal) = refuse_view(installed, ring.view(), current.me, index) {
+                log::warn!("{me}: refused a view of epoch {}: {refusal}", request.epoch);
+                bump(&self.counters.stale_refused);
+                return request.error_reply(Status::STALE_VIEW, refusal);
+            }
+            if installed == ring.view() {
+                return request.reply(Status::OK, Vec::new());
+            }
+        }
+        if let Some(dir) = &self.data_dir {
+            let saved = SavedView {
+                me: me.clone(),
+                view: ring.view().clone(),
+            };
+            if let Err(e) = view_file::save(dir, &saved) {
+                log::error!("{me}: cannot keep view epoch {}: {e}", request.epoch);
                 return request.error_reply(
-                    Status::STALE_VIEW,
-                    format!(
-                        "view epoch {} is older than the installed {epoch}",
-                        request.epoch
-                    ),
+                    Status::INTERNAL,
+                    format!("{me}: cannot keep the view on disk: {e}"),
                 );
             }
         }
         log::info!(
-            "{me}: installed view epoch {} with {} nodes ({} routing, {})",
+            "{me}: installed view epoch {} with {} nodes ({} down), {} replicas ({} routing, {})",
             request.epoch,
             ring.len(),
+            ring.view()
+                .states
+                .iter()
+                .filter(|s| **s != crate::ring::NodeState::Up)
+                .count(),
+            ring.view().replicas,
             ring.view().routing,
             ring.view().placement
         );
+        // A call still waiting on a node that is now down fails at once instead of holding
+        // its keys' locks until its timeout.
+        for (node, addr) in ring.view().nodes.iter().enumerate() {
+            if !ring.view().is_up(node) {
+                self.peers.sever(addr);
+            }
+        }
+        bump(&self.counters.view_changes);
         *slot = Some(Arc::new(Membership { ring, me: index }));
         request.reply(Status::OK, Vec::new())
     }
 
-    /// PUT, GET, DELETE: serve if this node owns the key, otherwise relay.
-    fn key_request(&self, request: Frame) -> Frame {
-        let mut writes = Unsettled::NONE;
-        match self.route(request, &mut writes) {
-            Route::Answered(mut answer) => {
-                self.settle(writes, [&mut answer]);
-                answer
-            }
-            Route::Relay {
-                request,
-                relayed,
-                membership,
-                next,
-            } => {
-                let result = self.relay(&membership, &next, &relayed);
-                self.relay_answer(&request, &next, result)
-            }
+    /// Key requests (PUT, GET, DELETE, and the chain's own writes), in order: each is served
+    /// here, refused, relayed towards the chain member it is for, or applied here and passed
+    /// down its chain. The relays and chain hops of the whole batch go out together, one batch
+    /// per next node, so a pipeline crosses each hop in one round trip.
+    fn key_batch(&self, mut requests: Vec<Frame>) -> Vec<Frame> {
+        let waves = chain::waves(&requests);
+        if waves.len() <= 1 {
+            return self.key_wave(requests);
         }
+        // Cut from the back, carry out from the front.
+        let mut parts = Vec::with_capacity(waves.len());
+        for wave in waves.into_iter().rev() {
+            parts.push(requests.split_off(wave.start));
+        }
+        parts
+            .into_iter()
+            .rev()
+            .flat_map(|part| self.key_wave(part))
+            .collect()
     }
 
-    /// What to do with a key request: answer it here (served, or refused), or relay it. A
-    /// write served here extends `writes`, which the caller settles.
-    fn route(&self, request: Frame, writes: &mut Unsettled) -> Route {
+    /// Key requests that may be carried out at once (see [`chain::waves`]).
+    fn key_wave(&self, requests: Vec<Frame>) -> Vec<Frame> {
+        // The writes this node heads take their keys' locks before anything is applied, and
+        // keep them until the rest of the chain has answered (invariant 1 in `cluster`).
+        let snapshot = self.membership();
+        let headed: Vec<&[u8]> = match &snapshot {
+            Some(m) => requests
+                .iter()
+                .filter(|r| is_client_write(r.opcode) && m.heads_longer_chain(&r.key))
+                .map(|r| r.key.as_slice())
+                .collect(),
+            None => Vec::new(),
+        };
+        let _held = self.key_locks.lock(headed);
+        let mut writes = Unsettled::NONE;
+        let routes: Vec<Route> = {
+            let guard = self.read_membership();
+            let current = guard.as_ref();
+            let moved = match (&snapshot, current) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (None, None) => false,
+                _ => true,
+            };
+            requests
+                .into_iter()
+                .map(|request| {
+                    if moved && is_client_write(request.opcode) {
+                        Route::Answered(request.error_reply(
+                            Status::STALE_VIEW,
+                            "the view changed while the write waited for its key; not applied",
+                        ))
+                    } else {
+                        self.route(current, request, &mut writes)
+                    }
+                })
+                .collect()
+        };
+        // Chain hops first, while the keys' locks are held; relays after the locks are let go,
+        // because a relay may wait on another node whose own relays wait on these locks.
+        let chain_calls: Vec<(&str, &Frame)> = routes
+            .iter()
+            .filter_map(|route| match route {
+                Route::Chain { forward, next, .. } => Some((next.as_str(), forward)),
+                _ => None,
+            })
+            .collect();
+        let mut chain_results = self.call_all(&chain_calls).into_iter();
+        drop(chain_calls);
+        let epoch_now = self.membership().map_or(0, |m| m.ring.view().epoch);
+        let routes: Vec<Route> = routes
+            .into_iter()
+            .map(|route| match route {
+                Route::Chain {
+                    answer,
+                    forward,
+                    next,
+                } => Route::Answered(self.chain_answer(
+                    answer,
+                    &forward,
+                    &next,
+                    chain_results.next(),
+                    epoch_now,
+                )),
+                other => other,
+            })
+            .collect();
+        drop(_held);
+        let relay_calls: Vec<(&str, &Frame)> = routes
+            .iter()
+            .filter_map(|route| match route {
+                Route::Relay { relayed, next, .. } => Some((next.as_str(), relayed)),
+                _ => None,
+            })
+            .collect();
+        let mut results = self.call_all(&relay_calls).into_iter();
+        drop(relay_calls);
+        let mut answers: Vec<Frame> = routes
+            .into_iter()
+            .map(|route| match route {
+                Route::Relay {
+                    request,
+                    relayed,
+                    membership,
+                    next,
+                } => {
+                    let result = match results.next() {
+                        // A next hop that restarted gets the view and this request again.
+                        Some(Ok(answer)) if answer.status == Status::NO_VIEW => {
+                            self.relay(&membership, &next, &relayed)
+                        }
+                        Some(result) => result,
+                        None => Err(crate::error::Error::Unanswered {
+                            addr: next.clone(),
+                            reason: "not sent".into(),
+                        }),
+                    };
+                    self.relay_answer(&request, &next, result)
+                }
+                Route::Answered(answer) | Route::Chain { answer, .. } => answer,
+            })
+            .collect();
+        // One wait (one fsync under `always`) for every write applied here, before any of
+        // them is acknowledged upstream.
+        self.settle(writes, answers.iter_mut());
+        answers
+    }
+
+    /// What to do with a key request under `membership` (held by the caller for reading):
+    /// answer it here (served, or refused), relay it, or apply it and pass it down its chain.
+    /// A write applied here extends `writes`, which the caller settles.
+    fn route(
+        &self,
+        membership: Option<&Arc<Membership>>,
+        request: Frame,
+        writes: &mut Unsettled,
+    ) -> Route {
         if request.key.is_empty() {
             return Route::Answered(request.error_reply(Status::BAD_REQUEST, "the key is empty"));
         }
-        let Some(membership) = self.membership() else {
+        let Some(membership) = membership else {
             return Route::Answered(request.error_reply(
                 Status::NO_VIEW,
                 "this backend has not been given a view yet",
@@ -254,7 +451,11 @@ impl BackendState {
         };
         let ring = &membership.ring;
         let epoch = ring.view().epoch;
-        if request.epoch != 0 && request.epoch != epoch {
+        let is_chain_write = matches!(request.opcode, Opcode::CHAIN_PUT | Opcode::CHAIN_DELETE);
+        // Requests from clients may carry no epoch (0: debugging by hand); chain writes must
+        // carry this node's.
+        if (request.epoch != 0 || is_chain_write) && request.epoch != epoch {
+            bump(&self.counters.stale_refused);
             return Route::Answered(request.error_reply(
                 Status::STALE_VIEW,
                 format!(
@@ -264,9 +465,43 @@ impl BackendState {
             ));
         }
         let position = crate::ring::key_position(&request.key);
-        let owner = ring.owner(&position);
-        if owner == membership.me {
-            return Route::Answered(self.serve_locally(request, writes));
+        let chain = ring.chain(&position);
+        if chain.is_empty() {
+            return Route::Answered(request.error_reply(
+                Status::UNAVAILABLE,
+                format!(
+                    "every node holding this key is down (view epoch {epoch}, owner {})",
+                    ring.node(ring.owner(&position))
+                ),
+            ));
+        }
+        if is_chain_write {
+            return match chain.position(membership.me) {
+                Some(at) if at > 0 => {
+                    bump(&self.counters.chain_applied);
+                    let answer = self.apply(&request, writes);
+                    self.pass_down(answer, &request, ring, &chain, membership.me, epoch)
+                }
+                _ => Route::Answered(request.error_reply(
+                    Status::BAD_REQUEST,
+                    format!(
+                        "{} is not a member after the head of this key's chain in epoch {epoch}",
+                        ring.node(membership.me)
+                    ),
+                )),
+            };
+        }
+        let target = match request.opcode {
+            Opcode::GET => chain.tail(),
+            _ => chain.head(),
+        }
+        .unwrap_or(membership.me);
+        if target == membership.me {
+            let answer = self.serve_locally(&request, writes);
+            if request.opcode == Opcode::GET {
+                return Route::Answered(answer);
+            }
+            return self.pass_down(answer, &request, ring, &chain, membership.me, epoch);
         }
         let limit = match request.hop_limit {
             0 => DEFAULT_HOP_LIMIT,
@@ -282,7 +517,7 @@ impl BackendState {
             ));
         }
         let next = ring
-            .node(ring.next_hop(membership.me, &position))
+            .node(next_hop(ring, membership.me, &position, &chain, target))
             .to_string();
         bump(&self.counters.relayed);
         let mut relayed = request.clone();
@@ -292,8 +527,75 @@ impl BackendState {
         Route::Relay {
             request,
             relayed,
-            membership,
+            membership: Arc::clone(membership),
             next,
+        }
+    }
+
+    /// Every call of `calls`, batched per peer; nothing to do for none.
+    fn call_all(&self, calls: &[(&str, &Frame)]) -> Vec<Result<Frame>> {
+        if calls.is_empty() {
+            Vec::new()
+        } else {
+            self.peers.call_batch(calls)
+        }
+    }
+
+    /// What this chain member answers for a write it applied and passed to `next` as
+    /// `forward`: its own `answer` if the rest of the chain acknowledged it, else UNAVAILABLE.
+    fn chain_answer(
+        &self,
+        answer: Frame,
+        forward: &Frame,
+        next: &str,
+        result: Option<Result<Frame>>,
+        epoch_now: u64,
+    ) -> Frame {
+        match result {
+            Some(Ok(reply)) if chain::acknowledges(&reply, forward.epoch, epoch_now) => answer,
+            Some(Ok(reply)) => {
+                if reply.status == Status::STALE_VIEW || reply.epoch != forward.epoch {
+                    bump(&self.counters.stale_refused);
+                }
+                let why = format!("{}: {}", reply.status, reply.message());
+                chain::unacknowledged(&answer, next, &why)
+            }
+            Some(Err(e)) => {
+                self.peers.forget(next);
+                chain::unacknowledged(&answer, next, &e.to_string())
+            }
+            None => chain::unacknowledged(&answer, next, "not sent"),
+        }
+    }
+
+    /// After applying a write as chain member `me`: the answer itself at the tail (or when the
+    /// write failed here), else the chain write for the next member.
+    fn pass_down(
+        &self,
+        answer: Frame,
+        request: &Frame,
+        ring: &Ring,
+        chain: &crate::ring::Chain,
+        me: usize,
+        epoch: u64,
+    ) -> Route {
+        let next = match chain.successor(me) {
+            Some(next) if answer.status.is_success() => next,
+            _ => return Route::Answered(answer),
+        };
+        bump(&self.counters.chain_relayed);
+        let mut forward = Frame::request(
+            chain::chain_opcode(request.opcode),
+            request.request_id,
+            request.key.clone(),
+            request.value.clone(),
+        );
+        forward.epoch = epoch;
+        forward.hops = request.hops;
+        Route::Chain {
+            answer,
+            forward,
+            next: ring.node(next).to_string(),
         }
     }
 
@@ -317,8 +619,24 @@ impl BackendState {
     /// Any request but a key request's relay.
     fn answer(&self, request: Frame) -> Frame {
         match request.opcode {
-            Opcode::PUT | Opcode::GET | Opcode::DELETE => self.key_request(request),
+            Opcode::PUT
+            | Opcode::GET
+            | Opcode::DELETE
+            | Opcode::CHAIN_PUT
+            | Opcode::CHAIN_DELETE => {
+                let mut answers = self.key_batch(vec![request]);
+                answers.pop().unwrap_or_else(|| {
+                    Frame::error_for_id(0, Status::INTERNAL, "a key request got no answer")
+                })
+            }
             Opcode::PING => request.reply(Status::OK, Vec::new()),
+            // The epoch installed here and this process's incarnation, so that the keeper sees
+            // a node that restarted.
+            Opcode::HEALTH => {
+                let mut answer = request.reply(Status::OK, self.incarnation.to_be_bytes().to_vec());
+                answer.epoch = self.membership().map_or(0, |m| m.ring.view().epoch);
+                answer
+            }
             Opcode::SIZE | Opcode::STATS => {
                 let report = self.report(request.opcode);
                 request.reply(Status::OK, payload::encode_reports(&[report]))
@@ -339,14 +657,13 @@ impl BackendState {
     }
 
     /// Waits for the writes behind `answers` to be durable. If that fails, no write is
-    /// acknowledged: every successful answer to a PUT or DELETE becomes the storage error.
+    /// acknowledged: every successful answer to a write becomes the storage error.
     fn settle<'a>(&self, writes: Unsettled, answers: impl IntoIterator<Item = &'a mut Frame>) {
         let Err(e) = self.store.settle(writes) else {
             return;
         };
         for answer in answers {
-            let is_write = matches!(answer.opcode, Opcode::PUT | Opcode::DELETE);
-            if is_write && answer.status == Status::OK {
+            if is_write(answer.opcode) && answer.status.is_success() {
                 *answer = self.store_error(answer, e.clone());
             }
         }
@@ -359,10 +676,10 @@ impl BackendState {
     }
 
     /// Sends `request` to `next`; a next hop that has no view (it restarted) is given ours and
-    /// asked again.
+    /// asked again, when that is safe: with one copy per key, where it holds all there is.
     fn relay(&self, membership: &Membership, next: &str, request: &Frame) -> Result<Frame> {
         let answer = self.peers.call(next, request)?;
-        if answer.status != Status::NO_VIEW {
+        if answer.status != Status::NO_VIEW || membership.ring.view().replicas > 1 {
             return Ok(answer);
         }
         let install = view_install_frame(membership.ring.view(), next, request.request_id);
@@ -373,9 +690,32 @@ impl BackendState {
         self.peers.call(next, request)
     }
 
+    /// Applies a write this node holds a copy of; the answer is unsettled (see
+    /// [`serve_locally`](BackendState::serve_locally)).
+    fn apply(&self, request: &Frame, writes: &mut Unsettled) -> Frame {
+        let result = if request.opcode == Opcode::CHAIN_DELETE {
+            self.store
+                .delete_unsettled(&request.key)
+                .map(|(found, written)| {
+                    (if found { Status::OK } else { Status::NOT_FOUND }, written)
+                })
+        } else {
+            self.store
+                .put_unsettled(&request.key, &request.value)
+                .map(|written| (Status::OK, written))
+        };
+        match result {
+            Ok((status, written)) => {
+                *writes = (*writes).max(written);
+                request.reply(status, Vec::new())
+            }
+            Err(e) => self.store_error(request, e),
+        }
+    }
+
     /// Serves a key this node owns. Writes are not settled here: the caller settles `writes`
     /// (grown to cover this one) before any answer leaves, so a batch shares one wait.
-    fn serve_locally(&self, request: Frame, writes: &mut Unsettled) -> Frame {
+    fn serve_locally(&self, request: &Frame, writes: &mut Unsettled) -> Frame {
         bump(&self.counters.served);
         self.counters
             .hops
@@ -389,7 +729,7 @@ impl BackendState {
                         *writes = (*writes).max(written);
                         request.reply(Status::OK, Vec::new())
                     }
-                    Err(e) => self.store_error(&request, e),
+                    Err(e) => self.store_error(request, e),
                 }
             }
             Opcode::GET => {
@@ -407,7 +747,7 @@ impl BackendState {
                         let status = if found { Status::OK } else { Status::NOT_FOUND };
                         request.reply(status, Vec::new())
                     }
-                    Err(e) => self.store_error(&request, e),
+                    Err(e) => self.store_error(request, e),
                 }
             }
         }
@@ -424,11 +764,36 @@ impl BackendState {
         request.error_reply(status, format!("{}: {e}", self.my_addr()))
     }
 
-    fn report(&self, opcode: Opcode) -> NodeReport {
+    /// Keys and bytes this node holds as the head of their chain (each key is counted once
+    /// over the cluster), and the other copies it holds.
+    fn sizes(&self) -> (StoreSize, StoreSize) {
         let size = self.store.size();
+        let membership = match self.membership() {
+            Some(m) if m.ring.view().replicas > 1 => m,
+            // One copy per key: every key here is this node's own.
+            _ => return (size, StoreSize::default()),
+        };
+        let mut primary = StoreSize::default();
+        self.store.for_each(&mut |key, value| {
+            if membership.heads(key) {
+                primary.keys += 1;
+                primary.bytes += (key.len() + value.len()) as u64;
+            }
+        });
+        let replica = StoreSize {
+            keys: size.keys.saturating_sub(primary.keys),
+            bytes: size.bytes.saturating_sub(primary.bytes),
+        };
+        (primary, replica)
+    }
+
+    fn report(&self, opcode: Opcode) -> NodeReport {
+        let (primary, replica) = self.sizes();
         let mut counters = vec![
-            ("keys".to_string(), size.keys),
-            ("bytes".to_string(), size.bytes),
+            ("keys".to_string(), primary.keys),
+            ("bytes".to_string(), primary.bytes),
+            ("replica_keys".to_string(), replica.keys),
+            ("replica_bytes".to_string(), replica.bytes),
         ];
         if opcode == Opcode::STATS {
             let c = &self.counters;
@@ -441,6 +806,10 @@ impl BackendState {
                 ("relayed", &c.relayed),
                 ("hops", &c.hops),
                 ("errors", &c.errors),
+                ("chain_relayed", &c.chain_relayed),
+                ("chain_applied", &c.chain_applied),
+                ("view_changes", &c.view_changes),
+                ("stale_refused", &c.stale_refused),
             ] {
                 counters.push((name.to_string(), counter.load(Ordering::Relaxed)));
             }
@@ -469,60 +838,31 @@ impl Handler for BackendState {
         answer
     }
 
-    /// Serves what it owns at once and relays the rest in batches, one per next hop, so a
-    /// pipeline crosses each relay in one round trip. Requests for one key take one path, so
-    /// their order holds.
+    /// Runs of key requests go through [`key_batch`](BackendState::key_batch) together (their
+    /// relays and chain hops batched per next node); any other request is answered in its
+    /// place, after the key requests before it. Requests for one key take one path, so their
+    /// order holds.
     fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
-        let mut answers: Vec<Option<Frame>> = Vec::with_capacity(requests.len());
-        let mut relays = Vec::new();
-        let mut writes = Unsettled::NONE;
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut run = Vec::new();
         for request in requests {
             bump(&self.counters.requests);
-            let is_key = matches!(request.opcode, Opcode::PUT | Opcode::GET | Opcode::DELETE);
-            if !is_key {
-                answers.push(Some(self.answer(request)));
+            if is_key_opcode(request.opcode) {
+                run.push(request);
                 continue;
             }
-            match self.route(request, &mut writes) {
-                Route::Answered(answer) => answers.push(Some(answer)),
-                Route::Relay {
-                    request,
-                    relayed,
-                    membership,
-                    next,
-                } => {
-                    relays.push((answers.len(), request, relayed, membership, next));
-                    answers.push(None);
-                }
+            if !run.is_empty() {
+                answers.extend(self.key_batch(std::mem::take(&mut run)));
             }
+            answers.push(self.answer(request));
         }
-        // One wait (one fsync under `always`) for every write served here.
-        self.settle(writes, answers.iter_mut().flatten());
-        let calls: Vec<(&str, &Frame)> = relays
-            .iter()
-            .map(|(_, _, relayed, _, next)| (next.as_str(), relayed))
-            .collect();
-        let results = self.peers.call_batch(&calls);
-        for ((index, request, relayed, membership, next), result) in relays.iter().zip(results) {
-            let result = match result {
-                // A next hop that restarted gets the view and this request again.
-                Ok(answer) if answer.status == Status::NO_VIEW => {
-                    self.relay(membership, next, relayed)
-                }
-                other => other,
-            };
-            answers[*index] = Some(self.relay_answer(request, next, result));
+        if !run.is_empty() {
+            answers.extend(self.key_batch(run));
+        }
+        for answer in &answers {
+            self.count_answer(answer);
         }
         answers
-            .into_iter()
-            .map(|answer| {
-                let answer = answer.unwrap_or_else(|| {
-                    Frame::error_for_id(0, Status::INTERNAL, "a relayed request got no answer")
-                });
-                self.count_answer(&answer);
-                answer
-            })
-            .collect()
     }
 
     fn refused(&self, _status: Status) {
@@ -547,4 +887,91 @@ pub(crate) fn view_install_frame(view: &crate::ring::View, addr: &str, request_i
     );
     frame.epoch = view.epoch;
     frame
+}
+
+/// PUT and DELETE as clients send them.
+fn is_client_write(opcode: Opcode) -> bool {
+    matches!(opcode, Opcode::PUT | Opcode::DELETE)
+}
+
+/// Every opcode that changes a key, a client's or a chain member's.
+fn is_write(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::PUT | Opcode::DELETE | Opcode::CHAIN_PUT | Opcode::CHAIN_DELETE
+    )
+}
+
+/// Every opcode that names a key.
+fn is_key_opcode(opcode: Opcode) -> bool {
+    is_write(opcode) || opcode == Opcode::GET
+}
+
+/// Where `me` sends a request that chain member `target` must handle. Direct routing, and a
+/// node in the key's chain, go straight to it; otherwise the ring's routing walks towards the
+/// key's owner, going straight to `target` rather than through a node that is down.
+fn next_hop(
+    ring: &Ring,
+    me: usize,
+    position: &Position,
+    chain: &crate::ring::Chain,
+    target: usize,
+) -> usize {
+    if ring.view().routing == crate::ring::Routing::Direct || chain.position(me).is_some() {
+        return target;
+    }
+    let hop = ring.next_hop(me, position);
+    if ring.view().is_up(hop) {
+        hop
+    } else {
+        target
+    }
+}
+
+/// Why a backend holding `installed` (where it is node `me_now`) must refuse `offered` (where
+/// it would be node `me_offered`), or `None` when it may take it: an epoch never goes back, and
+/// one epoch names one view.
+fn refuse_view(
+    installed: &crate::ring::View,
+    offered: &crate::ring::View,
+    me_now: usize,
+    me_offered: usize,
+) -> Option<String> {
+    if offered.epoch < installed.epoch {
+        return Some(format!(
+            "view epoch {} is older than the installed {}",
+            offered.epoch, installed.epoch
+        ));
+    }
+    if offered.epoch == installed.epoch && (offered != installed || me_now != me_offered) {
+        return Some(format!(
+            "a different view of epoch {} is already installed",
+            offered.epoch
+        ));
+    }
+    None
+}
+
+/// The view kept in `dir` by an earlier run, rebuilt.
+fn saved_membership(dir: &std::path::Path) -> Result<Option<Membership>> {
+    let Some(saved) = view_file::load(dir)
+        .map_err(|e| crate::error::Error::Config(format!("cannot read the saved view: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let ring = Ring::new(saved.view)?;
+    let Some(me) = ring.index_of(&saved.me) else {
+        return Err(crate::error::Error::Config(format!(
+            "the saved view in {} does not list this node's address {}",
+            dir.display(),
+            saved.me
+        )));
+    };
+    log::info!(
+        "{}: resumed view epoch {} from {}",
+        saved.me,
+        ring.view().epoch,
+        dir.display()
+    );
+    Ok(Some(Membership { ring, me }))
 }

@@ -81,6 +81,38 @@ pub fn ring_design(
     ))
 }
 
+/// The replication factor from `--replicas`: as given, else one copy with `--paper`, else the
+/// default for the number of backends.
+pub fn replicas(paper: bool, asked: Option<usize>) -> Result<Option<usize>> {
+    match asked {
+        Some(r) if r == 0 || r > crate::ring::MAX_REPLICAS => Err(Error::Config(format!(
+            "--replicas must be from 1 to {}",
+            crate::ring::MAX_REPLICAS
+        ))),
+        Some(r) => Ok(Some(r)),
+        None if paper => Ok(Some(1)),
+        None => Ok(None),
+    }
+}
+
+/// The view keeper's settings from `--ping-interval` and `--ping-timeout` (milliseconds); an
+/// interval of 0 runs no keeper.
+pub fn keeper_options(
+    interval_ms: u64,
+    timeout_ms: u64,
+) -> Result<Option<crate::cluster::keeper::KeeperOptions>> {
+    if interval_ms == 0 {
+        return Ok(None);
+    }
+    if timeout_ms == 0 {
+        return Err(Error::Config("--ping-timeout must be at least 1".into()));
+    }
+    Ok(Some(crate::cluster::keeper::KeeperOptions {
+        interval: Duration::from_millis(interval_ms),
+        timeout: Duration::from_millis(timeout_ms),
+    }))
+}
+
 /// Server options from the flags both servers take.
 pub fn server_options(
     max_connections: usize,

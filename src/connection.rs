@@ -229,6 +229,9 @@ pub struct Connection {
     stream: TcpStream,
     reader: FrameReader,
     out: Vec<u8>,
+    /// Keeps the socket in its owner's registry while the connection lives, so that the owner
+    /// can cut it from another thread (a peer declared dead).
+    _registered: Option<crate::server::Registered>,
 }
 
 impl Connection {
@@ -240,7 +243,13 @@ impl Connection {
             stream,
             reader: FrameReader::new(limits.max_frame, timeouts.io),
             out: Vec::new(),
+            _registered: None,
         })
+    }
+
+    /// Puts the socket in `registry` for as long as the connection lives.
+    pub(crate) fn register_in(&mut self, registry: &std::sync::Arc<crate::server::Registry>) {
+        self._registered = Some(registry.register(&self.stream));
     }
 
     /// The address this connection was opened to.

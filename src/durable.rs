@@ -261,6 +261,10 @@ impl Engine for DurableStore {
         self.inner.mem.size()
     }
 
+    fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) {
+        self.inner.mem.for_each(visit)
+    }
+
     fn put_unsettled(&self, key: &[u8], value: &[u8]) -> Result<Unsettled, StoreError> {
         let wal = &self.inner.wal;
         let position = self.inner.mem.put_logged(key, value, || {

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{view_answer, view_install_frame};
+use crate::cluster::keeper::{CurrentView, Keeper, KeeperOptions};
 use crate::error::{Error, Result};
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
 use crate::resp::{self, RespServer};
-use crate::ring::{Placement, Ring, Routing, View, DEFAULT_PLACEMENT};
+use crate::ring::{default_replicas, Placement, Ring, Routing, View, DEFAULT_PLACEMENT};
 use crate::rng::Rng;
 use crate::server::{self, Dispatch, Handler, ServerHandle, ServerOptions};
 
@@ -73,6 +74,12 @@ pub struct FrontendConfig {
     /// Address of the Redis-protocol (RESP2) door, if it is to be opened; it shares `server`'s
     /// limits, timeouts and connection bound (counted apart from the binary door's).
     pub resp_listen: Option<String>,
+    /// Copies kept of every key (the chains' length); `None` for
+    /// [`default_replicas`](crate::ring::default_replicas) of the backends.
+    pub replicas: Option<usize>,
+    /// How the view keeper watches the backends; `None` runs no keeper (a view that never
+    /// changes, as the paper's frontend).
+    pub keeper: Option<KeeperOptions>,
 }
 
 impl FrontendConfig {
@@ -83,6 +90,7 @@ impl FrontendConfig {
             entry: Entry::Random,
             routing: Routing::Successor,
             placement: Placement::Hashed { per_node: 1 },
+            replicas: Some(1),
             ..self
         }
     }
@@ -101,14 +109,18 @@ impl Default for FrontendConfig {
             placement: DEFAULT_PLACEMENT,
             startup_timeout: Duration::from_secs(30),
             resp_listen: None,
+            replicas: None,
+            keeper: Some(KeeperOptions::default()),
         }
     }
 }
 
 struct FrontendState {
-    ring: Ring,
+    view: Arc<CurrentView>,
     entry: Entry,
-    peers: Peers,
+    peers: Arc<Peers>,
+    /// How long a request that met a newer view waits for the keeper to publish it.
+    view_wait: Duration,
 }
 
 /// A running frontend. Dropping it stops it.
@@ -116,6 +128,7 @@ pub struct Frontend {
     state: Arc<FrontendState>,
     server: ServerHandle,
     resp: Option<RespServer>,
+    _keeper: Option<Keeper>,
 }
 
 thread_local! {
@@ -132,12 +145,16 @@ impl Frontend {
                 "the frontend needs at least one backend address".into(),
             ));
         }
-        let view = View {
-            epoch: 1,
-            routing: config.routing,
-            placement: config.placement,
-            nodes: config.backends.clone(),
-        };
+        let replicas = config
+            .replicas
+            .unwrap_or_else(|| default_replicas(config.backends.len()));
+        let view = View::new(
+            1,
+            config.routing,
+            config.placement,
+            replicas,
+            config.backends.clone(),
+        );
         let ring = Ring::new(view)?;
         if config.threads == 0 {
             return Err(Error::Config(
@@ -145,9 +162,12 @@ impl Frontend {
             ));
         }
         let state = Arc::new(FrontendState {
-            ring,
+            view: Arc::new(CurrentView::new(ring)),
             entry: config.entry,
-            peers: Peers::new(config.server.timeouts, config.server.limits),
+            peers: Arc::new(Peers::new(config.server.timeouts, config.server.limits)),
+            view_wait: config
+                .keeper
+                .map_or(Duration::ZERO, |k| 2 * (k.interval + k.timeout)),
         });
         let server = server::serve(
             "frontend",
@@ -168,10 +188,26 @@ impl Frontend {
             None => None,
         };
         state.install_everywhere(config.startup_timeout);
+        let keeper = match config.keeper {
+            Some(options) => Some(
+                Keeper::start(
+                    options,
+                    config.server.limits,
+                    Arc::clone(&state.view),
+                    Arc::clone(&state.peers),
+                )
+                .map_err(|source| Error::Bind {
+                    addr: config.listen.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         Ok(Frontend {
             state,
             server,
             resp,
+            _keeper: keeper,
         })
     }
 
@@ -185,9 +221,9 @@ impl Frontend {
         self.server.local_addr()
     }
 
-    /// The view the frontend installed.
-    pub fn view(&self) -> &View {
-        self.state.ring.view()
+    /// The view the frontend routes by now.
+    pub fn view(&self) -> View {
+        self.state.view.get().view().clone()
     }
 
     /// Stops listening and closes every client connection.
@@ -200,20 +236,22 @@ impl Frontend {
 }
 
 impl FrontendState {
-    fn install(&self, addr: &str) -> Result<Frame> {
+    fn install(&self, ring: &Ring, addr: &str) -> Result<Frame> {
         self.peers
-            .call(addr, &view_install_frame(self.ring.view(), addr, 0))
+            .call(addr, &view_install_frame(ring.view(), addr, 0))
     }
 
     fn install_everywhere(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let ring = self.view.get();
+        let ring = &*ring;
         std::thread::scope(|scope| {
-            for addr in &self.ring.view().nodes {
+            for addr in &ring.view().nodes {
                 scope.spawn(move || {
                     let mut pause = Duration::from_millis(20);
                     let mut last_log: Option<Instant> = None;
                     loop {
-                        match self.install(addr) {
+                        match self.install(ring, addr) {
                             Ok(answer) if answer.status == Status::OK => {
                                 log::debug!("backend {addr} has the view");
                                 return;
@@ -248,100 +286,157 @@ impl FrontendState {
         });
     }
 
-    /// A random backend, for the paper's entry policy.
-    fn random_entry(&self) -> usize {
-        ENTRY_RNG.with(|rng| rng.borrow_mut().below(self.ring.len() as u64) as usize)
+    /// A random backend that is up, for the paper's entry policy.
+    fn random_entry(&self, ring: &Ring) -> usize {
+        let up: Vec<usize> = (0..ring.len()).filter(|&n| ring.view().is_up(n)).collect();
+        let pick = ENTRY_RNG.with(|rng| rng.borrow_mut().below(up.len().max(1) as u64) as usize);
+        up.get(pick).copied().unwrap_or(0)
     }
 
-    /// The backend a key request enters the ring at; `random` is the pick for a random entry.
-    fn entry_for(&self, key: &[u8], random: usize) -> &str {
-        self.ring.node(match self.entry {
-            Entry::Owner => self.ring.owner_of_key(key),
-            Entry::Random => random,
-        })
+    /// The backend a key request enters the ring at: the head of its chain for a write, the
+    /// tail for a read, unless the paper's random entry is chosen (`random`). `None` when
+    /// every node of the key's chain is down.
+    fn entry_for<'r>(&self, ring: &'r Ring, request: &Frame, random: usize) -> Option<&'r str> {
+        let node = match self.entry {
+            Entry::Random => Some(random),
+            Entry::Owner => {
+                let chain = ring.chain_of_key(&request.key);
+                if request.opcode == Opcode::GET {
+                    chain.tail()
+                } else {
+                    chain.head()
+                }
+            }
+        }?;
+        Some(ring.node(node))
     }
 
     /// The copy of a client's key request that goes to the backends: this view's epoch, no
     /// relays yet, and a hop limit that only stops loops, never a request on its way.
-    fn to_backend(&self, request: &Frame) -> Frame {
+    fn to_backend(&self, ring: &Ring, request: &Frame) -> Frame {
         let mut forwarded = request.clone();
-        forwarded.epoch = self.ring.view().epoch;
+        forwarded.epoch = ring.view().epoch;
         forwarded.hops = 0;
         forwarded.hop_limit =
-            self.ring
-                .relay_bound()
+            ring.relay_bound()
                 .clamp(usize::from(DEFAULT_HOP_LIMIT), usize::from(u16::MAX)) as u16;
         forwarded
     }
 
     /// PUT, GET, DELETE: to the entry backend, which serves or relays.
     fn forward(&self, request: Frame) -> Frame {
-        let addr = self.entry_for(&request.key, self.random_entry());
-        let forwarded = self.to_backend(&request);
-        let result = self.peers.call(addr, &forwarded);
-        self.answer_from(&request, addr, &forwarded, result)
-    }
-
-    /// The client's answer from what backend `addr` said to `forwarded`. A backend that lost
-    /// its view (it restarted) is given it again and asked once more.
-    fn answer_from(
-        &self,
-        request: &Frame,
-        addr: &str,
-        forwarded: &Frame,
-        result: Result<Frame>,
-    ) -> Frame {
-        let result = result.and_then(|answer| {
-            if answer.status == Status::NO_VIEW || answer.status == Status::STALE_VIEW {
-                log::info!(
-                    "backend {addr} answered {}; installing the view again",
-                    answer.status
-                );
-                self.install(addr)?;
-                self.peers.call(addr, forwarded)
-            } else {
-                Ok(answer)
-            }
-        });
-        match result {
-            Ok(mut answer) => {
-                answer.request_id = request.request_id;
-                answer
-            }
-            Err(e) => {
-                self.peers.forget(addr);
-                request.error_reply(
-                    Status::UNAVAILABLE,
-                    format!("backend {addr} is unavailable: {e}"),
-                )
-            }
-        }
+        self.forward_batch(std::slice::from_ref(&request))
+            .pop()
+            .unwrap_or_else(|| request.error_reply(Status::INTERNAL, "no answer"))
     }
 
     /// Key requests of one pipeline, forwarded together: one batch per backend, one round trip
     /// each, all backends at once. A random entry is drawn once per batch, so that requests
     /// for one key take one path and keep their order.
+    ///
+    /// A request refused because it carried an old epoch (STALE_VIEW, NO_VIEW: nothing was
+    /// applied) is sent again under the newer view once the keeper has published it; the
+    /// requests of one key are retried together, so their order holds.
     fn forward_batch(&self, requests: &[Frame]) -> Vec<Frame> {
-        let random = self.random_entry();
-        let forwarded: Vec<(&str, Frame)> = requests
-            .iter()
-            .map(|r| (self.entry_for(&r.key, random), self.to_backend(r)))
-            .collect();
-        let calls: Vec<(&str, &Frame)> = forwarded.iter().map(|(a, f)| (*a, f)).collect();
-        let results = self.peers.call_batch(&calls);
-        requests
-            .iter()
-            .zip(&forwarded)
-            .zip(results)
-            .map(|((request, (addr, frame)), result)| {
-                self.answer_from(request, addr, frame, result)
+        let waves = crate::cluster::chain::waves(requests);
+        if waves.len() <= 1 {
+            return self.forward_wave(requests);
+        }
+        waves
+            .into_iter()
+            .flat_map(|wave| self.forward_wave(&requests[wave]))
+            .collect()
+    }
+
+    /// Key requests that may be carried out at once (see [`crate::cluster::chain::waves`]).
+    fn forward_wave(&self, requests: &[Frame]) -> Vec<Frame> {
+        let mut answers: Vec<Option<Frame>> = vec![None; requests.len()];
+        let mut todo: Vec<usize> = (0..requests.len()).collect();
+        let mut ring = self.view.get();
+        for attempt in 0..3 {
+            let random = self.random_entry(&ring);
+            let mut sent: Vec<(usize, &str, Frame)> = Vec::with_capacity(todo.len());
+            for &index in &todo {
+                let request = &requests[index];
+                match self.entry_for(&ring, request, random) {
+                    Some(addr) => sent.push((index, addr, self.to_backend(&ring, request))),
+                    None => {
+                        answers[index] = Some(request.error_reply(
+                            Status::UNAVAILABLE,
+                            format!(
+                                "every node holding this key is down (view epoch {}, owner {})",
+                                ring.view().epoch,
+                                ring.node(ring.owner_of_key(&request.key))
+                            ),
+                        ))
+                    }
+                }
+            }
+            let calls: Vec<(&str, &Frame)> = sent.iter().map(|(_, a, f)| (*a, f)).collect();
+            let results = self.peers.call_batch(&calls);
+            let mut retry = Vec::new();
+            for ((index, addr, _), result) in sent.iter().zip(results) {
+                let request = &requests[*index];
+                match result {
+                    Ok(answer)
+                        if attempt < 2
+                            && (answer.status == Status::STALE_VIEW
+                                || answer.status == Status::NO_VIEW) =>
+                    {
+                        log::debug!(
+                            "backend {addr} answered {}: {}",
+                            answer.status,
+                            answer.message()
+                        );
+                        retry.push(*index);
+                        answers[*index] = Some(answer);
+                    }
+                    Ok(mut answer) => {
+                        answer.request_id = request.request_id;
+                        answers[*index] = Some(answer);
+                    }
+                    Err(e) => {
+                        self.peers.forget(addr);
+                        answers[*index] = Some(request.error_reply(
+                            Status::UNAVAILABLE,
+                            format!("backend {addr} is unavailable: {e}"),
+                        ));
+                    }
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            // A backend ahead of us: the keeper is publishing a newer view. A backend behind
+            // us (it restarted, or missed an install): it is given ours.
+            match self.view.newer_than(ring.view().epoch, self.view_wait) {
+                Some(newer) => ring = newer,
+                None => {
+                    for &index in &retry {
+                        if let Some(addr) = self.entry_for(&ring, &requests[index], random) {
+                            let _ = self.install(&ring, addr);
+                        }
+                    }
+                }
+            }
+            todo = retry;
+        }
+        answers
+            .into_iter()
+            .zip(requests)
+            .map(|(answer, request)| {
+                let mut answer =
+                    answer.unwrap_or_else(|| request.error_reply(Status::INTERNAL, "no answer"));
+                answer.request_id = request.request_id;
+                answer
             })
             .collect()
     }
 
     /// SIZE, STATS: every backend's report, asked in parallel, in view order, then the total.
     fn gather(&self, request: &Frame) -> Frame {
-        let nodes = &self.ring.view().nodes;
+        let ring = self.view.get();
+        let nodes = &ring.view().nodes;
         let mut reports: Vec<NodeReport> = std::thread::scope(|scope| {
             let asks: Vec<_> = nodes
                 .iter()
@@ -449,7 +544,7 @@ impl Handler for FrontendState {
             }
             Opcode::SIZE | Opcode::STATS => self.gather(&request),
             Opcode::PING => request.reply(Status::OK, Vec::new()),
-            Opcode::VIEW_GET => view_answer(&request, self.ring.view()),
+            Opcode::VIEW_GET => view_answer(&request, self.view.get().view()),
             Opcode::VIEW_INSTALL => request.error_reply(
                 Status::BAD_REQUEST,
                 "the frontend makes views; it does not accept them",

@@ -33,6 +33,7 @@
 pub mod backend;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod connection;
 pub mod durable;
 pub mod error;
@@ -54,5 +55,5 @@ pub use client::{Client, ClientOptions, Reply, Request};
 pub use error::{Error, Result};
 pub use frontend::{Entry, Frontend, FrontendConfig};
 pub use local::LocalCluster;
-pub use ring::{Placement, Ring, Routing, View};
+pub use ring::{Chain, NodeState, Placement, Ring, Routing, View};
 pub use server::ServerOptions;

@@ -1,11 +1,12 @@
 //! Persistent, pooled connections to other servers (frontend to backends, backend to backend).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::connection::{Connection, Timeouts};
 use crate::error::{Error, Result};
 use crate::protocol::{Frame, Limits};
+use crate::server::Registry;
 
 /// Idle connections kept per peer; more are opened under load and closed after use.
 const MAX_IDLE_PER_PEER: usize = 64;
@@ -50,6 +51,8 @@ impl<'a> PeerBatch<'a> {
 /// A pool of open connections per peer address.
 pub struct Peers {
     idle: Mutex<HashMap<String, Vec<Connection>>>,
+    /// Every open connection's socket, by peer, idle or in use: [`Peers::sever`] cuts them.
+    open: Mutex<HashMap<String, Arc<Registry>>>,
     timeouts: Timeouts,
     limits: Limits,
 }
@@ -59,6 +62,7 @@ impl Peers {
     pub fn new(timeouts: Timeouts, limits: Limits) -> Peers {
         Peers {
             idle: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
             timeouts,
             limits,
         }
@@ -108,7 +112,7 @@ impl Peers {
                 Err(e) => log::debug!("pooled connection to {addr} failed ({e}); reconnecting"),
             }
         }
-        let mut conn = Connection::open(addr, &self.timeouts, &self.limits)?;
+        let mut conn = self.connect(addr)?;
         let answer = conn.call(request)?;
         self.give_back(conn);
         Ok(answer)
@@ -227,7 +231,8 @@ impl Peers {
                 ),
             }
         }
-        let fresh = Connection::open(group.addr, &self.timeouts, &self.limits)
+        let fresh = self
+            .connect(group.addr)
             .and_then(|mut conn| write(&mut conn).map(|()| conn));
         Some(fresh)
     }
@@ -235,5 +240,28 @@ impl Peers {
     /// Closes every idle connection to `addr` (after the peer was found dead or restarted).
     pub fn forget(&self, addr: &str) {
         self.lock().remove(addr);
+    }
+
+    /// Cuts every connection to `addr`, idle or in use: a call waiting on a peer that was
+    /// declared dead or hung fails now instead of at the end of its timeout.
+    pub fn sever(&self, addr: &str) {
+        self.forget(addr);
+        let registry = self.registry_of(addr);
+        registry.close_all();
+    }
+
+    fn registry_of(&self, addr: &str) -> Arc<Registry> {
+        let mut open = match self.open.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(open.entry(addr.to_string()).or_default())
+    }
+
+    /// A new connection to `addr`, registered so that [`Peers::sever`] can cut it.
+    fn connect(&self, addr: &str) -> Result<Connection> {
+        let mut conn = Connection::open(addr, &self.timeouts, &self.limits)?;
+        conn.register_in(&self.registry_of(addr));
+        Ok(conn)
     }
 }

@@ -155,6 +155,39 @@ impl fmt::Display for Placement {
     }
 }
 
+/// The most copies of a key a view may ask for.
+pub const MAX_REPLICAS: usize = 16;
+
+/// Whether a node of the view takes part in its chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// Serving: a member of every chain its place on the ring puts it in.
+    Up = 0,
+    /// Declared dead or hung by the view keeper: it keeps its place on the ring (so no
+    /// partition moves), but no chain counts it, so it can neither serve nor acknowledge.
+    Down = 1,
+}
+
+impl NodeState {
+    /// The state numbered `byte` on the wire.
+    pub fn from_u8(byte: u8) -> Option<NodeState> {
+        match byte {
+            0 => Some(NodeState::Up),
+            1 => Some(NodeState::Down),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+        })
+    }
+}
+
 /// The member list every node agrees on, numbered by an epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
@@ -164,8 +197,100 @@ pub struct View {
     pub routing: Routing,
     /// Where the nodes sit on the ring.
     pub placement: Placement,
-    /// Backend addresses, as clients of the backends reach them.
+    /// Copies kept of every key: the length of a chain when all its nodes are up.
+    pub replicas: usize,
+    /// Backend addresses, as clients of the backends reach them, in the order they joined.
     pub nodes: Vec<String>,
+    /// Each node's state, indexed like `nodes`.
+    pub states: Vec<NodeState>,
+}
+
+impl View {
+    /// A view of `nodes`, all up, keeping `replicas` copies of every key.
+    pub fn new(
+        epoch: u64,
+        routing: Routing,
+        placement: Placement,
+        replicas: usize,
+        nodes: Vec<String>,
+    ) -> View {
+        View {
+            epoch,
+            routing,
+            placement,
+            replicas,
+            states: vec![NodeState::Up; nodes.len()],
+            nodes,
+        }
+    }
+
+    /// Whether node `index` takes part in chains.
+    pub fn is_up(&self, index: usize) -> bool {
+        self.states.get(index) == Some(&NodeState::Up)
+    }
+
+    /// This view with the same membership under another epoch (for comparing contents).
+    pub fn with_epoch(&self, epoch: u64) -> View {
+        View {
+            epoch,
+            ..self.clone()
+        }
+    }
+}
+
+/// The replication factor used when none is given: three copies, or one per node when there
+/// are fewer nodes.
+pub fn default_replicas(nodes: usize) -> usize {
+    nodes.clamp(1, 3)
+}
+
+/// The nodes that hold a key, in chain order: writes enter at the head (the first) and are
+/// applied down to the tail (the last), which answers reads. At most [`MAX_REPLICAS`] long; empty
+/// when every node of the key's chain is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    members: [u32; MAX_REPLICAS],
+    len: u8,
+}
+
+impl Chain {
+    /// The members, head first, as indexes into the view's nodes.
+    pub fn members(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members[..usize::from(self.len)]
+            .iter()
+            .map(|&m| m as usize)
+    }
+
+    /// Number of members that are up.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// True when no member is up: the key is unavailable.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where writes enter.
+    pub fn head(&self) -> Option<usize> {
+        self.members().next()
+    }
+
+    /// Where reads are answered and writes are acknowledged.
+    pub fn tail(&self) -> Option<usize> {
+        self.members().last()
+    }
+
+    /// The member after `node`, `None` when `node` is the tail or not a member.
+    pub fn successor(&self, node: usize) -> Option<usize> {
+        let at = self.position(node)?;
+        self.members().nth(at + 1)
+    }
+
+    /// Where `node` stands in the chain (0 = head).
+    pub fn position(&self, node: usize) -> Option<usize> {
+        self.members().position(|m| m == node)
+    }
 }
 
 /// A view with its points sorted, ready to answer "who owns this" and "where next".
@@ -178,6 +303,11 @@ pub struct Ring {
     heads: Vec<u64>,
     /// For each node, the indexes into `points` of its points, ascending.
     points_of_node: Vec<Vec<u32>>,
+    /// For each point, in runs of `chain_len`, the nodes of its chain when every node is up:
+    /// its own node, then the next distinct nodes clockwise.
+    natural_chains: Vec<u32>,
+    /// `min(replicas, nodes)`.
+    chain_len: usize,
 }
 
 impl Ring {
@@ -190,6 +320,19 @@ impl Ring {
         if view.nodes.len() > MAX_NODES {
             return Err(Error::View(format!(
                 "{} nodes: a view holds at most {MAX_NODES}",
+                view.nodes.len()
+            )));
+        }
+        if view.replicas == 0 || view.replicas > MAX_REPLICAS {
+            return Err(Error::View(format!(
+                "{} replicas: a view keeps from 1 to {MAX_REPLICAS} copies of a key",
+                view.replicas
+            )));
+        }
+        if view.states.len() != view.nodes.len() {
+            return Err(Error::View(format!(
+                "{} node states for {} nodes",
+                view.states.len(),
                 view.nodes.len()
             )));
         }
@@ -246,12 +389,49 @@ impl Ring {
             points_of_node[*node as usize].push(index as u32);
         }
         let heads = points.iter().map(|(p, _)| position_head(p)).collect();
+        let placed = points_of_node.iter().filter(|p| !p.is_empty()).count();
+        let chain_len = view.replicas.min(placed);
+        let natural_chains = natural_chains(&points, chain_len);
         Ok(Ring {
             view,
             points,
             heads,
             points_of_node,
+            natural_chains,
+            chain_len,
         })
+    }
+
+    /// The chain of the key at `position`: **the owner of the position, then the next
+    /// `replicas - 1` distinct nodes clockwise from the owner's point, leaving out the nodes
+    /// that are down** (they keep their places, so a chain only shrinks while a node is down and
+    /// no key moves). The one implementation of the chain rule.
+    pub fn chain(&self, position: &Position) -> Chain {
+        let point = self.point_of(position);
+        let natural = &self.natural_chains[point * self.chain_len..][..self.chain_len];
+        let mut chain = Chain {
+            members: [0; MAX_REPLICAS],
+            len: 0,
+        };
+        for &node in natural {
+            if self.view.is_up(node as usize) {
+                chain.members[usize::from(chain.len)] = node;
+                chain.len += 1;
+            }
+        }
+        chain
+    }
+
+    /// The chain of `key`.
+    pub fn chain_of_key(&self, key: &[u8]) -> Chain {
+        self.chain(&key_position(key))
+    }
+
+    /// The chain a point's span would have with every node up, head first.
+    pub fn natural_chain_at(&self, point: usize) -> impl Iterator<Item = usize> + '_ {
+        self.natural_chains[point * self.chain_len..][..self.chain_len]
+            .iter()
+            .map(|&n| n as usize)
     }
 
     /// The view this ring was built from.
@@ -362,10 +542,15 @@ impl Ring {
     /// owner. With successor and finger routing a node never sees the same request twice: the
     /// next hop's point lies after the sender's nearest point, and the sender has no point
     /// between that one and the key. So at most N - 1 relays.
+    ///
+    /// With chains longer than one node, or nodes down, one more relay may be needed: from the
+    /// node reached by routing to the chain member that must handle the request.
     pub fn relay_bound(&self) -> usize {
+        let to_member =
+            usize::from(self.chain_len > 1 || self.view.states.iter().any(|s| *s != NodeState::Up));
         match self.view.routing {
             Routing::Direct => 1,
-            Routing::Successor | Routing::Finger => self.len().saturating_sub(1).max(1),
+            Routing::Successor | Routing::Finger => self.len().saturating_sub(1).max(1) + to_member,
         }
     }
 
@@ -389,6 +574,32 @@ impl Ring {
         }
         shares
     }
+}
+
+/// For every point, the first `len` distinct nodes met walking clockwise from it (itself
+/// first), flattened. A node's points may come in long runs, so each walk skips ahead by node
+/// rather than revisiting: the walk from a point reuses the one from the point after it.
+fn natural_chains(points: &[(Position, u32)], len: usize) -> Vec<u32> {
+    let n = points.len();
+    let mut chains = vec![0u32; n * len];
+    if n == 0 || len == 0 {
+        return chains;
+    }
+    // Walk once from the last point backwards (twice round, so every walk wraps): the chain of
+    // point i is its own node followed by the chain of point i + 1 without that node.
+    let mut next: Vec<u32> = Vec::with_capacity(len + 1);
+    for step in (0..2 * n).rev() {
+        let i = step % n;
+        let node = points[i].1;
+        let mut chain = Vec::with_capacity(len);
+        chain.push(node);
+        chain.extend(next.iter().copied().filter(|&m| m != node).take(len - 1));
+        if step < n {
+            chains[i * len..(i + 1) * len].copy_from_slice(&chain);
+        }
+        next = chain;
+    }
+    chains
 }
 
 /// The first 64 bits of a position, as a number: positions compare as their heads do, unless
@@ -513,21 +724,23 @@ mod tests {
     use super::*;
 
     fn view(nodes: &[&str], routing: Routing, vnodes: u16) -> View {
-        View {
-            epoch: 1,
+        View::new(
+            1,
             routing,
-            placement: Placement::Hashed { per_node: vnodes },
-            nodes: nodes.iter().map(|s| s.to_string()).collect(),
-        }
+            Placement::Hashed { per_node: vnodes },
+            1,
+            nodes.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
     fn partitioned(nodes: usize, routing: Routing, count: u32) -> View {
-        View {
-            epoch: 1,
+        View::new(
+            1,
             routing,
-            placement: Placement::Partitions { count },
-            nodes: (0..nodes).map(|i| format!("10.0.0.{i}:7001")).collect(),
-        }
+            Placement::Partitions { count },
+            1,
+            (0..nodes).map(|i| format!("10.0.0.{i}:7001")).collect(),
+        )
     }
 
     /// Relays from `start` to the owner of `position`, failing the test on a loop.
@@ -777,5 +990,77 @@ mod tests {
         let ring = Ring::new(view(&["a:1", "b:1", "c:1"], Routing::Successor, 16)).unwrap();
         let total: f64 = ring.shares().iter().sum();
         assert!((total - 1.0).abs() < 1e-9, "{total}");
+    }
+
+    #[test]
+    fn chains_are_the_owner_then_the_next_distinct_nodes_clockwise() {
+        for placement in [
+            Placement::Hashed { per_node: 1 },
+            Placement::Hashed { per_node: 8 },
+            Placement::Partitions { count: 64 },
+        ] {
+            let nodes: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:7001")).collect();
+            let ring = Ring::new(View::new(1, Routing::Direct, placement, 3, nodes)).unwrap();
+            let points: Vec<(Position, usize)> = ring.points().map(|(p, n)| (*p, n)).collect();
+            for k in 0..500u32 {
+                let position = key_position(&k.to_be_bytes());
+                let chain: Vec<usize> = ring.chain(&position).members().collect();
+                // The slow way: walk the points clockwise from the owner's point.
+                let start = points.iter().rposition(|(p, _)| *p <= position);
+                let start = start.unwrap_or(points.len() - 1);
+                let mut expected = Vec::new();
+                for step in 0..points.len() {
+                    let node = points[(start + step) % points.len()].1;
+                    if !expected.contains(&node) {
+                        expected.push(node);
+                    }
+                    if expected.len() == 3 {
+                        break;
+                    }
+                }
+                assert_eq!(chain, expected, "{placement}, key {k}");
+                assert_eq!(chain[0], ring.owner(&position));
+            }
+        }
+    }
+
+    #[test]
+    fn a_down_node_leaves_its_chains_and_nothing_else_moves() {
+        let nodes: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:7001")).collect();
+        let all = View::new(
+            1,
+            Routing::Direct,
+            Placement::Partitions { count: 64 },
+            3,
+            nodes,
+        );
+        let mut one_down = all.clone();
+        one_down.epoch = 2;
+        one_down.states[2] = NodeState::Down;
+        let before = Ring::new(all).unwrap();
+        let after = Ring::new(one_down).unwrap();
+        for k in 0..500u32 {
+            let key = k.to_be_bytes();
+            let old: Vec<usize> = before.chain_of_key(&key).members().collect();
+            let new: Vec<usize> = after.chain_of_key(&key).members().collect();
+            let kept: Vec<usize> = old.iter().copied().filter(|&n| n != 2).collect();
+            assert_eq!(new, kept, "key {k}");
+            assert_eq!(before.owner_of_key(&key), after.owner_of_key(&key));
+        }
+    }
+
+    #[test]
+    fn chains_are_never_longer_than_the_nodes() {
+        let nodes: Vec<String> = (0..2).map(|i| format!("10.0.0.{i}:7001")).collect();
+        let ring = Ring::new(View::new(1, Routing::Direct, DEFAULT_PLACEMENT, 3, nodes)).unwrap();
+        let chain = ring.chain_of_key(b"k");
+        assert_eq!(chain.len(), 2);
+        assert_ne!(chain.head(), chain.tail());
+        assert_eq!(chain.successor(chain.head().unwrap()), chain.tail());
+        assert_eq!(chain.successor(chain.tail().unwrap()), None);
+        let mut bad = View::new(1, Routing::Direct, DEFAULT_PLACEMENT, 0, vec!["a:1".into()]);
+        assert!(Ring::new(bad.clone()).is_err());
+        bad.replicas = MAX_REPLICAS + 1;
+        assert!(Ring::new(bad).is_err());
     }
 }

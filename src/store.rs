@@ -78,6 +78,9 @@ pub trait Engine: Send + Sync {
     fn settle(&self, _writes: Unsettled) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Calls `visit` with every key and its value, a part of the store at a time (writers of
+    /// that part wait meanwhile).
+    fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8]));
 }
 
 /// Writes not yet known to be durable: the point in the store's history they reach. Later
@@ -394,6 +397,13 @@ impl Engine for MemStore {
             keys: self.keys.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
         }
+    }
+
+    fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) {
+        let _ = self.try_for_each(|key, value| {
+            visit(key, value);
+            Ok::<(), ()>(())
+        });
     }
 }
 

@@ -32,6 +32,8 @@ fn targets(server: ServerOptions) -> (LocalCluster, [SocketAddr; 2]) {
             server,
             threads: 4,
             startup_timeout: Duration::from_secs(5),
+            // One copy per key: the forged-header probes aim at a key's one owner.
+            replicas: Some(1),
             ..FrontendConfig::default()
         },
     )
@@ -163,7 +165,7 @@ fn unknown_opcodes_and_bad_requests_keep_the_connection() {
     let (_cluster, addrs) = targets(ServerOptions::default());
     for addr in addrs {
         let mut stream = raw(addr);
-        for (id, opcode) in [(1, 0x00), (2, 0x7f), (3, 0xff), (4, 0x12)] {
+        for (id, opcode) in [(1, 0x00), (2, 0x7f), (3, 0xff), (4, 0x30)] {
             let answer = raw_call(&mut stream, Opcode(opcode), id, b"some key", b"v");
             assert_eq!(answer.status, Status::UNKNOWN_OPCODE, "opcode {opcode:#x}");
             let answer = raw_call(&mut stream, Opcode::PING, 100 + id, b"", b"");
@@ -247,6 +249,7 @@ fn forged_header_fields_and_views_sent_to_a_backend_are_refused() {
     assert_eq!(garbage_view.status, Status::BAD_REQUEST);
     let elsewhere = ringkv::View {
         nodes: vec!["192.0.2.1:9".into()],
+        states: vec![ringkv::NodeState::Up],
         ..view.clone()
     };
     let not_in_it = install(

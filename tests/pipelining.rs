@@ -89,6 +89,8 @@ fn the_frontend_forwards_a_pipeline_as_one_batch() {
         backends: vec![backend.addr.clone()],
         threads: 2,
         startup_timeout: common::BOUND,
+        // The stand-in backend counts every frame it gets; the keeper's probes would be some.
+        keeper: None,
         ..FrontendConfig::default()
     })
     .unwrap();
@@ -123,6 +125,9 @@ fn a_backend_relays_a_pipeline_as_one_batch() {
         routing: Routing::Direct,
         threads: 2,
         startup_timeout: common::BOUND,
+        // One copy per key, each with one owner; and no probes counted as requests.
+        replicas: Some(1),
+        keeper: None,
         ..FrontendConfig::default()
     })
     .unwrap();
@@ -252,6 +257,8 @@ fn a_dead_backend_fails_only_its_share_of_a_pipeline() {
             threads: 4,
             placement: Placement::Partitions { count: 64 },
             startup_timeout: common::BOUND,
+            // One copy per key: the dead backend's keys have no other.
+            replicas: Some(1),
             ..FrontendConfig::default()
         },
     )
@@ -307,6 +314,9 @@ fn a_client_stuck_behind_a_silent_backend_does_not_hold_up_another_client() {
         backends: vec![silent.addr.clone(), healthy.local_addr().to_string()],
         threads: 2,
         startup_timeout: common::BOUND,
+        // One copy per key, and no keeper: the point is a backend that stays in the view.
+        replicas: Some(1),
+        keeper: None,
         ..FrontendConfig::default()
     })
     .unwrap();

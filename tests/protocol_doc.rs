@@ -243,12 +243,14 @@ fn payload_examples_are_what_the_encoders_produce() {
     assert_eq!(bytes, payload::encode_reports(&reports));
     assert_eq!(payload::decode_reports(&bytes).unwrap(), reports);
 
-    let view = View {
-        epoch: 1,
-        routing: Routing::Successor,
-        placement: Placement::Hashed { per_node: 1 },
-        nodes: vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
-    };
+    let mut view = View::new(
+        1,
+        Routing::Successor,
+        Placement::Hashed { per_node: 1 },
+        2,
+        vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
+    );
+    view.states[1] = ringkv::NodeState::Down;
     let bytes = hex_bytes(&block("ringkv-payload", "view"));
     assert_eq!(bytes, payload::encode_view(&view));
     assert_eq!(payload::decode_view(1, &bytes).unwrap(), view);
@@ -258,12 +260,13 @@ fn payload_examples_are_what_the_encoders_produce() {
 fn ring_example_follows_the_ownership_rule() {
     // Section 12.2 lists the view in this order.
     let nodes = ["10.0.0.1:4000", "10.0.0.2:4000", "10.0.0.3:4000"];
-    let ring = Ring::new(View {
-        epoch: 1,
-        routing: Routing::Successor,
-        placement: Placement::Hashed { per_node: 1 },
-        nodes: nodes.iter().map(|s| s.to_string()).collect(),
-    })
+    let ring = Ring::new(View::new(
+        1,
+        Routing::Successor,
+        Placement::Hashed { per_node: 1 },
+        1,
+        nodes.iter().map(|s| s.to_string()).collect(),
+    ))
     .unwrap();
     let index = |addr: &str| nodes.iter().position(|n| *n == addr).unwrap();
     let body = block("ringkv-ring", "");

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use argh::FromArgs;
-use ringkv::cli::{ring_design, server_options};
+use ringkv::cli::{keeper_options, replicas, ring_design, server_options};
 use ringkv::{Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Routing};
 
 /// ringkv: a distributed key-value store (frontend + ring of backends).
@@ -106,6 +106,17 @@ struct FrontendArgs {
     /// seconds an idle client connection is kept (default 300)
     #[argh(option, default = "300")]
     idle_timeout: u64,
+    /// copies kept of every key: each key's chain of backends (default: 3, or fewer with
+    /// fewer backends; 1 with --paper)
+    #[argh(option)]
+    replicas: Option<usize>,
+    /// milliseconds between two pings of each backend by the view keeper; 0: no keeper, the
+    /// view never changes (default 200)
+    #[argh(option, default = "200")]
+    ping_interval: u64,
+    /// milliseconds a backend has to answer a ping before it is marked down (default 500)
+    #[argh(option, default = "500")]
+    ping_timeout: u64,
     /// address of the Redis-protocol (RESP2) door, e.g. 127.0.0.1:6380 (default: off)
     #[argh(option)]
     resp_listen: Option<String>,
@@ -156,6 +167,17 @@ struct LocalArgs {
     /// when logged writes reach the disk: always, everysec or never (default everysec)
     #[argh(option, default = "ringkv::wal::FsyncPolicy::EverySec")]
     fsync: ringkv::wal::FsyncPolicy,
+    /// copies kept of every key: each key's chain of backends (default: 3, or fewer with
+    /// fewer backends; 1 with --paper)
+    #[argh(option)]
+    replicas: Option<usize>,
+    /// milliseconds between two pings of each backend by the view keeper; 0: no keeper, the
+    /// view never changes (default 200)
+    #[argh(option, default = "200")]
+    ping_interval: u64,
+    /// milliseconds a backend has to answer a ping before it is marked down (default 500)
+    #[argh(option, default = "500")]
+    ping_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -236,6 +258,8 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         placement,
         startup_timeout: Duration::from_secs(a.startup_timeout),
         resp_listen: a.resp_listen.filter(|addr| addr != "off"),
+        replicas: replicas(a.paper, a.replicas)?,
+        keeper: keeper_options(a.ping_interval, a.ping_timeout)?,
     })?;
     announce(format!("frontend listening on {}", frontend.local_addr()));
     if let Some(addr) = frontend.resp_addr() {
@@ -262,6 +286,8 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         entry,
         routing,
         placement,
+        replicas: replicas(a.paper, a.replicas)?,
+        keeper: keeper_options(a.ping_interval, a.ping_timeout)?,
         ..FrontendConfig::default()
     };
     let backend = BackendConfig {

@@ -162,6 +162,13 @@ named_codes!(
         VIEW_INSTALL = 0x10,
         /// The view the server holds: the ring's members, routing and placement.
         VIEW_GET = 0x11,
+        /// Internal: a chain member passes a PUT it applied to its successor in the key's chain.
+        CHAIN_PUT = 0x12,
+        /// Internal: a chain member passes a DELETE it applied to its successor in the chain.
+        CHAIN_DELETE = 0x13,
+        /// Internal: the view keeper's probe; the answer carries the backend's epoch and the
+        /// incarnation it was started with.
+        HEALTH = 0x14,
     }
 );
 

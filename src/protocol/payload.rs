@@ -7,7 +7,7 @@ use byteorder::{BigEndian, ByteOrder};
 
 use super::Status;
 use crate::error::{Error, Result};
-use crate::ring::{Placement, Routing, View};
+use crate::ring::{NodeState, Placement, Routing, View};
 
 /// One node's answer to SIZE or STATS, as the frontend relays it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,9 +165,11 @@ pub fn encode_view(view: &View) -> Vec<u8> {
     let mut parameter = [0u8; 4];
     BigEndian::write_u32(&mut parameter, view.placement.parameter());
     out.extend_from_slice(&parameter);
+    out.push(view.replicas.min(usize::from(u8::MAX)) as u8);
     put_u16(&mut out, view.nodes.len().min(u16::MAX as usize) as u16);
-    for node in view.nodes.iter().take(u16::MAX as usize) {
+    for (index, node) in view.nodes.iter().enumerate().take(u16::MAX as usize) {
         put_str16(&mut out, node);
+        out.push(view.states.get(index).copied().unwrap_or(NodeState::Up) as u8);
     }
     out
 }
@@ -185,18 +187,27 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
             "unknown placement {placement_kind} (or parameter {parameter} out of range)"
         ))
     })?;
+    let replicas = usize::from(r.u8()?);
     let count = r.u16()?;
     let mut nodes = Vec::new();
+    let mut states = Vec::new();
     for _ in 0..count {
         let len = r.u16()? as usize;
         nodes.push(r.string(len)?);
+        let state = r.u8()?;
+        states.push(
+            NodeState::from_u8(state)
+                .ok_or_else(|| Error::Payload(format!("unknown node state {state}")))?,
+        );
     }
     r.finish()?;
     Ok(View {
         epoch,
         routing,
         placement,
+        replicas,
         nodes,
+        states,
     })
 }
 
@@ -238,12 +249,14 @@ mod tests {
 
     #[test]
     fn view_round_trip_and_truncation() {
-        let view = View {
-            epoch: 7,
-            routing: Routing::Successor,
-            placement: Placement::Partitions { count: 64 },
-            nodes: vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
-        };
+        let mut view = View::new(
+            7,
+            Routing::Successor,
+            Placement::Partitions { count: 64 },
+            2,
+            vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
+        );
+        view.states[1] = NodeState::Down;
         let bytes = encode_view(&view);
         assert_eq!(decode_view(7, &bytes).unwrap(), view);
         for cut in 0..bytes.len() {

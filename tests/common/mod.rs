@@ -23,6 +23,8 @@ pub fn cluster(n: usize, entry: Entry, routing: Routing) -> LocalCluster {
         FrontendConfig {
             entry,
             routing,
+            // One copy per key, as the paper: these tests count relays to a key's one owner.
+            replicas: Some(1),
             threads: 8,
             startup_timeout: Duration::from_secs(5),
             ..FrontendConfig::default()

@@ -1,0 +1,160 @@
+//! Chain replication's per-member rules: per-key write order at the head, and which answers
+//! from further down a chain count.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::protocol::{Frame, Opcode, Status};
+
+/// Stripes of [`KeyLocks`]: enough that unrelated keys rarely share one.
+const STRIPES: usize = 1024;
+
+/// The head's per-key order: a write holds its key's stripe from being applied until the tail
+/// has answered, so a chain never carries two writes of one key at once and every member
+/// applies them in the head's order. Keys share stripes by hash, which only costs waiting.
+pub struct KeyLocks {
+    stripes: Vec<Mutex<()>>,
+}
+
+/// The stripes a batch of writes holds, taken in ascending order so that two batches can
+/// never wait for each other.
+pub struct HeldKeys<'a> {
+    _guards: Vec<MutexGuard<'a, ()>>,
+}
+
+impl Default for KeyLocks {
+    fn default() -> Self {
+        KeyLocks {
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl KeyLocks {
+    fn stripe(key: &[u8]) -> usize {
+        // The key's position is SHA-1, already computed for routing; crc32 is cheaper here and
+        // only has to spread keys.
+        crc32fast::hash(key) as usize % STRIPES
+    }
+
+    /// Locks the stripes of every key in `keys`.
+    pub fn lock<'a, 'k>(&'a self, keys: impl IntoIterator<Item = &'k [u8]>) -> HeldKeys<'a> {
+        let mut stripes: Vec<usize> = keys.into_iter().map(KeyLocks::stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let guards = stripes
+            .into_iter()
+            .map(|s| match self.stripes[s].lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            })
+            .collect();
+        HeldKeys { _guards: guards }
+    }
+}
+
+/// Cuts a pipeline of key requests into runs that may each be carried out at once. Writes of a
+/// key go to its chain's head and reads to its tail, two different paths: a read of a key after
+/// a write of it (or the other way round) must wait for the run before it, or it could overtake
+/// it. Requests of different keys, and several reads or several writes of one key (which take
+/// one path, in order), share a run.
+pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
+    let mut waves = Vec::new();
+    let mut start = 0;
+    let mut seen: HashMap<&[u8], bool> = HashMap::new();
+    for (index, request) in requests.iter().enumerate() {
+        let is_read = request.opcode == Opcode::GET;
+        match seen.get(request.key.as_slice()) {
+            Some(&was_read) if was_read != is_read => {
+                waves.push(start..index);
+                start = index;
+                seen.clear();
+            }
+            _ => {}
+        }
+        seen.insert(request.key.as_slice(), is_read);
+    }
+    if start < requests.len() {
+        waves.push(start..requests.len());
+    }
+    waves
+}
+
+/// The opcode that carries a write (a client's, or a chain member's) down a chain.
+pub fn chain_opcode(write: Opcode) -> Opcode {
+    if write == Opcode::DELETE || write == Opcode::CHAIN_DELETE {
+        Opcode::CHAIN_DELETE
+    } else {
+        Opcode::CHAIN_PUT
+    }
+}
+
+/// Whether a member's answer to a chain write means every member after it applied the write:
+/// a success, for the epoch the write was sent under, while this node still holds that epoch.
+/// Anything else leaves the write applied here and perhaps further down, but not acknowledged.
+pub fn acknowledges(answer: &Frame, sent_epoch: u64, epoch_now: u64) -> bool {
+    answer.status.is_success() && answer.epoch == sent_epoch && epoch_now == sent_epoch
+}
+
+/// The answer a member gives upstream when the rest of its chain did not acknowledge a write
+/// that it applied itself: UNAVAILABLE, which says the write may have taken effect.
+pub fn unacknowledged(request: &Frame, next: &str, why: &str) -> Frame {
+    request.error_reply(
+        Status::UNAVAILABLE,
+        format!(
+            "chain member {next} did not acknowledge the write ({why}); it was applied by the \
+             members before it and may take effect"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_success_of_the_same_epoch_acknowledges() {
+        let request = Frame::request(Opcode::CHAIN_PUT, 1, b"k".to_vec(), b"v".to_vec());
+        let mut answer = request.reply(Status::OK, Vec::new());
+        answer.epoch = 4;
+        assert!(acknowledges(&answer, 4, 4));
+        assert!(!acknowledges(&answer, 4, 5), "this node moved on");
+        assert!(!acknowledges(&answer, 3, 3), "answer of another epoch");
+        answer.status = Status::STALE_VIEW;
+        assert!(!acknowledges(&answer, 4, 4));
+    }
+
+    #[test]
+    fn a_delete_stays_a_delete_all_the_way_down() {
+        assert_eq!(chain_opcode(Opcode::DELETE), Opcode::CHAIN_DELETE);
+        assert_eq!(chain_opcode(Opcode::CHAIN_DELETE), Opcode::CHAIN_DELETE);
+        assert_eq!(chain_opcode(Opcode::PUT), Opcode::CHAIN_PUT);
+        assert_eq!(chain_opcode(Opcode::CHAIN_PUT), Opcode::CHAIN_PUT);
+    }
+
+    #[test]
+    fn a_read_after_a_write_of_the_same_key_waits_for_it() {
+        let frame = |opcode, key: &[u8]| Frame::request(opcode, 1, key.to_vec(), Vec::new());
+        let batch = vec![
+            frame(Opcode::PUT, b"a"),
+            frame(Opcode::GET, b"b"),
+            frame(Opcode::PUT, b"a"),
+            frame(Opcode::GET, b"a"),
+            frame(Opcode::DELETE, b"c"),
+            frame(Opcode::GET, b"a"),
+            frame(Opcode::PUT, b"a"),
+        ];
+        assert_eq!(waves(&batch), vec![0..3, 3..6, 6..7]);
+        assert_eq!(waves(&batch[..3]), vec![0..3]);
+        assert!(waves(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_locks_each_stripe_once() {
+        let locks = KeyLocks::default();
+        let keys: Vec<&[u8]> = vec![b"a", b"b", b"a"];
+        let held = locks.lock(keys.iter().copied());
+        assert_eq!(held._guards.len(), 2);
+    }
+}

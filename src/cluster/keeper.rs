@@ -1,0 +1,352 @@
+//! The view keeper: the frontend's thread that watches every backend and publishes a new view
+//! when one dies, hangs, restarts or comes back.
+//!
+//! Every `interval` it pings each backend on a connection of its own, with `timeout` for the
+//! whole exchange (HEALTH, an internal PING). The answer carries the epoch it holds and, in its value, the
+//! incarnation it was started with (PROTOCOL.md section 5), so the keeper tells apart a backend
+//! that is alive from one that died and was started again: the second may have lost writes it
+//! acknowledged (a log synced every second, or none) and must not count as a copy.
+//!
+//! A backend that is up in the view and misses a ping, or has restarted, is marked down in a
+//! new view (epoch + 1); the keeper installs it on every node it can reach, and only then routes
+//! by it. A backend that is down and answers again is sent the view, so it knows it is fenced.
+//! With one copy per key (R = 1) it holds all there is of its keys, so it is marked up again in
+//! another view; with R > 1 it stays down until it can be copied up to date (not built yet).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::backend::view_install_frame;
+use crate::connection::{Connection, Timeouts};
+use crate::peers::Peers;
+use crate::protocol::{Frame, Limits, Opcode, Status};
+use crate::ring::{NodeState, Ring, View};
+
+/// How the keeper watches the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeeperOptions {
+    /// Time between two pings of a backend.
+    pub interval: Duration,
+    /// How long a backend has to answer a ping (connect included) before it counts as dead.
+    pub timeout: Duration,
+}
+
+impl Default for KeeperOptions {
+    /// A dead or hung backend is noticed within 1 s: at most one interval until its next
+    /// ping, and the ping's timeout.
+    fn default() -> Self {
+        KeeperOptions {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The view the frontend routes by, replaced as a whole when the keeper publishes a new one.
+pub struct CurrentView {
+    ring: Mutex<Arc<Ring>>,
+    changed: Condvar,
+}
+
+impl CurrentView {
+    /// The view `ring` to start with.
+    pub fn new(ring: Ring) -> CurrentView {
+        CurrentView {
+            ring: Mutex::new(Arc::new(ring)),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<Ring>> {
+        match self.ring.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The current ring.
+    pub fn get(&self) -> Arc<Ring> {
+        Arc::clone(&self.lock())
+    }
+
+    fn set(&self, ring: Ring) {
+        *self.lock() = Arc::new(ring);
+        self.changed.notify_all();
+    }
+
+    /// The current ring once its epoch is above `epoch`, waiting at most `bound` for it;
+    /// `None` if no newer view came.
+    pub fn newer_than(&self, epoch: u64, bound: Duration) -> Option<Arc<Ring>> {
+        let deadline = Instant::now() + bound;
+        let mut guard = self.lock();
+        loop {
+            if guard.view().epoch > epoch {
+                return Some(Arc::clone(&guard));
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            guard = match self.changed.wait_timeout(guard, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}
+
+/// What one ping found out about a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// It answered, holding `epoch`, started as `incarnation`.
+    Alive { epoch: u64, incarnation: u64 },
+    /// No answer within the timeout.
+    Dead,
+}
+
+/// A running keeper. Dropping it stops its thread.
+pub struct Keeper {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Keeper {
+    /// Starts watching the backends of `view`; views it publishes go to `view` and are
+    /// installed through `peers`, whose connections to nodes marked down are cut.
+    pub fn start(
+        options: KeeperOptions,
+        limits: Limits,
+        view: Arc<CurrentView>,
+        peers: Arc<Peers>,
+    ) -> std::io::Result<Keeper> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let watch = Watch {
+            options,
+            limits,
+            view,
+            peers,
+            links: Vec::new(),
+            incarnations: Vec::new(),
+        };
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("view-keeper".into())
+                .spawn(move || watch.run(&stop))?
+        };
+        Ok(Keeper {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The keeper thread's state.
+struct Watch {
+    options: KeeperOptions,
+    limits: Limits,
+    view: Arc<CurrentView>,
+    peers: Arc<Peers>,
+    /// A ping connection per node, indexed like the view's nodes.
+    links: Vec<Option<Connection>>,
+    /// The incarnation each node last answered with.
+    incarnations: Vec<Option<u64>>,
+}
+
+impl Watch {
+    fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            let ring = self.view.get();
+            let health = self.ping_all(&ring);
+            self.act(&ring, &health);
+            let pause = self.options.interval.saturating_sub(started.elapsed());
+            // Sleeps in short steps so that a stopping frontend is not held up.
+            let until = Instant::now() + pause;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+            }
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.options.timeout,
+            io: self.options.timeout,
+            ..Timeouts::default()
+        }
+    }
+
+    /// Pings every node at once, each on its own connection.
+    fn ping_all(&mut self, ring: &Ring) -> Vec<Health> {
+        let nodes = &ring.view().nodes;
+        self.links.resize_with(nodes.len(), || None);
+        self.incarnations.resize(nodes.len(), None);
+        let timeouts = self.timeouts();
+        let limits = self.limits;
+        std::thread::scope(|scope| {
+            let pings: Vec<_> = self
+                .links
+                .iter_mut()
+                .zip(nodes)
+                .map(|(link, addr)| scope.spawn(move || ping(link, addr, &timeouts, &limits)))
+                .collect();
+            pings
+                .into_iter()
+                .map(|p| p.join().unwrap_or(Health::Dead))
+                .collect()
+        })
+    }
+
+    /// Publishes the view the pings call for, if it differs from the current one.
+    fn act(&mut self, ring: &Ring, health: &[Health]) {
+        let view = ring.view();
+        let mut next = view.clone();
+        for (node, found) in health.iter().enumerate() {
+            let addr = &view.nodes[node];
+            let restarted = match (*found, self.incarnations[node]) {
+                (Health::Alive { incarnation, .. }, Some(known)) => incarnation != known,
+                _ => false,
+            };
+            if let Health::Alive { incarnation, .. } = *found {
+                self.incarnations[node] = Some(incarnation);
+            }
+            match (view.states[node], *found) {
+                (NodeState::Up, Health::Dead) => {
+                    log::warn!(
+                        "backend {addr} did not answer a ping within {:?}; marking it down",
+                        self.options.timeout
+                    );
+                    next.states[node] = NodeState::Down;
+                }
+                (NodeState::Up, Health::Alive { epoch, .. })
+                    if view.replicas > 1 && (restarted || epoch == 0) =>
+                {
+                    log::warn!(
+                        "backend {addr} restarted and may have lost writes; marking it down \
+                         until it can be copied up to date"
+                    );
+                    next.states[node] = NodeState::Down;
+                }
+                // It missed an install (or restarted with one copy per key): it is given the
+                // view; if it cannot take it, it cannot serve it.
+                (NodeState::Up, Health::Alive { epoch, .. })
+                    if epoch != view.epoch && !self.install(view, addr) =>
+                {
+                    next.states[node] = NodeState::Down;
+                }
+                (NodeState::Down, Health::Alive { epoch, .. }) => {
+                    if view.replicas == 1 {
+                        log::info!(
+                            "backend {addr} answers again; it holds the only copy of its keys, \
+                             marking it up"
+                        );
+                        next.states[node] = NodeState::Up;
+                    } else if epoch != view.epoch && self.install(view, addr) {
+                        log::info!(
+                            "backend {addr} answers again; it stays down (fenced) until it \
+                             can be copied up to date"
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        if next.states != view.states {
+            next.epoch = view.epoch + 1;
+            self.publish(next);
+        }
+    }
+
+    /// Installs `view` on `addr`; true if it took it.
+    fn install(&self, view: &View, addr: &str) -> bool {
+        let timeouts = self.timeouts();
+        let frame = view_install_frame(view, addr, 0);
+        match Connection::open(addr, &timeouts, &self.limits).and_then(|mut c| c.call(&frame)) {
+            Ok(answer) if answer.status == Status::OK => true,
+            Ok(answer) => {
+                log::error!(
+                    "backend {addr} refused view epoch {}: {}: {}",
+                    view.epoch,
+                    answer.status,
+                    answer.message()
+                );
+                false
+            }
+            Err(e) => {
+                log::warn!("backend {addr} did not take view epoch {}: {e}", view.epoch);
+                false
+            }
+        }
+    }
+
+    /// Installs `view` on every node that can take it, then routes by it. A node marked up
+    /// that cannot take it will be marked down by the next round of pings.
+    fn publish(&mut self, view: View) {
+        let ring = match Ring::new(view) {
+            Ok(ring) => ring,
+            Err(e) => {
+                log::error!("the keeper built an unusable view: {e}");
+                return;
+            }
+        };
+        let view = ring.view();
+        log::info!(
+            "publishing view epoch {}: {}",
+            view.epoch,
+            view.nodes
+                .iter()
+                .zip(&view.states)
+                .map(|(n, s)| format!("{n} {s}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (node, addr) in view.nodes.iter().enumerate() {
+            if !view.is_up(node) {
+                self.peers.sever(addr);
+                self.links[node] = None;
+            }
+        }
+        let this = &*self;
+        std::thread::scope(|scope| {
+            for (node, addr) in view.nodes.iter().enumerate() {
+                if view.is_up(node) {
+                    scope.spawn(move || this.install(view, addr));
+                }
+            }
+        });
+        self.view.set(ring);
+    }
+}
+
+/// One ping of `addr` on `link` (opened when missing, dropped when it fails).
+fn ping(link: &mut Option<Connection>, addr: &str, timeouts: &Timeouts, limits: &Limits) -> Health {
+    if link.is_none() {
+        *link = Connection::open(addr, timeouts, limits).ok();
+    }
+    let Some(conn) = link.as_mut() else {
+        return Health::Dead;
+    };
+    let request = Frame::request(Opcode::HEALTH, 1, Vec::new(), Vec::new());
+    match conn.call(&request) {
+        Ok(answer) if answer.status == Status::OK => Health::Alive {
+            epoch: answer.epoch,
+            incarnation: answer
+                .value
+                .get(..8)
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))),
+        },
+        _ => {
+            *link = None;
+            Health::Dead
+        }
+    }
+}

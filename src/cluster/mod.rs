@@ -1,0 +1,41 @@
+//! The control plane: views and their epochs, chain replication, and the view keeper.
+//!
+//! **Views.** A view ([`crate::ring::View`]) lists the backends in the order they joined, each
+//! up or down, with the replication factor R, and is numbered by an epoch. The frontend is the
+//! view keeper ([`keeper`]): it watches every backend and publishes a new view, with the epoch
+//! one higher, whenever a node is found dead or hung. A backend installs a view only if its
+//! epoch is higher than the one it holds (or the same view again), keeps it in its data
+//! directory ([`view_file`]) before it acknowledges it, and from then on refuses every request
+//! stamped with another epoch.
+//!
+//! **Chains.** A key's chain ([`crate::ring::Ring::chain`]) is the owner of its position
+//! followed by the next R − 1 distinct nodes clockwise, leaving out the nodes that are down. A
+//! node going down therefore only removes itself from chains; the others keep their order and
+//! no key changes owner. Writes enter at the head and are applied member after member down to
+//! the tail ([`chain`]); the tail's answer travels back up, so a write is acknowledged only when
+//! every member holds it. Reads are answered by the tail.
+//!
+//! **Invariants, and where each is enforced.**
+//! 1. *Per key, every member applies writes in the head's order.* The head holds the key's lock
+//!    ([`chain::KeyLocks`]) from applying a write until the tail's answer is back, so a member
+//!    never has two writes of one key in flight ([`crate::backend`]'s chain write path).
+//! 2. *Each member holds a superset of the writes of the members after it.* A member applies a
+//!    write before passing it on, and a view change only removes members, so a new tail (the old
+//!    tail's predecessor) holds everything the old tail did: a read never goes back in time.
+//! 3. *Nothing from an old epoch is acknowledged.* A member checks the epoch of every request
+//!    and chain write against its view under the same lock that installing a view takes, and an
+//!    answer counts only if it carries the request's epoch and the member still holds that epoch
+//!    when it arrives. A node that was declared dead but wakes up (SIGSTOP, SIGCONT) still holds
+//!    the old epoch: whatever it applies is refused by the members of the new view, so it
+//!    cannot acknowledge a write, and the frontend no longer sends it anything.
+//! 4. *An error says whether a write may have taken effect.* STALE_VIEW and NO_VIEW from the
+//!    head mean it was not applied (the frontend retries under the new view); a failure further
+//!    down the chain is answered UNAVAILABLE: applied at some members, perhaps at all.
+//!
+//! A member that is removed while down is not brought back for R > 1 in this version: it stays
+//! down (fenced) until a state transfer can copy it up to date. With R = 1 its keys have no
+//! other copy, so it is re-added as it is when it answers again.
+
+pub mod chain;
+pub mod keeper;
+pub mod view_file;
