@@ -337,7 +337,7 @@ impl BackendState {
                 .collect(),
             None => Vec::new(),
         };
-        let _held = self.key_locks.lock(headed);
+        let mut held = self.key_locks.lock(headed);
         let mut writes = Unsettled::NONE;
         let routes: Vec<Route> = {
             let guard = self.read_membership();
@@ -347,13 +347,25 @@ impl BackendState {
                 (None, None) => false,
                 _ => true,
             };
+            let epoch = current.map_or(0, |m| m.ring.view().epoch);
             requests
                 .into_iter()
                 .map(|request| {
-                    if moved && is_client_write(request.opcode) {
+                    if !is_client_write(request.opcode) {
+                        self.route(current, request, &mut writes)
+                    } else if moved {
                         Route::Answered(request.error_reply(
                             Status::STALE_VIEW,
                             "the view changed while the write waited for its key; not applied",
+                        ))
+                    } else if held.is_blocked(&request.key, epoch) {
+                        bump(&self.counters.stale_refused);
+                        Route::Answered(request.error_reply(
+                            Status::STALE_VIEW,
+                            format!(
+                                "an earlier write of this key was not acknowledged in epoch \
+                                 {epoch}; writes of it wait for the next view (not applied)"
+                            ),
                         ))
                     } else {
                         self.route(current, request, &mut writes)
@@ -380,17 +392,19 @@ impl BackendState {
                     answer,
                     forward,
                     next,
-                } => Route::Answered(self.chain_answer(
-                    answer,
-                    &forward,
-                    &next,
-                    chain_results.next(),
-                    epoch_now,
-                )),
+                } => {
+                    let answer =
+                        self.chain_answer(answer, &forward, &next, chain_results.next(), epoch_now);
+                    if !answer.status.is_success() {
+                        // It may still be on its way down: nothing may overtake it.
+                        held.block(&forward.key, forward.epoch);
+                    }
+                    Route::Answered(answer)
+                }
                 other => other,
             })
             .collect();
-        drop(_held);
+        drop(held);
         let relay_calls: Vec<(&str, &Frame)> = routes
             .iter()
             .filter_map(|route| match route {

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::frontend::{Entry, FrontendConfig};
 use crate::protocol::payload::NodeReport;
 use crate::protocol::{Limits, Status};
-use crate::ring::{position_hex, Placement, Position, Ring, Routing, View};
+use crate::ring::{position_hex, NodeState, Placement, Position, Ring, Routing, View};
 use crate::rng::Rng;
 use crate::server::ServerOptions;
 
@@ -414,14 +414,42 @@ pub fn render_distribution(reports: &[NodeReport]) -> String {
         let mean = total_bytes as f64 / answered as f64;
         let _ = writeln!(out, "most-loaded / mean (bytes): {:.2}", most as f64 / mean);
     }
+    let replicas: u64 = nodes.iter().map(|r| r.counter("replica_keys")).sum();
+    if replicas > 0 {
+        let _ = writeln!(
+            out,
+            "\nreplica copies (each key above is also held by the rest of its chain):"
+        );
+        let _ = writeln!(out, "{:<width$}  {:>12}  {:>14}", "node", "keys", "bytes");
+        for report in nodes.iter().filter(|r| r.status == Status::OK) {
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:>12}  {:>14}",
+                report.addr,
+                thousands(report.counter("replica_keys")),
+                thousands(report.counter("replica_bytes"))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>12}  {:>14}",
+            "total",
+            thousands(replicas),
+            thousands(nodes.iter().map(|r| r.counter("replica_bytes")).sum())
+        );
+    }
     out
 }
 
 /// What `kvcli stats` prints: the distribution of keys and bytes, every other counter per node,
 /// and the relay histogram with the mean and maximum relays per served request.
 pub fn render_stats(reports: &[NodeReport]) -> String {
-    let is_shown_elsewhere =
-        |name: &str| matches!(name, "keys" | "bytes" | "hops") || name.starts_with("relays_");
+    let is_shown_elsewhere = |name: &str| {
+        matches!(
+            name,
+            "keys" | "bytes" | "replica_keys" | "replica_bytes" | "hops"
+        ) || name.starts_with("relays_")
+    };
     let mut names: Vec<&str> = Vec::new();
     let mut buckets: Vec<&str> = Vec::new();
     for report in reports {
@@ -520,11 +548,14 @@ pub fn render_ring(view: &View) -> Result<String> {
     let ring = Ring::new(view.clone())?;
     let shares = ring.shares();
     let mut out = String::new();
+    let down = view.states.iter().filter(|s| **s != NodeState::Up).count();
     let _ = writeln!(
         out,
-        "view epoch {}: {} nodes, {}, {} routing ({} points on the ring)",
+        "view epoch {}: {} nodes ({} down), {} replicas, {}, {} routing ({} points on the ring)",
         view.epoch,
         view.nodes.len(),
+        down,
+        view.replicas,
         view.placement,
         view.routing,
         ring.point_count()
@@ -536,8 +567,8 @@ pub fn render_ring(view: &View) -> Result<String> {
     let width = view.nodes.iter().map(String::len).max().unwrap_or(4).max(4);
     let _ = writeln!(
         out,
-        "{:<width$}  {:>7}  {:>6}  points",
-        "node", "share", "count"
+        "{:<width$}  {:>5}  {:>7}  {:>6}  points",
+        "node", "state", "share", "count"
     );
     for (index, node) in view.nodes.iter().enumerate() {
         let points = &points_of[index];
@@ -554,8 +585,9 @@ pub fn render_ring(view: &View) -> Result<String> {
         };
         let _ = writeln!(
             out,
-            "{:<width$}  {:>6.2}%  {:>6}  {listed}",
+            "{:<width$}  {:>5}  {:>6.2}%  {:>6}  {listed}",
             node,
+            view.states[index].to_string(),
             shares[index] * 100.0,
             points.len()
         );
@@ -563,7 +595,75 @@ pub fn render_ring(view: &View) -> Result<String> {
     let mean = 1.0 / ring.len() as f64;
     let most = shares.iter().cloned().fold(0.0, f64::max);
     let _ = writeln!(out, "largest share / mean: {:.3}", most / mean);
+    out.push_str(&render_chains(&ring));
     Ok(out)
+}
+
+/// Most chains `kvcli ring` lists one by one.
+const CHAINS_SHOWN: usize = 24;
+
+/// The chains of the ring's spans, grouped: each distinct chain (head first, tail last), how
+/// many points' spans (partitions) have it, and their share of the key space.
+fn render_chains(ring: &Ring) -> String {
+    let mut groups: Vec<(Vec<usize>, usize, f64)> = Vec::new();
+    let points: Vec<&Position> = ring.points().map(|(p, _)| p).collect();
+    for (index, start) in points.iter().enumerate() {
+        let chain: Vec<usize> = ring.chain_at(index).members().collect();
+        // The last point's span wraps round zero up to the first point.
+        let end = points
+            .get(index + 1)
+            .map_or(1.0 + position_fraction(points[0]), |p| position_fraction(p));
+        let span = end - position_fraction(start);
+        match groups.iter_mut().find(|(c, _, _)| *c == chain) {
+            Some((_, count, share)) => {
+                *count += 1;
+                *share += span;
+            }
+            None => groups.push((chain, 1, span)),
+        }
+    }
+    groups.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut out = String::new();
+    let unavailable: usize = groups.iter().filter(|g| g.0.is_empty()).map(|g| g.1).sum();
+    let _ = writeln!(
+        out,
+        "chains (head first, tail last): {} distinct{}",
+        groups.len(),
+        if unavailable > 0 {
+            format!(", {unavailable} spans with no member up (unavailable)")
+        } else {
+            String::new()
+        }
+    );
+    for (chain, count, share) in groups.iter().take(CHAINS_SHOWN) {
+        let members = if chain.is_empty() {
+            "(none up: unavailable)".to_string()
+        } else {
+            chain
+                .iter()
+                .map(|&n| ring.node(n))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        };
+        let _ = writeln!(
+            out,
+            "  {count:>6} spans  {:>6.2}%  {members}",
+            share * 100.0
+        );
+    }
+    if groups.len() > CHAINS_SHOWN {
+        let _ = writeln!(out, "  ... {} more chains", groups.len() - CHAINS_SHOWN);
+    }
+    out
+}
+
+/// A position as a fraction of the ring, in [0, 1).
+fn position_fraction(position: &Position) -> f64 {
+    position
+        .iter()
+        .take(8)
+        .rev()
+        .fold(0.0, |acc, &b| (acc + f64::from(b)) / 256.0)
 }
 
 /// Partition numbers of sorted partition starts, as ranges: `0-3 17 40-41`, cut after a few.

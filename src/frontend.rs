@@ -156,6 +156,13 @@ impl Frontend {
             config.backends.clone(),
         );
         let ring = Ring::new(view)?;
+        if config.keeper.is_none() && replicas > 1 {
+            return Err(Error::Config(
+                "keeping more than one copy of each key needs the view keeper (--ping-interval \
+                 above 0): a chain that loses a member waits for the next view"
+                    .into(),
+            ));
+        }
         if config.threads == 0 {
             return Err(Error::Config(
                 "the frontend needs at least one thread".into(),
@@ -392,6 +399,11 @@ impl FrontendState {
                         answers[*index] = Some(answer);
                     }
                     Ok(mut answer) => {
+                        if answer.status == Status::UNAVAILABLE && request.opcode != Opcode::GET {
+                            // A chain left the write unacknowledged: the head blocks the key
+                            // until the next view.
+                            self.view.want_new_epoch();
+                        }
                         answer.request_id = request.request_id;
                         answers[*index] = Some(answer);
                     }
@@ -407,8 +419,10 @@ impl FrontendState {
             if retry.is_empty() {
                 break;
             }
-            // A backend ahead of us: the keeper is publishing a newer view. A backend behind
-            // us (it restarted, or missed an install): it is given ours.
+            // A backend ahead of us: the keeper is publishing a newer view. A head that blocks
+            // a key until the next view: the keeper is asked for one. A backend behind us (it
+            // restarted, or missed an install): it is given ours.
+            self.view.want_new_epoch();
             match self.view.newer_than(ring.view().epoch, self.view_wait) {
                 Some(newer) => ring = newer,
                 None => {

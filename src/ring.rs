@@ -407,7 +407,11 @@ impl Ring {
     /// that are down** (they keep their places, so a chain only shrinks while a node is down and
     /// no key moves). The one implementation of the chain rule.
     pub fn chain(&self, position: &Position) -> Chain {
-        let point = self.point_of(position);
+        self.chain_at(self.point_of(position))
+    }
+
+    /// The chain of the span of point `point` (an index into [`points`](Ring::points)).
+    pub fn chain_at(&self, point: usize) -> Chain {
         let natural = &self.natural_chains[point * self.chain_len..][..self.chain_len];
         let mut chain = Chain {
             members: [0; MAX_REPLICAS],
@@ -425,13 +429,6 @@ impl Ring {
     /// The chain of `key`.
     pub fn chain_of_key(&self, key: &[u8]) -> Chain {
         self.chain(&key_position(key))
-    }
-
-    /// The chain a point's span would have with every node up, head first.
-    pub fn natural_chain_at(&self, point: usize) -> impl Iterator<Item = usize> + '_ {
-        self.natural_chains[point * self.chain_len..][..self.chain_len]
-            .iter()
-            .map(|&n| n as usize)
     }
 
     /// The view this ring was built from.

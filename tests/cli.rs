@@ -227,7 +227,20 @@ fn size_stats_and_ping_describe_the_cluster() {
         keys.len() as u64,
         "{out:?}"
     );
-    let table = sections[1];
+    // Every key has two more copies, on the rest of its chain of three.
+    let replicas = sections
+        .iter()
+        .find(|s| s.starts_with("replica copies"))
+        .unwrap_or_else(|| panic!("no replica copies: {out:?}"));
+    assert_eq!(
+        number(row(replicas, "total")[1]),
+        2 * keys.len() as u64,
+        "{out:?}"
+    );
+    let table = sections
+        .iter()
+        .find(|s| s.lines().next().is_some_and(|l| l.contains(" puts ")))
+        .unwrap_or_else(|| panic!("no counter table: {out:?}"));
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     let column = |name: &str| {
         header
@@ -447,15 +460,18 @@ fn the_paper_design_relays_and_stats_and_ring_show_it() {
     assert_eq!(ring.code(), Some(0), "{ring:?}");
     let text = ring.text();
     assert!(
-        text.starts_with("view epoch 1: 4 nodes, 1 hashed position per node, successor routing"),
+        text.starts_with(
+            "view epoch 1: 4 nodes (0 down), 1 replicas, 1 hashed position per node, successor routing"
+        ),
         "{ring:?}"
     );
     let shares: f64 = text
         .lines()
         .skip(2)
+        .take(4)
         .filter_map(|l| {
             l.split_whitespace()
-                .nth(1)?
+                .nth(2)?
                 .strip_suffix('%')?
                 .parse::<f64>()
                 .ok()
@@ -471,16 +487,67 @@ fn kvcli_ring_shows_equal_partitions_by_default() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     let text = out.text();
     assert!(
-        text.starts_with("view epoch 1: 3 nodes, 4096 equal partitions, direct routing"),
+        text.starts_with(
+            "view epoch 1: 3 nodes (0 down), 3 replicas, 4096 equal partitions, direct routing"
+        ),
         "{out:?}"
     );
     for backend in &backends {
         let columns = row(&text, backend);
-        let share: f64 = columns[1].trim_end_matches('%').parse().unwrap();
+        assert_eq!(columns[1], "up", "{out:?}");
+        let share: f64 = columns[2].trim_end_matches('%').parse().unwrap();
         assert!((share - 100.0 / 3.0).abs() < 0.05, "{out:?}");
-        let count = number(columns[2]);
+        let count = number(columns[3]);
         assert!(count == 1365 || count == 1366, "{out:?}");
-        assert_eq!(columns[3], "partitions", "{out:?}");
+        assert_eq!(columns[4], "partitions", "{out:?}");
     }
     assert!(text.contains("largest share / mean: 1.000"), "{out:?}");
+    // Every chain holds all three backends, head first; the spans add up to the whole ring.
+    let chains: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("chains (head first, tail last)"))
+        .skip(1)
+        .collect();
+    assert!(!chains.is_empty() && chains.len() <= 6, "{out:?}");
+    let mut spans = 0;
+    let mut share = 0.0;
+    for line in &chains {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        spans += number(words[0]);
+        share += words[2].trim_end_matches('%').parse::<f64>().unwrap();
+        let members: Vec<&str> = words[3..].iter().copied().filter(|w| *w != "->").collect();
+        assert_eq!(members.len(), 3, "{line}");
+        for backend in &backends {
+            assert!(members.contains(&backend.as_str()), "{line}");
+        }
+    }
+    assert_eq!(spans, 4096, "{out:?}");
+    assert!((share - 100.0).abs() < 0.1, "{out:?}");
+}
+
+#[test]
+fn size_and_stats_exit_2_when_a_backend_does_not_answer() {
+    let first = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+    let second = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+    let backends = [first.listening("backend"), second.listening("backend")];
+    let frontend = Server::start(&[
+        "frontend",
+        "--listen",
+        "127.0.0.1:0",
+        &backends[0],
+        &backends[1],
+    ]);
+    let addr = frontend.listening("frontend");
+    for command in ["size", "stats"] {
+        let out = kvcli_at(&addr, &[command]);
+        assert_eq!(out.code(), Some(0), "{command}: {out:?}");
+    }
+    second.kill();
+    for command in ["size", "stats"] {
+        let out = kvcli_at(&addr, &[command]);
+        assert_eq!(out.code(), Some(2), "{command}: {out:?}");
+        // The table is still printed, with the missing node named on it and on stderr.
+        assert!(out.text().contains(&backends[1]), "{command}: {out:?}");
+        assert!(out.stderr.contains(&backends[1]), "{command}: {out:?}");
+    }
 }

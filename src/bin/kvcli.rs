@@ -11,6 +11,7 @@ use argh::FromArgs;
 use ringkv::cli::{
     render_distribution, render_paper_test, render_ring, render_stats, run_paper_test, PaperTest,
 };
+use ringkv::protocol::Status;
 use ringkv::{Client, ClientOptions};
 
 const EXIT_NOT_FOUND: u8 = 1;
@@ -244,6 +245,7 @@ fn run(
     }
     let mut client = Client::connect_with(addr, options)?;
     let mut stdout = std::io::stdout().lock();
+    let is_size = matches!(command, Command::Size(_));
     match command {
         Command::Put(p) => {
             let value = match (p.value, p.file) {
@@ -286,8 +288,27 @@ fn run(
                 return Ok(EXIT_NOT_FOUND);
             }
         }
-        Command::Size(_) => write!(stdout, "{}", render_distribution(&client.size()?))?,
-        Command::Stats(_) => write!(stdout, "{}", render_stats(&client.stats()?))?,
+        Command::Size(_) | Command::Stats(_) => {
+            let (reports, table) = if is_size {
+                let reports = client.size()?;
+                let table = render_distribution(&reports);
+                (reports, table)
+            } else {
+                let reports = client.stats()?;
+                let table = render_stats(&reports);
+                (reports, table)
+            };
+            write!(stdout, "{table}")?;
+            stdout.flush()?;
+            // A table with a node missing is not the cluster's figure.
+            if let Some(missing) = reports.iter().find(|r| r.status != Status::OK) {
+                eprintln!(
+                    "kvcli: node {} did not answer: {}: {}",
+                    missing.addr, missing.status, missing.message
+                );
+                return Ok(EXIT_ERROR);
+            }
+        }
         Command::Ring(_) => write!(stdout, "{}", render_ring(&client.view()?)?)?,
         Command::Ping(_) => {
             let rtt = client.ping()?;

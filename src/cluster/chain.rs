@@ -13,20 +13,27 @@ const STRIPES: usize = 1024;
 /// The head's per-key order: a write holds its key's stripe from being applied until the tail
 /// has answered, so a chain never carries two writes of one key at once and every member
 /// applies them in the head's order. Keys share stripes by hash, which only costs waiting.
+///
+/// A write the rest of the chain did not acknowledge (a member failed or timed out) may still be
+/// on its way down, and a later write could overtake it at a member further down. So its stripe
+/// is *blocked* for the epoch: no further write of its keys enters the chain until a newer view
+/// is installed, and every member refuses writes of the old epoch once it holds the new one, so
+/// the stray write either lands before the view change or never.
 pub struct KeyLocks {
-    stripes: Vec<Mutex<()>>,
+    /// Per stripe, the epoch in which it is blocked (0: never).
+    stripes: Vec<Mutex<u64>>,
 }
 
 /// The stripes a batch of writes holds, taken in ascending order so that two batches can
 /// never wait for each other.
 pub struct HeldKeys<'a> {
-    _guards: Vec<MutexGuard<'a, ()>>,
+    guards: Vec<(usize, MutexGuard<'a, u64>)>,
 }
 
 impl Default for KeyLocks {
     fn default() -> Self {
         KeyLocks {
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
         }
     }
 }
@@ -45,12 +52,38 @@ impl KeyLocks {
         stripes.dedup();
         let guards = stripes
             .into_iter()
-            .map(|s| match self.stripes[s].lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
+            .map(|s| {
+                let guard = match self.stripes[s].lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                (s, guard)
             })
             .collect();
-        HeldKeys { _guards: guards }
+        HeldKeys { guards }
+    }
+}
+
+impl HeldKeys<'_> {
+    fn slot(&mut self, key: &[u8]) -> Option<&mut u64> {
+        let stripe = KeyLocks::stripe(key);
+        self.guards
+            .iter_mut()
+            .find(|(s, _)| *s == stripe)
+            .map(|(_, guard)| &mut **guard)
+    }
+
+    /// Whether writes of `key` wait for a view newer than `epoch` (see [`KeyLocks`]). A key
+    /// whose stripe this batch does not hold is not headed here and never blocked.
+    pub fn is_blocked(&mut self, key: &[u8], epoch: u64) -> bool {
+        self.slot(key).is_some_and(|blocked| *blocked >= epoch)
+    }
+
+    /// Blocks writes of `key` (and its stripe) until a view newer than `epoch`.
+    pub fn block(&mut self, key: &[u8], epoch: u64) {
+        if let Some(blocked) = self.slot(key) {
+            *blocked = (*blocked).max(epoch);
+        }
     }
 }
 
@@ -155,6 +188,19 @@ mod tests {
         let locks = KeyLocks::default();
         let keys: Vec<&[u8]> = vec![b"a", b"b", b"a"];
         let held = locks.lock(keys.iter().copied());
-        assert_eq!(held._guards.len(), 2);
+        assert_eq!(held.guards.len(), 2);
+    }
+
+    #[test]
+    fn an_unacknowledged_write_blocks_its_key_until_a_newer_epoch() {
+        let locks = KeyLocks::default();
+        let mut held = locks.lock([&b"k"[..]]);
+        assert!(!held.is_blocked(b"k", 3));
+        held.block(b"k", 3);
+        drop(held);
+        let mut held = locks.lock([&b"k"[..]]);
+        assert!(held.is_blocked(b"k", 3));
+        assert!(!held.is_blocked(b"k", 4));
+        assert!(!held.is_blocked(b"not held", 3));
     }
 }

@@ -48,6 +48,9 @@ impl Default for KeeperOptions {
 pub struct CurrentView {
     ring: Mutex<Arc<Ring>>,
     changed: Condvar,
+    /// Set when a write was left unacknowledged somewhere in a chain: its key stays blocked at
+    /// the head until a newer view, so the keeper publishes one even if no node changed.
+    new_epoch_wanted: AtomicBool,
 }
 
 impl CurrentView {
@@ -56,6 +59,7 @@ impl CurrentView {
         CurrentView {
             ring: Mutex::new(Arc::new(ring)),
             changed: Condvar::new(),
+            new_epoch_wanted: AtomicBool::new(false),
         }
     }
 
@@ -74,6 +78,11 @@ impl CurrentView {
     fn set(&self, ring: Ring) {
         *self.lock() = Arc::new(ring);
         self.changed.notify_all();
+    }
+
+    /// Asks the keeper for a new epoch soon, whether or not a node changed.
+    pub fn want_new_epoch(&self) {
+        self.new_epoch_wanted.store(true, Ordering::SeqCst);
     }
 
     /// The current ring once its epoch is above `epoch`, waiting at most `bound` for it;
@@ -169,10 +178,14 @@ impl Watch {
             let health = self.ping_all(&ring);
             self.act(&ring, &health);
             let pause = self.options.interval.saturating_sub(started.elapsed());
-            // Sleeps in short steps so that a stopping frontend is not held up.
+            // Sleeps in short steps so that a stopping frontend, or a wanted epoch, is not held
+            // up.
             let until = Instant::now() + pause;
-            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
-                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+            while !stop.load(Ordering::SeqCst)
+                && Instant::now() < until
+                && !self.view.new_epoch_wanted.load(Ordering::SeqCst)
+            {
+                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(5)));
             }
         }
     }
@@ -260,7 +273,8 @@ impl Watch {
                 _ => {}
             }
         }
-        if next.states != view.states {
+        let wanted = self.view.new_epoch_wanted.swap(false, Ordering::SeqCst);
+        if next.states != view.states || wanted {
             next.epoch = view.epoch + 1;
             self.publish(next);
         }

@@ -196,6 +196,20 @@ impl Server {
         })
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) and waits for `kill` to have delivered it.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -{signal} failed: {sent}");
+    }
+
     /// kill -9, waited for.
     pub fn kill(mut self) {
         self.child.0.kill().unwrap();
