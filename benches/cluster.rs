@@ -1,13 +1,15 @@
 //! End to end over loopback sockets: a LocalCluster of 3 backends behind a frontend, driven by
 //! client threads that each own one connection and have one request in flight at a time.
 //!
-//! Two configurations run in the same process, one after the other:
+//! The configurations run in the same process, one after the other:
 //! - `paper`: `FrontendConfig::default().paper()`, a random entry backend that relays to its
 //!   successor until the owner is reached (one relay per request on average with 3 backends);
-//! - `default`: `FrontendConfig::default()`, the owner as entry backend (direct routing, 4096
-//!   partitions), so no request is relayed.
+//! - `r1`, `r2`, `r3`: `FrontendConfig::default()` (the chain's head or tail as entry backend,
+//!   direct routing, 4096 partitions) with one, two or three copies of every key: a PUT is
+//!   applied by each member of its chain in turn, a GET answered by the tail.
 //!
-//! The difference between the two is the cost of relaying. Clients, frontend and backends share
+//! The difference between paper and r1 is the cost of relaying; between r1 and r3, the cost of
+//! replication. Clients, frontend and backends share
 //! the machine's CPUs, so the figures are those of the whole system on this host, not of a
 //! server measured from outside.
 
@@ -40,7 +42,11 @@ fn main() {
         "# config paper: FrontendConfig::default().paper() (random entry, successor routing, \
          1 position per node)"
     );
-    println!("# config default: FrontendConfig::default() (owner entry, direct routing: no relay)");
+    println!(
+        "# config r1, r2, r3: FrontendConfig::default() (owner entry, direct routing) keeping \
+         1, 2 or 3 copies of every key: writes go to the chain's head and down to its tail, \
+         reads to the tail (r3 is the default)"
+    );
     println!(
         "# *_pipeline{PIPELINE_BATCH}_1t: one client sending batches of {PIPELINE_BATCH} GETs \
          with Client::pipeline; its latency is per batch"
@@ -51,8 +57,16 @@ fn main() {
         .map(|i| format!("key-{i:012}").into_bytes())
         .collect();
     let paper = FrontendConfig::default().paper();
-    let default = FrontendConfig::default();
-    for (name, config) in [("paper", paper), ("default", default)] {
+    let replicas = |r| FrontendConfig {
+        replicas: Some(r),
+        ..FrontendConfig::default()
+    };
+    for (name, config) in [
+        ("paper", paper),
+        ("r1", replicas(1)),
+        ("r2", replicas(2)),
+        ("r3", replicas(3)),
+    ] {
         bench_config(&plan, name, config, &keys);
     }
 }
@@ -66,7 +80,7 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
     let mut relays = 0u64;
     let mut requests = 0u64;
     for op in [Op::Put, Op::Get] {
-        for threads in [1usize, 16] {
+        for threads in [1usize, 16, 50] {
             let run = plan.measure(|| {
                 let workers = (0..threads)
                     .map(|t| Worker::new(&addr, 0xc1_u64 << 32 | t as u64))

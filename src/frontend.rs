@@ -382,7 +382,7 @@ impl FrontendState {
             let calls: Vec<(&str, &Frame)> = sent.iter().map(|(_, a, f)| (*a, f)).collect();
             let results = self.peers.call_batch(&calls);
             let mut retry = Vec::new();
-            for ((index, addr, _), result) in sent.iter().zip(results) {
+            for ((index, addr, forwarded), result) in sent.iter().zip(results) {
                 let request = &requests[*index];
                 match result {
                     Ok(answer)
@@ -402,7 +402,7 @@ impl FrontendState {
                         if answer.status == Status::UNAVAILABLE && request.opcode != Opcode::GET {
                             // A chain left the write unacknowledged: the head blocks the key
                             // until the next view.
-                            self.view.want_new_epoch();
+                            self.view.want_epoch_after(forwarded.epoch);
                         }
                         answer.request_id = request.request_id;
                         answers[*index] = Some(answer);
@@ -422,7 +422,7 @@ impl FrontendState {
             // A backend ahead of us: the keeper is publishing a newer view. A head that blocks
             // a key until the next view: the keeper is asked for one. A backend behind us (it
             // restarted, or missed an install): it is given ours.
-            self.view.want_new_epoch();
+            self.view.want_epoch_after(ring.view().epoch);
             match self.view.newer_than(ring.view().epoch, self.view_wait) {
                 Some(newer) => ring = newer,
                 None => {

@@ -414,3 +414,60 @@ fn a_write_that_failed_on_a_stopped_backend_never_overwrites_a_later_one() {
         assert_eq!(c.get(&key).unwrap().as_deref(), Some(&b"B"[..]));
     }
 }
+
+/// Eighty clients whose keys' chains hold a backend that is then stopped take every frontend
+/// worker; a client of a key on healthy backends still gets its answers within the failover
+/// time, not after the i/o timeout.
+#[test]
+fn a_hung_backend_does_not_hold_up_keys_on_healthy_backends() {
+    let cluster = Cluster::start(4, &["--replicas", "3"]);
+    let ring = cluster.ring();
+    let stopped = 1;
+    let (on_stopped, healthy): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (0..400)
+        .map(|i| format!("hung-{i}").into_bytes())
+        .partition(|k| ring.chain_of_key(k).members().any(|m| m == stopped));
+    let healthy_key = healthy
+        .first()
+        .expect("a key away from the stopped node")
+        .clone();
+    let on_stopped = Arc::new(on_stopped);
+    let stop = Arc::new(AtomicBool::new(false));
+    let crowd: Vec<_> = (0..80)
+        .map(|t| {
+            let (addr, keys, stop) = (
+                cluster.addr.clone(),
+                Arc::clone(&on_stopped),
+                Arc::clone(&stop),
+            );
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&addr).unwrap();
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 80;
+                    let _ = c.put(&keys[i % keys.len()], b"crowd");
+                }
+            })
+        })
+        .collect();
+    let mut c = cluster.client();
+    c.put(&healthy_key, b"fine").unwrap();
+    cluster.backend(stopped).signal("STOP");
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(3) {
+        let asked = Instant::now();
+        assert_eq!(c.get(&healthy_key).unwrap().as_deref(), Some(&b"fine"[..]));
+        slowest = slowest.max(asked.elapsed());
+    }
+    cluster.backend(stopped).signal("CONT");
+    stop.store(true, Ordering::Relaxed);
+    for thread in crowd {
+        thread.join().unwrap();
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a GET of a key on healthy backends took {slowest:?}; frontend log:\n{}",
+        cluster.frontend.log()
+    );
+    assert!(!cluster.client().view().unwrap().is_up(stopped));
+}

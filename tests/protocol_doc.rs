@@ -367,3 +367,50 @@ fn header_table_tiles_the_header() {
     assert_eq!(next, protocol::HEADER_LEN);
     assert_eq!(key_offset, Some(protocol::HEADER_LEN));
 }
+
+#[test]
+fn chain_example_follows_the_chain_rule() {
+    // Section 12.4: the view of section 12.2 with two copies per key, then with 10.0.0.1 down.
+    let nodes = ["10.0.0.1:4000", "10.0.0.2:4000", "10.0.0.3:4000"];
+    let mut view = View::new(
+        1,
+        Routing::Successor,
+        Placement::Hashed { per_node: 1 },
+        2,
+        nodes.iter().map(|s| s.to_string()).collect(),
+    );
+    let chain = |view: &View, key: &str| -> String {
+        let ring = Ring::new(view.clone()).unwrap();
+        ring.chain_of_key(key.as_bytes())
+            .members()
+            .map(|n| format!("`{}`", ring.node(n).trim_end_matches(":4000")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let spec =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
+    // The page's words with its line breaks undone.
+    let text = spec.split_whitespace().collect::<Vec<_>>().join(" ");
+    let stated = [
+        ("foo", "`foo` (owner `10.0.0.2`) has the chain "),
+        ("bar", "`bar` (owner `10.0.0.1`) has "),
+        ("dog", "`dog` (owner `10.0.0.3`) wraps round to "),
+    ];
+    for (key, words) in stated {
+        let sentence = format!("{words}{}", chain(&view, key));
+        assert!(
+            text.contains(&sentence),
+            "PROTOCOL.md should say: {sentence}"
+        );
+    }
+    view.states[0] = ringkv::NodeState::Down;
+    let sentence = format!(
+        "With `10.0.0.1` down, `foo`'s chain is {} alone and `bar`'s {} alone.",
+        chain(&view, "foo"),
+        chain(&view, "bar")
+    );
+    assert!(
+        text.contains(&sentence),
+        "PROTOCOL.md should say: {sentence}"
+    );
+}

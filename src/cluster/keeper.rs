@@ -13,7 +13,7 @@
 //! With one copy per key (R = 1) it holds all there is of its keys, so it is marked up again in
 //! another view; with R > 1 it stays down until it can be copied up to date (not built yet).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,9 +48,12 @@ impl Default for KeeperOptions {
 pub struct CurrentView {
     ring: Mutex<Arc<Ring>>,
     changed: Condvar,
-    /// Set when a write was left unacknowledged somewhere in a chain: its key stays blocked at
-    /// the head until a newer view, so the keeper publishes one even if no node changed.
-    new_epoch_wanted: AtomicBool,
+    /// Set to an epoch when a write sent under it was left unacknowledged somewhere in a chain:
+    /// its key stays blocked at the head until a newer view, so the keeper publishes one even if
+    /// no node changed, unless the current view is newer already (a write that failed because
+    /// a view change overtook it needs no further change, or view changes would feed on the
+    /// failures they cause).
+    new_epoch_wanted: AtomicU64,
 }
 
 impl CurrentView {
@@ -59,7 +62,7 @@ impl CurrentView {
         CurrentView {
             ring: Mutex::new(Arc::new(ring)),
             changed: Condvar::new(),
-            new_epoch_wanted: AtomicBool::new(false),
+            new_epoch_wanted: AtomicU64::new(0),
         }
     }
 
@@ -80,9 +83,14 @@ impl CurrentView {
         self.changed.notify_all();
     }
 
-    /// Asks the keeper for a new epoch soon, whether or not a node changed.
-    pub fn want_new_epoch(&self) {
-        self.new_epoch_wanted.store(true, Ordering::SeqCst);
+    /// Asks the keeper for an epoch above `epoch` soon, whether or not a node changed.
+    pub fn want_epoch_after(&self, epoch: u64) {
+        self.new_epoch_wanted.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// Whether a newer epoch is wanted than the current view's.
+    fn is_newer_epoch_wanted(&self, current: u64) -> bool {
+        self.new_epoch_wanted.load(Ordering::SeqCst) >= current
     }
 
     /// The current ring once its epoch is above `epoch`, waiting at most `bound` for it;
@@ -183,7 +191,9 @@ impl Watch {
             let until = Instant::now() + pause;
             while !stop.load(Ordering::SeqCst)
                 && Instant::now() < until
-                && !self.view.new_epoch_wanted.load(Ordering::SeqCst)
+                && !self
+                    .view
+                    .is_newer_epoch_wanted(self.view.get().view().epoch)
             {
                 std::thread::sleep((until - Instant::now()).min(Duration::from_millis(5)));
             }
@@ -273,7 +283,7 @@ impl Watch {
                 _ => {}
             }
         }
-        let wanted = self.view.new_epoch_wanted.swap(false, Ordering::SeqCst);
+        let wanted = self.view.is_newer_epoch_wanted(view.epoch);
         if next.states != view.states || wanted {
             next.epoch = view.epoch + 1;
             self.publish(next);
