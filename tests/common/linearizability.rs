@@ -411,7 +411,7 @@ struct KeyHistory {
 /// A stretch of one key's history that can be checked on its own.
 #[derive(Default)]
 struct Segment {
-    /// Unknown operations invoked before the segment that may only matter in it: in flight
+    /// Unknown writes invoked before the segment that may matter in it or later: in flight
     /// from its start.
     carried: Vec<usize>,
     /// The events given to the tester.
@@ -425,6 +425,60 @@ struct History {
     keys: BTreeMap<Vec<u8>, KeyHistory>,
     /// Per operation, the generation of its client: the tester thread is `(client, generation)`.
     generation: Vec<usize>,
+}
+
+/// Where an unknown write in flight at a cut may take effect (see [`History::side`]).
+enum Side {
+    Here,
+    Later,
+    Either,
+}
+
+enum Search {
+    Linearizable,
+    NotLinearizable,
+    Inconclusive,
+}
+
+/// A key's operations as the tester sees them: values interned, unknown answers `None`.
+struct KeyOps {
+    op: HashMap<usize, RegOp>,
+    ret: HashMap<usize, Option<RegRet>>,
+    /// Left out altogether (see [`History::can_skip`]).
+    skip: HashMap<usize, bool>,
+}
+
+impl KeyOps {
+    fn new(history: &History, key: &KeyHistory) -> KeyOps {
+        let mut values: HashMap<Vec<u8>, u32> = HashMap::new();
+        let mut intern = |v: &[u8]| {
+            let next = values.len() as u32;
+            *values.entry(v.to_vec()).or_insert(next)
+        };
+        let mut ops = KeyOps {
+            op: HashMap::new(),
+            ret: HashMap::new(),
+            skip: HashMap::new(),
+        };
+        for &id in &key.ops {
+            let record = &history.ops[id];
+            let op = match &record.op {
+                Op::Put(v) => RegOp::Put(intern(v)),
+                Op::Get => RegOp::Get,
+                Op::Delete => RegOp::Delete,
+            };
+            let ret = match &record.returned {
+                Some((_, Outcome::Put)) => Some(RegRet::Put),
+                Some((_, Outcome::Get(v))) => Some(RegRet::Get(v.as_deref().map(&mut intern))),
+                Some((_, Outcome::Delete { found })) => Some(RegRet::Delete { found: *found }),
+                Some((_, Outcome::Unknown)) | None => None,
+            };
+            ops.op.insert(id, op);
+            ops.ret.insert(id, ret);
+            ops.skip.insert(id, history.can_skip(key, id));
+        }
+        ops
+    }
 }
 
 enum Verdict {
@@ -500,68 +554,75 @@ impl History {
             && (record.op == Op::Get || !self.observed(key, id, record.invoked_at, usize::MAX))
     }
 
-    /// Splits a key's history where that changes nothing: at a point `t` where every
-    /// operation invoked before `t` has returned, and the next operation is a completed Put
-    /// that returns before anything else is invoked. Every linearization then puts all of the
-    /// earlier operations first, then that Put, which makes the state before it irrelevant.
-    /// An unknown write still in flight at `t` may cross the cut only if its effect can matter
-    /// on one side alone (nothing on the other side may observe it); it is then checked with
-    /// that side only (carried into the next segment, invoked before everything in it).
-    fn segments(&self, key: &KeyHistory, skip: &HashMap<usize, bool>) -> Vec<Segment> {
-        let fed: Vec<KeyEvent> = key
-            .events
-            .iter()
-            .copied()
-            .filter(|event| {
-                let (KeyEvent::Invoke(id) | KeyEvent::Return(id)) = *event;
-                !skip[&id]
-            })
-            .collect();
-        let mut segments = vec![Segment::default()];
+    /// Splits a key's history (the events given to the tester) into stretches at the points
+    /// `t` where every known operation invoked before `t` has returned and the next one is a
+    /// completed Put that returns before anything else is invoked. Every linearization puts
+    /// the known operations before `t` first, then that Put, which makes the state before it
+    /// irrelevant: the stretches can be checked apart, up to the unknown writes in flight at
+    /// `t` (see [`History::check_key`]).
+    fn stretches(&self, fed: &[KeyEvent]) -> Vec<Segment> {
+        let mut stretches = vec![Segment::default()];
         let mut open_known = 0usize;
-        // Unknown writes in flight in the current segment.
-        let mut open_unknown: Vec<usize> = Vec::new();
         for (i, &event) in fed.iter().enumerate() {
+            let current = stretches.last().expect("one stretch");
             if let KeyEvent::Invoke(id) = event {
-                let current = segments.last().expect("one segment");
                 if open_known == 0
                     && !current.events.is_empty()
                     && self.ops[id].is_known_put()
                     && fed.get(i + 1) == Some(&KeyEvent::Return(id))
                 {
-                    let t = self.ops[id].invoked_at;
-                    let sides: Vec<(usize, bool, bool)> = open_unknown
-                        .iter()
-                        .map(|&u| {
-                            let before = self.observed(key, u, self.ops[u].invoked_at, t);
-                            let after = self.observed(key, u, t, usize::MAX);
-                            (u, before, after)
-                        })
-                        .collect();
-                    if sides.iter().all(|&(_, before, after)| !(before && after)) {
-                        let carried: Vec<usize> = sides
-                            .iter()
-                            .filter(|&&(_, before, _)| !before)
-                            .map(|&(u, _, _)| u)
-                            .collect();
-                        open_unknown = carried.clone();
-                        segments.push(Segment {
-                            carried,
-                            events: Vec::new(),
-                            starts_at: t,
-                        });
-                    }
+                    stretches.push(Segment {
+                        starts_at: self.ops[id].invoked_at,
+                        ..Segment::default()
+                    });
                 }
             }
             match event {
-                KeyEvent::Invoke(id) if self.ops[id].is_unknown() => open_unknown.push(id),
-                KeyEvent::Invoke(_) => open_known += 1,
+                KeyEvent::Invoke(id) if !self.ops[id].is_unknown() => open_known += 1,
                 KeyEvent::Return(id) if !self.ops[id].is_unknown() => open_known -= 1,
-                KeyEvent::Return(_) => {}
+                _ => {}
             }
-            segments.last_mut().expect("one segment").events.push(event);
+            stretches
+                .last_mut()
+                .expect("one stretch")
+                .events
+                .push(event);
         }
-        segments
+        stretches
+    }
+
+    /// On which side of a cut at `t` the unknown write `u` (invoked before `t`) may matter.
+    fn side(&self, key: &KeyHistory, u: usize, t: usize) -> Side {
+        let write = &self.ops[u];
+        if let Op::Put(x) = &write.op {
+            // A read of a value only `u` wrote needs `u` as the last write before it; the
+            // lone Put at `t` separates the two sides, so `u` takes effect on the reader's.
+            let unique = key
+                .ops
+                .iter()
+                .filter(|&&o| self.ops[o].op == write.op)
+                .count()
+                == 1;
+            let read_within = |after: usize, before: usize| {
+                key.ops.iter().any(|&o| {
+                    matches!(&self.ops[o].returned,
+                        Some((at, Outcome::Get(Some(v)))) if v == x && after < *at && *at < before)
+                })
+            };
+            if unique && read_within(write.invoked_at, t) {
+                return Side::Here;
+            }
+            if unique && read_within(t, usize::MAX) {
+                return Side::Later;
+            }
+        }
+        let before = self.observed(key, u, write.invoked_at, t);
+        let after = self.observed(key, u, t, usize::MAX);
+        match (before, after) {
+            (_, false) => Side::Here,
+            (false, true) => Side::Later,
+            (true, true) => Side::Either,
+        }
     }
 
     fn check(&self, deadline: Instant, budget: Duration) -> Result<String, String> {
@@ -595,84 +656,148 @@ impl History {
         ))
     }
 
+    /// Checks one key: stretch by stretch, merging stretches where an unknown write may be
+    /// needed on both sides of the cut between them.
+    ///
+    /// At a cut `t`, each unknown write in flight is, by [`History::side`], needed only
+    /// before `t` (`Here`; it is then dropped), only after (`Later`: carried into the rest,
+    /// invoked before all of it) or possibly on either side. The stretch is checked with the
+    /// `Here` ones. If that passes, the rest gets the others (the most it could have): the key
+    /// is linearizable exactly when the rest is. If it fails and nothing was `Either`, the key
+    /// is not linearizable. Otherwise the stretch is checked once more with every write in
+    /// flight: if it still fails, the key is not linearizable, else it is merged with the next
+    /// stretch. Each write thus takes effect in one stretch at most.
     fn check_key(&self, history: &KeyHistory, deadline: Instant) -> Verdict {
-        let mut values: HashMap<Vec<u8>, u32> = HashMap::new();
-        let mut intern = |v: &[u8]| {
-            let next = values.len() as u32;
-            *values.entry(v.to_vec()).or_insert(next)
-        };
-        let mut reg_op = HashMap::new();
-        let mut reg_ret = HashMap::new();
-        let mut skip = HashMap::new();
-        for &id in &history.ops {
-            let record = &self.ops[id];
-            let op = match &record.op {
-                Op::Put(v) => RegOp::Put(intern(v)),
-                Op::Get => RegOp::Get,
-                Op::Delete => RegOp::Delete,
+        let ops = KeyOps::new(self, history);
+        let fed: Vec<KeyEvent> = history
+            .events
+            .iter()
+            .copied()
+            .filter(|event| {
+                let (KeyEvent::Invoke(id) | KeyEvent::Return(id)) = *event;
+                !ops.skip[&id]
+            })
+            .collect();
+        let mut stretches = self.stretches(&fed).into_iter().peekable();
+        let mut carried = Vec::new();
+        let mut block: Option<Segment> = None;
+        while let Some(stretch) = stretches.next() {
+            let block_now = match block.take() {
+                None => Segment {
+                    carried: std::mem::take(&mut carried),
+                    ..stretch
+                },
+                Some(mut merged) => {
+                    merged.events.extend(stretch.events);
+                    merged
+                }
             };
-            let ret = match &record.returned {
-                Some((_, Outcome::Put)) => Some(RegRet::Put),
-                Some((_, Outcome::Get(v))) => Some(RegRet::Get(v.as_deref().map(&mut intern))),
-                Some((_, Outcome::Delete { found })) => Some(RegRet::Delete { found: *found }),
-                Some((_, Outcome::Unknown)) | None => None,
-            };
-            reg_op.insert(id, op);
-            reg_ret.insert(id, ret);
-            skip.insert(id, self.can_skip(history, id));
-        }
-
-        for segment in self.segments(history, &skip) {
-            // Tester thread ids: the search tries threads in id order, so the threads left
-            // with an operation in flight forever come last. Their operation is then
-            // linearized lazily, when nothing else fits (say, when a read needs its value),
-            // instead of eagerly at the earliest point, which in a linearizable history would
-            // be undone by a backtrack over everything in between.
-            let thread_of = |id: usize| (self.ops[id].client, self.generation[id]);
-            let mut threads: HashMap<(usize, usize), (bool, usize)> = HashMap::new();
-            let invoked = segment
+            let in_flight: Vec<usize> = block_now
                 .carried
                 .iter()
                 .copied()
-                .chain(segment.events.iter().filter_map(|event| match *event {
-                    KeyEvent::Invoke(id) => Some(id),
-                    KeyEvent::Return(_) => None,
-                }));
-            for id in invoked {
-                let next = threads.len();
-                let thread = threads.entry(thread_of(id)).or_insert((false, next));
-                thread.0 |= reg_ret[&id].is_none();
-            }
-
-            let mut tester = LinearizabilityTester::new(KeyRegister {
-                value: None,
-                deadline,
-            });
-            let carried = segment.carried.iter().map(|&id| KeyEvent::Invoke(id));
-            for event in carried.chain(segment.events.iter().copied()) {
-                let fed = match event {
-                    KeyEvent::Invoke(id) => tester
-                        .on_invoke(threads[&thread_of(id)], reg_op[&id])
-                        .map(|_| ()),
-                    KeyEvent::Return(id) => match reg_ret[&id] {
-                        Some(ret) => tester.on_return(threads[&thread_of(id)], ret).map(|_| ()),
-                        None => Ok(()), // unknown: in flight forever
-                    },
+                .chain(block_now.events.iter().filter_map(|event| match *event {
+                    KeyEvent::Invoke(id) if ops.ret[&id].is_none() => Some(id),
+                    _ => None,
+                }))
+                .collect();
+            let Some(next) = stretches.peek() else {
+                return match self.search(&ops, &block_now, &in_flight, deadline) {
+                    Search::Linearizable => Verdict::Linearizable,
+                    Search::NotLinearizable => Verdict::NotLinearizable(block_now),
+                    Search::Inconclusive => Verdict::Inconclusive(block_now),
                 };
-                if let Err(e) = fed {
-                    panic!("linearizability checker: bad history fed to the tester: {e}");
+            };
+            let t = next.starts_at;
+            let (mut here, mut later, mut either) = (Vec::new(), Vec::new(), Vec::new());
+            for &u in &in_flight {
+                match self.side(history, u, t) {
+                    Side::Here => here.push(u),
+                    Side::Later => later.push(u),
+                    Side::Either => either.push(u),
                 }
             }
-            match panic::catch_unwind(AssertUnwindSafe(|| tester.serialized_history())) {
-                Ok(Some(_)) => {}
-                Ok(None) => return Verdict::NotLinearizable(segment),
-                Err(payload) if payload.is::<BudgetExceeded>() => {
-                    return Verdict::Inconclusive(segment)
+            match self.search(&ops, &block_now, &here, deadline) {
+                Search::Linearizable => {
+                    carried = later;
+                    carried.extend(either);
                 }
-                Err(payload) => panic::resume_unwind(payload),
+                Search::Inconclusive => return Verdict::Inconclusive(block_now),
+                Search::NotLinearizable if either.is_empty() => {
+                    return Verdict::NotLinearizable(block_now)
+                }
+                Search::NotLinearizable => {
+                    match self.search(&ops, &block_now, &in_flight, deadline) {
+                        Search::Linearizable => block = Some(block_now),
+                        Search::NotLinearizable => return Verdict::NotLinearizable(block_now),
+                        Search::Inconclusive => return Verdict::Inconclusive(block_now),
+                    }
+                }
             }
         }
         Verdict::Linearizable
+    }
+
+    /// Runs stateright's tester on `segment`, with the unknown writes `in_flight` available
+    /// (the segment's carried ones, invoked first, and its own; the others are left out).
+    fn search(
+        &self,
+        ops: &KeyOps,
+        segment: &Segment,
+        in_flight: &[usize],
+        deadline: Instant,
+    ) -> Search {
+        let feeds = |id: usize| ops.ret[&id].is_some() || in_flight.contains(&id);
+        let events: Vec<KeyEvent> = segment
+            .carried
+            .iter()
+            .filter(|&&id| feeds(id))
+            .map(|&id| KeyEvent::Invoke(id))
+            .chain(segment.events.iter().copied().filter(|event| {
+                let (KeyEvent::Invoke(id) | KeyEvent::Return(id)) = *event;
+                feeds(id)
+            }))
+            .collect();
+
+        // Tester thread ids: the search tries threads in id order, so the threads left with
+        // an operation in flight forever come last. Their operation is then linearized
+        // lazily, when nothing else fits (say, when a read needs its value), instead of
+        // eagerly at the earliest point, which in a linearizable history would be undone by a
+        // backtrack over everything in between.
+        let thread_of = |id: usize| (self.ops[id].client, self.generation[id]);
+        let mut threads: HashMap<(usize, usize), (bool, usize)> = HashMap::new();
+        for event in &events {
+            if let KeyEvent::Invoke(id) = *event {
+                let next = threads.len();
+                let thread = threads.entry(thread_of(id)).or_insert((false, next));
+                thread.0 |= ops.ret[&id].is_none();
+            }
+        }
+
+        let mut tester = LinearizabilityTester::new(KeyRegister {
+            value: None,
+            deadline,
+        });
+        for event in events {
+            let fed = match event {
+                KeyEvent::Invoke(id) => tester
+                    .on_invoke(threads[&thread_of(id)], ops.op[&id])
+                    .map(|_| ()),
+                KeyEvent::Return(id) => match ops.ret[&id] {
+                    Some(ret) => tester.on_return(threads[&thread_of(id)], ret).map(|_| ()),
+                    None => Ok(()), // unknown: in flight forever
+                },
+            };
+            if let Err(e) = fed {
+                panic!("linearizability checker: bad history fed to the tester: {e}");
+            }
+        }
+        match panic::catch_unwind(AssertUnwindSafe(|| tester.serialized_history())) {
+            Ok(Some(_)) => Search::Linearizable,
+            Ok(None) => Search::NotLinearizable,
+            Err(payload) if payload.is::<BudgetExceeded>() => Search::Inconclusive,
+            Err(payload) => panic::resume_unwind(payload),
+        }
     }
 
     fn explain(
