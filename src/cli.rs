@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::frontend::{Entry, FrontendConfig};
 use crate::protocol::payload::NodeReport;
 use crate::protocol::{Limits, Status};
-use crate::ring::{position_hex, NodeState, Placement, Position, Ring, Routing, View};
+use crate::ring::{
+    position_hex, position_to_f64, NodeState, Placement, Position, Ring, Routing, View,
+};
 use crate::rng::Rng;
 use crate::server::ServerOptions;
 
@@ -612,8 +614,8 @@ fn render_chains(ring: &Ring) -> String {
         // The last point's span wraps round zero up to the first point.
         let end = points
             .get(index + 1)
-            .map_or(1.0 + position_fraction(points[0]), |p| position_fraction(p));
-        let span = end - position_fraction(start);
+            .map_or(1.0 + position_to_f64(points[0]), |p| position_to_f64(p));
+        let span = end - position_to_f64(start);
         match groups.iter_mut().find(|(c, _, _)| *c == chain) {
             Some((_, count, share)) => {
                 *count += 1;
@@ -655,15 +657,6 @@ fn render_chains(ring: &Ring) -> String {
         let _ = writeln!(out, "  ... {} more chains", groups.len() - CHAINS_SHOWN);
     }
     out
-}
-
-/// A position as a fraction of the ring, in [0, 1).
-fn position_fraction(position: &Position) -> f64 {
-    position
-        .iter()
-        .take(8)
-        .rev()
-        .fold(0.0, |acc, &b| (acc + f64::from(b)) / 256.0)
 }
 
 /// Partition numbers of sorted partition starts, as ranges: `0-3 17 40-41`, cut after a few.

@@ -75,7 +75,7 @@ pub struct FrontendConfig {
     /// limits, timeouts and connection bound (counted apart from the binary door's).
     pub resp_listen: Option<String>,
     /// Copies kept of every key (the chains' length); `None` for
-    /// [`default_replicas`](crate::ring::default_replicas) of the backends.
+    /// [`default_replicas`] of the backends.
     pub replicas: Option<usize>,
     /// How the view keeper watches the backends; `None` runs no keeper (a view that never
     /// changes, as the paper's frontend).

@@ -1,9 +1,10 @@
 //! ringkv: a distributed key-value store built as a ring of backend nodes behind one frontend.
 //!
 //! ```text
-//!  kvcli / Client ──frames──▶ frontend ──▶ backend A ──relay──▶ backend B (owner)
-//!                             (pool of      (serves the keys it owns, relays the rest
-//!                              threads)      along the ring)
+//!  kvcli / Client ──frames──▶ frontend ──▶ backend A ──relay──▶ backend B (head) ──▶ C ──▶ D (tail)
+//!                             (pool of      (relays keys whose     (applies a write and passes it
+//!                              threads,      chain it is not in)    down the chain; the tail answers
+//!                              view keeper)                         reads)
 //! ```
 //!
 //! The pieces, one concern each:
@@ -18,17 +19,23 @@
 //!   connections between servers and carries a batch of requests to several peers at once.
 //! - [`server`]: the accept loop, connection limit, per-connection frame loop and shutdown
 //!   that both servers share; [`pool`] is the frontend's bounded thread pool.
+//! - [`cluster`]: the control plane: chain replication's rules ([`cluster::chain`]), the
+//!   frontend's view keeper ([`cluster::keeper`]) and a backend's view on disk
+//!   ([`cluster::view_file`]); its module doc states the protocol's invariants.
 //! - [`backend`] and [`frontend`]: the two servers; [`local`] runs both in one process.
 //! - [`resp`]: the frontend's Redis-protocol (RESP2) door, for redis-cli and Redis clients.
 //! - [`client`]: the library clients use, with pipelining; [`cli`] holds what `kvcli` prints.
 //! - [`loadgen`]: `kvcli bench`, a load generator with HDR latency percentiles.
 //!
 //! One PUT, hop by hop: [`Client::put`] sends a frame; the frontend's `FrontendState::forward`
-//! picks an entry backend (the key's owner, unless the paper's random entry is chosen); the
-//! backend's `BackendState::key_request` asks [`Ring::owner`] and either stores the value or
-//! relays the frame to [`Ring::next_hop`]; the answer travels back the same way. Pipelined
-//! requests take the same path in batches ([`server::Handler::handle_batch`],
-//! [`peers::Peers::call_batch`]).
+//! picks an entry backend (the head of the key's chain, [`Ring::chain`], unless the paper's
+//! random entry is chosen) and stamps the view's epoch; the backend's `BackendState::key_batch`
+//! takes the key's lock, checks the epoch and either applies the value and passes it down the
+//! chain (`BackendState::route`, CHAIN_PUT to the next member, which does the same until the
+//! tail) or relays the frame towards the head ([`Ring::next_hop`]); the tail's answer travels
+//! back the same way. Pipelined requests take the same path in batches
+//! ([`server::Handler::handle_batch`], [`peers::Peers::call_batch`]). Meanwhile
+//! [`cluster::keeper`] probes every backend and publishes a new view when one dies.
 
 pub mod backend;
 pub mod cli;

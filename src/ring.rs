@@ -608,7 +608,7 @@ fn position_head(position: &Position) -> u64 {
 }
 
 /// A position as a fraction of the ring, in [0, 1).
-fn position_to_f64(position: &Position) -> f64 {
+pub fn position_to_f64(position: &Position) -> f64 {
     position
         .iter()
         .take(8)

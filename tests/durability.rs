@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,34 +21,20 @@ use ringkv::{BackendConfig, Client, Error, FrontendConfig, LocalCluster};
 
 const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
 
-/// A fresh directory, removed when dropped.
-struct TempDir(PathBuf);
+/// A fresh directory for one test, removed when dropped.
+struct TempDir(common::TempDir);
 
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ringkv-durability-{}-{}-{name}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
+        TempDir(common::TempDir::new("durability", name))
     }
 
     fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
     fn log(&self) -> PathBuf {
-        self.0.join(LOG_FILE)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.path().join(LOG_FILE)
     }
 }
 

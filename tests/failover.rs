@@ -9,12 +9,12 @@ mod common;
 #[path = "common/linearizability.rs"]
 mod linearizability;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::process::Server;
+use common::TempDir;
 use linearizability::{Op, Outcome, Recorder};
 use ringkv::{Client, ClientOptions, Ring};
 
@@ -25,31 +25,8 @@ const CLIENTS: usize = 8;
 /// interval and timeout (0.2 s + 0.5 s), then the requests waiting on the dead node are cut.
 const SLOWEST_OPERATION: Duration = Duration::from_secs(5);
 
-/// A fresh directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "ringkv-failover-{}-{}-{name}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new("failover", name)
 }
 
 /// Backends and a frontend, each a process of its own.
@@ -66,7 +43,7 @@ impl Cluster {
         let mut backends = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..n {
-            let dir = TempDir::new(&format!("b{i}"));
+            let dir = temp_dir(&format!("b{i}"));
             let data_dir = dir.path().to_str().unwrap().to_string();
             let backend = Server::start(&[
                 "backend",

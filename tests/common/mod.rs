@@ -12,6 +12,34 @@ use ringkv::protocol::payload::NodeReport;
 use ringkv::protocol::{self, Frame, Limits, Opcode, Status};
 use ringkv::{BackendConfig, Client, Entry, FrontendConfig, LocalCluster, Routing};
 
+/// A fresh directory under the system's temporary directory, removed when dropped.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// A new empty directory whose name starts with `ringkv-{prefix}-` and ends with `name`.
+    pub fn new(prefix: &str, name: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ringkv-{prefix}-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// How long any single wait in these tests may take before the test fails instead of hanging.
 pub const BOUND: Duration = Duration::from_secs(10);
 
