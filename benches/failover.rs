@@ -1,8 +1,9 @@
 //! Failover time: how long the keys of a backend that dies are without an acknowledged write.
 //!
 //! A LocalCluster of 4 backends keeps 3 copies of every key (the default keeper: a probe every
-//! 200 ms, 500 ms to answer). Eight client threads write keys whose chain the victim heads (the
-//! worst case: every write of those keys has to enter at it) and keys it is no part of. The
+//! 200 ms, 400 ms to answer, a miss confirmed by a second probe). Eight client threads write
+//! keys whose chain the victim heads (the worst case: every write of those keys has to enter at
+//! it) and keys it is no part of. The
 //! victim is shut down as a crash looks from outside (listener and connections closed at once),
 //! and the run reports, per round: the time from the kill to the first acknowledged write of
 //! the victim's keys, how many writes failed meanwhile (by status), and that no write of the

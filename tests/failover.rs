@@ -22,7 +22,8 @@ use ringkv::{Client, ClientOptions, Ring};
 const CLIENTS: usize = 8;
 
 /// Longest any one operation may take, failover included: detection within the keeper's ping
-/// interval and timeout (0.2 s + 0.5 s), then the requests waiting on the dead node are cut.
+/// interval and two probe timeouts (0.2 s + 2 x 0.4 s), then the requests waiting on the dead
+/// node are cut.
 const SLOWEST_OPERATION: Duration = Duration::from_secs(5);
 
 fn temp_dir(name: &str) -> TempDir {

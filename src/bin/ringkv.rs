@@ -114,8 +114,9 @@ struct FrontendArgs {
     /// view never changes (default 200)
     #[argh(option, default = "200")]
     ping_interval: u64,
-    /// milliseconds a backend has to answer a ping before it is marked down (default 500)
-    #[argh(option, default = "500")]
+    /// milliseconds a backend has to answer a probe; two missed in a row mark it down
+    /// (default 400)
+    #[argh(option, default = "400")]
     ping_timeout: u64,
     /// address of the Redis-protocol (RESP2) door, e.g. 127.0.0.1:6380 (default: off)
     #[argh(option)]
@@ -175,8 +176,9 @@ struct LocalArgs {
     /// view never changes (default 200)
     #[argh(option, default = "200")]
     ping_interval: u64,
-    /// milliseconds a backend has to answer a ping before it is marked down (default 500)
-    #[argh(option, default = "500")]
+    /// milliseconds a backend has to answer a probe; two missed in a row mark it down
+    /// (default 400)
+    #[argh(option, default = "400")]
     ping_timeout: u64,
 }
 

@@ -1,8 +1,8 @@
 //! The view keeper: the frontend's thread that watches every backend and publishes a new view
 //! when one dies, hangs, restarts or comes back.
 //!
-//! Every `interval` it pings each backend on a connection of its own, with `timeout` for the
-//! whole exchange (HEALTH, an internal PING). The answer carries the epoch it holds and, in its value, the
+//! Every `interval` it probes each backend on a connection of its own, with `timeout` for the
+//! whole exchange, and confirms a miss with a second probe on a fresh connection (HEALTH, an internal PING). The answer carries the epoch it holds and, in its value, the
 //! incarnation it was started with (PROTOCOL.md section 5), so the keeper tells apart a backend
 //! that is alive from one that died and was started again: the second may have lost writes it
 //! acknowledged (a log synced every second, or none) and must not count as a copy.
@@ -35,11 +35,11 @@ pub struct KeeperOptions {
 
 impl Default for KeeperOptions {
     /// A dead or hung backend is noticed within 1 s: at most one interval until its next
-    /// ping, and the ping's timeout.
+    /// probe, and two probes' timeouts (a miss is confirmed by a second probe).
     fn default() -> Self {
         KeeperOptions {
             interval: Duration::from_millis(200),
-            timeout: Duration::from_millis(500),
+            timeout: Duration::from_millis(400),
         }
     }
 }
@@ -351,8 +351,17 @@ impl Watch {
     }
 }
 
-/// One ping of `addr` on `link` (opened when missing, dropped when it fails).
+/// A probe of `addr` on `link`; a miss is confirmed at once by a second probe on a fresh
+/// connection, so one lost or late answer (a busy machine) does not take a node out.
 fn ping(link: &mut Option<Connection>, addr: &str, timeouts: &Timeouts, limits: &Limits) -> Health {
+    match probe(link, addr, timeouts, limits) {
+        Health::Dead => probe(link, addr, timeouts, limits),
+        alive => alive,
+    }
+}
+
+/// One probe of `addr` on `link` (opened when missing, dropped when it fails).
+fn probe(link: &mut Option<Connection>, addr: &str, timeouts: &Timeouts, limits: &Limits) -> Health {
     if link.is_none() {
         *link = Connection::open(addr, timeouts, limits).ok();
     }
