@@ -71,6 +71,14 @@ use stateright::semantics::{ConsistencyTester, LinearizabilityTester, Sequential
 /// How long `check` may search before it gives up as inconclusive.
 pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_secs(60);
 
+/// At a cut, at most this many ways to split the unknown writes that may matter on either
+/// side are tried; with more, the stretches are merged.
+const MAX_CHOICES: usize = 64;
+
+/// At most this many sets of unknown writes are followed from stretch to stretch; with more,
+/// the stretches are merged.
+const MAX_STATES: usize = 16;
+
 /// The stack of the checking thread: the tester recurses once per operation of a key.
 const CHECK_STACK_BYTES: usize = 512 << 20;
 
@@ -307,13 +315,22 @@ impl Recorder {
 
 // ---------------------------------------------------------------------------------------------
 // The register spec handed to stateright. Values are interned per key (u32) so that the
-// tester's many copies of the history stay cheap.
+// tester's many copies of the history stay cheap; each operation carries its id (ignored by
+// the spec) so that a found linearization tells which unknown writes it used.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RegOp {
-    Put(u32),
-    Get,
-    Delete,
+    Put { value: u32, id: usize },
+    Get { id: usize },
+    Delete { id: usize },
+}
+
+impl RegOp {
+    fn id(&self) -> usize {
+        match *self {
+            RegOp::Put { id, .. } | RegOp::Get { id } | RegOp::Delete { id } => id,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,12 +361,12 @@ impl SequentialSpec for KeyRegister {
             panic::resume_unwind(Box::new(BudgetExceeded));
         }
         match *op {
-            RegOp::Put(v) => {
-                self.value = Some(v);
+            RegOp::Put { value, .. } => {
+                self.value = Some(value);
                 RegRet::Put
             }
-            RegOp::Get => RegRet::Get(self.value),
-            RegOp::Delete => RegRet::Delete {
+            RegOp::Get { .. } => RegRet::Get(self.value),
+            RegOp::Delete { .. } => RegRet::Delete {
                 found: self.value.take().is_some(),
             },
         }
@@ -357,7 +374,7 @@ impl SequentialSpec for KeyRegister {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The history, split by key, and each key's history split into segments.
+// The history, split by key, and each key's history into stretches.
 
 struct OpRecord {
     client: usize,
@@ -370,13 +387,6 @@ struct OpRecord {
 impl OpRecord {
     fn is_unknown(&self) -> bool {
         matches!(self.returned, None | Some((_, Outcome::Unknown)))
-    }
-
-    fn is_known_put(&self) -> bool {
-        matches!(
-            (&self.op, &self.returned),
-            (Op::Put(_), Some((_, Outcome::Put)))
-        )
     }
 
     /// Whether this operation returned an answer that could reflect the state left by `write`:
@@ -393,9 +403,18 @@ impl OpRecord {
             _ => false,
         }
     }
+
+    /// The register's state right after this (known) operation.
+    fn state_after(&self) -> Option<Vec<u8>> {
+        match (&self.op, &self.returned) {
+            (Op::Put(v), _) => Some(v.clone()),
+            (Op::Get, Some((_, Outcome::Get(v)))) => v.clone(),
+            _ => None,
+        }
+    }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum KeyEvent {
     Invoke(usize),
     Return(usize),
@@ -408,16 +427,18 @@ struct KeyHistory {
     events: Vec<KeyEvent>,
 }
 
-/// A stretch of one key's history that can be checked on its own.
+/// A stretch of one key's history that can be checked on its own (see
+/// [`History::stretches`]).
 #[derive(Default)]
 struct Segment {
-    /// Unknown writes invoked before the segment that may matter in it or later: in flight
-    /// from its start.
-    carried: Vec<usize>,
-    /// The events given to the tester.
-    events: Vec<KeyEvent>,
-    /// The event position where the segment starts (0 for the first).
+    /// The event position after which its operations were invoked (0 for the first).
     starts_at: usize,
+    /// The state it starts from (the state the lone operation before it left).
+    initial: Option<Vec<u8>>,
+    /// Unknown writes invoked before it that are available in it: in flight from its start.
+    carried: Vec<usize>,
+    /// The events given to the tester (unknown reads and unobservable writes left out).
+    events: Vec<KeyEvent>,
 }
 
 struct History {
@@ -425,6 +446,17 @@ struct History {
     keys: BTreeMap<Vec<u8>, KeyHistory>,
     /// Per operation, the generation of its client: the tester thread is `(client, generation)`.
     generation: Vec<usize>,
+}
+
+/// Unknown writes that are interchangeable in a stretch and after it (see [`History::class`]);
+/// `Own`: one invoked in the stretch itself, like no other.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    Delete,
+    /// A Put whose value nobody reads from the stretch on.
+    UnreadPut,
+    Put(Vec<u8>),
+    Own(usize),
 }
 
 /// Where an unknown write in flight at a cut may take effect (see [`History::side`]).
@@ -435,7 +467,8 @@ enum Side {
 }
 
 enum Search {
-    Linearizable,
+    /// With the ids of the unknown writes the linearization found used.
+    Linearizable(Vec<usize>),
     NotLinearizable,
     Inconclusive,
 }
@@ -446,30 +479,30 @@ struct KeyOps {
     ret: HashMap<usize, Option<RegRet>>,
     /// Left out altogether (see [`History::can_skip`]).
     skip: HashMap<usize, bool>,
+    values: HashMap<Vec<u8>, u32>,
 }
 
 impl KeyOps {
     fn new(history: &History, key: &KeyHistory) -> KeyOps {
-        let mut values: HashMap<Vec<u8>, u32> = HashMap::new();
-        let mut intern = |v: &[u8]| {
-            let next = values.len() as u32;
-            *values.entry(v.to_vec()).or_insert(next)
-        };
         let mut ops = KeyOps {
             op: HashMap::new(),
             ret: HashMap::new(),
             skip: HashMap::new(),
+            values: HashMap::new(),
         };
         for &id in &key.ops {
             let record = &history.ops[id];
             let op = match &record.op {
-                Op::Put(v) => RegOp::Put(intern(v)),
-                Op::Get => RegOp::Get,
-                Op::Delete => RegOp::Delete,
+                Op::Put(v) => RegOp::Put {
+                    value: ops.intern(v),
+                    id,
+                },
+                Op::Get => RegOp::Get { id },
+                Op::Delete => RegOp::Delete { id },
             };
             let ret = match &record.returned {
                 Some((_, Outcome::Put)) => Some(RegRet::Put),
-                Some((_, Outcome::Get(v))) => Some(RegRet::Get(v.as_deref().map(&mut intern))),
+                Some((_, Outcome::Get(v))) => Some(RegRet::Get(v.as_deref().map(|v| ops.intern(v)))),
                 Some((_, Outcome::Delete { found })) => Some(RegRet::Delete { found: *found }),
                 Some((_, Outcome::Unknown)) | None => None,
             };
@@ -479,11 +512,16 @@ impl KeyOps {
         }
         ops
     }
+
+    fn intern(&mut self, value: &[u8]) -> u32 {
+        let next = self.values.len() as u32;
+        *self.values.entry(value.to_vec()).or_insert(next)
+    }
 }
 
 enum Verdict {
     Linearizable,
-    /// The segment with the violation.
+    /// The stretch with the violation.
     NotLinearizable(Segment),
     Inconclusive(Segment),
 }
@@ -536,13 +574,37 @@ impl History {
         }
     }
 
-    /// Whether an operation of `key` that returned in the event positions `(after, before)`
-    /// may have observed the state left by the unknown write `write`.
+    /// How many operations of `key` that returned in `(after, before)` match `answer`.
+    fn answers(
+        &self,
+        key: &KeyHistory,
+        after: usize,
+        before: usize,
+        answer: impl Fn(&Outcome) -> bool,
+    ) -> usize {
+        key.ops
+            .iter()
+            .filter(|&&id| {
+                matches!(&self.ops[id].returned,
+                    Some((at, outcome)) if after < *at && *at < before && answer(outcome))
+            })
+            .count()
+    }
+
+    /// Whether an operation of `key` that returned in `(after, before)` may have observed
+    /// the state left by the unknown write `write`.
     fn observed(&self, key: &KeyHistory, write: usize, after: usize, before: usize) -> bool {
         key.ops.iter().any(|&id| {
             let op = &self.ops[id];
             matches!(op.returned, Some((at, _)) if after < at && at < before)
                 && op.may_observe(&self.ops[write].op)
+        })
+    }
+
+    /// How many reads of `key` that returned in `(after, before)` saw `value`.
+    fn reads(&self, key: &KeyHistory, value: &[u8], after: usize, before: usize) -> usize {
+        self.answers(key, after, before, |outcome| {
+            matches!(outcome, Outcome::Get(Some(v)) if v.as_slice() == value)
         })
     }
 
@@ -554,74 +616,108 @@ impl History {
             && (record.op == Op::Get || !self.observed(key, id, record.invoked_at, usize::MAX))
     }
 
-    /// Splits a key's history (the events given to the tester) into stretches at the points
-    /// `t` where every known operation invoked before `t` has returned and the next one is a
-    /// completed Put that returns before anything else is invoked. Every linearization puts
-    /// the known operations before `t` first, then that Put, which makes the state before it
-    /// irrelevant: the stretches can be checked apart, up to the unknown writes in flight at
-    /// `t` (see [`History::check_key`]).
+    /// Splits a key's history (the events given to the tester) into stretches, after each
+    /// *lone* known operation: one invoked when every known operation invoked before it had
+    /// returned, and that returned before anything else was invoked. Every linearization puts
+    /// the known operations before it first, then it, then the rest, and the state it leaves
+    /// is known (what it put, read or deleted): the rest can be checked from that state,
+    /// apart, up to the unknown writes in flight at the cut (see [`History::check_key`]).
     fn stretches(&self, fed: &[KeyEvent]) -> Vec<Segment> {
         let mut stretches = vec![Segment::default()];
         let mut open_known = 0usize;
         for (i, &event) in fed.iter().enumerate() {
-            let current = stretches.last().expect("one stretch");
-            if let KeyEvent::Invoke(id) = event {
-                if open_known == 0
-                    && !current.events.is_empty()
-                    && self.ops[id].is_known_put()
-                    && fed.get(i + 1) == Some(&KeyEvent::Return(id))
-                {
-                    stretches.push(Segment {
-                        starts_at: self.ops[id].invoked_at,
-                        ..Segment::default()
-                    });
-                }
-            }
+            stretches.last_mut().expect("one stretch").events.push(event);
             match event {
                 KeyEvent::Invoke(id) if !self.ops[id].is_unknown() => open_known += 1,
-                KeyEvent::Return(id) if !self.ops[id].is_unknown() => open_known -= 1,
+                KeyEvent::Return(id) if !self.ops[id].is_unknown() => {
+                    open_known -= 1;
+                    let lone = open_known == 0 && i > 0 && fed[i - 1] == KeyEvent::Invoke(id);
+                    if lone && i + 1 < fed.len() {
+                        let op = &self.ops[id];
+                        stretches.push(Segment {
+                            starts_at: op.returned.as_ref().expect("known").0,
+                            initial: op.state_after(),
+                            ..Segment::default()
+                        });
+                    }
+                }
                 _ => {}
             }
-            stretches
-                .last_mut()
-                .expect("one stretch")
-                .events
-                .push(event);
         }
         stretches
     }
 
-    /// On which side of a cut at `t` the unknown write `u` (invoked before `t`) may matter.
-    fn side(&self, key: &KeyHistory, u: usize, t: usize) -> Side {
+    /// On which side of the cut at `t` (the return of a lone operation, after which the state
+    /// is `cut_state`) the unknown write `u` may matter, when it can take effect only after
+    /// `s` (the start of the stretch it is in flight in).
+    fn side(
+        &self,
+        key: &KeyHistory,
+        u: usize,
+        s: usize,
+        t: usize,
+        cut_state: &Option<Vec<u8>>,
+    ) -> Side {
         let write = &self.ops[u];
+        let from = write.invoked_at.max(s);
+        let until = t.saturating_add(1); // up to and including t
         if let Op::Put(x) = &write.op {
-            // A read of a value only `u` wrote needs `u` as the last write before it; the
-            // lone Put at `t` separates the two sides, so `u` takes effect on the reader's.
+            // A read of a value only `u` wrote needs `u` as the last write before it. If the
+            // read is before the cut, so is `u`; if after, so is `u`, unless `x` is the state
+            // at the cut (which the rest starts from).
             let unique = key
                 .ops
                 .iter()
                 .filter(|&&o| self.ops[o].op == write.op)
                 .count()
                 == 1;
-            let read_within = |after: usize, before: usize| {
-                key.ops.iter().any(|&o| {
-                    matches!(&self.ops[o].returned,
-                        Some((at, Outcome::Get(Some(v)))) if v == x && after < *at && *at < before)
-                })
-            };
-            if unique && read_within(write.invoked_at, t) {
+            if unique && self.reads(key, x, from, until) > 0 {
                 return Side::Here;
             }
-            if unique && read_within(t, usize::MAX) {
+            if unique && cut_state.as_ref() != Some(x) && self.reads(key, x, t, usize::MAX) > 0 {
                 return Side::Later;
             }
         }
-        let before = self.observed(key, u, write.invoked_at, t);
+        let before = self.observed(key, u, from, until);
         let after = self.observed(key, u, t, usize::MAX);
         match (before, after) {
             (_, false) => Side::Here,
             (false, true) => Side::Later,
             (true, true) => Side::Either,
+        }
+    }
+
+    /// The class of an unknown write `u` carried into a stretch starting at `s`: within the
+    /// stretch and after it, the writes of one class are interchangeable.
+    fn class(&self, key: &KeyHistory, u: usize, s: usize) -> Class {
+        match &self.ops[u].op {
+            Op::Delete => Class::Delete,
+            Op::Put(x) if self.reads(key, x, s, usize::MAX) == 0 => Class::UnreadPut,
+            Op::Put(x) => Class::Put(x.clone()),
+            Op::Get => unreachable!("unknown reads are left out"),
+        }
+    }
+
+    /// How many writes of `class` can matter in the stretch `(s, t]`: each one that matters
+    /// is the last write before an answer that observes it, so at most the number of those.
+    fn useful(&self, key: &KeyHistory, class: &Class, s: usize, t: usize) -> usize {
+        let until = t.saturating_add(1);
+        match class {
+            Class::Own(_) => 1,
+            Class::Delete => self.answers(key, s, until, |outcome| {
+                matches!(
+                    outcome,
+                    Outcome::Get(None) | Outcome::Delete { found: false }
+                )
+            }),
+            Class::UnreadPut => self.answers(key, s, until, |outcome| {
+                matches!(outcome, Outcome::Delete { found: true })
+            }),
+            Class::Put(x) => self.answers(key, s, until, |outcome| match outcome {
+                Outcome::Get(Some(v)) => v == x,
+                Outcome::Delete { found } => *found,
+                _ => false,
+            }),
         }
     }
 
@@ -656,19 +752,25 @@ impl History {
         ))
     }
 
-    /// Checks one key: stretch by stretch, merging stretches where an unknown write may be
-    /// needed on both sides of the cut between them.
+    /// Checks one key, stretch by stretch (see [`History::stretches`]).
     ///
-    /// At a cut `t`, each unknown write in flight is, by [`History::side`], needed only
-    /// before `t` (`Here`; it is then dropped), only after (`Later`: carried into the rest,
-    /// invoked before all of it) or possibly on either side. The stretch is checked with the
-    /// `Here` ones. If that passes, the rest gets the others (the most it could have): the key
-    /// is linearizable exactly when the rest is. If it fails and nothing was `Either`, the key
-    /// is not linearizable. Otherwise the stretch is checked once more with every write in
-    /// flight: if it still fails, the key is not linearizable, else it is merged with the next
-    /// stretch. Each write thus takes effect in one stretch at most.
+    /// What links the stretches, besides the state at each cut, are the unknown writes, each
+    /// of which takes effect at most once. At the cut `t` after a stretch, each one in flight
+    /// in it is, by [`History::side`], of use only up to `t` (`Here`: the stretch gets it, the
+    /// rest does not), only after (`Later`: carried into the rest, in flight from its start)
+    /// or possibly on either side. Carried writes of one [`Class`] are interchangeable, and a
+    /// stretch can use at most [`History::useful`] of them. For the writes of either side,
+    /// the stretch needs some choice of them (how many of each group); the rest gets the
+    /// others. More writes in flight can only help a stretch, so it suffices to follow, from
+    /// stretch to stretch, the maximal sets of writes still available ("states"), i.e. the
+    /// minimal sufficient choices: the key is linearizable exactly when its last stretch is,
+    /// from one of them. The stretch is checked with every write first; if the linearization
+    /// found used none of either side, that is the one minimal choice, else every smaller
+    /// choice is tried, fewest first. Where that would take too many checks (more than
+    /// [`MAX_CHOICES`] choices, or more than [`MAX_STATES`] states), the stretch is merged
+    /// with the next one instead, which is always exact.
     fn check_key(&self, history: &KeyHistory, deadline: Instant) -> Verdict {
-        let ops = KeyOps::new(self, history);
+        let mut ops = KeyOps::new(self, history);
         let fed: Vec<KeyEvent> = history
             .events
             .iter()
@@ -679,70 +781,159 @@ impl History {
             })
             .collect();
         let mut stretches = self.stretches(&fed).into_iter().peekable();
-        let mut carried = Vec::new();
+        let mut states: Vec<Vec<usize>> = vec![Vec::new()];
         let mut block: Option<Segment> = None;
         while let Some(stretch) = stretches.next() {
-            let block_now = match block.take() {
-                None => Segment {
-                    carried: std::mem::take(&mut carried),
-                    ..stretch
-                },
+            let mut block_now = match block.take() {
+                None => stretch,
                 Some(mut merged) => {
                     merged.events.extend(stretch.events);
                     merged
                 }
             };
-            let in_flight: Vec<usize> = block_now
-                .carried
+            let own_unknown: Vec<usize> = block_now
+                .events
                 .iter()
-                .copied()
-                .chain(block_now.events.iter().filter_map(|event| match *event {
+                .filter_map(|event| match *event {
                     KeyEvent::Invoke(id) if ops.ret[&id].is_none() => Some(id),
                     _ => None,
-                }))
+                })
                 .collect();
-            let Some(next) = stretches.peek() else {
-                return match self.search(&ops, &block_now, &in_flight, deadline) {
-                    Search::Linearizable => Verdict::Linearizable,
-                    Search::NotLinearizable => Verdict::NotLinearizable(block_now),
-                    Search::Inconclusive => Verdict::Inconclusive(block_now),
-                };
-            };
-            let t = next.starts_at;
-            let (mut here, mut later, mut either) = (Vec::new(), Vec::new(), Vec::new());
-            for &u in &in_flight {
-                match self.side(history, u, t) {
-                    Side::Here => here.push(u),
-                    Side::Later => later.push(u),
-                    Side::Either => either.push(u),
+            let s = block_now.starts_at;
+            let last = stretches.peek().is_none();
+            let (t, cut_state) = stretches
+                .peek()
+                .map_or((usize::MAX, None), |next| (next.starts_at, next.initial.clone()));
+
+            let mut next_states: Vec<Vec<usize>> = Vec::new();
+            let mut merge = false;
+            'states: for carried in &states {
+                block_now.carried = carried.clone();
+                let mut groups: BTreeMap<Class, Vec<usize>> = BTreeMap::new();
+                for &u in carried {
+                    groups.entry(self.class(history, u, s)).or_default().push(u);
                 }
-            }
-            match self.search(&ops, &block_now, &here, deadline) {
-                Search::Linearizable => {
-                    carried = later;
-                    carried.extend(either);
+                for &u in &own_unknown {
+                    groups.insert(Class::Own(u), vec![u]);
                 }
-                Search::Inconclusive => return Verdict::Inconclusive(block_now),
-                Search::NotLinearizable if either.is_empty() => {
-                    return Verdict::NotLinearizable(block_now)
-                }
-                Search::NotLinearizable => {
-                    match self.search(&ops, &block_now, &in_flight, deadline) {
-                        Search::Linearizable => block = Some(block_now),
-                        Search::NotLinearizable => return Verdict::NotLinearizable(block_now),
-                        Search::Inconclusive => return Verdict::Inconclusive(block_now),
+                let (mut give, mut keep) = (Vec::new(), Vec::new());
+                let mut choices: Vec<(Vec<usize>, usize)> = Vec::new();
+                for (class, members) in groups {
+                    let cap = members.len().min(self.useful(history, &class, s, t));
+                    // The members of a group are on the same side.
+                    match self.side(history, members[0], s, t, &cut_state) {
+                        Side::Here => give.extend(&members[..cap]),
+                        Side::Later => keep.extend(members),
+                        Side::Either => choices.push((members, cap)),
                     }
                 }
+                let combinations = choices
+                    .iter()
+                    .try_fold(1usize, |n, (_, cap)| n.checked_mul(cap + 1))
+                    .filter(|&n| n <= MAX_CHOICES);
+                let Some(combinations) = combinations else {
+                    merge = true;
+                    break;
+                };
+                let split = |count: &[usize]| {
+                    let mut available = give.clone();
+                    let mut kept = keep.clone();
+                    for ((members, _), &n) in choices.iter().zip(count) {
+                        available.extend(&members[..n]);
+                        kept.extend(&members[n..]);
+                    }
+                    kept.sort_unstable();
+                    (available, kept)
+                };
+
+                // First with everything.
+                let full: Vec<usize> = choices.iter().map(|&(_, cap)| cap).collect();
+                let used = match self.search(&mut ops, &block_now, &split(&full).0, deadline) {
+                    Search::Linearizable(used) => used,
+                    Search::NotLinearizable => continue 'states,
+                    Search::Inconclusive => return Verdict::Inconclusive(block_now),
+                };
+                if last {
+                    return Verdict::Linearizable;
+                }
+                // How many of each group the found linearization used: a sufficient choice.
+                let found: Vec<usize> = choices
+                    .iter()
+                    .map(|(members, _)| members.iter().filter(|u| used.contains(u)).count())
+                    .collect();
+                let mut sufficient = vec![found.clone()];
+                if found.iter().any(|&n| n > 0) {
+                    // Every smaller choice, fewest writes first; one that includes a
+                    // sufficient choice is not minimal.
+                    let mut counts: Vec<Vec<usize>> = (0..combinations)
+                        .map(|mut n| {
+                            choices
+                                .iter()
+                                .map(|(_, cap)| {
+                                    let count = n % (cap + 1);
+                                    n /= cap + 1;
+                                    count
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    counts.sort_by_key(|count| count.iter().sum::<usize>());
+                    for count in counts {
+                        let includes = |other: &Vec<usize>| {
+                            other.iter().zip(&count).all(|(o, c)| o <= c)
+                        };
+                        if sufficient.iter().any(includes) {
+                            continue;
+                        }
+                        match self.search(&mut ops, &block_now, &split(&count).0, deadline) {
+                            Search::Linearizable(_) => sufficient.push(count),
+                            Search::NotLinearizable => {}
+                            Search::Inconclusive => return Verdict::Inconclusive(block_now),
+                        }
+                    }
+                }
+                for count in &sufficient {
+                    let minimal = !sufficient.iter().any(|other| {
+                        other != count && other.iter().zip(count).all(|(o, c)| o <= c)
+                    });
+                    if minimal {
+                        next_states.push(split(count).1);
+                    }
+                }
+                if next_states.len() > MAX_STATES {
+                    merge = true;
+                    break;
+                }
             }
+            if merge && !last {
+                block = Some(block_now);
+                continue;
+            }
+            if next_states.is_empty() {
+                block_now.carried = states.swap_remove(0);
+                return Verdict::NotLinearizable(block_now);
+            }
+            // Keep the maximal sets only.
+            next_states.sort();
+            next_states.dedup();
+            states = next_states
+                .iter()
+                .filter(|set| {
+                    !next_states.iter().any(|other| {
+                        other.len() > set.len() && set.iter().all(|u| other.contains(u))
+                    })
+                })
+                .cloned()
+                .collect();
         }
-        Verdict::Linearizable
+        unreachable!("the last stretch decides")
     }
 
     /// Runs stateright's tester on `segment`, with the unknown writes `in_flight` available
-    /// (the segment's carried ones, invoked first, and its own; the others are left out).
+    /// (carried ones invoked first; the segment's others are left out).
     fn search(
         &self,
-        ops: &KeyOps,
+        ops: &mut KeyOps,
         segment: &Segment,
         in_flight: &[usize],
         deadline: Instant,
@@ -774,8 +965,9 @@ impl History {
             }
         }
 
+        let initial = segment.initial.as_deref().map(|v| ops.intern(v));
         let mut tester = LinearizabilityTester::new(KeyRegister {
-            value: None,
+            value: initial,
             deadline,
         });
         for event in events {
@@ -793,20 +985,20 @@ impl History {
             }
         }
         match panic::catch_unwind(AssertUnwindSafe(|| tester.serialized_history())) {
-            Ok(Some(_)) => Search::Linearizable,
+            Ok(Some(order)) => Search::Linearizable(
+                order
+                    .iter()
+                    .map(|(op, _)| op.id())
+                    .filter(|id| ops.ret[id].is_none())
+                    .collect(),
+            ),
             Ok(None) => Search::NotLinearizable,
             Err(payload) if payload.is::<BudgetExceeded>() => Search::Inconclusive,
             Err(payload) => panic::resume_unwind(payload),
         }
     }
 
-    fn explain(
-        &self,
-        key: &[u8],
-        history: &KeyHistory,
-        segment: &Segment,
-        verdict: &str,
-    ) -> String {
+    fn explain(&self, key: &[u8], history: &KeyHistory, segment: &Segment, verdict: &str) -> String {
         let unknown = history
             .ops
             .iter()
@@ -815,17 +1007,22 @@ impl History {
         let ends_at = segment
             .events
             .iter()
-            .map(|&(KeyEvent::Invoke(id) | KeyEvent::Return(id))| id)
+            .map(|&(KeyEvent::Invoke(id) | KeyEvent::Return(id))| self.ops[id].invoked_at)
             .max()
-            .map_or(0, |last| self.ops[last].invoked_at);
-        // The segment's operations, the carried ones and the ones left out included.
+            .unwrap_or(0);
+        // The stretch's operations (those left out of the search included), the lone one
+        // before it, and the unknown writes carried into it.
         let shown: Vec<usize> = history
             .ops
             .iter()
             .copied()
             .filter(|&id| {
-                let at = self.ops[id].invoked_at;
-                segment.carried.contains(&id) || (segment.starts_at <= at && at <= ends_at)
+                let op = &self.ops[id];
+                let lone_before =
+                    segment.starts_at > 0 && op.returned.as_ref().map(|r| r.0) == Some(segment.starts_at);
+                segment.carried.contains(&id)
+                    || lone_before
+                    || (segment.starts_at <= op.invoked_at && op.invoked_at <= ends_at)
             })
             .collect();
         let mut out = format!(
@@ -834,12 +1031,18 @@ impl History {
             history.ops.len(),
         );
         if shown.len() < history.ops.len() {
+            let initial = match &segment.initial {
+                Some(v) => format!("holding {}", show_bytes(v)),
+                None => "absent".to_string(),
+            };
             let _ = writeln!(
                 out,
-                "Shown: the {} operations of the stretch that fails; the rest is checked apart \
-                 (the stretch begins with a lone Put, or with the first operation, so what \
-                 came before it does not matter, except unknown writes shown here).",
-                shown.len()
+                "Shown: the stretch that fails, after event {}, where the key is {initial} \
+                 (left so by the lone operation returning there, shown first; the rest is \
+                 checked apart), with the unknown writes from before that may take effect in \
+                 it: {} of the operations.",
+                segment.starts_at,
+                shown.len(),
             );
         }
         out.push_str(
