@@ -4,7 +4,8 @@
 #
 #   redis       one redis-server
 #   twemproxy   nutcracker (ketama, fnv1a_64) in front of three redis-servers
-#   ringkv      `ringkv local --backends 3`, driven through its RESP door
+#   ringkv      `ringkv local --backends 3 --replicas 1`, driven through its RESP door (one copy
+#               per key, as twemproxy in front of Redis keeps)
 #
 # Each is driven by the same redis-benchmark runs (SET then GET, 50 clients, 32-byte values,
 # random keys out of 100000, pipeline 1 and 16), interleaved over ROUNDS rounds, the order of the
@@ -137,7 +138,7 @@ nutcracker -c "$WORK/nutcracker.yml" -s "$TWEMPROXY_STATS_PORT" -a 127.0.0.1 \
 STARTED+=($!)
 wait_for_port "$TWEMPROXY_PORT" nutcracker
 
-RUST_LOG=warn "$RINGKV" local --backends 3 --listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 \
+RUST_LOG=warn "$RINGKV" local --backends 3 --replicas 1 --listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 \
   >"$WORK/ringkv.out" 2>"$WORK/ringkv.log" &
 STARTED+=($!)
 for _ in $(seq 300); do

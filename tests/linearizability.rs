@@ -30,7 +30,10 @@ fn run(r: &Recorder, client: usize, key: &str, op: Op, outcome: Outcome) {
 fn assert_fails(r: &Recorder, key: &str) -> String {
     let err = r.check().expect_err("history must not be linearizable");
     assert!(err.contains("NOT linearizable"), "{err}");
-    assert!(err.contains(&format!("{key:?}")), "error must name key {key:?}: {err}");
+    assert!(
+        err.contains(&format!("{key:?}")),
+        "error must name key {key:?}: {err}"
+    );
     err
 }
 
@@ -51,7 +54,10 @@ fn sequential_history_is_linearizable() {
     run(&r, 0, "k", Op::Get, got("a"));
     assert_eq!(r.len(), 10);
     let summary = r.check().expect("sequential history");
-    assert!(summary.contains("1 keys, 10 operations, 0 with unknown"), "{summary}");
+    assert!(
+        summary.contains("1 keys, 10 operations, 0 with unknown"),
+        "{summary}"
+    );
 
     // The same client reading what it did not write last fails.
     run(&r, 0, "k", Op::Get, got("b"));
@@ -121,7 +127,8 @@ fn concurrent_read_may_see_old_or_new_value() {
         let g = r.invoke(2, b"k", Op::Get);
         run(&r, 1, "k", put("a"), Outcome::Put);
         r.complete(g, Outcome::Get(seen.map(|v| v.as_bytes().to_vec())));
-        r.check().expect("a read overlapping a write sees either value");
+        r.check()
+            .expect("a read overlapping a write sees either value");
     }
 }
 
@@ -182,7 +189,10 @@ fn unknown_put_may_take_effect_much_later() {
     run(&r, 2, "k", Op::Get, got("x"));
     run(&r, 1, "k", Op::Get, got("x"));
     let summary = r.check().expect("the unknown Put(x) took effect late");
-    assert!(summary.contains("7 operations, 1 with unknown"), "{summary}");
+    assert!(
+        summary.contains("7 operations, 1 with unknown"),
+        "{summary}"
+    );
 
     // Once it took effect, it cannot be undone by itself.
     run(&r, 2, "k", Op::Get, got("y"));
@@ -252,7 +262,8 @@ fn unknown_writes_explain_deletes_and_absences() {
     run(&r, 2, "k", Op::Get, got("a"));
     run(&r, 2, "k", Op::Get, Outcome::Get(None));
     run(&r, 2, "k", Op::Delete, Outcome::Delete { found: false });
-    r.check().expect("unknown delete took effect between the reads");
+    r.check()
+        .expect("unknown delete took effect between the reads");
     run(&r, 2, "k", Op::Get, got("a"));
     assert_fails(&r, "k");
 
@@ -469,44 +480,39 @@ fn recorded_ops(events: &[Event]) -> Vec<Recorded> {
 /// Put(w != v) was invoked, which in turn finished before `g` was invoked. With distinct values,
 /// `g` reading `v` is then certainly not linearizable. Prefers keys with few unknown operations
 /// (`fewest_unknown`) or with many.
-fn completed_puts<'a>(
-    ops: &'a [Recorded],
-    key: &'a [u8],
-) -> impl Iterator<Item = (usize, usize, Vec<u8>)> + 'a {
-    ops.iter().filter_map(move |op| match (&op.op, &op.returned) {
-        (Op::Put(v), Some((ret, Outcome::Put))) if op.key == key => {
-            Some((op.invoked, *ret, v.clone()))
-        }
-        _ => None,
-    })
-}
-
 fn stale_read_candidate(ops: &[Recorded], fewest_unknown: bool) -> (usize, Vec<u8>) {
-    let mut unknown_per_key: HashMap<&[u8], usize> = HashMap::new();
+    // Per key: unknown operations, and completed Puts as (invoked, returned, value).
+    type Puts<'a> = Vec<(usize, usize, &'a [u8])>;
+    let mut per_key: HashMap<&[u8], (usize, Puts)> = HashMap::new();
     for op in ops {
-        let unknown = matches!(op.returned, None | Some((_, Outcome::Unknown)));
-        *unknown_per_key.entry(&op.key).or_default() += unknown as usize;
+        let entry = per_key.entry(&op.key).or_default();
+        match (&op.op, &op.returned) {
+            (_, None | Some((_, Outcome::Unknown))) => entry.0 += 1,
+            (Op::Put(v), Some((ret, Outcome::Put))) => entry.1.push((op.invoked, *ret, v)),
+            _ => {}
+        }
     }
     let mut best: Option<(usize, usize, Vec<u8>)> = None;
     for (id, g) in ops.iter().enumerate() {
         if !matches!((&g.op, &g.returned), (Op::Get, Some((_, Outcome::Get(_))))) {
             continue;
         }
-        let unknown = unknown_per_key[g.key.as_slice()];
+        let (unknown, puts) = &per_key[g.key.as_slice()];
         let score = if fewest_unknown {
-            unknown
+            *unknown
         } else {
             usize::MAX - unknown
         };
         if best.as_ref().is_some_and(|(s, _, _)| *s <= score) {
             continue;
         }
-        let found = completed_puts(ops, &g.key)
+        let found = puts
+            .iter()
             .filter(|(_, p_ret, _)| *p_ret < g.invoked)
             .find_map(|(p_inv, _, w)| {
-                completed_puts(ops, &g.key)
-                    .find(|(_, q_ret, v)| *q_ret < p_inv && *v != w)
-                    .map(|(_, _, v)| v)
+                puts.iter()
+                    .find(|(_, q_ret, v)| q_ret < p_inv && v != w)
+                    .map(|(_, _, v)| v.to_vec())
             });
         if let Some(v) = found {
             best = Some((score, id, v));
@@ -536,7 +542,9 @@ fn realistic_history_passes_and_a_stale_read_in_it_fails() {
     assert_eq!(recorder.len(), 20_000);
 
     let started = Instant::now();
-    let summary = recorder.check().expect("a mutex-protected map is linearizable");
+    let summary = recorder
+        .check()
+        .expect("a mutex-protected map is linearizable");
     let took = started.elapsed();
     eprintln!("realistic history: {summary}; checked in {took:?}");
     assert!(summary.contains("200 keys, 20000 operations"), "{summary}");
@@ -545,7 +553,10 @@ fn realistic_history_passes_and_a_stale_read_in_it_fails() {
         .find_map(|part| part.strip_suffix(" with unknown outcome"))
         .and_then(|n| n.parse().ok())
         .expect("unknown count in the summary");
-    assert!((100..=400).contains(&unknown), "about 1% unknown: {summary}");
+    assert!(
+        (100..=400).contains(&unknown),
+        "about 1% unknown: {summary}"
+    );
 
     let events = recorder.events();
     let replayed = Recorder::from_events(events.clone());
@@ -595,7 +606,10 @@ fn measure_check_cost() {
             "{clients} clients, {keys} keys, {} ops, {unknown}/1000 unknown: pass {:?} in \
              {pass:?}; stale read on the key with most unknowns: {} in {fail:?}",
             clients * per_client,
-            verdict.as_ref().map(|_| "ok").map_err(|e| e.lines().next().unwrap()),
+            verdict
+                .as_ref()
+                .map(|_| "ok")
+                .map_err(|e| e.lines().next().unwrap()),
             corrupted
                 .err()
                 .map(|e| e.lines().next().unwrap().to_string())

@@ -361,7 +361,12 @@ fn ping(link: &mut Option<Connection>, addr: &str, timeouts: &Timeouts, limits: 
 }
 
 /// One probe of `addr` on `link` (opened when missing, dropped when it fails).
-fn probe(link: &mut Option<Connection>, addr: &str, timeouts: &Timeouts, limits: &Limits) -> Health {
+fn probe(
+    link: &mut Option<Connection>,
+    addr: &str,
+    timeouts: &Timeouts,
+    limits: &Limits,
+) -> Health {
     if link.is_none() {
         *link = Connection::open(addr, timeouts, limits).ok();
     }

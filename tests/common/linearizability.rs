@@ -502,7 +502,9 @@ impl KeyOps {
             };
             let ret = match &record.returned {
                 Some((_, Outcome::Put)) => Some(RegRet::Put),
-                Some((_, Outcome::Get(v))) => Some(RegRet::Get(v.as_deref().map(|v| ops.intern(v)))),
+                Some((_, Outcome::Get(v))) => {
+                    Some(RegRet::Get(v.as_deref().map(|v| ops.intern(v))))
+                }
                 Some((_, Outcome::Delete { found })) => Some(RegRet::Delete { found: *found }),
                 Some((_, Outcome::Unknown)) | None => None,
             };
@@ -603,9 +605,12 @@ impl History {
 
     /// How many reads of `key` that returned in `(after, before)` saw `value`.
     fn reads(&self, key: &KeyHistory, value: &[u8], after: usize, before: usize) -> usize {
-        self.answers(key, after, before, |outcome| {
-            matches!(outcome, Outcome::Get(Some(v)) if v.as_slice() == value)
-        })
+        self.answers(
+            key,
+            after,
+            before,
+            |outcome| matches!(outcome, Outcome::Get(Some(v)) if v.as_slice() == value),
+        )
     }
 
     /// Whether the tester can leave operation `id` out without changing the verdict: an
@@ -626,7 +631,11 @@ impl History {
         let mut stretches = vec![Segment::default()];
         let mut open_known = 0usize;
         for (i, &event) in fed.iter().enumerate() {
-            stretches.last_mut().expect("one stretch").events.push(event);
+            stretches
+                .last_mut()
+                .expect("one stretch")
+                .events
+                .push(event);
             match event {
                 KeyEvent::Invoke(id) if !self.ops[id].is_unknown() => open_known += 1,
                 KeyEvent::Return(id) if !self.ops[id].is_unknown() => {
@@ -801,9 +810,9 @@ impl History {
                 .collect();
             let s = block_now.starts_at;
             let last = stretches.peek().is_none();
-            let (t, cut_state) = stretches
-                .peek()
-                .map_or((usize::MAX, None), |next| (next.starts_at, next.initial.clone()));
+            let (t, cut_state) = stretches.peek().map_or((usize::MAX, None), |next| {
+                (next.starts_at, next.initial.clone())
+            });
 
             let mut next_states: Vec<Vec<usize>> = Vec::new();
             let mut merge = false;
@@ -879,9 +888,8 @@ impl History {
                         .collect();
                     counts.sort_by_key(|count| count.iter().sum::<usize>());
                     for count in counts {
-                        let includes = |other: &Vec<usize>| {
-                            other.iter().zip(&count).all(|(o, c)| o <= c)
-                        };
+                        let includes =
+                            |other: &Vec<usize>| other.iter().zip(&count).all(|(o, c)| o <= c);
                         if sufficient.iter().any(includes) {
                             continue;
                         }
@@ -998,7 +1006,13 @@ impl History {
         }
     }
 
-    fn explain(&self, key: &[u8], history: &KeyHistory, segment: &Segment, verdict: &str) -> String {
+    fn explain(
+        &self,
+        key: &[u8],
+        history: &KeyHistory,
+        segment: &Segment,
+        verdict: &str,
+    ) -> String {
         let unknown = history
             .ops
             .iter()
@@ -1018,8 +1032,8 @@ impl History {
             .copied()
             .filter(|&id| {
                 let op = &self.ops[id];
-                let lone_before =
-                    segment.starts_at > 0 && op.returned.as_ref().map(|r| r.0) == Some(segment.starts_at);
+                let lone_before = segment.starts_at > 0
+                    && op.returned.as_ref().map(|r| r.0) == Some(segment.starts_at);
                 segment.carried.contains(&id)
                     || lone_before
                     || (segment.starts_at <= op.invoked_at && op.invoked_at <= ends_at)
