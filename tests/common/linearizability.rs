@@ -14,9 +14,10 @@
 //! that, taken in that order, the operations behave like a sequential key-value map. Keys are
 //! independent registers, each starting absent (linearizability is compositional, so checking
 //! each key's history on its own is exact): `Put(v)` stores `v`, `Get` returns the stored value
-//! or `None`, `Delete` removes the value and reports whether one was there. The search itself is
-//! stateright's [`LinearizabilityTester`] over a per-key register [`SequentialSpec`]; this module
-//! only records, splits by key, maps clients to tester threads and explains failures.
+//! or `None`, `Delete` removes the value and reports whether one was there. The search is
+//! stateright's [`LinearizabilityTester`] over a per-key register [`SequentialSpec`]; this
+//! module records, splits the history into pieces the tester can take (below), maps clients
+//! to tester threads and explains failures.
 //!
 //! # Unknown outcomes
 //!
@@ -27,37 +28,67 @@
 //! tester allows one in-flight operation per thread, the client's later operations are given to
 //! the tester under a fresh thread id (one per `(client, generation)`). A [`Pending`] that is
 //! dropped without [`Recorder::complete`] (say the client thread bailed out early) is recorded as
-//! `Unknown` too.
+//! `Unknown` too. Calling `invoke` twice for one client without completing the first, or
+//! completing with an outcome of another kind of operation, is a bug in the test: it panics.
 //!
-//! Two reductions keep the search small, and neither changes the verdict:
-//! - an unknown `Get` is left out altogether (a read has no effect and its answer was not seen);
-//! - an unknown write whose effect nobody could have observed is left out: an unknown `Put(x)`
-//!   when no operation returning after its invocation read `Some(x)` or deleted with
-//!   `found: true`, and an unknown `Delete` when no operation returning after its invocation read
-//!   `None` or deleted with `found: false`. (Any linearization that uses such a write stays valid
-//!   without it: the ops between it and the next write would have to observe its state.)
+//! # What the tester is given
+//!
+//! The tester is a depth-first search over interleavings, without memoization, that copies the
+//! remaining history at every step: fine for tens of operations, hopeless for thousands. So
+//! each key's history is cut into pieces first, by steps that never change the verdict:
+//! - An unknown `Get` is left out (a read has no effect and its answer was not seen), and so is
+//!   an unknown write whose effect no answer returned after its invocation could reflect
+//!   (say an unknown `Put(x)` when nobody read `x` and no delete found a value later).
+//! - An unknown `Put(x)` of a value no other Put wrote, that someone read, certainly took
+//!   effect before the first such read: it becomes a Put that returned with that read.
+//! - The history is cut after every *lone* operation: one invoked when all earlier known
+//!   operations had returned, and that returned before anything else was invoked. Every
+//!   linearization puts it after everything before and before everything after, and the state
+//!   it leaves is known, so the stretch after it is checked on its own, from that state.
+//! - What still links the stretches are the unknown writes in flight across a cut: each takes
+//!   effect in one stretch at most. Those that can matter only on one side go to that side;
+//!   for the others, the stretch is checked first with all of them and the rest gets those the
+//!   linearization found did not use; only if the rest then fails are the other ways to share
+//!   them tried (see `History::check_from`). Interchangeable writes (deletes; puts of values
+//!   nobody reads later) are counted rather than told apart.
+//!
+//! During development the result was compared with a brute-force search on hundreds of
+//! thousands of random small histories with 25% unknown outcomes; `tests/linearizability.rs`
+//! keeps a smaller such comparison.
 //!
 //! # Cost bounds
 //!
-//! The tester is a depth-first search over interleavings without memoization, and each step
-//! copies the remaining history of the key. So, per key with `n` operations:
-//! - a history whose operations rarely overlap costs about `n²` work and memory, and the
-//!   recursion is `n` deep (the search runs on its own thread with a large stack). Keep each
-//!   key below about 2,000 operations; spread load over many keys instead (hundreds of
-//!   operations per key is the sweet spot).
-//! - overlapping operations and unknown writes that must stay in (see above) multiply the
-//!   orders to try, and the worst case is a *failing* history, where the search has to rule out
-//!   every order: roughly `(n/2)^u` prefixes for `u` kept unknown writes on the key.
+//! What costs is a stretch: operations on one key that keep overlapping, with no lone
+//! operation among them, plus the unknown writes in flight in it. A stretch of `n` operations
+//! costs at least `n²` (copies) and, in the worst case, exponentially many orders in the number
+//! of operations overlapping at a time and of unknown writes; a failing stretch must rule out
+//! all of them. So spread the operations over keys: a key's history should see lone operations
+//! now and then. Measured in release on 2 (busy) cores, with the generator of
+//! `tests/linearizability.rs` (clients always busy, random short delays, 45% puts, 45% gets,
+//! 10% deletes, unique values):
 //!
-//! Measured (release, 2 cores): 8 clients, 200 keys, 20,000 operations with 1% unknown outcomes
-//! and random delays check in about MEASURED; the same history with one stale read fails in
-//! about MEASURED_FAIL.
+//! | clients | keys | operations | unknown | check     | with one stale read |
+//! |--------:|-----:|-----------:|--------:|----------:|--------------------:|
+//! |       8 |  200 |     20,000 |      1% |  0.06-0.2 s |       0.03-0.2 s |
+//! |       8 |  200 |     20,000 |      5% |  0.05-0.1 s |       0.05-0.1 s |
+//! |       8 |   50 |     20,000 |      1% |     0.1 s |               0.1 s |
+//! |       8 |   10 |     20,000 |      1% |  0.3-0.9 s |      0.05-0.35 s |
+//! |       8 |    8 |      8,000 |      1% |      11 s |          0.02-11 s |
+//! |       8 |    4 |      4,000 |      1% |       2 s |           0.3-2 s |
+//! |       2 |    1 |      2,000 |      1% |     0.2 s |             < 0.01 s |
+//! |       4 |    1 |      1,000 |      1% |       4 s |            0.02 s |
+//! |       8 |    1 |        200 |      1% |   up to 15 s |          < 0.1 s |
+//! |       8 |    1 |        400 |      1% | over 60 s |                     |
 //!
-//! So that a hard history cannot hang a test, each key's search has a step budget
-//! ([`DEFAULT_STEP_BUDGET`] calls of the register spec, see [`Recorder::check_with_budget`]);
-//! when it is used up, `check` returns `Err` saying the key's history is *inconclusive* (not
-//! shown to be linearizable). Keep histories bounded (fewer unknowns and less contention per
-//! key) if that happens.
+//! Times vary from run to run with the interleaving. So: with `c` busy clients, use at
+//! least `c` keys (better many more) and at most about a thousand operations per key; with
+//! all clients on one key, a few hundred operations in all. The search runs on a thread of its
+//! own with a 512 MiB stack (the tester recurses once per operation of a stretch).
+//!
+//! So that a hard history cannot hang a test, the search has a time budget
+//! ([`DEFAULT_TIME_BUDGET`], see [`Recorder::check_with_budget`]); when it runs out, `check`
+//! returns `Err` saying the key's history is *inconclusive* (not shown to be linearizable, nor
+//! not). Bound the history (fewer clients per key, fewer operations) if that happens.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -72,12 +103,8 @@ use stateright::semantics::{ConsistencyTester, LinearizabilityTester, Sequential
 pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_secs(60);
 
 /// At a cut, at most this many ways to split the unknown writes that may matter on either
-/// side are tried; with more, the stretches are merged.
+/// side are considered; with more, the stretches are merged.
 const MAX_CHOICES: usize = 64;
-
-/// At most this many sets of unknown writes are followed from stretch to stretch; with more,
-/// the stretches are merged.
-const MAX_STATES: usize = 16;
 
 /// The stack of the checking thread: the tester recurses once per operation of a key.
 const CHECK_STACK_BYTES: usize = 512 << 20;
@@ -291,7 +318,9 @@ impl Recorder {
 
     /// Checks every key's history for linearizability (keys are independent registers, each
     /// starting absent). Ok with a short summary (keys, ops, unknown ops); Err naming the first
-    /// key whose history is not linearizable and showing that key's history in a readable form.
+    /// key whose history is not linearizable and showing that key's history in a readable form:
+    /// the stretch of it that fails (see the module doc), with the state it starts from.
+    /// Err too if the search runs out of [`DEFAULT_TIME_BUDGET`] (*inconclusive*).
     pub fn check(&self) -> Result<String, String> {
         self.check_with_budget(DEFAULT_TIME_BUDGET)
     }
@@ -429,7 +458,7 @@ struct KeyHistory {
 
 /// A stretch of one key's history that can be checked on its own (see
 /// [`History::stretches`]).
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Segment {
     /// The event position after which its operations were invoked (0 for the first).
     starts_at: usize,
@@ -479,6 +508,11 @@ struct KeyOps {
     ret: HashMap<usize, Option<RegRet>>,
     /// Left out altogether (see [`History::can_skip`]).
     skip: HashMap<usize, bool>,
+    /// Unknown Puts of a value no other Put wrote, that someone read: they certainly took
+    /// effect, before the first such read was linearized. Each is given to the tester as a
+    /// Put that returned together with that read (keyed here by the read), which allows
+    /// exactly the same linearizations and spares the search an operation in flight forever.
+    pinned: HashMap<usize, Vec<usize>>,
     values: HashMap<Vec<u8>, u32>,
 }
 
@@ -488,6 +522,7 @@ impl KeyOps {
             op: HashMap::new(),
             ret: HashMap::new(),
             skip: HashMap::new(),
+            pinned: HashMap::new(),
             values: HashMap::new(),
         };
         for &id in &key.ops {
@@ -512,6 +547,12 @@ impl KeyOps {
             ops.ret.insert(id, ret);
             ops.skip.insert(id, history.can_skip(key, id));
         }
+        for &id in &key.ops {
+            if let (Some(read), Some(None)) = (history.first_read_of(key, id), ops.ret.get(&id)) {
+                ops.ret.insert(id, Some(RegRet::Put));
+                ops.pinned.entry(read).or_default().push(id);
+            }
+        }
         ops
     }
 
@@ -519,6 +560,16 @@ impl KeyOps {
         let next = self.values.len() as u32;
         *self.values.entry(value.to_vec()).or_insert(next)
     }
+}
+
+/// The search over one key's stretches.
+struct KeyCheck<'a> {
+    history: &'a KeyHistory,
+    stretches: Vec<Segment>,
+    deadline: Instant,
+    /// `(first stretch, carried writes)` from which the rest is known not to be linearizable,
+    /// with the stretch that failed.
+    failed: HashMap<(usize, Vec<usize>), Segment>,
 }
 
 enum Verdict {
@@ -613,6 +664,34 @@ impl History {
         )
     }
 
+    /// For an unknown Put of a value that no other Put of `key` wrote: the read of that value
+    /// that returned first after its invocation, if any.
+    fn first_read_of(&self, key: &KeyHistory, id: usize) -> Option<usize> {
+        let write = &self.ops[id];
+        let (Op::Put(x), true) = (&write.op, write.is_unknown()) else {
+            return None;
+        };
+        if key
+            .ops
+            .iter()
+            .filter(|&&o| self.ops[o].op == write.op)
+            .count()
+            != 1
+        {
+            return None;
+        }
+        key.ops
+            .iter()
+            .filter_map(|&o| match &self.ops[o].returned {
+                Some((at, Outcome::Get(Some(v)))) if v == x && *at > write.invoked_at => {
+                    Some((*at, o))
+                }
+                _ => None,
+            })
+            .min()
+            .map(|(_, o)| o)
+    }
+
     /// Whether the tester can leave operation `id` out without changing the verdict: an
     /// unknown read, or an unknown write that no later answer may have observed.
     fn can_skip(&self, key: &KeyHistory, id: usize) -> bool {
@@ -627,7 +706,7 @@ impl History {
     /// the known operations before it first, then it, then the rest, and the state it leaves
     /// is known (what it put, read or deleted): the rest can be checked from that state,
     /// apart, up to the unknown writes in flight at the cut (see [`History::check_key`]).
-    fn stretches(&self, fed: &[KeyEvent]) -> Vec<Segment> {
+    fn stretches(&self, ops: &KeyOps, fed: &[KeyEvent]) -> Vec<Segment> {
         let mut stretches = vec![Segment::default()];
         let mut open_known = 0usize;
         for (i, &event) in fed.iter().enumerate() {
@@ -637,10 +716,13 @@ impl History {
                 .events
                 .push(event);
             match event {
-                KeyEvent::Invoke(id) if !self.ops[id].is_unknown() => open_known += 1,
-                KeyEvent::Return(id) if !self.ops[id].is_unknown() => {
+                KeyEvent::Invoke(id) if ops.ret[&id].is_some() => open_known += 1,
+                KeyEvent::Return(id) if ops.ret[&id].is_some() => {
                     open_known -= 1;
-                    let lone = open_known == 0 && i > 0 && fed[i - 1] == KeyEvent::Invoke(id);
+                    let lone = open_known == 0
+                        && i > 0
+                        && fed[i - 1] == KeyEvent::Invoke(id)
+                        && !self.ops[id].is_unknown(); // not a pinned one
                     if lone && i + 1 < fed.len() {
                         let op = &self.ops[id];
                         stretches.push(Segment {
@@ -762,179 +844,183 @@ impl History {
     }
 
     /// Checks one key, stretch by stretch (see [`History::stretches`]).
+    fn check_key(&self, history: &KeyHistory, deadline: Instant) -> Verdict {
+        let mut ops = KeyOps::new(self, history);
+        let mut fed: Vec<KeyEvent> = Vec::new();
+        for &event in &history.events {
+            match event {
+                KeyEvent::Invoke(id) if !ops.skip[&id] => fed.push(event),
+                // The return of an unknown operation means nothing to the tester.
+                KeyEvent::Return(id) if !self.ops[id].is_unknown() => {
+                    fed.push(event);
+                    if let Some(pinned) = ops.pinned.get(&id) {
+                        fed.extend(pinned.iter().map(|&u| KeyEvent::Return(u)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut key = KeyCheck {
+            history,
+            stretches: self.stretches(&ops, &fed),
+            deadline,
+            failed: HashMap::new(),
+        };
+        self.check_from(&mut key, &mut ops, 0, Vec::new())
+    }
+
+    /// Whether the key's history from stretch `first` on is linearizable, given the unknown
+    /// writes `carried` (sorted) from before, in flight from its start.
     ///
     /// What links the stretches, besides the state at each cut, are the unknown writes, each
     /// of which takes effect at most once. At the cut `t` after a stretch, each one in flight
     /// in it is, by [`History::side`], of use only up to `t` (`Here`: the stretch gets it, the
-    /// rest does not), only after (`Later`: carried into the rest, in flight from its start)
-    /// or possibly on either side. Carried writes of one [`Class`] are interchangeable, and a
-    /// stretch can use at most [`History::useful`] of them. For the writes of either side,
-    /// the stretch needs some choice of them (how many of each group); the rest gets the
-    /// others. More writes in flight can only help a stretch, so it suffices to follow, from
-    /// stretch to stretch, the maximal sets of writes still available ("states"), i.e. the
-    /// minimal sufficient choices: the key is linearizable exactly when its last stretch is,
-    /// from one of them. The stretch is checked with every write first; if the linearization
-    /// found used none of either side, that is the one minimal choice, else every smaller
-    /// choice is tried, fewest first. Where that would take too many checks (more than
-    /// [`MAX_CHOICES`] choices, or more than [`MAX_STATES`] states), the stretch is merged
-    /// with the next one instead, which is always exact.
-    fn check_key(&self, history: &KeyHistory, deadline: Instant) -> Verdict {
-        let mut ops = KeyOps::new(self, history);
-        let fed: Vec<KeyEvent> = history
-            .events
-            .iter()
-            .copied()
-            .filter(|event| {
-                let (KeyEvent::Invoke(id) | KeyEvent::Return(id)) = *event;
-                !ops.skip[&id]
-            })
-            .collect();
-        let mut stretches = self.stretches(&fed).into_iter().peekable();
-        let mut states: Vec<Vec<usize>> = vec![Vec::new()];
-        let mut block: Option<Segment> = None;
-        while let Some(stretch) = stretches.next() {
-            let mut block_now = match block.take() {
-                None => stretch,
-                Some(mut merged) => {
-                    merged.events.extend(stretch.events);
-                    merged
-                }
+    /// rest does not), only after (`Later`: carried into the rest) or possibly on either side.
+    /// Carried writes of one [`Class`] are interchangeable, and a stretch can use at most
+    /// [`History::useful`] of them. The stretch is checked with all of them first: if that
+    /// fails, nothing will do. Else the linearization found shows how many of each group of
+    /// either side it used, and the rest is checked with the others. Only if the rest fails is
+    /// every other choice tried (fewest first), skipping those that leave the rest no more
+    /// than a choice that already failed: more writes in flight can only help. A linearizable
+    /// history thus costs one search per stretch. Where there would be more than
+    /// [`MAX_CHOICES`] choices, the stretch is merged with the next one instead, which is
+    /// always exact.
+    fn check_from(
+        &self,
+        key: &mut KeyCheck<'_>,
+        ops: &mut KeyOps,
+        first: usize,
+        carried: Vec<usize>,
+    ) -> Verdict {
+        let mut end = first; // the block is stretches[first..=end]
+        let (block, give, choices) = loop {
+            let stretch = &key.stretches[first];
+            let block = Segment {
+                starts_at: stretch.starts_at,
+                initial: stretch.initial.clone(),
+                carried: carried.clone(),
+                events: key.stretches[first..=end]
+                    .iter()
+                    .flat_map(|s| s.events.iter().copied())
+                    .collect(),
             };
-            let own_unknown: Vec<usize> = block_now
-                .events
-                .iter()
-                .filter_map(|event| match *event {
-                    KeyEvent::Invoke(id) if ops.ret[&id].is_none() => Some(id),
-                    _ => None,
-                })
-                .collect();
-            let s = block_now.starts_at;
-            let last = stretches.peek().is_none();
-            let (t, cut_state) = stretches.peek().map_or((usize::MAX, None), |next| {
-                (next.starts_at, next.initial.clone())
-            });
-
-            let mut next_states: Vec<Vec<usize>> = Vec::new();
-            let mut merge = false;
-            'states: for carried in &states {
-                block_now.carried = carried.clone();
-                let mut groups: BTreeMap<Class, Vec<usize>> = BTreeMap::new();
-                for &u in carried {
-                    groups.entry(self.class(history, u, s)).or_default().push(u);
-                }
-                for &u in &own_unknown {
-                    groups.insert(Class::Own(u), vec![u]);
-                }
-                let (mut give, mut keep) = (Vec::new(), Vec::new());
-                let mut choices: Vec<(Vec<usize>, usize)> = Vec::new();
-                for (class, members) in groups {
-                    let cap = members.len().min(self.useful(history, &class, s, t));
-                    // The members of a group are on the same side.
-                    match self.side(history, members[0], s, t, &cut_state) {
-                        Side::Here => give.extend(&members[..cap]),
-                        Side::Later => keep.extend(members),
-                        Side::Either => choices.push((members, cap)),
+            let s = block.starts_at;
+            let (t, cut_state) = key
+                .stretches
+                .get(end + 1)
+                .map_or((usize::MAX, None), |next| {
+                    (next.starts_at, next.initial.clone())
+                });
+            let mut groups: BTreeMap<Class, Vec<usize>> = BTreeMap::new();
+            for &u in &carried {
+                groups
+                    .entry(self.class(key.history, u, s))
+                    .or_default()
+                    .push(u);
+            }
+            for event in &block.events {
+                if let KeyEvent::Invoke(u) = *event {
+                    if ops.ret[&u].is_none() {
+                        groups.insert(Class::Own(u), vec![u]);
                     }
-                }
-                let combinations = choices
-                    .iter()
-                    .try_fold(1usize, |n, (_, cap)| n.checked_mul(cap + 1))
-                    .filter(|&n| n <= MAX_CHOICES);
-                let Some(combinations) = combinations else {
-                    merge = true;
-                    break;
-                };
-                let split = |count: &[usize]| {
-                    let mut available = give.clone();
-                    let mut kept = keep.clone();
-                    for ((members, _), &n) in choices.iter().zip(count) {
-                        available.extend(&members[..n]);
-                        kept.extend(&members[n..]);
-                    }
-                    kept.sort_unstable();
-                    (available, kept)
-                };
-
-                // First with everything.
-                let full: Vec<usize> = choices.iter().map(|&(_, cap)| cap).collect();
-                let used = match self.search(&mut ops, &block_now, &split(&full).0, deadline) {
-                    Search::Linearizable(used) => used,
-                    Search::NotLinearizable => continue 'states,
-                    Search::Inconclusive => return Verdict::Inconclusive(block_now),
-                };
-                if last {
-                    return Verdict::Linearizable;
-                }
-                // How many of each group the found linearization used: a sufficient choice.
-                let found: Vec<usize> = choices
-                    .iter()
-                    .map(|(members, _)| members.iter().filter(|u| used.contains(u)).count())
-                    .collect();
-                let mut sufficient = vec![found.clone()];
-                if found.iter().any(|&n| n > 0) {
-                    // Every smaller choice, fewest writes first; one that includes a
-                    // sufficient choice is not minimal.
-                    let mut counts: Vec<Vec<usize>> = (0..combinations)
-                        .map(|mut n| {
-                            choices
-                                .iter()
-                                .map(|(_, cap)| {
-                                    let count = n % (cap + 1);
-                                    n /= cap + 1;
-                                    count
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    counts.sort_by_key(|count| count.iter().sum::<usize>());
-                    for count in counts {
-                        let includes =
-                            |other: &Vec<usize>| other.iter().zip(&count).all(|(o, c)| o <= c);
-                        if sufficient.iter().any(includes) {
-                            continue;
-                        }
-                        match self.search(&mut ops, &block_now, &split(&count).0, deadline) {
-                            Search::Linearizable(_) => sufficient.push(count),
-                            Search::NotLinearizable => {}
-                            Search::Inconclusive => return Verdict::Inconclusive(block_now),
-                        }
-                    }
-                }
-                for count in &sufficient {
-                    let minimal = !sufficient.iter().any(|other| {
-                        other != count && other.iter().zip(count).all(|(o, c)| o <= c)
-                    });
-                    if minimal {
-                        next_states.push(split(count).1);
-                    }
-                }
-                if next_states.len() > MAX_STATES {
-                    merge = true;
-                    break;
                 }
             }
-            if merge && !last {
-                block = Some(block_now);
+            let (mut give, mut keep) = (Vec::new(), Vec::new());
+            let mut choices: Vec<(Vec<usize>, usize)> = Vec::new();
+            for (class, members) in groups {
+                let cap = members.len().min(self.useful(key.history, &class, s, t));
+                // The members of a group are on the same side.
+                match self.side(key.history, members[0], s, t, &cut_state) {
+                    Side::Here => give.extend(&members[..cap]),
+                    Side::Later => keep.extend(members),
+                    Side::Either => choices.push((members, cap)),
+                }
+            }
+            let combinations = choices
+                .iter()
+                .try_fold(1usize, |n, (_, cap)| n.checked_mul(cap + 1));
+            if combinations.map_or(true, |n| n > MAX_CHOICES) && end + 1 < key.stretches.len() {
+                end += 1;
                 continue;
             }
-            if next_states.is_empty() {
-                block_now.carried = states.swap_remove(0);
-                return Verdict::NotLinearizable(block_now);
+            break (block, give, (choices, keep));
+        };
+        let (choices, keep) = choices;
+        let last = end + 1 == key.stretches.len();
+        let split = |count: &[usize]| {
+            let mut available = give.clone();
+            let mut kept = keep.clone();
+            for ((members, _), &n) in choices.iter().zip(count) {
+                available.extend(&members[..n]);
+                kept.extend(&members[n..]);
             }
-            // Keep the maximal sets only.
-            next_states.sort();
-            next_states.dedup();
-            states = next_states
-                .iter()
-                .filter(|set| {
-                    !next_states.iter().any(|other| {
-                        other.len() > set.len() && set.iter().all(|u| other.contains(u))
-                    })
-                })
-                .cloned()
-                .collect();
+            kept.sort_unstable();
+            (available, kept)
+        };
+
+        // First with everything.
+        let full: Vec<usize> = choices.iter().map(|&(_, cap)| cap).collect();
+        let used = match self.search(ops, &block, &split(&full).0, key.deadline) {
+            Search::Linearizable(used) => used,
+            Search::NotLinearizable => return Verdict::NotLinearizable(block),
+            Search::Inconclusive => return Verdict::Inconclusive(block),
+        };
+        if last {
+            return Verdict::Linearizable;
         }
-        unreachable!("the last stretch decides")
+        // How many of each group the linearization found used: a sufficient choice.
+        let found: Vec<usize> = choices
+            .iter()
+            .map(|(members, _)| members.iter().filter(|u| used.contains(u)).count())
+            .collect();
+        let mut first_failure = None;
+        let mut failed_choices: Vec<Vec<usize>> = Vec::new();
+        let mut counts: Vec<Vec<usize>> = vec![found];
+        let combinations = full.iter().map(|cap| cap + 1).product::<usize>();
+        let mut others: Vec<Vec<usize>> = (0..combinations)
+            .map(|mut n| {
+                full.iter()
+                    .map(|cap| {
+                        let count = n % (cap + 1);
+                        n /= cap + 1;
+                        count
+                    })
+                    .collect()
+            })
+            .collect();
+        others.sort_by_key(|count| count.iter().sum::<usize>());
+        counts.extend(others);
+        for (i, count) in counts.into_iter().enumerate() {
+            // A choice that includes one whose rest failed leaves the rest less: it fails too.
+            if failed_choices
+                .iter()
+                .any(|f| f.iter().zip(&count).all(|(f, c)| f <= c))
+            {
+                continue;
+            }
+            let (available, kept) = split(&count);
+            if i > 0 {
+                match self.search(ops, &block, &available, key.deadline) {
+                    Search::Linearizable(_) => {}
+                    Search::NotLinearizable => continue,
+                    Search::Inconclusive => return Verdict::Inconclusive(block),
+                }
+            }
+            let verdict = match key.failed.get(&(end + 1, kept.clone())) {
+                Some(segment) => Verdict::NotLinearizable(segment.clone()),
+                None => self.check_from(key, ops, end + 1, kept.clone()),
+            };
+            match verdict {
+                Verdict::Linearizable => return Verdict::Linearizable,
+                Verdict::Inconclusive(segment) => return Verdict::Inconclusive(segment),
+                Verdict::NotLinearizable(segment) => {
+                    key.failed.insert((end + 1, kept), segment.clone());
+                    first_failure.get_or_insert(segment);
+                    failed_choices.push(count);
+                }
+            }
+        }
+        Verdict::NotLinearizable(first_failure.expect("the found choice was tried"))
     }
 
     /// Runs stateright's tester on `segment`, with the unknown writes `in_flight` available
@@ -958,18 +1044,18 @@ impl History {
             }))
             .collect();
 
-        // Tester thread ids: the search tries threads in id order, so the threads left with
-        // an operation in flight forever come last. Their operation is then linearized
-        // lazily, when nothing else fits (say, when a read needs its value), instead of
-        // eagerly at the earliest point, which in a linearizable history would be undone by a
-        // backtrack over everything in between.
+        // Tester thread ids: the search tries threads in id order, so the threads that end
+        // with an unknown operation (in flight forever, or pinned) come last. That operation
+        // is then linearized lazily, when nothing else fits (say, when a read needs its
+        // value), instead of eagerly at the earliest point, which in a linearizable history
+        // would be undone by a backtrack over everything in between.
         let thread_of = |id: usize| (self.ops[id].client, self.generation[id]);
         let mut threads: HashMap<(usize, usize), (bool, usize)> = HashMap::new();
         for event in &events {
             if let KeyEvent::Invoke(id) = *event {
                 let next = threads.len();
                 let thread = threads.entry(thread_of(id)).or_insert((false, next));
-                thread.0 |= ops.ret[&id].is_none();
+                thread.0 |= self.ops[id].is_unknown();
             }
         }
 
