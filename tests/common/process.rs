@@ -208,6 +208,42 @@ impl Server {
             .status()
             .expect("running kill");
         assert!(sent.success(), "kill -{signal} failed: {sent}");
+        if signal == "STOP" {
+            self.wait_until_stopped();
+        }
+    }
+
+    /// `kill` returns once a signal is pending, not once it has taken effect: a thread that is
+    /// running may still serve a request before it stops. Waits until every thread of the
+    /// process is in the stopped state, as /proc reports it.
+    fn wait_until_stopped(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let tasks = format!("/proc/{}/task", self.pid());
+        loop {
+            let all_stopped = std::fs::read_dir(&tasks)
+                .map(|entries| {
+                    entries.flatten().all(|task| {
+                        std::fs::read_to_string(task.path().join("stat"))
+                            .ok()
+                            .and_then(|stat| {
+                                // The state follows the command name's closing parenthesis.
+                                let rest = &stat[stat.rfind(')')? + 1..];
+                                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+                            })
+                            .unwrap_or(true)
+                    })
+                })
+                .unwrap_or(false);
+            if all_stopped {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not stop",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// kill -9, waited for.
