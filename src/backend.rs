@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::cluster::chain::{self, KeyLocks};
+use crate::cluster::transfer::{self, Receiver, Trackers};
 use crate::cluster::view_file::{self, SavedView};
 use crate::error::Result;
 use crate::peers::Peers;
@@ -63,6 +64,8 @@ struct Counters {
     view_changes: AtomicU64,
     /// Requests and chain answers refused because they belong to another epoch.
     stale_refused: AtomicU64,
+    /// State transfers this node served as a source.
+    transfers_begun: AtomicU64,
     /// Requests served by how many relays they took; the last bucket holds the rest.
     relays: [AtomicU64; RELAY_BUCKETS],
 }
@@ -95,9 +98,13 @@ enum Route {
 }
 
 /// The ring as this node knows it, with its own place in it.
-struct Membership {
-    ring: Ring,
+pub(crate) struct Membership {
+    ring: Arc<Ring>,
     me: usize,
+    /// False for a view resumed from disk after a restart, until the keeper (or, with one copy
+    /// per key, any frontend) installs it again or a newer one: a restarted node may have lost
+    /// writes it acknowledged, and must not serve before the keeper has decided about it.
+    confirmed: bool,
 }
 
 impl Membership {
@@ -121,6 +128,10 @@ struct BackendState {
     membership: RwLock<Option<Arc<Membership>>>,
     /// The per-key write order of the chains this node heads.
     key_locks: KeyLocks,
+    /// The transfers this node is the source of.
+    trackers: Trackers,
+    /// This node's own state transfer, when it comes back.
+    receiver: Receiver,
     /// Where the view is kept across restarts (with a data directory).
     data_dir: Option<std::path::PathBuf>,
     peers: Peers,
@@ -137,6 +148,8 @@ struct BackendState {
 pub struct Backend {
     state: Arc<BackendState>,
     server: ServerHandle,
+    /// The state transfer thread, stopped with the backend.
+    driver: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Backend {
@@ -176,6 +189,8 @@ impl Backend {
             store,
             membership: RwLock::new(membership.map(Arc::new)),
             key_locks: KeyLocks::default(),
+            trackers: Trackers::default(),
+            receiver: Receiver::default(),
             data_dir: config.data_dir.clone(),
             peers: Peers::new(config.server.timeouts, config.server.limits),
             counters: Counters::default(),
@@ -190,7 +205,23 @@ impl Backend {
             Arc::clone(&state) as Arc<dyn Handler>,
         )?;
         let _ = state.listening.set(server.local_addr().to_string());
-        Ok(Backend { state, server })
+        if let Some(m) = state.membership() {
+            state
+                .receiver
+                .view_installed(None, m.ring.view().states[m.me], m.ring.view().epoch);
+        }
+        let driver = {
+            let state = Arc::clone(&state);
+            std::thread::Builder::new()
+                .name("state-transfer".into())
+                .spawn(move || transfer::run(&*state))
+                .map_err(|e| crate::error::Error::Config(format!("cannot start a thread: {e}")))?
+        };
+        Ok(Backend {
+            state,
+            server,
+            driver: Some(driver),
+        })
     }
 
     /// The address the backend listens on.
@@ -206,6 +237,41 @@ impl Backend {
     /// Stops listening and closes every connection.
     pub fn shutdown(&mut self) {
         self.server.shutdown();
+        self.state.receiver.stop();
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.state.receiver.stop();
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.join();
+        }
+    }
+}
+
+impl transfer::Host for BackendState {
+    fn ring(&self) -> Option<(Arc<Ring>, usize)> {
+        self.membership().map(|m| (Arc::clone(&m.ring), m.me))
+    }
+
+    fn store(&self) -> &dyn Engine {
+        &*self.store
+    }
+
+    fn call(&self, addr: &str, request: &Frame) -> Result<Frame> {
+        self.peers.call(addr, request)
+    }
+
+    fn receiver(&self) -> &Receiver {
+        &self.receiver
+    }
+
+    fn io_timeout(&self) -> std::time::Duration {
+        self.peers.timeouts().io
     }
 }
 
@@ -262,6 +328,16 @@ impl BackendState {
                 return request.error_reply(Status::STALE_VIEW, refusal);
             }
             if installed == ring.view() {
+                // The same view confirms a restarted node only with one copy per key, where
+                // it holds all there is; with more, only the keeper's next view does.
+                if !current.confirmed && installed.replicas == 1 {
+                    log::info!("{me}: view epoch {} confirmed", installed.epoch);
+                    *slot = Some(Arc::new(Membership {
+                        ring: Arc::clone(&current.ring),
+                        me: current.me,
+                        confirmed: true,
+                    }));
+                }
                 return request.reply(Status::OK, Vec::new());
             }
         }
@@ -279,14 +355,12 @@ impl BackendState {
             }
         }
         log::info!(
-            "{me}: installed view epoch {} with {} nodes ({} down), {} replicas ({} routing, {})",
+            "{me}: installed view epoch {} with {} nodes ({} down, {} syncing), {} replicas ({} \
+             routing, {})",
             request.epoch,
             ring.len(),
-            ring.view()
-                .states
-                .iter()
-                .filter(|s| **s != crate::ring::NodeState::Up)
-                .count(),
+            count_in(ring.view(), crate::ring::NodeState::Down),
+            count_in(ring.view(), crate::ring::NodeState::Syncing),
             ring.view().replicas,
             ring.view().routing,
             ring.view().placement
@@ -299,7 +373,15 @@ impl BackendState {
             }
         }
         bump(&self.counters.view_changes);
-        *slot = Some(Arc::new(Membership { ring, me: index }));
+        let before = slot.as_ref().map(|m| m.ring.view().states[m.me]);
+        self.receiver
+            .view_installed(before, ring.view().states[index], ring.view().epoch);
+        self.trackers.retain_live(&ring);
+        *slot = Some(Arc::new(Membership {
+            ring: Arc::new(ring),
+            me: index,
+            confirmed: true,
+        }));
         request.reply(Status::OK, Vec::new())
     }
 
@@ -326,6 +408,11 @@ impl BackendState {
 
     /// Key requests that may be carried out at once (see [`chain::waves`]).
     fn key_wave(&self, requests: Vec<Frame>) -> Vec<Frame> {
+        // A node catching up after a state transfer answers reads only once it is done: a
+        // short wait, bounded by the i/o timeout (then it refuses them).
+        if !self.receiver.serves_reads() && requests.iter().any(|r| r.opcode == Opcode::GET) {
+            self.receiver.wait_for_reads(self.peers.timeouts().io);
+        }
         // The writes this node heads take their keys' locks before anything is applied, and
         // keep them until the rest of the chain has answered (invariant 1 in `cluster`).
         let snapshot = self.membership();
@@ -465,6 +552,15 @@ impl BackendState {
         };
         let ring = &membership.ring;
         let epoch = ring.view().epoch;
+        if !membership.confirmed {
+            return Route::Answered(request.error_reply(
+                Status::NO_VIEW,
+                format!(
+                    "this backend restarted and holds view epoch {epoch} from before; it serves \
+                     nothing until the view keeper installs a view again"
+                ),
+            ));
+        }
         let is_chain_write = matches!(request.opcode, Opcode::CHAIN_PUT | Opcode::CHAIN_DELETE);
         // Requests from clients may carry no epoch (0: debugging by hand); chain writes must
         // carry this node's.
@@ -493,7 +589,7 @@ impl BackendState {
             return match chain.position(membership.me) {
                 Some(at) if at > 0 => {
                     bump(&self.counters.chain_applied);
-                    let answer = self.apply(&request, writes);
+                    let answer = self.apply(ring, &position, &request, writes);
                     self.pass_down(answer, &request, ring, &chain, membership.me, epoch)
                 }
                 _ => Route::Answered(request.error_reply(
@@ -511,7 +607,17 @@ impl BackendState {
         }
         .unwrap_or(membership.me);
         if target == membership.me {
-            let answer = self.serve_locally(&request, writes);
+            if request.opcode == Opcode::GET && !self.receiver.serves_reads() {
+                return Route::Answered(request.error_reply(
+                    Status::UNAVAILABLE,
+                    format!(
+                        "{} is catching up after a state transfer ({:?}); not read",
+                        ring.node(membership.me),
+                        self.receiver.phase()
+                    ),
+                ));
+            }
+            let answer = self.serve_locally(ring, &position, &request, writes);
             if request.opcode == Opcode::GET {
                 return Route::Answered(answer);
             }
@@ -646,11 +752,9 @@ impl BackendState {
             Opcode::PING => request.reply(Status::OK, Vec::new()),
             // The epoch installed here and this process's incarnation, so that the keeper sees
             // a node that restarted.
-            Opcode::HEALTH => {
-                let mut answer = request.reply(Status::OK, self.incarnation.to_be_bytes().to_vec());
-                answer.epoch = self.membership().map_or(0, |m| m.ring.view().epoch);
-                answer
-            }
+            Opcode::HEALTH => self.health(&request),
+            Opcode::SYNC_BEGIN => self.sync_begin(&request),
+            Opcode::SYNC_COPY | Opcode::SYNC_DELTA | Opcode::SYNC_END => self.sync_serve(&request),
             Opcode::SIZE | Opcode::STATS => {
                 let report = self.report(request.opcode);
                 request.reply(Status::OK, payload::encode_reports(&[report]))
@@ -667,6 +771,149 @@ impl BackendState {
                 Status::UNKNOWN_OPCODE,
                 format!("opcode 0x{:02x} is not known to this backend", other.0),
             ),
+        }
+    }
+
+    /// HEALTH: the epoch in the header; in the value, this process's incarnation (so that the
+    /// keeper sees a node that restarted), whether its view is confirmed, and where its own
+    /// state transfer stands (PROTOCOL.md section 5).
+    fn health(&self, request: &Frame) -> Frame {
+        let membership = self.membership();
+        let phase = self.receiver.phase();
+        let mut value = Vec::with_capacity(34);
+        value.extend_from_slice(&self.incarnation.to_be_bytes());
+        value.push(u8::from(membership.as_ref().is_some_and(|m| m.confirmed)));
+        value.push(phase.code());
+        value.extend_from_slice(&phase.epoch().to_be_bytes());
+        for counter in [&self.receiver.keys_copied, &self.receiver.bytes_copied] {
+            value.extend_from_slice(&counter.load(Ordering::Relaxed).to_be_bytes());
+        }
+        let mut answer = request.reply(Status::OK, value);
+        answer.epoch = membership.map_or(0, |m| m.ring.view().epoch);
+        answer
+    }
+
+    /// SYNC_BEGIN from a syncing node (its address is the key, the points it wants the value):
+    /// taken only under the very epoch it was sent in, where the node is syncing and this one
+    /// up. The tracker is opened under that epoch; the snapshot is listed after it is let go,
+    /// so installing a view never waits for a long listing.
+    fn sync_begin(&self, request: &Frame) -> Frame {
+        let node = String::from_utf8_lossy(&request.key).into_owned();
+        let points = match payload::decode_points(&request.value) {
+            Ok(points) => points,
+            Err(e) => return request.error_reply(Status::BAD_REQUEST, e.to_string()),
+        };
+        let (ring, session) = {
+            let guard = self.read_membership();
+            let Some(m) = guard.as_ref().filter(|m| m.confirmed) else {
+                return request
+                    .error_reply(Status::NO_VIEW, "this backend has no view to copy under");
+            };
+            let view = m.ring.view();
+            if request.epoch != view.epoch {
+                bump(&self.counters.stale_refused);
+                return request.error_reply(
+                    Status::STALE_VIEW,
+                    format!(
+                        "transfer asked under view epoch {}, this node has {}",
+                        request.epoch, view.epoch
+                    ),
+                );
+            }
+            let syncing = m
+                .ring
+                .index_of(&node)
+                .is_some_and(|i| view.states[i] == crate::ring::NodeState::Syncing);
+            if !syncing || !view.is_up(m.me) {
+                return request.error_reply(
+                    Status::BAD_REQUEST,
+                    format!(
+                        "in view epoch {} {node} is not syncing or this node is not up",
+                        view.epoch
+                    ),
+                );
+            }
+            match self.trackers.open(&node, &points, &m.ring) {
+                Ok(session) => (Arc::clone(&m.ring), session),
+                Err(e) => return request.error_reply(Status::BAD_REQUEST, e.to_string()),
+            }
+        };
+        bump(&self.counters.transfers_begun);
+        log::info!(
+            "{}: copying {} partitions to {node} (view epoch {})",
+            self.my_addr(),
+            points.len(),
+            ring.view().epoch
+        );
+        match self
+            .trackers
+            .take_snapshot(&node, session, &ring, &*self.store)
+        {
+            Ok(keys) => {
+                let mut value = session.to_be_bytes().to_vec();
+                value.extend_from_slice(&keys.to_be_bytes());
+                request.reply(Status::OK, value)
+            }
+            Err(e) => request.error_reply(Status::UNAVAILABLE, e.to_string()),
+        }
+    }
+
+    /// SYNC_COPY, SYNC_DELTA and SYNC_END of an open transfer (the session is the value's
+    /// first 8 bytes). A final delta is answered only once this node holds the epoch it was
+    /// sent in, so no write of an older epoch can still be applied here.
+    fn sync_serve(&self, request: &Frame) -> Frame {
+        let node = String::from_utf8_lossy(&request.key).into_owned();
+        let Some(session) = request
+            .value
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+        else {
+            return request.error_reply(Status::BAD_REQUEST, "the value must start with a session");
+        };
+        let store = &*self.store;
+        let result = match request.opcode {
+            Opcode::SYNC_COPY => {
+                let Some(from) = request
+                    .value
+                    .get(8..16)
+                    .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+                else {
+                    return request.error_reply(
+                        Status::BAD_REQUEST,
+                        "SYNC_COPY needs a session and an index",
+                    );
+                };
+                self.trackers.copy(&node, session, from, store)
+            }
+            Opcode::SYNC_DELTA => {
+                let final_delta = request.value.get(8) == Some(&1);
+                if final_delta {
+                    let epoch = self.membership().map_or(0, |m| m.ring.view().epoch);
+                    if epoch < request.epoch {
+                        return request.error_reply(
+                            Status::STALE_VIEW,
+                            format!(
+                                "final delta asked under view epoch {}, this node has {epoch} yet",
+                                request.epoch
+                            ),
+                        );
+                    }
+                }
+                self.trackers.delta(&node, session, final_delta, store)
+            }
+            _ => {
+                return match self.trackers.end(&node, session) {
+                    Ok(()) => {
+                        log::info!("{}: transfer to {node} done", self.my_addr());
+                        request.reply(Status::OK, Vec::new())
+                    }
+                    Err(e) => request.error_reply(Status::UNAVAILABLE, e.to_string()),
+                }
+            }
+        };
+        match result {
+            Ok(batch) => request.reply(Status::OK, payload::encode_transfer_batch(&batch)),
+            Err(e) => request.error_reply(Status::UNAVAILABLE, e.to_string()),
         }
     }
 
@@ -706,18 +953,14 @@ impl BackendState {
 
     /// Applies a write this node holds a copy of; the answer is unsettled (see
     /// [`serve_locally`](BackendState::serve_locally)).
-    fn apply(&self, request: &Frame, writes: &mut Unsettled) -> Frame {
-        let result = if request.opcode == Opcode::CHAIN_DELETE {
-            self.store
-                .delete_unsettled(&request.key)
-                .map(|(found, written)| {
-                    (if found { Status::OK } else { Status::NOT_FOUND }, written)
-                })
-        } else {
-            self.store
-                .put_unsettled(&request.key, &request.value)
-                .map(|written| (Status::OK, written))
-        };
+    fn apply(
+        &self,
+        ring: &Ring,
+        position: &Position,
+        request: &Frame,
+        writes: &mut Unsettled,
+    ) -> Frame {
+        let result = self.write_key(ring, position, request);
         match result {
             Ok((status, written)) => {
                 *writes = (*writes).max(written);
@@ -727,25 +970,51 @@ impl BackendState {
         }
     }
 
+    /// Applies a PUT or DELETE (a client's or a chain member's) to the store: through the
+    /// receiver, which marks the key written while a catch-up runs, and into every transfer
+    /// this node is the source of. Called under the epoch the write was checked against.
+    fn write_key(
+        &self,
+        ring: &Ring,
+        position: &Position,
+        request: &Frame,
+    ) -> std::result::Result<(Status, Unsettled), crate::store::StoreError> {
+        let is_delete = matches!(request.opcode, Opcode::DELETE | Opcode::CHAIN_DELETE);
+        let result = self.receiver.write(&request.key, || {
+            if is_delete {
+                self.store
+                    .delete_unsettled(&request.key)
+                    .map(|(found, written)| {
+                        (if found { Status::OK } else { Status::NOT_FOUND }, written)
+                    })
+            } else {
+                self.store
+                    .put_unsettled(&request.key, &request.value)
+                    .map(|written| (Status::OK, written))
+            }
+        });
+        if result.is_ok() {
+            self.trackers
+                .record(ring.point_index(position), &request.key);
+        }
+        result
+    }
+
     /// Serves a key this node owns. Writes are not settled here: the caller settles `writes`
     /// (grown to cover this one) before any answer leaves, so a batch shares one wait.
-    fn serve_locally(&self, request: &Frame, writes: &mut Unsettled) -> Frame {
+    fn serve_locally(
+        &self,
+        ring: &Ring,
+        position: &Position,
+        request: &Frame,
+        writes: &mut Unsettled,
+    ) -> Frame {
         bump(&self.counters.served);
         self.counters
             .hops
             .fetch_add(u64::from(request.hops), Ordering::Relaxed);
         bump(&self.counters.relays[usize::from(request.hops).min(RELAY_BUCKETS - 1)]);
         match request.opcode {
-            Opcode::PUT => {
-                bump(&self.counters.puts);
-                match self.store.put_unsettled(&request.key, &request.value) {
-                    Ok(written) => {
-                        *writes = (*writes).max(written);
-                        request.reply(Status::OK, Vec::new())
-                    }
-                    Err(e) => self.store_error(request, e),
-                }
-            }
             Opcode::GET => {
                 bump(&self.counters.gets);
                 match self.store.get(&request.key) {
@@ -754,11 +1023,14 @@ impl BackendState {
                 }
             }
             _ => {
-                bump(&self.counters.deletes);
-                match self.store.delete_unsettled(&request.key) {
-                    Ok((found, written)) => {
+                if request.opcode == Opcode::PUT {
+                    bump(&self.counters.puts);
+                } else {
+                    bump(&self.counters.deletes);
+                }
+                match self.write_key(ring, position, request) {
+                    Ok((status, written)) => {
                         *writes = (*writes).max(written);
-                        let status = if found { Status::OK } else { Status::NOT_FOUND };
                         request.reply(status, Vec::new())
                     }
                     Err(e) => self.store_error(request, e),
@@ -824,6 +1096,11 @@ impl BackendState {
                 ("chain_applied", &c.chain_applied),
                 ("view_changes", &c.view_changes),
                 ("stale_refused", &c.stale_refused),
+                ("transfers_begun", &c.transfers_begun),
+                ("catchup_keys", &self.receiver.keys_copied),
+                ("catchup_bytes", &self.receiver.bytes_copied),
+                ("transfer_keys_sent", &self.trackers.keys_sent),
+                ("transfer_bytes_sent", &self.trackers.bytes_sent),
             ] {
                 counters.push((name.to_string(), counter.load(Ordering::Relaxed)));
             }
@@ -901,6 +1178,11 @@ pub(crate) fn view_install_frame(view: &crate::ring::View, addr: &str, request_i
     );
     frame.epoch = view.epoch;
     frame
+}
+
+/// How many nodes of `view` are in `state`.
+fn count_in(view: &crate::ring::View, state: crate::ring::NodeState) -> usize {
+    view.states.iter().filter(|s| **s == state).count()
 }
 
 /// PUT and DELETE as clients send them.
@@ -987,5 +1269,9 @@ fn saved_membership(dir: &std::path::Path) -> Result<Option<Membership>> {
         ring.view().epoch,
         dir.display()
     );
-    Ok(Some(Membership { ring, me }))
+    Ok(Some(Membership {
+        ring: Arc::new(ring),
+        me,
+        confirmed: false,
+    }))
 }

@@ -550,13 +550,15 @@ pub fn render_ring(view: &View) -> Result<String> {
     let ring = Ring::new(view.clone())?;
     let shares = ring.shares();
     let mut out = String::new();
-    let down = view.states.iter().filter(|s| **s != NodeState::Up).count();
+    let count = |state| view.states.iter().filter(|s| **s == state).count();
     let _ = writeln!(
         out,
-        "view epoch {}: {} nodes ({} down), {} replicas, {}, {} routing ({} points on the ring)",
+        "view epoch {}: {} nodes ({} down, {} syncing), {} replicas, {}, {} routing ({} points \
+         on the ring)",
         view.epoch,
         view.nodes.len(),
-        down,
+        count(NodeState::Down),
+        count(NodeState::Syncing),
         view.replicas,
         view.placement,
         view.routing,
@@ -569,8 +571,8 @@ pub fn render_ring(view: &View) -> Result<String> {
     let width = view.nodes.iter().map(String::len).max().unwrap_or(4).max(4);
     let _ = writeln!(
         out,
-        "{:<width$}  {:>5}  {:>7}  {:>6}  points",
-        "node", "state", "share", "count"
+        "{:<width$}  {:>7}  {:>5}  {:>7}  {:>6}  points",
+        "node", "state", "since", "share", "count"
     );
     for (index, node) in view.nodes.iter().enumerate() {
         let points = &points_of[index];
@@ -587,9 +589,10 @@ pub fn render_ring(view: &View) -> Result<String> {
         };
         let _ = writeln!(
             out,
-            "{:<width$}  {:>5}  {:>6.2}%  {:>6}  {listed}",
+            "{:<width$}  {:>7}  {:>5}  {:>6.2}%  {:>6}  {listed}",
             node,
             view.states[index].to_string(),
+            view.since[index],
             shares[index] * 100.0,
             points.len()
         );

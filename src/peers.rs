@@ -94,6 +94,11 @@ impl Peers {
         }
     }
 
+    /// The timeouts its connections use.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     /// Sends `request` to `addr` and returns the answer.
     ///
     /// A pooled connection is checked before use, but the peer may still close it in the

@@ -166,6 +166,9 @@ pub enum NodeState {
     /// Declared dead or hung by the view keeper: it keeps its place on the ring (so no
     /// partition moves), but no chain counts it, so it can neither serve nor acknowledge.
     Down = 1,
+    /// Back after being down, and being copied up to date from the chains' members
+    /// ([`crate::cluster::transfer`]): still in no chain, so it serves nothing yet.
+    Syncing = 2,
 }
 
 impl NodeState {
@@ -174,6 +177,7 @@ impl NodeState {
         match byte {
             0 => Some(NodeState::Up),
             1 => Some(NodeState::Down),
+            2 => Some(NodeState::Syncing),
             _ => None,
         }
     }
@@ -184,6 +188,7 @@ impl fmt::Display for NodeState {
         f.write_str(match self {
             NodeState::Up => "up",
             NodeState::Down => "down",
+            NodeState::Syncing => "syncing",
         })
     }
 }
@@ -203,6 +208,11 @@ pub struct View {
     pub nodes: Vec<String>,
     /// Each node's state, indexed like `nodes`.
     pub states: Vec<NodeState>,
+    /// Per node, indexed like `nodes`: for a node that is up, the epoch in which it (last)
+    /// became up, which orders chains (see [`Ring::chain`]); for a node that is down or syncing,
+    /// the epoch in which it last stopped being up, which tells the keeper which member of a
+    /// chain left it last. 0 for a node up since the first view.
+    pub since: Vec<u64>,
 }
 
 impl View {
@@ -220,6 +230,7 @@ impl View {
             placement,
             replicas,
             states: vec![NodeState::Up; nodes.len()],
+            since: vec![0; nodes.len()],
             nodes,
         }
     }
@@ -306,6 +317,8 @@ pub struct Ring {
     /// For each point, in runs of `chain_len`, the nodes of its chain when every node is up:
     /// its own node, then the next distinct nodes clockwise.
     natural_chains: Vec<u32>,
+    /// For each point, the chain itself (see [`Ring::chain`]), worked out once per view.
+    chains: Vec<Chain>,
     /// `min(replicas, nodes)`.
     chain_len: usize,
 }
@@ -329,10 +342,11 @@ impl Ring {
                 view.replicas
             )));
         }
-        if view.states.len() != view.nodes.len() {
+        if view.states.len() != view.nodes.len() || view.since.len() != view.nodes.len() {
             return Err(Error::View(format!(
-                "{} node states for {} nodes",
+                "{} node states and {} epochs for {} nodes",
                 view.states.len(),
+                view.since.len(),
                 view.nodes.len()
             )));
         }
@@ -392,38 +406,46 @@ impl Ring {
         let placed = points_of_node.iter().filter(|p| !p.is_empty()).count();
         let chain_len = view.replicas.min(placed);
         let natural_chains = natural_chains(&points, chain_len);
+        let chains = (0..points.len())
+            .map(|point| effective_chain(&view, &natural_chains[point * chain_len..][..chain_len]))
+            .collect();
         Ok(Ring {
             view,
             points,
             heads,
             points_of_node,
             natural_chains,
+            chains,
             chain_len,
         })
     }
 
-    /// The chain of the key at `position`: **the owner of the position, then the next
+    /// The chain of the key at `position`: **the owner of the position and the next
     /// `replicas - 1` distinct nodes clockwise from the owner's point, leaving out the nodes
-    /// that are down** (they keep their places, so a chain only shrinks while a node is down and
-    /// no key moves). The one implementation of the chain rule.
+    /// that are not up, in the order they became up (by `since`; nodes up equally long keep
+    /// their clockwise order)**. The nodes keep their places, so a chain only shrinks while a
+    /// node is down and no key moves; a node that comes back joins its chains at the tail,
+    /// where a copy of the tail's data is all it needs. The one implementation of the chain rule.
     pub fn chain(&self, position: &Position) -> Chain {
         self.chain_at(self.point_of(position))
     }
 
     /// The chain of the span of point `point` (an index into [`points`](Ring::points)).
     pub fn chain_at(&self, point: usize) -> Chain {
-        let natural = &self.natural_chains[point * self.chain_len..][..self.chain_len];
-        let mut chain = Chain {
-            members: [0; MAX_REPLICAS],
-            len: 0,
-        };
-        for &node in natural {
-            if self.view.is_up(node as usize) {
-                chain.members[usize::from(chain.len)] = node;
-                chain.len += 1;
-            }
-        }
-        chain
+        self.chains[point]
+    }
+
+    /// The nodes whose places on the ring put them in the chain of point `point`, up or not,
+    /// in clockwise order from the point's own node.
+    pub fn natural_members(&self, point: usize) -> impl Iterator<Item = usize> + '_ {
+        self.natural_chains[point * self.chain_len..][..self.chain_len]
+            .iter()
+            .map(|&m| m as usize)
+    }
+
+    /// The index of the point whose span holds `position`.
+    pub fn point_index(&self, position: &Position) -> usize {
+        self.point_of(position)
     }
 
     /// The chain of `key`.
@@ -571,6 +593,24 @@ impl Ring {
         }
         shares
     }
+}
+
+/// The chain made of the members of `natural` that are up in `view`, in the order they became
+/// up.
+fn effective_chain(view: &View, natural: &[u32]) -> Chain {
+    let mut chain = Chain {
+        members: [0; MAX_REPLICAS],
+        len: 0,
+    };
+    for &node in natural {
+        if view.is_up(node as usize) {
+            chain.members[usize::from(chain.len)] = node;
+            chain.len += 1;
+        }
+    }
+    // A stable sort: equal epochs keep the clockwise order.
+    chain.members[..usize::from(chain.len)].sort_by_key(|&node| view.since[node as usize]);
+    chain
 }
 
 /// For every point, the first `len` distinct nodes met walking clockwise from it (itself

@@ -461,7 +461,7 @@ fn the_paper_design_relays_and_stats_and_ring_show_it() {
     let text = ring.text();
     assert!(
         text.starts_with(
-            "view epoch 1: 4 nodes (0 down), 1 replicas, 1 hashed position per node, successor routing"
+            "view epoch 1: 4 nodes (0 down, 0 syncing), 1 replicas, 1 hashed position per node, successor routing"
         ),
         "{ring:?}"
     );
@@ -471,7 +471,7 @@ fn the_paper_design_relays_and_stats_and_ring_show_it() {
         .take(4)
         .filter_map(|l| {
             l.split_whitespace()
-                .nth(2)?
+                .nth(3)?
                 .strip_suffix('%')?
                 .parse::<f64>()
                 .ok()
@@ -488,18 +488,19 @@ fn kvcli_ring_shows_equal_partitions_by_default() {
     let text = out.text();
     assert!(
         text.starts_with(
-            "view epoch 1: 3 nodes (0 down), 3 replicas, 4096 equal partitions, direct routing"
+            "view epoch 1: 3 nodes (0 down, 0 syncing), 3 replicas, 4096 equal partitions, direct routing"
         ),
         "{out:?}"
     );
     for backend in &backends {
         let columns = row(&text, backend);
         assert_eq!(columns[1], "up", "{out:?}");
-        let share: f64 = columns[2].trim_end_matches('%').parse().unwrap();
+        assert_eq!(columns[2], "0", "up since the first view: {out:?}");
+        let share: f64 = columns[3].trim_end_matches('%').parse().unwrap();
         assert!((share - 100.0 / 3.0).abs() < 0.05, "{out:?}");
-        let count = number(columns[3]);
+        let count = number(columns[4]);
         assert!(count == 1365 || count == 1366, "{out:?}");
-        assert_eq!(columns[4], "partitions", "{out:?}");
+        assert_eq!(columns[5], "partitions", "{out:?}");
     }
     assert!(text.contains("largest share / mean: 1.000"), "{out:?}");
     // Every chain holds all three backends, head first; the spans add up to the whole ring.

@@ -692,7 +692,24 @@ fn a_whole_cluster_restarted_over_its_data_serves_the_same_keys() {
     cluster.listening("resp");
     let again: Vec<String> = (0..3).map(|_| cluster.listening("backend")).collect();
     assert_eq!(again, backends, "each backend listens where it did before");
+    // Restarted backends serve again once the view keeper has confirmed them: each comes back
+    // in a view of its own (the first one as it is, the others copied from it).
     let mut client = Client::connect(&frontend).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !client
+        .view()
+        .unwrap()
+        .states
+        .iter()
+        .all(|s| *s == ringkv::NodeState::Up)
+        || client.view().unwrap().epoch == 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted backends never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     for i in 0..300 {
         let expected = (i % 10 != 0).then(|| format!("value {i}").into_bytes());
         assert_eq!(

@@ -251,6 +251,7 @@ fn payload_examples_are_what_the_encoders_produce() {
         vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
     );
     view.states[1] = ringkv::NodeState::Down;
+    view.since[1] = 5;
     let bytes = hex_bytes(&block("ringkv-payload", "view"));
     assert_eq!(bytes, payload::encode_view(&view));
     assert_eq!(payload::decode_view(1, &bytes).unwrap(), view);

@@ -9,9 +9,10 @@
 //!
 //! A backend that is up in the view and misses a ping, or has restarted, is marked down in a
 //! new view (epoch + 1); the keeper installs it on every node it can reach, and only then routes
-//! by it. A backend that is down and answers again is sent the view, so it knows it is fenced.
-//! With one copy per key (R = 1) it holds all there is of its keys, so it is marked up again in
-//! another view; with R > 1 it stays down until it can be copied up to date (not built yet).
+//! by it. A backend that is down and answers again is sent the view, so it knows it is fenced,
+//! and comes back through a state transfer ([`crate::cluster::transfer`]): marked syncing, then,
+//! once it reports its copy done for the current epoch, up at the tail of its chains. One node
+//! comes back per view, in a view that changes nothing else.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -19,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::backend::view_install_frame;
+use crate::cluster::transfer;
 use crate::connection::{Connection, Timeouts};
 use crate::peers::Peers;
 use crate::protocol::{Frame, Limits, Opcode, Status};
@@ -115,9 +117,44 @@ impl CurrentView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
     /// It answered, holding `epoch`, started as `incarnation`.
-    Alive { epoch: u64, incarnation: u64 },
+    Alive(Alive),
     /// No answer within the timeout.
     Dead,
+}
+
+/// A backend's HEALTH answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Alive {
+    epoch: u64,
+    incarnation: u64,
+    /// False while it holds a view resumed from disk after a restart.
+    confirmed: bool,
+    /// Its state transfer's phase ([`crate::cluster::transfer::Phase::code`]) and epoch.
+    phase: u8,
+    phase_epoch: u64,
+}
+
+/// Phase codes of a HEALTH answer (see [`crate::cluster::transfer::Phase`]).
+const PHASE_SERVING: u8 = 0;
+const PHASE_COPIED: u8 = 2;
+const PHASE_FAILED: u8 = 4;
+
+impl Alive {
+    fn parse(answer: &Frame) -> Alive {
+        let v = &answer.value;
+        let u64_at = |at: usize| {
+            v.get(at..at + 8)
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        Alive {
+            epoch: answer.epoch,
+            incarnation: u64_at(0),
+            // An answer without the field comes from a node that does not resume views.
+            confirmed: v.get(8).map_or(true, |&c| c == 1),
+            phase: v.get(9).copied().unwrap_or(PHASE_SERVING),
+            phase_epoch: u64_at(10),
+        }
+    }
 }
 
 /// A running keeper. Dropping it stops its thread.
@@ -143,6 +180,8 @@ impl Keeper {
             peers,
             links: Vec::new(),
             incarnations: Vec::new(),
+            phases: Vec::new(),
+            waiting: Vec::new(),
         };
         let thread = {
             let stop = Arc::clone(&stop);
@@ -176,6 +215,10 @@ struct Watch {
     links: Vec<Option<Connection>>,
     /// The incarnation each node last answered with.
     incarnations: Vec<Option<u64>>,
+    /// The transfer phase each node last answered with.
+    phases: Vec<u8>,
+    /// Why each node that answers stays down, as last logged.
+    waiting: Vec<Option<String>>,
 }
 
 impl Watch {
@@ -213,6 +256,8 @@ impl Watch {
         let nodes = &ring.view().nodes;
         self.links.resize_with(nodes.len(), || None);
         self.incarnations.resize(nodes.len(), None);
+        self.phases.resize(nodes.len(), PHASE_SERVING);
+        self.waiting.resize(nodes.len(), None);
         let timeouts = self.timeouts();
         let limits = self.limits;
         std::thread::scope(|scope| {
@@ -230,63 +275,154 @@ impl Watch {
     }
 
     /// Publishes the view the pings call for, if it differs from the current one.
+    ///
+    /// Nodes leave chains at once (any number per view); they come back one per view, and
+    /// only in a view that changes nothing else, so that a node's copy is judged against the
+    /// chains it was made for.
     fn act(&mut self, ring: &Ring, health: &[Health]) {
         let view = ring.view();
         let mut next = view.clone();
+        let new_epoch = view.epoch + 1;
+        let mut returning: Option<(usize, NodeState)> = None;
         for (node, found) in health.iter().enumerate() {
             let addr = &view.nodes[node];
-            let restarted = match (*found, self.incarnations[node]) {
-                (Health::Alive { incarnation, .. }, Some(known)) => incarnation != known,
-                _ => false,
-            };
-            if let Health::Alive { incarnation, .. } = *found {
-                self.incarnations[node] = Some(incarnation);
-            }
-            match (view.states[node], *found) {
-                (NodeState::Up, Health::Dead) => {
-                    log::warn!(
-                        "backend {addr} did not answer a ping within {:?}; marking it down",
-                        self.options.timeout
-                    );
-                    next.states[node] = NodeState::Down;
+            let alive = match *found {
+                Health::Alive(alive) => alive,
+                Health::Dead => {
+                    match view.states[node] {
+                        NodeState::Up => {
+                            log::warn!(
+                                "backend {addr} did not answer a ping within {:?}; marking it down",
+                                self.options.timeout
+                            );
+                            next.states[node] = NodeState::Down;
+                            next.since[node] = self.left_up_epoch(node, new_epoch);
+                        }
+                        NodeState::Syncing => {
+                            log::warn!(
+                                "backend {addr} stopped answering while it was being copied"
+                            );
+                            next.states[node] = NodeState::Down;
+                        }
+                        NodeState::Down => {}
+                    }
+                    continue;
                 }
-                (NodeState::Up, Health::Alive { epoch, .. })
-                    if view.replicas > 1 && (restarted || epoch == 0) =>
-                {
+            };
+            let restarted = self.incarnations[node].is_some_and(|known| known != alive.incarnation)
+                || !alive.confirmed
+                || alive.epoch == 0;
+            self.incarnations[node] = Some(alive.incarnation);
+            let previous_phase = std::mem::replace(&mut self.phases[node], alive.phase);
+            match view.states[node] {
+                NodeState::Up if restarted && view.replicas > 1 => {
                     log::warn!(
                         "backend {addr} restarted and may have lost writes; marking it down \
-                         until it can be copied up to date"
+                         until it is copied up to date"
                     );
                     next.states[node] = NodeState::Down;
+                    // What it held before it restarted counted as a full copy only if its
+                    // last answer said it was complete.
+                    next.since[node] = if previous_phase == PHASE_SERVING {
+                        new_epoch
+                    } else {
+                        0
+                    };
                 }
-                // It missed an install (or restarted with one copy per key): it is given the
-                // view; if it cannot take it, it cannot serve it.
-                (NodeState::Up, Health::Alive { epoch, .. })
-                    if epoch != view.epoch && !self.install(view, addr) =>
-                {
+                NodeState::Up if alive.phase == PHASE_FAILED => {
+                    log::warn!("backend {addr} could not catch up after its copy; marking it down");
+                    next.states[node] = NodeState::Down;
+                    // It never held a complete copy: it is never the last one standing.
+                    next.since[node] = 0;
+                }
+                // With one copy per key, a restarted node holds all there is of its keys: a
+                // new epoch confirms it.
+                NodeState::Up if restarted => {
+                    log::info!("backend {addr} restarted; confirming it in a new view");
+                    self.view.want_epoch_after(view.epoch);
+                }
+                // It missed an install: it is given the view; if it cannot take it, it
+                // cannot serve it.
+                NodeState::Up if alive.epoch != view.epoch && !self.install(view, addr) => {
+                    next.states[node] = NodeState::Down;
+                    next.since[node] = self.left_up_epoch(node, new_epoch);
+                }
+                NodeState::Up => {}
+                NodeState::Syncing if restarted || alive.phase == PHASE_FAILED => {
+                    log::warn!("backend {addr}'s copy failed or it restarted; marking it down");
                     next.states[node] = NodeState::Down;
                 }
-                (NodeState::Down, Health::Alive { epoch, .. }) => {
-                    if view.replicas == 1 {
-                        log::info!(
-                            "backend {addr} answers again; it holds the only copy of its keys, \
-                             marking it up"
-                        );
-                        next.states[node] = NodeState::Up;
-                    } else if epoch != view.epoch && self.install(view, addr) {
-                        log::info!(
-                            "backend {addr} answers again; it stays down (fenced) until it \
-                             can be copied up to date"
-                        );
+                NodeState::Syncing => {
+                    if alive.epoch != view.epoch {
+                        self.install(view, addr);
+                    }
+                    match transfer::plan(ring, node) {
+                        Err(why) => {
+                            log::warn!("backend {addr} cannot be copied up to date now: {why}");
+                            next.states[node] = NodeState::Down;
+                        }
+                        Ok(_) if alive.phase == PHASE_COPIED && alive.phase_epoch == view.epoch => {
+                            returning.get_or_insert((node, NodeState::Up));
+                        }
+                        Ok(_) => {}
                     }
                 }
-                _ => {}
+                NodeState::Down => {
+                    if alive.epoch != view.epoch {
+                        // Fenced: it learns it is out.
+                        self.install(view, addr);
+                    }
+                    match transfer::plan(ring, node) {
+                        Ok(plan) if plan.is_keep_only() => {
+                            returning.get_or_insert((node, NodeState::Up));
+                        }
+                        Ok(_) => {
+                            returning.get_or_insert((node, NodeState::Syncing));
+                        }
+                        Err(why) => {
+                            if self.waiting[node].as_deref() != Some(why.as_str()) {
+                                log::warn!("backend {addr} answers again but stays down: {why}");
+                                self.waiting[node] = Some(why);
+                            }
+                        }
+                    }
+                }
             }
+        }
+        let leaving = next.states != view.states;
+        if let Some((node, state)) = returning.filter(|_| !leaving) {
+            let addr = &view.nodes[node];
+            match state {
+                NodeState::Up if view.states[node] == NodeState::Down => log::info!(
+                    "backend {addr} answers again and holds the latest copy of all its keys \
+                     (it left each of their chains last); marking it up"
+                ),
+                NodeState::Up => {
+                    log::info!("backend {addr} is copied up to date; marking it up")
+                }
+                _ => log::info!("backend {addr} answers again; copying it up to date"),
+            }
+            next.states[node] = state;
+            if state == NodeState::Up {
+                next.since[node] = new_epoch;
+            }
+            self.waiting[node] = None;
         }
         let wanted = self.view.is_newer_epoch_wanted(view.epoch);
         if next.states != view.states || wanted {
-            next.epoch = view.epoch + 1;
+            next.epoch = new_epoch;
             self.publish(next);
+        }
+    }
+
+    /// The `since` of a node that stops being up in `epoch`: that epoch, if its copy was
+    /// complete as far as the keeper knows; else 0, so that it never counts as the member that
+    /// left a chain last.
+    fn left_up_epoch(&self, node: usize, epoch: u64) -> u64 {
+        if self.phases[node] == PHASE_SERVING {
+            epoch
+        } else {
+            0
         }
     }
 
@@ -334,7 +470,7 @@ impl Watch {
                 .join(", ")
         );
         for (node, addr) in view.nodes.iter().enumerate() {
-            if !view.is_up(node) {
+            if view.states[node] == NodeState::Down {
                 self.peers.sever(addr);
                 self.links[node] = None;
             }
@@ -342,7 +478,7 @@ impl Watch {
         let this = &*self;
         std::thread::scope(|scope| {
             for (node, addr) in view.nodes.iter().enumerate() {
-                if view.is_up(node) {
+                if view.states[node] != NodeState::Down {
                     scope.spawn(move || this.install(view, addr));
                 }
             }
@@ -375,13 +511,7 @@ fn probe(
     };
     let request = Frame::request(Opcode::HEALTH, 1, Vec::new(), Vec::new());
     match conn.call(&request) {
-        Ok(answer) if answer.status == Status::OK => Health::Alive {
-            epoch: answer.epoch,
-            incarnation: answer
-                .value
-                .get(..8)
-                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]))),
-        },
+        Ok(answer) if answer.status == Status::OK => Health::Alive(Alive::parse(&answer)),
         _ => {
             *link = None;
             Health::Dead

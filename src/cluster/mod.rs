@@ -1,7 +1,7 @@
 //! The control plane: views and their epochs, chain replication, and the view keeper.
 //!
 //! **Views.** A view ([`crate::ring::View`]) lists the backends in the order they joined, each
-//! up or down, with the replication factor R, and is numbered by an epoch. The frontend is the
+//! up, down or syncing, with the replication factor R, and is numbered by an epoch. The frontend is the
 //! view keeper ([`keeper`]): it watches every backend and publishes a new view, with the epoch
 //! one higher, whenever a node is found dead or hung. A backend installs a view only if its
 //! epoch is higher than the one it holds (or the same view again), keeps it in its data
@@ -20,8 +20,9 @@
 //!    ([`chain::KeyLocks`]) from applying a write until the tail's answer is back, so a member
 //!    never has two writes of one key in flight ([`crate::backend`]'s chain write path).
 //! 2. *Each member holds a superset of the writes of the members after it.* A member applies a
-//!    write before passing it on, and a view change only removes members, so a new tail (the old
-//!    tail's predecessor) holds everything the old tail did: a read never goes back in time.
+//!    write before passing it on, and a view change only removes members or adds one at the
+//!    tail, so a new tail (the old tail's predecessor) holds everything the old tail did: a read
+//!    never goes back in time.
 //! 3. *Nothing from an old epoch is acknowledged.* A member checks the epoch of every request
 //!    and chain write against its view under the same lock that installing a view takes, and an
 //!    answer counts only if it carries the request's epoch and the member still holds that epoch
@@ -32,10 +33,15 @@
 //!    head mean it was not applied (the frontend retries under the new view); a failure further
 //!    down the chain is answered UNAVAILABLE: applied at some members, perhaps at all.
 //!
-//! A member that is removed while down is not brought back for R > 1 in this version: it stays
-//! down (fenced) until a state transfer can copy it up to date. With R = 1 its keys have no
-//! other copy, so it is re-added as it is when it answers again.
+//! 2. (continued) A node that comes back joins its chains at the tail, after a copy of the tail
+//!    ([`transfer`]): it holds no more than the member before it.
+//!
+//! **Coming back.** A node that answers again after being marked down is copied up to date from
+//! the tails of its chains while writes go on, and only then made up, at the tail; with one copy
+//! per key, or when it left each of its chains last, it holds the latest copy already and comes
+//! back as it is ([`transfer::plan`]).
 
 pub mod chain;
 pub mod keeper;
+pub mod transfer;
 pub mod view_file;

@@ -169,6 +169,15 @@ named_codes!(
         /// Internal: the view keeper's probe; the answer carries the backend's epoch and the
         /// incarnation it was started with.
         HEALTH = 0x14,
+        /// Internal: a syncing node asks a chain member for a copy of some partitions; the
+        /// member starts recording the keys it writes there.
+        SYNC_BEGIN = 0x15,
+        /// Internal: the next batch of a transfer's snapshot.
+        SYNC_COPY = 0x16,
+        /// Internal: the keys a transfer's source wrote since the last batch.
+        SYNC_DELTA = 0x17,
+        /// Internal: the syncing node is done; the source stops recording.
+        SYNC_END = 0x18,
     }
 );
 

@@ -170,6 +170,7 @@ pub fn encode_view(view: &View) -> Vec<u8> {
     for (index, node) in view.nodes.iter().enumerate().take(u16::MAX as usize) {
         put_str16(&mut out, node);
         out.push(view.states.get(index).copied().unwrap_or(NodeState::Up) as u8);
+        out.extend_from_slice(&view.since.get(index).copied().unwrap_or(0).to_be_bytes());
     }
     out
 }
@@ -191,6 +192,7 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
     let count = r.u16()?;
     let mut nodes = Vec::new();
     let mut states = Vec::new();
+    let mut since = Vec::new();
     for _ in 0..count {
         let len = r.u16()? as usize;
         nodes.push(r.string(len)?);
@@ -199,6 +201,7 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
             NodeState::from_u8(state)
                 .ok_or_else(|| Error::Payload(format!("unknown node state {state}")))?,
         );
+        since.push(r.u64()?);
     }
     r.finish()?;
     Ok(View {
@@ -208,7 +211,125 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
         replicas,
         nodes,
         states,
+        since,
     })
+}
+
+/// One key of a state transfer batch: its value, or `None` when the source no longer holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its value at the source when the batch was made; `None`: deleted there.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The value of a SYNC_COPY or SYNC_DELTA answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TransferBatch {
+    /// SYNC_COPY: the snapshot index to ask for next (the snapshot's length when done).
+    /// SYNC_DELTA: how many recorded keys are still waiting after this batch.
+    pub next: u64,
+    /// The keys.
+    pub entries: Vec<TransferEntry>,
+}
+
+impl TransferBatch {
+    /// Bytes the entries take on the wire.
+    pub fn entry_len(key: &[u8], value: Option<&[u8]>) -> usize {
+        9 + key.len() + value.map_or(0, <[u8]>::len)
+    }
+}
+
+/// Encodes a transfer batch: u64 next, u32 count, then per entry u8 present (1) or deleted (0),
+/// u32 key length, key, u32 value length, value.
+pub fn encode_transfer_batch(batch: &TransferBatch) -> Vec<u8> {
+    let size: usize = batch
+        .entries
+        .iter()
+        .map(|e| TransferBatch::entry_len(&e.key, e.value.as_deref()))
+        .sum();
+    let mut out = Vec::with_capacity(12 + size);
+    out.extend_from_slice(&batch.next.to_be_bytes());
+    out.extend_from_slice(&(batch.entries.len() as u32).to_be_bytes());
+    for entry in &batch.entries {
+        out.push(u8::from(entry.value.is_some()));
+        out.extend_from_slice(&(entry.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&entry.key);
+        let value = entry.value.as_deref().unwrap_or_default();
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// Decodes a transfer batch.
+pub fn decode_transfer_batch(buf: &[u8]) -> Result<TransferBatch> {
+    let mut r = Reader {
+        buf,
+        what: "transfer batch",
+    };
+    let next = r.u64()?;
+    let count = r.u32()?;
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        let present = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(Error::Payload(format!(
+                    "transfer entry flag {other} is neither 0 nor 1"
+                )))
+            }
+        };
+        let key_len = r.u32()? as usize;
+        let key = r.take(key_len)?.to_vec();
+        let value_len = r.u32()? as usize;
+        let value = r.take(value_len)?.to_vec();
+        if !present && !value.is_empty() {
+            return Err(Error::Payload(
+                "a deleted transfer entry has a value".into(),
+            ));
+        }
+        entries.push(TransferEntry {
+            key,
+            value: present.then_some(value),
+        });
+    }
+    r.finish()?;
+    Ok(TransferBatch { next, entries })
+}
+
+/// Encodes the point list of a SYNC_BEGIN: u32 count, then each point index as u32.
+pub fn encode_points(points: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 4 * points.len());
+    out.extend_from_slice(&(points.len() as u32).to_be_bytes());
+    for point in points {
+        out.extend_from_slice(&point.to_be_bytes());
+    }
+    out
+}
+
+/// Decodes the point list of a SYNC_BEGIN.
+pub fn decode_points(buf: &[u8]) -> Result<Vec<u32>> {
+    let mut r = Reader {
+        buf,
+        what: "point list",
+    };
+    let count = r.u32()? as usize;
+    // Each point takes 4 bytes: a count the buffer cannot hold is refused before allocating.
+    if count > r.buf.len() / 4 {
+        return Err(Error::Payload(format!(
+            "point list announces {count} points in {} bytes",
+            r.buf.len()
+        )));
+    }
+    let mut points = Vec::with_capacity(count);
+    for _ in 0..count {
+        points.push(r.u32()?);
+    }
+    r.finish()?;
+    Ok(points)
 }
 
 #[cfg(test)]
@@ -248,6 +369,43 @@ mod tests {
     }
 
     #[test]
+    fn transfer_batches_and_point_lists_round_trip_and_refuse_truncation() {
+        let batch = TransferBatch {
+            next: 42,
+            entries: vec![
+                TransferEntry {
+                    key: b"k1".to_vec(),
+                    value: Some(b"value".to_vec()),
+                },
+                TransferEntry {
+                    key: b"gone".to_vec(),
+                    value: None,
+                },
+                TransferEntry {
+                    key: b"empty".to_vec(),
+                    value: Some(Vec::new()),
+                },
+            ],
+        };
+        let bytes = encode_transfer_batch(&batch);
+        assert_eq!(decode_transfer_batch(&bytes).unwrap(), batch);
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_transfer_batch(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let points = encode_points(&[0, 7, 1023]);
+        assert_eq!(decode_points(&points).unwrap(), vec![0, 7, 1023]);
+        for cut in 0..points.len() {
+            assert!(decode_points(&points[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = u32::MAX.to_be_bytes().to_vec();
+        huge.extend_from_slice(&[0; 8]);
+        assert!(decode_points(&huge).is_err());
+    }
+
+    #[test]
     fn view_round_trip_and_truncation() {
         let mut view = View::new(
             7,
@@ -257,6 +415,7 @@ mod tests {
             vec!["10.0.0.1:4000".into(), "10.0.0.2:4000".into()],
         );
         view.states[1] = NodeState::Down;
+        view.since[1] = 6;
         let bytes = encode_view(&view);
         assert_eq!(decode_view(7, &bytes).unwrap(), view);
         for cut in 0..bytes.len() {
