@@ -51,6 +51,10 @@ fn main() {
         "# *_pipeline{PIPELINE_BATCH}_1t: one client sending batches of {PIPELINE_BATCH} GETs \
          with Client::pipeline; its latency is per batch"
     );
+    println!(
+        "# *_50t_pipeline{DEPTH}: 50 clients each sending batches of {DEPTH} requests; latency is \
+         per batch"
+    );
     println!("# *_relays: mean relays per request over the median runs of that configuration");
 
     let keys: Vec<Vec<u8>> = (0..KEYS)
@@ -100,6 +104,24 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
         }
     }
 
+    // 50 clients with DEPTH requests in flight each: the chain hops carry batches.
+    for op in [Op::Put, Op::Get] {
+        let run = plan.measure(|| {
+            let workers = (0..50)
+                .map(|t| Worker::new(&addr, 0xc2_u64 << 32 | t as u64))
+                .collect();
+            run_threads(workers, plan.run_time, |w: &mut Worker| {
+                pipelined(w, op, keys, DEPTH)
+            })
+            .map_states(Worker::finish)
+        });
+        print_run(
+            &format!("cluster_{name}_{}_50t_pipeline{DEPTH}", op.name()),
+            &run,
+            false,
+        );
+    }
+
     let run = plan.measure(|| {
         run_threads(
             vec![Worker::new(&addr, 0xc1_u64 << 32)],
@@ -119,6 +141,33 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
         relays as f64 / requests as f64
     );
     cluster.shutdown();
+}
+
+/// Requests in flight per client in the `_pipeline16` runs.
+const DEPTH: usize = 16;
+
+/// One batch of `depth` PUTs or GETs of random keys, timed as a whole (the latency of each of
+/// its requests, from the batch's send to the last answer); returns the requests made.
+fn pipelined(worker: &mut Worker, op: Op, keys: &[Vec<u8>], depth: usize) -> u64 {
+    let requests: Vec<Request> = (0..depth)
+        .map(|_| {
+            let key = keys[worker.rng.below(keys.len() as u64) as usize].clone();
+            match op {
+                Op::Put => Request::Put {
+                    key,
+                    value: vec![b'w'; VALUE_LEN],
+                },
+                Op::Get => Request::Get { key },
+            }
+        })
+        .collect();
+    let sent = Instant::now();
+    let replies = worker.client.pipeline(&requests).expect("a pipeline");
+    worker.record(sent.elapsed());
+    for reply in replies {
+        reply.into_result().expect("a pipelined request succeeds");
+    }
+    depth as u64
 }
 
 /// One client sending batches of [`PIPELINE_BATCH`] GETs; returns the requests made.
