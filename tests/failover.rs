@@ -525,3 +525,43 @@ fn a_cluster_whose_backends_all_died_comes_back_with_every_acknowledged_write() 
     let summary = load.finish(&cluster, &keys);
     eprintln!("{summary}");
 }
+
+/// A node that died first holds the oldest copy: when every member of its chains is down it
+/// must not come back on its own (reads would go back in time). It waits, down, until the node
+/// that left last is back, and is then copied from it.
+#[test]
+fn the_member_that_died_first_waits_for_the_one_that_died_last() {
+    let mut cluster = Cluster::start(3, &["--replicas", "3"]);
+    let keys = keys(128);
+    let load = Load::start(&cluster.addr, Arc::clone(&keys));
+    load.wait_for_successes(200, &cluster);
+    cluster.kill(0);
+    cluster.wait_for_view("the first backend is down", |v| !v.is_up(0));
+    // Writes that only backends 1 and 2 hold.
+    load.wait_for_successes(200, &cluster);
+    cluster.kill(1);
+    cluster.kill(2);
+    cluster.wait_for_view("every backend is down", |v| (0..3).all(|n| !v.is_up(n)));
+    cluster.restart(0);
+    // It answers, but its copy is older than what the others acknowledged: it stays down.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let view = cluster.client().view().unwrap();
+        assert_eq!(view.states[0], ringkv::NodeState::Down, "{view:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        cluster
+            .frontend
+            .log()
+            .contains("answers again but stays down"),
+        "{}",
+        cluster.frontend.log()
+    );
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_for_view("every backend is up again", |v| (0..3).all(|n| v.is_up(n)));
+    load.wait_for_successes(200, &cluster);
+    let summary = load.finish(&cluster, &keys);
+    eprintln!("{summary}");
+}
