@@ -1028,13 +1028,7 @@ impl BackendState {
                 } else {
                     bump(&self.counters.deletes);
                 }
-                match self.write_key(ring, position, request) {
-                    Ok((status, written)) => {
-                        *writes = (*writes).max(written);
-                        request.reply(status, Vec::new())
-                    }
-                    Err(e) => self.store_error(request, e),
-                }
+                self.apply(ring, position, request, writes)
             }
         }
     }

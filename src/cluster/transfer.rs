@@ -485,6 +485,9 @@ pub struct Receiver {
     changed: Condvar,
     /// Set while catching up: writes then go through `dirty`.
     catching_up: AtomicBool,
+    /// Set while catching up or failed: every read checks it, so it is kept apart from the
+    /// phase's lock.
+    refuses_reads: AtomicBool,
     /// Keys written through the chain since the catch-up began.
     dirty: Mutex<HashSet<Vec<u8>>>,
     stop: AtomicBool,
@@ -499,6 +502,7 @@ impl Default for Receiver {
             phase: Mutex::new(Phase::Serving),
             changed: Condvar::new(),
             catching_up: AtomicBool::new(false),
+            refuses_reads: AtomicBool::new(false),
             dirty: Mutex::new(HashSet::new()),
             stop: AtomicBool::new(false),
             keys_copied: AtomicU64::new(0),
@@ -526,7 +530,11 @@ impl Receiver {
             relock(&self.dirty).clear();
         }
         self.catching_up.store(catching_up, Ordering::SeqCst);
-        *relock(&self.phase) = phase;
+        let refuses_reads = catching_up || matches!(phase, Phase::Failed { .. });
+        let mut current = relock(&self.phase);
+        *current = phase;
+        self.refuses_reads.store(refuses_reads, Ordering::SeqCst);
+        drop(current);
         self.changed.notify_all();
     }
 
@@ -565,10 +573,7 @@ impl Receiver {
 
     /// Whether reads may be answered: not while catching up or after a failed transfer.
     pub fn serves_reads(&self) -> bool {
-        !matches!(
-            *relock(&self.phase),
-            Phase::CatchingUp { .. } | Phase::Failed { .. }
-        )
+        !self.refuses_reads.load(Ordering::SeqCst)
     }
 
     /// Waits at most `bound` for the catch-up to end; whether reads may be answered.
@@ -732,7 +737,7 @@ pub fn run(host: &dyn Host) {
                 let still = transfer
                     .as_ref()
                     .zip(plan(&ring, me).ok())
-                    .is_some_and(|(t, p)| same_sources(&ring, &t.plan, &p));
+                    .is_some_and(|(t, p)| t.plan == p);
                 let next = if still {
                     Phase::Copied {
                         epoch: ring.view().epoch,
@@ -763,11 +768,6 @@ pub fn run(host: &dyn Host) {
             }
         }
     }
-}
-
-/// Whether two plans take every point from the same nodes.
-fn same_sources(_ring: &Ring, a: &Plan, b: &Plan) -> bool {
-    a == b
 }
 
 fn request(
