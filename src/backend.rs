@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::cluster::chain::{self, KeyLocks};
+use crate::cluster::dedup::{Seen, WriteWindows};
 use crate::cluster::transfer::{self, Receiver, Trackers};
 use crate::cluster::view_file::{self, SavedView};
 use crate::error::Result;
 use crate::peers::Peers;
-use crate::protocol::payload::{self, NodeReport};
+use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
 use crate::ring::{Position, Ring};
 use crate::server::{self, Dispatch, Handler, ServerHandle, ServerOptions};
@@ -66,6 +67,13 @@ struct Counters {
     stale_refused: AtomicU64,
     /// State transfers this node served as a source.
     transfers_begun: AtomicU64,
+    /// Tagged writes sent again and answered with their first result, not applied again.
+    retries_answered: AtomicU64,
+    /// Tagged writes sent again that this head had applied without the chain's
+    /// acknowledgement: the key's value was sent down the chain again.
+    retries_completed: AtomicU64,
+    /// Tagged writes refused as older than their client's window (TOO_OLD).
+    retries_too_old: AtomicU64,
     /// Requests served by how many relays they took; the last bucket holds the rest.
     relays: [AtomicU64; RELAY_BUCKETS],
 }
@@ -95,6 +103,14 @@ enum Route {
         forward: Frame,
         next: String,
     },
+}
+
+/// The writes a batch applied here: how far the store must settle before any is acknowledged,
+/// and the tags to forget if that fails.
+#[derive(Default)]
+struct Applied {
+    unsettled: Unsettled,
+    tags: Vec<WriteTag>,
 }
 
 /// The ring as this node knows it, with its own place in it.
@@ -128,6 +144,8 @@ struct BackendState {
     membership: RwLock<Option<Arc<Membership>>>,
     /// The per-key write order of the chains this node heads.
     key_locks: KeyLocks,
+    /// The tagged writes this node applied, per client, so that a retry is not applied twice.
+    windows: WriteWindows,
     /// The transfers this node is the source of.
     trackers: Trackers,
     /// This node's own state transfer, when it comes back.
@@ -189,6 +207,7 @@ impl Backend {
             store,
             membership: RwLock::new(membership.map(Arc::new)),
             key_locks: KeyLocks::default(),
+            windows: WriteWindows::default(),
             trackers: Trackers::default(),
             receiver: Receiver::default(),
             data_dir: config.data_dir.clone(),
@@ -376,6 +395,10 @@ impl BackendState {
         let before = slot.as_ref().map(|m| m.ring.view().states[m.me]);
         self.receiver
             .view_installed(before, ring.view().states[index], ring.view().epoch);
+        if ring.view().states[index] != crate::ring::NodeState::Up {
+            // Down or being copied: what it applied alone may not survive the copy.
+            self.windows.forget_unacknowledged();
+        }
         self.trackers.retain_live(&ring);
         *slot = Some(Arc::new(Membership {
             ring: Arc::new(ring),
@@ -416,16 +439,21 @@ impl BackendState {
         // The writes this node heads take their keys' locks before anything is applied, and
         // keep them until the rest of the chain has answered (invariant 1 in `cluster`).
         let snapshot = self.membership();
+        // A tagged write takes its key's lock even where no chain follows, so that two copies
+        // of it arriving at once cannot both find it new.
         let headed: Vec<&[u8]> = match &snapshot {
             Some(m) => requests
                 .iter()
-                .filter(|r| is_client_write(r.opcode) && m.heads_longer_chain(&r.key))
+                .filter(|r| {
+                    is_client_write(r.opcode)
+                        && (m.heads_longer_chain(&r.key) || r.opcode.is_tagged() && m.heads(&r.key))
+                })
                 .map(|r| r.key.as_slice())
                 .collect(),
             None => Vec::new(),
         };
         let mut held = self.key_locks.lock(headed);
-        let mut writes = Unsettled::NONE;
+        let mut writes = Applied::default();
         let routes: Vec<Route> = {
             let guard = self.read_membership();
             let current = guard.as_ref();
@@ -485,6 +513,8 @@ impl BackendState {
                     if !answer.status.is_success() {
                         // It may still be on its way down: nothing may overtake it.
                         held.block(&forward.key, forward.epoch);
+                    } else if let Some(tag) = tag_of(&forward) {
+                        self.windows.acknowledge(&tag);
                     }
                     Route::Answered(answer)
                 }
@@ -539,7 +569,7 @@ impl BackendState {
         &self,
         membership: Option<&Arc<Membership>>,
         request: Frame,
-        writes: &mut Unsettled,
+        writes: &mut Applied,
     ) -> Route {
         if request.key.is_empty() {
             return Route::Answered(request.error_reply(Status::BAD_REQUEST, "the key is empty"));
@@ -561,7 +591,23 @@ impl BackendState {
                 ),
             ));
         }
-        let is_chain_write = matches!(request.opcode, Opcode::CHAIN_PUT | Opcode::CHAIN_DELETE);
+        let tag = if request.opcode.is_tagged() {
+            match WriteTag::split(&request.value) {
+                Ok((tag, _)) => Some(tag),
+                Err(e) => {
+                    return Route::Answered(request.error_reply(Status::BAD_REQUEST, e.to_string()))
+                }
+            }
+        } else {
+            None
+        };
+        let is_chain_write = matches!(
+            request.opcode,
+            Opcode::CHAIN_PUT
+                | Opcode::CHAIN_DELETE
+                | Opcode::CHAIN_PUT_ONCE
+                | Opcode::CHAIN_DELETE_ONCE
+        );
         // Requests from clients may carry no epoch (0: debugging by hand); chain writes must
         // carry this node's.
         if (request.epoch != 0 || is_chain_write) && request.epoch != epoch {
@@ -590,6 +636,9 @@ impl BackendState {
                 Some(at) if at > 0 => {
                     bump(&self.counters.chain_applied);
                     let answer = self.apply(ring, &position, &request, writes);
+                    if let Some(tag) = &tag {
+                        self.remember(tag, &answer, &chain, membership.me, writes);
+                    }
                     self.pass_down(answer, &request, ring, &chain, membership.me, epoch)
                 }
                 _ => Route::Answered(request.error_reply(
@@ -616,6 +665,17 @@ impl BackendState {
                         self.receiver.phase()
                     ),
                 ));
+            }
+            if let Some(tag) = &tag {
+                return self.head_tagged(
+                    ring,
+                    &position,
+                    request,
+                    tag,
+                    &chain,
+                    membership.me,
+                    writes,
+                );
             }
             let answer = self.serve_locally(ring, &position, &request, writes);
             if request.opcode == Opcode::GET {
@@ -649,6 +709,97 @@ impl BackendState {
             relayed,
             membership: Arc::clone(membership),
             next,
+        }
+    }
+
+    /// A tagged write this node heads: applied if it is new, else answered from what this node
+    /// remembers of it (see [`crate::cluster::dedup`]).
+    #[allow(clippy::too_many_arguments)]
+    fn head_tagged(
+        &self,
+        ring: &Ring,
+        position: &Position,
+        request: Frame,
+        tag: &WriteTag,
+        chain: &crate::ring::Chain,
+        me: usize,
+        writes: &mut Applied,
+    ) -> Route {
+        let epoch = ring.view().epoch;
+        match self.windows.check(tag) {
+            Seen::New => {
+                let answer = self.serve_locally(ring, position, &request, writes);
+                self.remember(tag, &answer, chain, me, writes);
+                self.pass_down(answer, &request, ring, chain, me, epoch)
+            }
+            Seen::Done(status) => {
+                bump(&self.counters.retries_answered);
+                Route::Answered(request.reply(status, Vec::new()))
+            }
+            Seen::Unfinished(status) => {
+                // The members after this one may lack it. None of them holds anything newer
+                // of the key than this node, so its current value, sent down, completes it.
+                bump(&self.counters.retries_completed);
+                let current = self.store.get(&request.key);
+                let mut refresh = request.clone();
+                refresh.opcode = if current.is_some() {
+                    Opcode::PUT_ONCE
+                } else {
+                    Opcode::DELETE_ONCE
+                };
+                refresh.value = tag.prefix(current.as_deref().unwrap_or_default());
+                let answer = request.reply(status, Vec::new());
+                if chain.successor(me).is_none() {
+                    self.windows.acknowledge(tag);
+                }
+                self.pass_down(answer, &refresh, ring, chain, me, epoch)
+            }
+            Seen::TooOld => {
+                bump(&self.counters.retries_too_old);
+                Route::Answered(request.error_reply(
+                    Status::TOO_OLD,
+                    format!(
+                        "write {} of client {:016x} is older than what this node remembers of \
+                         that client; not applied now (an earlier attempt may have taken effect)",
+                        tag.seq, tag.client
+                    ),
+                ))
+            }
+            Seen::Unknowable => {
+                bump(&self.counters.retries_too_old);
+                Route::Answered(request.error_reply(
+                    Status::TOO_OLD,
+                    format!(
+                        "write {} of client {:016x} is sent again, and this node's memory of \
+                         writes does not reach back far enough (it started or had to forget \
+                         less than {}s ago) to know that no earlier copy was applied; not \
+                         applied now (an earlier attempt may have taken effect)",
+                        tag.seq,
+                        tag.client,
+                        crate::cluster::dedup::HORIZON.as_secs()
+                    ),
+                ))
+            }
+            Seen::Full => Route::Answered(request.error_reply(
+                Status::BUSY,
+                "this node remembers as many clients as it can; not applied",
+            )),
+        }
+    }
+
+    /// Records a tagged write this member applied with `answer` (nothing, if it failed here).
+    fn remember(
+        &self,
+        tag: &WriteTag,
+        answer: &Frame,
+        chain: &crate::ring::Chain,
+        me: usize,
+        writes: &mut Applied,
+    ) {
+        if answer.status.is_success() {
+            let last = chain.successor(me).is_none();
+            self.windows.record(tag, answer.status, last);
+            writes.tags.push(*tag);
         }
     }
 
@@ -739,11 +890,7 @@ impl BackendState {
     /// Any request but a key request's relay.
     fn answer(&self, request: Frame) -> Frame {
         match request.opcode {
-            Opcode::PUT
-            | Opcode::GET
-            | Opcode::DELETE
-            | Opcode::CHAIN_PUT
-            | Opcode::CHAIN_DELETE => {
+            opcode if is_key_opcode(opcode) => {
                 let mut answers = self.key_batch(vec![request]);
                 answers.pop().unwrap_or_else(|| {
                     Frame::error_for_id(0, Status::INTERNAL, "a key request got no answer")
@@ -919,10 +1066,13 @@ impl BackendState {
 
     /// Waits for the writes behind `answers` to be durable. If that fails, no write is
     /// acknowledged: every successful answer to a write becomes the storage error.
-    fn settle<'a>(&self, writes: Unsettled, answers: impl IntoIterator<Item = &'a mut Frame>) {
-        let Err(e) = self.store.settle(writes) else {
+    fn settle<'a>(&self, writes: Applied, answers: impl IntoIterator<Item = &'a mut Frame>) {
+        let Err(e) = self.store.settle(writes.unsettled) else {
             return;
         };
+        for tag in &writes.tags {
+            self.windows.forget(tag);
+        }
         for answer in answers {
             if is_write(answer.opcode) && answer.status.is_success() {
                 *answer = self.store_error(answer, e.clone());
@@ -958,12 +1108,12 @@ impl BackendState {
         ring: &Ring,
         position: &Position,
         request: &Frame,
-        writes: &mut Unsettled,
+        writes: &mut Applied,
     ) -> Frame {
         let result = self.write_key(ring, position, request);
         match result {
             Ok((status, written)) => {
-                *writes = (*writes).max(written);
+                writes.unsettled = writes.unsettled.max(written);
                 request.reply(status, Vec::new())
             }
             Err(e) => self.store_error(request, e),
@@ -979,7 +1129,8 @@ impl BackendState {
         position: &Position,
         request: &Frame,
     ) -> std::result::Result<(Status, Unsettled), crate::store::StoreError> {
-        let is_delete = matches!(request.opcode, Opcode::DELETE | Opcode::CHAIN_DELETE);
+        let is_delete = request.opcode.is_delete();
+        let value = stored_value(request);
         let result = self.receiver.write(&request.key, || {
             if is_delete {
                 self.store
@@ -989,7 +1140,7 @@ impl BackendState {
                     })
             } else {
                 self.store
-                    .put_unsettled(&request.key, &request.value)
+                    .put_unsettled(&request.key, value)
                     .map(|written| (Status::OK, written))
             }
         });
@@ -1007,7 +1158,7 @@ impl BackendState {
         ring: &Ring,
         position: &Position,
         request: &Frame,
-        writes: &mut Unsettled,
+        writes: &mut Applied,
     ) -> Frame {
         bump(&self.counters.served);
         self.counters
@@ -1023,7 +1174,7 @@ impl BackendState {
                 }
             }
             _ => {
-                if request.opcode == Opcode::PUT {
+                if matches!(request.opcode, Opcode::PUT | Opcode::PUT_ONCE) {
                     bump(&self.counters.puts);
                 } else {
                     bump(&self.counters.deletes);
@@ -1091,6 +1242,9 @@ impl BackendState {
                 ("view_changes", &c.view_changes),
                 ("stale_refused", &c.stale_refused),
                 ("transfers_begun", &c.transfers_begun),
+                ("retries_answered", &c.retries_answered),
+                ("retries_completed", &c.retries_completed),
+                ("retries_too_old", &c.retries_too_old),
                 ("catchup_keys", &self.receiver.keys_copied),
                 ("catchup_bytes", &self.receiver.bytes_copied),
                 ("transfer_keys_sent", &self.trackers.keys_sent),
@@ -1179,17 +1333,42 @@ fn count_in(view: &crate::ring::View, state: crate::ring::NodeState) -> usize {
     view.states.iter().filter(|s| **s == state).count()
 }
 
-/// PUT and DELETE as clients send them.
+/// PUT and DELETE as clients send them, tagged or not.
 fn is_client_write(opcode: Opcode) -> bool {
-    matches!(opcode, Opcode::PUT | Opcode::DELETE)
+    matches!(
+        opcode,
+        Opcode::PUT | Opcode::DELETE | Opcode::PUT_ONCE | Opcode::DELETE_ONCE
+    )
 }
 
 /// Every opcode that changes a key, a client's or a chain member's.
 fn is_write(opcode: Opcode) -> bool {
-    matches!(
-        opcode,
-        Opcode::PUT | Opcode::DELETE | Opcode::CHAIN_PUT | Opcode::CHAIN_DELETE
-    )
+    is_client_write(opcode)
+        || matches!(
+            opcode,
+            Opcode::CHAIN_PUT
+                | Opcode::CHAIN_DELETE
+                | Opcode::CHAIN_PUT_ONCE
+                | Opcode::CHAIN_DELETE_ONCE
+        )
+}
+
+/// The tag of a tagged write (already checked when it was routed).
+fn tag_of(request: &Frame) -> Option<WriteTag> {
+    if request.opcode.is_tagged() {
+        WriteTag::split(&request.value).ok().map(|(tag, _)| tag)
+    } else {
+        None
+    }
+}
+
+/// The bytes a PUT stores: its value, after the tag of a tagged one.
+fn stored_value(request: &Frame) -> &[u8] {
+    if request.opcode.is_tagged() {
+        request.value.get(WriteTag::LEN..).unwrap_or_default()
+    } else {
+        &request.value
+    }
 }
 
 /// Every opcode that names a key.

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::connection::{Connection, Timeouts};
 use crate::error::{Error, Result};
-use crate::protocol::payload::{self, NodeReport};
+use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Limits, Opcode, Status};
 use crate::ring::View;
 
@@ -88,11 +88,27 @@ impl Reply {
 /// assert_eq!(client.get(b"greeting")?.as_deref(), Some(&b"hello"[..]));
 /// # Ok::<(), ringkv::Error>(())
 /// ```
+///
+/// [`put`](Client::put) and [`delete`](Client::delete) are *safe to retry*: they are sent as
+/// PUT_ONCE and DELETE_ONCE under this client's random id and a sequence number, and when the
+/// connection fails or times out, or the answer is UNAVAILABLE or BUSY, the client sends the same
+/// write again (at most [`WRITE_ATTEMPTS`] times in all, on a new connection if the old one
+/// broke). The servers apply it once and answer every copy with its first result.
 pub struct Client {
-    conn: Connection,
+    /// `None` after a failure, until the next request connects again.
+    conn: Option<Connection>,
+    addr: String,
+    options: ClientOptions,
     next_id: u64,
     last_hops: u16,
+    /// This client's id in write tags.
+    client_id: u64,
+    /// The sequence number of its next tagged write.
+    next_seq: u64,
 }
+
+/// How many times [`Client::put`] and [`Client::delete`] send a write at most.
+pub const WRITE_ATTEMPTS: u32 = 3;
 
 impl Client {
     /// Connects with default timeouts.
@@ -103,15 +119,42 @@ impl Client {
     /// Connects with the given timeouts and limits.
     pub fn connect_with(addr: &str, options: ClientOptions) -> Result<Client> {
         Ok(Client {
-            conn: options.open(addr)?,
+            conn: Some(options.open(addr)?),
+            addr: addr.to_string(),
+            options,
             next_id: 1,
             last_hops: 0,
+            client_id: crate::rng::unique_id(),
+            next_seq: 1,
         })
     }
 
     /// The address this client is connected to.
     pub fn addr(&self) -> &str {
-        self.conn.addr()
+        &self.addr
+    }
+
+    /// The id this client tags its writes with.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The connection, opened again if the last one failed.
+    fn conn(&mut self) -> Result<&mut Connection> {
+        match &mut self.conn {
+            Some(conn) => Ok(conn),
+            slot => Ok(slot.insert(self.options.open(&self.addr)?)),
+        }
+    }
+
+    /// Sends `request` and reads its answer; a failed connection is dropped, so the next
+    /// request opens a new one.
+    fn exchange(&mut self, request: &Frame) -> Result<Frame> {
+        let result = self.conn()?.call(request);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
     }
 
     /// Relays taken by the last answered request.
@@ -127,9 +170,44 @@ impl Client {
 
     fn call(&mut self, opcode: Opcode, key: &[u8], value: &[u8]) -> Result<Frame> {
         let request = self.frame(opcode, key.to_vec(), value.to_vec());
-        let answer = self.conn.call(&request)?;
+        let answer = self.exchange(&request)?;
         self.last_hops = answer.hops;
         Ok(answer)
+    }
+
+    /// A write under the next tag, sent until it is answered with something other than
+    /// UNAVAILABLE or BUSY, or [`WRITE_ATTEMPTS`] times.
+    fn tagged_write(&mut self, opcode: Opcode, key: &[u8], value: &[u8]) -> Result<Frame> {
+        let mut tag = WriteTag {
+            client: self.client_id,
+            seq: self.next_seq,
+            // Calls are made one at a time: every earlier write has its answer, or was given
+            // up on, and is never sent again.
+            below: self.next_seq,
+            attempt: 1,
+        };
+        self.next_seq += 1;
+        let started = Instant::now();
+        let mut request = self.frame(opcode, key.to_vec(), tag.prefix(value));
+        loop {
+            let result = self.exchange(&request);
+            let again = match &result {
+                Ok(answer) => matches!(answer.status, Status::UNAVAILABLE | Status::BUSY),
+                Err(e) => !matches!(e, Error::Mismatch { .. }),
+            };
+            let pause = Duration::from_millis(100) * tag.attempt;
+            if !again
+                || tag.attempt >= WRITE_ATTEMPTS
+                || started.elapsed() + pause >= crate::cluster::dedup::RESEND_WITHIN
+            {
+                let answer = result?;
+                self.last_hops = answer.hops;
+                return Ok(answer);
+            }
+            std::thread::sleep(pause);
+            tag = tag.resent();
+            request = self.frame(opcode, key.to_vec(), tag.prefix(value));
+        }
     }
 
     fn expect_success(answer: Frame) -> Result<Frame> {
@@ -145,7 +223,7 @@ impl Client {
 
     /// Stores `value` under `key`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let answer = Client::expect_success(self.call(Opcode::PUT, key, value)?)?;
+        let answer = Client::expect_success(self.tagged_write(Opcode::PUT_ONCE, key, value)?)?;
         match answer.status {
             Status::OK => Ok(()),
             status => Err(Error::Status {
@@ -163,7 +241,7 @@ impl Client {
 
     /// Removes `key`; true if it was stored.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let answer = Client::expect_success(self.call(Opcode::DELETE, key, &[])?)?;
+        let answer = Client::expect_success(self.tagged_write(Opcode::DELETE_ONCE, key, &[])?)?;
         Ok(answer.status == Status::OK)
     }
 
@@ -208,7 +286,11 @@ impl Client {
                 Request::Delete { key } => self.frame(Opcode::DELETE, key.clone(), Vec::new()),
             })
             .collect();
-        let answers = self.conn.pipeline(&frames)?;
+        let answers = self.conn()?.pipeline(&frames);
+        if answers.is_err() {
+            self.conn = None;
+        }
+        let answers = answers?;
         if let Some(last) = answers.last() {
             self.last_hops = last.hops;
         }
@@ -224,6 +306,6 @@ impl Client {
 
     /// Sends an arbitrary frame and returns the raw answer (for tools and tests).
     pub fn raw_call(&mut self, request: &Frame) -> Result<Frame> {
-        self.conn.call(request)
+        self.exchange(request)
     }
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{view_answer, view_install_frame};
+use crate::cluster::dedup;
 use crate::cluster::keeper::{CurrentView, Keeper, KeeperOptions};
 use crate::error::{Error, Result};
 use crate::peers::Peers;
-use crate::protocol::payload::{self, NodeReport};
+use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
 use crate::resp::{self, RespServer};
 use crate::ring::{default_replicas, Placement, Ring, Routing, View, DEFAULT_PLACEMENT};
@@ -80,6 +81,10 @@ pub struct FrontendConfig {
     /// How the view keeper watches the backends; `None` runs no keeper (a view that never
     /// changes, as the paper's frontend).
     pub keeper: Option<KeeperOptions>,
+    /// Tag every PUT and DELETE (PUT_ONCE, DELETE_ONCE) so that one whose backend failed or
+    /// timed out is sent again under the next view without being applied twice. Off in the
+    /// paper's design, where a failed write is simply reported.
+    pub safe_retries: bool,
 }
 
 impl FrontendConfig {
@@ -91,6 +96,7 @@ impl FrontendConfig {
             routing: Routing::Successor,
             placement: Placement::Hashed { per_node: 1 },
             replicas: Some(1),
+            safe_retries: false,
             ..self
         }
     }
@@ -111,6 +117,7 @@ impl Default for FrontendConfig {
             resp_listen: None,
             replicas: None,
             keeper: Some(KeeperOptions::default()),
+            safe_retries: true,
         }
     }
 }
@@ -121,6 +128,59 @@ struct FrontendState {
     peers: Arc<Peers>,
     /// How long a request that met a newer view waits for the keeper to publish it.
     view_wait: Duration,
+    /// Whether client writes are tagged and retried (see [`FrontendConfig::safe_retries`]).
+    safe_retries: bool,
+}
+
+/// Times a key request is sent at most: a first try and two more under newer views.
+const ATTEMPTS: usize = 3;
+
+thread_local! {
+    /// The client id and next sequence number this thread tags writes with. A thread carries
+    /// out one batch at a time, so every write it tagged before the current batch is answered:
+    /// that is the `below` it sends.
+    static WRITER: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 1)) };
+}
+
+/// Tags for the untagged writes of `requests`, from this thread's client id.
+fn tag_writes(requests: &[Frame]) -> Vec<Option<WriteTag>> {
+    WRITER.with(|writer| {
+        let (mut client, mut next) = writer.get();
+        if client == 0 {
+            client = crate::rng::unique_id();
+        }
+        let below = next;
+        let tags = requests
+            .iter()
+            .map(|r| {
+                matches!(r.opcode, Opcode::PUT | Opcode::DELETE).then(|| {
+                    let tag = WriteTag {
+                        client,
+                        seq: next,
+                        below,
+                        attempt: 1,
+                    };
+                    next += 1;
+                    tag
+                })
+            })
+            .collect();
+        writer.set((client, next));
+        tags
+    })
+}
+
+/// Marks a tagged write as sent again (see [`WriteTag::resent`]).
+fn mark_resent(forwarded: &mut Frame) {
+    if let Ok((tag, _)) = WriteTag::split(&forwarded.value) {
+        let resent = tag.resent();
+        forwarded.value[..WriteTag::LEN].copy_from_slice(&resent.prefix(&[]));
+    }
+}
+
+/// Whether a request that failed or timed out may be sent again: a read, or a tagged write.
+fn may_resend(forwarded: &Frame) -> bool {
+    forwarded.opcode == Opcode::GET || forwarded.opcode.is_tagged()
 }
 
 /// A running frontend. Dropping it stops it.
@@ -175,6 +235,7 @@ impl Frontend {
             view_wait: config
                 .keeper
                 .map_or(Duration::ZERO, |k| 2 * (k.interval + k.timeout)),
+            safe_retries: config.safe_retries,
         });
         let server = server::serve(
             "frontend",
@@ -318,10 +379,28 @@ impl FrontendState {
         Some(ring.node(node))
     }
 
-    /// The copy of a client's key request that goes to the backends: this view's epoch, no
-    /// relays yet, and a hop limit that only stops loops, never a request on its way.
-    fn to_backend(&self, ring: &Ring, request: &Frame) -> Frame {
-        let mut forwarded = request.clone();
+    /// The copy of a client's key request that goes to the backends: tagged if `tag` says so,
+    /// this view's epoch, no relays yet, and a hop limit that only stops loops, never a request
+    /// on its way.
+    fn to_backend(&self, ring: &Ring, request: &Frame, tag: Option<&WriteTag>) -> Frame {
+        let mut forwarded = match tag {
+            Some(tag) => {
+                let opcode = if request.opcode == Opcode::DELETE {
+                    Opcode::DELETE_ONCE
+                } else {
+                    Opcode::PUT_ONCE
+                };
+                let mut tagged = Frame::request(
+                    opcode,
+                    request.request_id,
+                    request.key.clone(),
+                    tag.prefix(&request.value),
+                );
+                tagged.hop_limit = request.hop_limit;
+                tagged
+            }
+            None => request.clone(),
+        };
         forwarded.epoch = ring.view().epoch;
         forwarded.hops = 0;
         forwarded.hop_limit =
@@ -356,17 +435,37 @@ impl FrontendState {
     }
 
     /// Key requests that may be carried out at once (see [`crate::cluster::chain::waves`]).
+    ///
+    /// A request refused for its epoch (STALE_VIEW, NO_VIEW: not applied) is sent again under
+    /// the next view. So is a read or a tagged write whose backend failed, timed out or
+    /// answered UNAVAILABLE, once the keeper has published a newer view: the head that takes
+    /// the tagged write again answers it with its first result if it was applied. Requests are
+    /// sent again in their order, so the writes of one key keep theirs.
     fn forward_wave(&self, requests: &[Frame]) -> Vec<Frame> {
+        let started = Instant::now();
+        let tags = if self.safe_retries {
+            tag_writes(requests)
+        } else {
+            vec![None; requests.len()]
+        };
         let mut answers: Vec<Option<Frame>> = vec![None; requests.len()];
+        let mut resends = vec![false; requests.len()];
         let mut todo: Vec<usize> = (0..requests.len()).collect();
         let mut ring = self.view.get();
-        for attempt in 0..3 {
+        for attempt in 0..ATTEMPTS {
+            let last = attempt + 1 == ATTEMPTS;
             let random = self.random_entry(&ring);
             let mut sent: Vec<(usize, &str, Frame)> = Vec::with_capacity(todo.len());
             for &index in &todo {
                 let request = &requests[index];
                 match self.entry_for(&ring, request, random) {
-                    Some(addr) => sent.push((index, addr, self.to_backend(&ring, request))),
+                    Some(addr) => {
+                        let mut forwarded = self.to_backend(&ring, request, tags[index].as_ref());
+                        if resends[index] {
+                            mark_resent(&mut forwarded);
+                        }
+                        sent.push((index, addr, forwarded))
+                    }
                     None => {
                         answers[index] = Some(request.error_reply(
                             Status::UNAVAILABLE,
@@ -381,12 +480,14 @@ impl FrontendState {
             }
             let calls: Vec<(&str, &Frame)> = sent.iter().map(|(_, a, f)| (*a, f)).collect();
             let results = self.peers.call_batch(&calls);
-            let mut retry = Vec::new();
+            // Refused for the epoch: sent again in any case. Failed: only under a newer view.
+            let mut refused = Vec::new();
+            let mut failed = Vec::new();
             for ((index, addr, forwarded), result) in sent.iter().zip(results) {
                 let request = &requests[*index];
                 match result {
                     Ok(answer)
-                        if attempt < 2
+                        if !last
                             && (answer.status == Status::STALE_VIEW
                                 || answer.status == Status::NO_VIEW) =>
                     {
@@ -395,20 +496,25 @@ impl FrontendState {
                             answer.status,
                             answer.message()
                         );
-                        retry.push(*index);
+                        refused.push(*index);
                         answers[*index] = Some(answer);
                     }
-                    Ok(mut answer) => {
+                    Ok(answer) => {
                         if answer.status == Status::UNAVAILABLE && request.opcode != Opcode::GET {
                             // A chain left the write unacknowledged: the head blocks the key
                             // until the next view.
                             self.view.want_epoch_after(forwarded.epoch);
                         }
-                        answer.request_id = request.request_id;
+                        if !last && answer.status == Status::UNAVAILABLE && may_resend(forwarded) {
+                            failed.push(*index);
+                        }
                         answers[*index] = Some(answer);
                     }
                     Err(e) => {
                         self.peers.forget(addr);
+                        if !last && may_resend(forwarded) {
+                            failed.push(*index);
+                        }
                         answers[*index] = Some(request.error_reply(
                             Status::UNAVAILABLE,
                             format!("backend {addr} is unavailable: {e}"),
@@ -416,24 +522,39 @@ impl FrontendState {
                     }
                 }
             }
-            if retry.is_empty() {
+            if refused.is_empty() && failed.is_empty() {
                 break;
             }
             // A backend ahead of us: the keeper is publishing a newer view. A head that blocks
-            // a key until the next view: the keeper is asked for one. A backend behind us (it
-            // restarted, or missed an install): it is given ours.
+            // a key until the next view, or a backend that failed: the keeper is asked for one.
+            // A backend behind us (it restarted, or missed an install): it is given ours.
             self.view.want_epoch_after(ring.view().epoch);
             match self.view.newer_than(ring.view().epoch, self.view_wait) {
-                Some(newer) => ring = newer,
+                Some(newer) if started.elapsed() < dedup::RESEND_WITHIN => {
+                    ring = newer;
+                    // Marked as sent again, so that a head that cannot remember that far back
+                    // refuses it rather than apply it twice.
+                    for &index in &failed {
+                        resends[index] = true;
+                    }
+                    refused.extend(failed);
+                    refused.sort_unstable();
+                }
+                Some(newer) => {
+                    ring = newer;
+                }
                 None => {
-                    for &index in &retry {
+                    for &index in &refused {
                         if let Some(addr) = self.entry_for(&ring, &requests[index], random) {
                             let _ = self.install(&ring, addr);
                         }
                     }
+                    if refused.is_empty() {
+                        break;
+                    }
                 }
             }
-            todo = retry;
+            todo = refused;
         }
         answers
             .into_iter()
@@ -442,6 +563,7 @@ impl FrontendState {
                 let mut answer =
                     answer.unwrap_or_else(|| request.error_reply(Status::INTERNAL, "no answer"));
                 answer.request_id = request.request_id;
+                answer.opcode = request.opcode;
                 answer
             })
             .collect()
@@ -525,9 +647,7 @@ impl Handler for FrontendState {
     /// Runs of key requests go to the backends in batches; any other request is answered in
     /// its place in the order, after the key requests before it.
     fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
-        let is_batched = |r: &Frame| {
-            matches!(r.opcode, Opcode::PUT | Opcode::GET | Opcode::DELETE) && !r.key.is_empty()
-        };
+        let is_batched = |r: &Frame| is_key_request(r.opcode) && !r.key.is_empty();
         let mut answers = Vec::with_capacity(requests.len());
         let mut rest = requests.as_slice();
         while let Some(first) = rest.first() {
@@ -549,7 +669,7 @@ impl Handler for FrontendState {
 
     fn handle(&self, request: Frame) -> Frame {
         match request.opcode {
-            Opcode::PUT | Opcode::GET | Opcode::DELETE => {
+            opcode if is_key_request(opcode) => {
                 if request.key.is_empty() {
                     request.error_reply(Status::BAD_REQUEST, "the key is empty")
                 } else {
@@ -569,4 +689,12 @@ impl Handler for FrontendState {
             ),
         }
     }
+}
+
+/// The key requests a client may send: PUT, GET, DELETE and the tagged writes.
+fn is_key_request(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::PUT | Opcode::GET | Opcode::DELETE | Opcode::PUT_ONCE | Opcode::DELETE_ONCE
+    )
 }

@@ -48,9 +48,34 @@ impl Rng {
     }
 }
 
+/// A 64-bit id, never 0, that no other process or call is likely to draw: the standard
+/// library's per-process random hash keys (from the operating system) mixed with the clock,
+/// the process id and a per-process counter. For client ids, which must be unique, not secret.
+pub fn unique_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_ids_differ_and_are_never_zero() {
+        let ids: std::collections::HashSet<u64> = (0..1000).map(|_| unique_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(!ids.contains(&0));
+    }
 
     #[test]
     fn seeded_is_repeatable_and_in_range() {

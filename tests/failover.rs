@@ -565,3 +565,124 @@ fn the_member_that_died_first_waits_for_the_one_that_died_last() {
     let summary = load.finish(&cluster, &keys);
     eprintln!("{summary}");
 }
+
+/// A PUT_ONCE or DELETE_ONCE of `key` as client `client`'s write `seq`, sent for the
+/// `attempt`th time.
+fn tagged(
+    opcode: ringkv::protocol::Opcode,
+    client: u64,
+    seq: u64,
+    attempt: u32,
+    key: &[u8],
+    value: &[u8],
+) -> ringkv::protocol::Frame {
+    let tag = ringkv::protocol::payload::WriteTag {
+        client,
+        seq,
+        below: 0,
+        attempt,
+    };
+    ringkv::protocol::Frame::request(opcode, seq, key.to_vec(), tag.prefix(value))
+}
+
+fn status_of(c: &mut Client, request: &ringkv::protocol::Frame) -> ringkv::protocol::Status {
+    c.raw_call(request).unwrap().status
+}
+
+/// A tagged write sent again is answered with its first result and not applied twice: not
+/// by the head that took it, and not by the member that takes over when that head dies.
+#[test]
+fn a_write_sent_again_is_applied_once_even_after_its_head_dies() {
+    use ringkv::protocol::{Opcode, Status};
+    let mut cluster = Cluster::start(3, &[]);
+    let ring = cluster.ring();
+    let key = b"sent-twice".to_vec();
+    let head = ring.chain_of_key(&key).head().unwrap();
+    let client_id = 0x5eed_0001;
+    let mut c = cluster.client();
+    let put_a = |attempt| tagged(Opcode::PUT_ONCE, client_id, 1, attempt, &key, b"A");
+    let delete = |attempt| tagged(Opcode::DELETE_ONCE, client_id, 2, attempt, &key, b"");
+
+    assert_eq!(status_of(&mut c, &put_a(1)), Status::OK);
+    c.put(&key, b"B").unwrap();
+    assert_eq!(status_of(&mut c, &put_a(2)), Status::OK, "the first result");
+    assert_eq!(
+        c.get(&key).unwrap().as_deref(),
+        Some(&b"B"[..]),
+        "A was applied again"
+    );
+
+    assert_eq!(status_of(&mut c, &delete(1)), Status::OK);
+    assert_eq!(
+        status_of(&mut c, &delete(2)),
+        Status::OK,
+        "a repeat says what the first found"
+    );
+    c.put(&key, b"C").unwrap();
+
+    cluster.kill(head);
+    cluster.wait_for_view("the head is down", |v| !v.is_up(head));
+    let new_head = cluster.ring().chain_of_key(&key).head().unwrap();
+    assert_ne!(new_head, head);
+    let answered_before = cluster.counter(new_head, "retries_answered");
+    assert_eq!(status_of(&mut c, &put_a(3)), Status::OK);
+    assert_eq!(status_of(&mut c, &delete(3)), Status::OK);
+    assert_eq!(
+        c.get(&key).unwrap().as_deref(),
+        Some(&b"C"[..]),
+        "a retry undid C"
+    );
+    assert_eq!(
+        cluster.counter(new_head, "retries_answered"),
+        answered_before + 2,
+        "the new head answered both from its memory"
+    );
+
+    // Below what the client said it will send again: refused, not applied.
+    let mut late = tagged(Opcode::PUT_ONCE, client_id, 3, 1, &key, b"D");
+    late.value = ringkv::protocol::payload::WriteTag {
+        client: client_id,
+        seq: 3,
+        below: 10,
+        attempt: 1,
+    }
+    .prefix(b"D");
+    assert_eq!(status_of(&mut c, &late), Status::TOO_OLD);
+    // A resend of a write the node has no record of, so soon after it started: it cannot
+    // know whether an earlier copy was applied, so it refuses.
+    let unknown = tagged(Opcode::PUT_ONCE, client_id + 1, 1, 2, &key, b"E");
+    assert_eq!(status_of(&mut c, &unknown), Status::TOO_OLD);
+    assert_eq!(c.get(&key).unwrap().as_deref(), Some(&b"C"[..]));
+}
+
+/// A tagged write whose chain fails under it (its tail hangs) is applied by the members before
+/// the tail only. The frontend sends it again under the view without the tail; the head finds it
+/// applied but not acknowledged, sends the key's value down the new chain and answers OK: the
+/// client sees one success instead of an UNAVAILABLE that may or may not have taken effect.
+#[test]
+fn a_write_whose_tail_hangs_is_completed_by_the_frontend_retry() {
+    use ringkv::protocol::{Opcode, Status};
+    let cluster = Cluster::start(3, &[]);
+    let ring = cluster.ring();
+    let key = b"tail-hangs".to_vec();
+    let chain: Vec<usize> = ring.chain_of_key(&key).members().collect();
+    let (head, tail) = (chain[0], chain[2]);
+    let mut c = cluster.client();
+    c.put(&key, b"before").unwrap();
+    cluster.backend(tail).signal("STOP");
+    let started = Instant::now();
+    let answer = c
+        .raw_call(&tagged(Opcode::PUT_ONCE, 0x5eed_0002, 1, 1, &key, b"after"))
+        .unwrap();
+    assert_eq!(answer.status, Status::OK, "{}", answer.message());
+    assert!(
+        started.elapsed() < SLOWEST_OPERATION,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cluster.counter(head, "retries_completed"), 1);
+    assert_eq!(c.get(&key).unwrap().as_deref(), Some(&b"after"[..]));
+    cluster.backend(tail).signal("CONT");
+    cluster.wait_for_view("the tail is back", |v| v.is_up(tail));
+    assert_eq!(c.get(&key).unwrap().as_deref(), Some(&b"after"[..]));
+}

@@ -262,6 +262,7 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         resp_listen: a.resp_listen.filter(|addr| addr != "off"),
         replicas: replicas(a.paper, a.replicas)?,
         keeper: keeper_options(a.ping_interval, a.ping_timeout)?,
+        safe_retries: !a.paper,
     })?;
     announce(format!("frontend listening on {}", frontend.local_addr()));
     if let Some(addr) = frontend.resp_addr() {
@@ -290,6 +291,7 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         placement,
         replicas: replicas(a.paper, a.replicas)?,
         keeper: keeper_options(a.ping_interval, a.ping_timeout)?,
+        safe_retries: !a.paper,
         ..FrontendConfig::default()
     };
     let backend = BackendConfig {

@@ -116,10 +116,11 @@ pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
 
 /// The opcode that carries a write (a client's, or a chain member's) down a chain.
 pub fn chain_opcode(write: Opcode) -> Opcode {
-    if write == Opcode::DELETE || write == Opcode::CHAIN_DELETE {
-        Opcode::CHAIN_DELETE
-    } else {
-        Opcode::CHAIN_PUT
+    match (write.is_delete(), write.is_tagged()) {
+        (true, false) => Opcode::CHAIN_DELETE,
+        (false, false) => Opcode::CHAIN_PUT,
+        (true, true) => Opcode::CHAIN_DELETE_ONCE,
+        (false, true) => Opcode::CHAIN_PUT_ONCE,
     }
 }
 
@@ -164,6 +165,9 @@ mod tests {
         assert_eq!(chain_opcode(Opcode::CHAIN_DELETE), Opcode::CHAIN_DELETE);
         assert_eq!(chain_opcode(Opcode::PUT), Opcode::CHAIN_PUT);
         assert_eq!(chain_opcode(Opcode::CHAIN_PUT), Opcode::CHAIN_PUT);
+        assert_eq!(chain_opcode(Opcode::DELETE_ONCE), Opcode::CHAIN_DELETE_ONCE);
+        assert_eq!(chain_opcode(Opcode::PUT_ONCE), Opcode::CHAIN_PUT_ONCE);
+        assert_eq!(chain_opcode(Opcode::CHAIN_PUT_ONCE), Opcode::CHAIN_PUT_ONCE);
     }
 
     #[test]

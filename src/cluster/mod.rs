@@ -36,12 +36,18 @@
 //! 2. (continued) A node that comes back joins its chains at the tail, after a copy of the tail
 //!    ([`transfer`]): it holds no more than the member before it.
 //!
+//! **Safe retries.** A write sent as PUT_ONCE or DELETE_ONCE carries its client's id and
+//! sequence number; every member remembers the ones it applied ([`dedup`]), so the head answers
+//! a retry with the first result instead of applying it again, even when the head is a member
+//! that took over from a dead one.
+//!
 //! **Coming back.** A node that answers again after being marked down is copied up to date from
 //! the tails of its chains while writes go on, and only then made up, at the tail; with one copy
 //! per key, or when it left each of its chains last, it holds the latest copy already and comes
 //! back as it is ([`transfer::plan`]).
 
 pub mod chain;
+pub mod dedup;
 pub mod keeper;
 pub mod transfer;
 pub mod view_file;

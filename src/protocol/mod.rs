@@ -94,10 +94,15 @@ impl Limits {
                 self.max_key
             ));
         }
-        if frame.value.len() > self.max_value {
+        // A tagged write's tag is not part of the value it stores.
+        let value_len = if frame.opcode.is_tagged() {
+            frame.value.len().saturating_sub(payload::WriteTag::LEN)
+        } else {
+            frame.value.len()
+        };
+        if value_len > self.max_value {
             return Err(format!(
-                "value of {} bytes is over the limit of {} bytes",
-                frame.value.len(),
+                "value of {value_len} bytes is over the limit of {} bytes",
                 self.max_value
             ));
         }
@@ -158,6 +163,11 @@ named_codes!(
         STATS = 0x05,
         /// Liveness check.
         PING = 0x06,
+        /// PUT that is applied at most once however often it is sent: the value starts with a
+        /// [`payload::WriteTag`] (client id, sequence number), the value to store follows.
+        PUT_ONCE = 0x07,
+        /// DELETE that is applied at most once: the value is a [`payload::WriteTag`].
+        DELETE_ONCE = 0x08,
         /// Internal: the frontend hands a backend the member list.
         VIEW_INSTALL = 0x10,
         /// The view the server holds: the ring's members, routing and placement.
@@ -178,6 +188,10 @@ named_codes!(
         SYNC_DELTA = 0x17,
         /// Internal: the syncing node is done; the source stops recording.
         SYNC_END = 0x18,
+        /// Internal: CHAIN_PUT of a PUT_ONCE, with its write tag.
+        CHAIN_PUT_ONCE = 0x19,
+        /// Internal: CHAIN_DELETE of a DELETE_ONCE, with its write tag.
+        CHAIN_DELETE_ONCE = 0x1a,
     }
 );
 
@@ -210,8 +224,32 @@ named_codes!(
         BAD_REQUEST = 0x19,
         /// The server failed in a way that is not the request's fault.
         INTERNAL = 0x1a,
+        /// A tagged write older than what the node remembers of its client: not applied now; an
+        /// earlier attempt may have taken effect.
+        TOO_OLD = 0x1b,
     }
 );
+
+impl Opcode {
+    /// Whether the value starts with a [`payload::WriteTag`].
+    pub fn is_tagged(self) -> bool {
+        matches!(
+            self,
+            Opcode::PUT_ONCE
+                | Opcode::DELETE_ONCE
+                | Opcode::CHAIN_PUT_ONCE
+                | Opcode::CHAIN_DELETE_ONCE
+        )
+    }
+
+    /// Whether the request removes its key (DELETE and its chain and tagged forms).
+    pub fn is_delete(self) -> bool {
+        matches!(
+            self,
+            Opcode::DELETE | Opcode::DELETE_ONCE | Opcode::CHAIN_DELETE | Opcode::CHAIN_DELETE_ONCE
+        )
+    }
+}
 
 impl Status {
     /// True for the statuses that mean the operation happened as asked (OK and NOT_FOUND).

@@ -42,6 +42,75 @@ impl NodeReport {
     }
 }
 
+/// What makes a write safe to send again (PUT_ONCE, DELETE_ONCE and their chain forms): who
+/// sent it and which of its writes it is. It leads the value; PROTOCOL.md section 7.6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WriteTag {
+    /// The sender's client id, chosen at random; never 0.
+    pub client: u64,
+    /// The write's sequence number among the client's writes; never 0. A retry carries the
+    /// same one.
+    pub seq: u64,
+    /// The client has the answers of all its writes numbered below this, and never sends
+    /// them again.
+    pub below: u64,
+    /// 1 the first time the write is sent, 2 or more when it is sent again (0 counts as 1).
+    pub attempt: u32,
+}
+
+impl WriteTag {
+    /// Bytes of a tag on the wire.
+    pub const LEN: usize = 28;
+
+    /// The tag at the start of a tagged request's value, and the rest of the value.
+    pub fn split(value: &[u8]) -> Result<(WriteTag, &[u8])> {
+        if value.len() < WriteTag::LEN {
+            return Err(Error::Payload(format!(
+                "a write tag takes {} bytes, the value has {}",
+                WriteTag::LEN,
+                value.len()
+            )));
+        }
+        let (tag, rest) = value.split_at(WriteTag::LEN);
+        let tag = WriteTag {
+            client: BigEndian::read_u64(&tag[0..8]),
+            seq: BigEndian::read_u64(&tag[8..16]),
+            below: BigEndian::read_u64(&tag[16..24]),
+            attempt: BigEndian::read_u32(&tag[24..28]),
+        };
+        if tag.client == 0 || tag.seq == 0 {
+            return Err(Error::Payload(
+                "a write tag's client id and sequence number must not be 0".into(),
+            ));
+        }
+        Ok((tag, rest))
+    }
+
+    /// The value of a tagged request: this tag, then `data`.
+    pub fn prefix(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(WriteTag::LEN + data.len());
+        out.extend_from_slice(&self.client.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.below.to_be_bytes());
+        out.extend_from_slice(&self.attempt.to_be_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// Whether this copy of the write is a resend: an earlier copy may have been applied.
+    pub fn is_resend(&self) -> bool {
+        self.attempt > 1
+    }
+
+    /// The same write, marked as sent once more.
+    pub fn resent(&self) -> WriteTag {
+        WriteTag {
+            attempt: self.attempt.max(1).saturating_add(1),
+            ..*self
+        }
+    }
+}
+
 /// A bounds-checked reader over a payload.
 struct Reader<'a> {
     buf: &'a [u8],
@@ -335,6 +404,29 @@ pub fn decode_points(buf: &[u8]) -> Result<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_tag_leads_the_value_and_refuses_zero_ids() {
+        let tag = WriteTag {
+            client: 0x0102_0304_0506_0708,
+            seq: 9,
+            below: 7,
+            attempt: 1,
+        };
+        let value = tag.prefix(b"data");
+        assert_eq!(value.len(), WriteTag::LEN + 4);
+        assert_eq!(&value[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let (back, rest) = WriteTag::split(&value).unwrap();
+        assert_eq!((back, rest), (tag, &b"data"[..]));
+        assert!(WriteTag::split(&value[..WriteTag::LEN - 1]).is_err());
+        assert!(!tag.is_resend());
+        assert!(tag.resent().is_resend());
+        assert_eq!(WriteTag { attempt: 0, ..tag }.resent().attempt, 2);
+        let no_client = WriteTag { client: 0, ..tag }.prefix(b"");
+        assert!(WriteTag::split(&no_client).is_err());
+        let no_seq = WriteTag { seq: 0, ..tag }.prefix(b"");
+        assert!(WriteTag::split(&no_seq).is_err());
+    }
 
     #[test]
     fn reports_round_trip() {
