@@ -398,6 +398,9 @@ impl BackendState {
         if ring.view().states[index] != crate::ring::NodeState::Up {
             // Down or being copied: what it applied alone may not survive the copy.
             self.windows.forget_unacknowledged();
+        } else if before == Some(crate::ring::NodeState::Syncing) {
+            // The copy and its deltas brought writes without their tags.
+            self.windows.mark_incomplete();
         }
         self.trackers.retain_live(&ring);
         *slot = Some(Arc::new(Membership {

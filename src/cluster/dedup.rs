@@ -133,6 +133,12 @@ impl WriteWindows {
         }
     }
 
+    /// This node took in writes without their tags (a state transfer's copy and deltas):
+    /// resends are not trusted as new for a horizon from now.
+    pub fn mark_incomplete(&self) {
+        self.incomplete_from(Instant::now());
+    }
+
     /// Some records are gone: resends are not trusted as new for a horizon from now.
     fn incomplete_from(&self, now: Instant) {
         let mut since = match self.complete_since.lock() {
