@@ -48,6 +48,12 @@ fn main() {
          reads to the tail (r3 is the default)"
     );
     println!(
+        "# config r3_untagged: r3 without safe retries: PUTs are sent as plain PUT, which the \
+         frontend forwards untagged and does not resend (the others send Client::put's \
+         PUT_ONCE, and the frontend tags pipelined PUTs): the cost of the write tags and the \
+         heads' memory of them"
+    );
+    println!(
         "# *_pipeline{PIPELINE_BATCH}_1t: one client sending batches of {PIPELINE_BATCH} GETs \
          with Client::pipeline; its latency is per batch"
     );
@@ -65,21 +71,32 @@ fn main() {
         replicas: Some(r),
         ..FrontendConfig::default()
     };
+    let untagged = FrontendConfig {
+        safe_retries: false,
+        ..replicas(3)
+    };
     for (name, config) in [
         ("paper", paper),
         ("r1", replicas(1)),
         ("r2", replicas(2)),
         ("r3", replicas(3)),
+        ("r3_untagged", untagged),
     ] {
         bench_config(&plan, name, config, &keys);
     }
 }
 
 fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>]) {
+    let plain = !config.safe_retries;
     let mut cluster = LocalCluster::start(BACKENDS, BackendConfig::default(), config)
         .expect("the local cluster starts");
     let addr = cluster.frontend_addr().to_string();
     preload(&addr, keys, PIPELINE_BATCH);
+    let worker = |seed: u64| {
+        let mut worker = Worker::new(&addr, seed);
+        worker.plain_writes = plain;
+        worker
+    };
 
     let mut relays = 0u64;
     let mut requests = 0u64;
@@ -87,7 +104,7 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
         for threads in [1usize, 16, 50] {
             let run = plan.measure(|| {
                 let workers = (0..threads)
-                    .map(|t| Worker::new(&addr, 0xc1_u64 << 32 | t as u64))
+                    .map(|t| worker(0xc1_u64 << 32 | t as u64))
                     .collect();
                 run_threads(workers, plan.run_time, |w: &mut Worker| w.one(op, keys))
                     .map_states(Worker::finish)
@@ -107,9 +124,7 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
     // 50 clients with DEPTH requests in flight each: the chain hops carry batches.
     for op in [Op::Put, Op::Get] {
         let run = plan.measure(|| {
-            let workers = (0..50)
-                .map(|t| Worker::new(&addr, 0xc2_u64 << 32 | t as u64))
-                .collect();
+            let workers = (0..50).map(|t| worker(0xc2_u64 << 32 | t as u64)).collect();
             run_threads(workers, plan.run_time, |w: &mut Worker| {
                 pipelined(w, op, keys, DEPTH)
             })
@@ -124,7 +139,7 @@ fn bench_config(plan: &Plan, name: &str, config: FrontendConfig, keys: &[Vec<u8>
 
     let run = plan.measure(|| {
         run_threads(
-            vec![Worker::new(&addr, 0xc1_u64 << 32)],
+            vec![worker(0xc1_u64 << 32)],
             plan.run_time,
             |w: &mut Worker| pipelined_gets(w, keys),
         )

@@ -698,3 +698,37 @@ fn is_key_request(opcode: Opcode) -> bool {
         Opcode::PUT | Opcode::GET | Opcode::DELETE | Opcode::PUT_ONCE | Opcode::DELETE_ONCE
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_tags_each_write_once_and_reports_its_earlier_writes_answered() {
+        let write = |opcode| Frame::request(opcode, 1, b"k".to_vec(), b"v".to_vec());
+        let batch = [
+            write(Opcode::PUT),
+            write(Opcode::GET),
+            write(Opcode::DELETE),
+        ];
+        let first = tag_writes(&batch);
+        assert!(first[1].is_none(), "a read is not tagged");
+        let (a, b) = (first[0].unwrap(), first[2].unwrap());
+        assert_eq!((a.client, a.below, a.attempt), (b.client, a.seq, 1));
+        assert_eq!(b.seq, a.seq + 1);
+        let second = tag_writes(&batch[..1]);
+        let c = second[0].unwrap();
+        assert_eq!((c.client, c.seq, c.below), (a.client, b.seq + 1, b.seq + 1));
+        let other = std::thread::spawn(move || tag_writes(&[write(Opcode::PUT)])[0].unwrap())
+            .join()
+            .unwrap();
+        assert_ne!(other.client, a.client, "each thread is a client of its own");
+
+        let mut forwarded = write(Opcode::PUT_ONCE);
+        forwarded.value = a.prefix(b"v");
+        mark_resent(&mut forwarded);
+        let (resent, value) = WriteTag::split(&forwarded.value).unwrap();
+        assert_eq!((resent.seq, resent.attempt, value), (a.seq, 2, &b"v"[..]));
+        assert!(may_resend(&forwarded) && !may_resend(&write(Opcode::PUT)));
+    }
+}

@@ -49,6 +49,9 @@ impl Op {
 pub struct Worker {
     pub client: Client,
     pub rng: Rng,
+    /// Send PUT rather than `Client::put`'s tagged PUT_ONCE (to measure what the tag costs, and
+    /// for the paper's design, which has no tags).
+    pub plain_writes: bool,
     value: Vec<u8>,
     seen: Seen,
 }
@@ -67,6 +70,7 @@ impl Worker {
         Worker {
             client: Client::connect(addr).expect("a client connects"),
             rng: Rng::seeded(seed),
+            plain_writes: false,
             value: vec![b'w'; VALUE_LEN],
             seen: Seen {
                 latency: latency_histogram(),
@@ -88,6 +92,17 @@ impl Worker {
         let key = &keys[self.rng.below(keys.len() as u64) as usize];
         let sent = Instant::now();
         match op {
+            Op::Put if self.plain_writes => {
+                let put = ringkv::Request::Put {
+                    key: key.clone(),
+                    value: self.value.clone(),
+                };
+                let replies = self.client.pipeline(&[put]).expect("a PUT");
+                assert!(
+                    replies.iter().all(|r| r.status.is_success()),
+                    "a PUT failed"
+                );
+            }
             Op::Put => self.client.put(key, &self.value).expect("a PUT"),
             Op::Get => {
                 let value = self.client.get(key).expect("a GET");
