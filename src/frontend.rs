@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{view_answer, view_install_frame};
 use crate::cluster::dedup;
 use crate::cluster::keeper::{CurrentView, Keeper, KeeperOptions};
+use crate::cluster::resume;
 use crate::error::{Error, Result};
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport, WriteTag};
@@ -130,44 +131,67 @@ struct FrontendState {
     view_wait: Duration,
     /// Whether client writes are tagged and retried (see [`FrontendConfig::safe_retries`]).
     safe_retries: bool,
+    writers: Writers,
 }
 
 /// Times a key request is sent at most: a first try and two more under newer views.
 const ATTEMPTS: usize = 3;
 
-thread_local! {
-    /// The client id and next sequence number this thread tags writes with. A thread carries
-    /// out one batch at a time, so every write it tagged before the current batch is answered:
-    /// that is the `below` it sends.
-    static WRITER: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 1)) };
+/// A client id the frontend tags writes with, and its next sequence number. One is lent to a
+/// batch at a time, so every write tagged with it before the batch is answered: that is the
+/// `below` the batch sends. As many exist as batches ever ran at once (bounded by the worker
+/// threads and the Redis door's connections), however many connections come and go, so the
+/// backends' memory holds few of the frontend's clients.
+#[derive(Debug)]
+struct Writer {
+    client: u64,
+    next: u64,
 }
 
-/// Tags for the untagged writes of `requests`, from this thread's client id.
-fn tag_writes(requests: &[Frame]) -> Vec<Option<WriteTag>> {
-    WRITER.with(|writer| {
-        let (mut client, mut next) = writer.get();
-        if client == 0 {
-            client = crate::rng::unique_id();
+/// The writers not lent out.
+#[derive(Default)]
+struct Writers {
+    idle: std::sync::Mutex<Vec<Writer>>,
+}
+
+impl Writers {
+    fn lend(&self) -> Writer {
+        let idle = match self.idle.lock() {
+            Ok(mut idle) => idle.pop(),
+            Err(poisoned) => poisoned.into_inner().pop(),
+        };
+        idle.unwrap_or_else(|| Writer {
+            client: crate::rng::unique_id(),
+            next: 1,
+        })
+    }
+
+    fn give_back(&self, writer: Writer) {
+        match self.idle.lock() {
+            Ok(mut idle) => idle.push(writer),
+            Err(poisoned) => poisoned.into_inner().push(writer),
         }
-        let below = next;
-        let tags = requests
-            .iter()
-            .map(|r| {
-                matches!(r.opcode, Opcode::PUT | Opcode::DELETE).then(|| {
-                    let tag = WriteTag {
-                        client,
-                        seq: next,
-                        below,
-                        attempt: 1,
-                    };
-                    next += 1;
-                    tag
-                })
+    }
+}
+
+/// Tags for the untagged writes of `requests`, from `writer`.
+fn tag_writes(writer: &mut Writer, requests: &[Frame]) -> Vec<Option<WriteTag>> {
+    let below = writer.next;
+    requests
+        .iter()
+        .map(|r| {
+            matches!(r.opcode, Opcode::PUT | Opcode::DELETE).then(|| {
+                let tag = WriteTag {
+                    client: writer.client,
+                    seq: writer.next,
+                    below,
+                    attempt: 1,
+                };
+                writer.next += 1;
+                tag
             })
-            .collect();
-        writer.set((client, next));
-        tags
-    })
+        })
+        .collect()
 }
 
 /// Marks a tagged write as sent again (see [`WriteTag::resent`]).
@@ -208,13 +232,46 @@ impl Frontend {
         let replicas = config
             .replicas
             .unwrap_or_else(|| default_replicas(config.backends.len()));
-        let view = View::new(
+        let configured = View::new(
             1,
             config.routing,
             config.placement,
             replicas,
             config.backends.clone(),
         );
+        // Checked before anything is asked, so that a bad command line fails at once.
+        Ring::new(configured.clone())?;
+        let peers = Arc::new(Peers::new(config.server.timeouts, config.server.limits));
+        let held = resume::ask(&peers, &config.backends, config.startup_timeout);
+        let start = resume::choose(
+            &configured,
+            config.replicas.is_some(),
+            &config.backends,
+            &held,
+        );
+        let (view, resumed) = match start {
+            resume::Start::Resume(view, differences) => {
+                log::info!(
+                    "the backends hold view epoch {} ({} nodes, {} copies of every key): \
+                     serving it (the membership is what the backends hold; the command line \
+                     only says where to find them)",
+                    view.epoch,
+                    view.nodes.len(),
+                    view.replicas
+                );
+                for difference in differences {
+                    log::warn!("{difference}");
+                }
+                (view, true)
+            }
+            resume::Start::Fresh(view, why) => {
+                for reason in why {
+                    log::warn!("{reason}");
+                }
+                (view, false)
+            }
+        };
+        let replicas = view.replicas;
         let ring = Ring::new(view)?;
         if config.keeper.is_none() && replicas > 1 {
             return Err(Error::Config(
@@ -231,11 +288,12 @@ impl Frontend {
         let state = Arc::new(FrontendState {
             view: Arc::new(CurrentView::new(ring)),
             entry: config.entry,
-            peers: Arc::new(Peers::new(config.server.timeouts, config.server.limits)),
+            peers,
             view_wait: config
                 .keeper
                 .map_or(Duration::ZERO, |k| 2 * (k.interval + k.timeout)),
             safe_retries: config.safe_retries,
+            writers: Writers::default(),
         });
         let server = server::serve(
             "frontend",
@@ -255,7 +313,11 @@ impl Frontend {
             )?),
             None => None,
         };
-        state.install_everywhere(config.startup_timeout);
+        // A view taken up from the backends is theirs already; the keeper gives it to any that
+        // lack it, and judges the ones that restarted. Without a keeper it is installed here.
+        if !resumed || config.keeper.is_none() {
+            state.install_everywhere(config.startup_timeout);
+        }
         let keeper = match config.keeper {
             Some(options) => Some(
                 Keeper::start(
@@ -443,10 +505,13 @@ impl FrontendState {
     /// sent again in their order, so the writes of one key keep theirs.
     fn forward_wave(&self, requests: &[Frame]) -> Vec<Frame> {
         let started = Instant::now();
-        let tags = if self.safe_retries {
-            tag_writes(requests)
-        } else {
-            vec![None; requests.len()]
+        let writes = requests
+            .iter()
+            .any(|r| matches!(r.opcode, Opcode::PUT | Opcode::DELETE));
+        let mut writer = (self.safe_retries && writes).then(|| self.writers.lend());
+        let tags = match &mut writer {
+            Some(writer) => tag_writes(writer, requests),
+            None => vec![None; requests.len()],
         };
         let mut answers: Vec<Option<Frame>> = vec![None; requests.len()];
         let mut resends = vec![false; requests.len()];
@@ -555,6 +620,9 @@ impl FrontendState {
                 }
             }
             todo = refused;
+        }
+        if let Some(writer) = writer {
+            self.writers.give_back(writer);
         }
         answers
             .into_iter()
@@ -704,25 +772,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_tags_each_write_once_and_reports_its_earlier_writes_answered() {
+    fn a_batch_tags_each_write_once_and_reports_the_earlier_writes_answered() {
         let write = |opcode| Frame::request(opcode, 1, b"k".to_vec(), b"v".to_vec());
         let batch = [
             write(Opcode::PUT),
             write(Opcode::GET),
             write(Opcode::DELETE),
         ];
-        let first = tag_writes(&batch);
+        let writers = Writers::default();
+        let mut writer = writers.lend();
+        let first = tag_writes(&mut writer, &batch);
         assert!(first[1].is_none(), "a read is not tagged");
         let (a, b) = (first[0].unwrap(), first[2].unwrap());
         assert_eq!((a.client, a.below, a.attempt), (b.client, a.seq, 1));
         assert_eq!(b.seq, a.seq + 1);
-        let second = tag_writes(&batch[..1]);
-        let c = second[0].unwrap();
+        let busy = writers.lend();
+        assert_ne!(busy.client, a.client, "two batches at once are two clients");
+        writers.give_back(writer);
+        let mut writer = writers.lend();
+        let c = tag_writes(&mut writer, &batch[..1])[0].unwrap();
         assert_eq!((c.client, c.seq, c.below), (a.client, b.seq + 1, b.seq + 1));
-        let other = std::thread::spawn(move || tag_writes(&[write(Opcode::PUT)])[0].unwrap())
-            .join()
-            .unwrap();
-        assert_ne!(other.client, a.client, "each thread is a client of its own");
 
         let mut forwarded = write(Opcode::PUT_ONCE);
         forwarded.value = a.prefix(b"v");

@@ -97,6 +97,17 @@ impl Cluster {
         self.backends[index] = Some(backend);
     }
 
+    /// Kills the frontend (SIGKILL) and starts another, on a new port, given the backends at
+    /// `order` (indexes into the first list) and `frontend_args`.
+    fn replace_frontend(&mut self, frontend_args: &[&str], order: &[usize]) {
+        self.frontend.kill_now();
+        let mut args = vec!["frontend", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(frontend_args);
+        args.extend(order.iter().map(|&i| self.backend_addrs[i].as_str()));
+        self.frontend = Server::start(&args);
+        self.addr = self.frontend.listening("frontend");
+    }
+
     /// A counter from backend `index`'s STATS.
     fn counter(&self, index: usize, name: &str) -> u64 {
         let mut c = Client::connect(&self.backend_addrs[index]).unwrap();
@@ -685,4 +696,51 @@ fn a_write_whose_tail_hangs_is_completed_by_the_frontend_retry() {
     cluster.backend(tail).signal("CONT");
     cluster.wait_for_view("the tail is back", |v| v.is_up(tail));
     assert_eq!(c.get(&key).unwrap().as_deref(), Some(&b"after"[..]));
+}
+
+/// The cluster's membership is what its backends hold: a frontend started again, with the
+/// backends listed in another order, or with one missing, takes up their view (its epoch, its
+/// order, its copies per key, a node marked down) and says how its command line differs; no key
+/// is hidden and the epochs go on from there.
+#[test]
+fn a_restarted_frontend_takes_up_the_view_the_backends_hold() {
+    let mut cluster = Cluster::start(3, &[]);
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("kept-{i}").into_bytes()).collect();
+    let mut c = cluster.client();
+    for key in &keys {
+        c.put(key, key).unwrap();
+    }
+    cluster.kill(2);
+    let before = cluster.wait_for_view("backend 2 is down", |v| !v.is_up(2));
+
+    cluster.replace_frontend(&[], &[1, 0]);
+    let view = cluster.client().view().unwrap();
+    assert_eq!(view.nodes, before.nodes, "the cluster's order and members");
+    assert!(view.epoch >= before.epoch, "{view:?} after {before:?}");
+    assert!(!view.is_up(2), "{view:?}");
+    assert_eq!(view.replicas, 3);
+    let log = cluster.frontend.log();
+    assert!(
+        log.contains(&format!("{} is a member", cluster.backend_addrs[2])),
+        "{log}"
+    );
+    assert!(log.contains("serving it"), "{log}");
+    let mut c = cluster.client();
+    for key in &keys {
+        assert_eq!(c.get(key).unwrap().as_deref(), Some(&key[..]), "{key:?}");
+    }
+
+    // The node that was down comes back through the new frontend's keeper, copied up to date.
+    cluster.restart(2);
+    let back = cluster.wait_for_view("backend 2 is back", |v| v.is_up(2));
+    assert!(back.epoch > view.epoch);
+    c.put(b"after", b"restart").unwrap();
+    cluster.kill(0);
+    cluster.kill(1);
+    cluster.wait_for_view("only backend 2 is up", |v| !v.is_up(0) && !v.is_up(1));
+    let mut c = cluster.client();
+    for key in &keys {
+        assert_eq!(c.get(key).unwrap().as_deref(), Some(&key[..]), "{key:?}");
+    }
+    assert_eq!(c.get(b"after").unwrap().as_deref(), Some(&b"restart"[..]));
 }

@@ -8,6 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -614,23 +615,36 @@ impl StuckBackend {
         let (seen, received) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         let released = std::sync::Arc::new(std::sync::Mutex::new(released));
+        let epoch = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
                 let seen = seen.clone();
                 let released = std::sync::Arc::clone(&released);
+                let epoch = std::sync::Arc::clone(&epoch);
                 std::thread::spawn(move || {
                     let mut buf = Vec::new();
                     while let Some(request) = read_frame_buffered(&mut stream, &mut buf) {
-                        if request.opcode != Opcode::VIEW_INSTALL {
-                            let _ = seen.send(request.request_id);
-                            // Waits for the release (or for the test to end).
-                            let _ = released.lock().unwrap().recv();
-                        }
-                        let answer = if request.opcode == Opcode::VIEW_INSTALL {
-                            request.reply(Status::OK, Vec::new())
-                        } else {
-                            request.reply(Status::NOT_FOUND, Vec::new())
+                        let answer = match request.opcode {
+                            Opcode::VIEW_INSTALL => {
+                                epoch.store(request.epoch, Ordering::SeqCst);
+                                request.reply(Status::OK, Vec::new())
+                            }
+                            Opcode::VIEW_GET => request.reply(Status::NO_VIEW, Vec::new()),
+                            // Alive, same incarnation, its view confirmed, nothing to copy.
+                            Opcode::HEALTH => {
+                                let mut health = request.reply(Status::OK, vec![0; 34]);
+                                health.value[7] = 7;
+                                health.value[8] = 1;
+                                health.epoch = epoch.load(Ordering::SeqCst);
+                                health
+                            }
+                            _ => {
+                                let _ = seen.send(request.request_id);
+                                // Waits for the release (or for the test to end).
+                                let _ = released.lock().unwrap().recv();
+                                request.reply(Status::NOT_FOUND, Vec::new())
+                            }
                         };
                         if stream.write_all(&answer.encode()).is_err() {
                             return;

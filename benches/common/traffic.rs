@@ -93,14 +93,17 @@ impl Worker {
         let sent = Instant::now();
         match op {
             Op::Put if self.plain_writes => {
-                let put = ringkv::Request::Put {
-                    key: key.clone(),
-                    value: self.value.clone(),
-                };
-                let replies = self.client.pipeline(&[put]).expect("a PUT");
+                let put = ringkv::protocol::Frame::request(
+                    ringkv::protocol::Opcode::PUT,
+                    1,
+                    key.clone(),
+                    self.value.clone(),
+                );
+                let answer = self.client.raw_call(&put).expect("a PUT");
                 assert!(
-                    replies.iter().all(|r| r.status.is_success()),
-                    "a PUT failed"
+                    answer.status.is_success(),
+                    "a PUT failed: {}",
+                    answer.message()
                 );
             }
             Op::Put => self.client.put(key, &self.value).expect("a PUT"),

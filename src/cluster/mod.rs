@@ -49,5 +49,6 @@
 pub mod chain;
 pub mod dedup;
 pub mod keeper;
+pub mod resume;
 pub mod transfer;
 pub mod view_file;

@@ -246,6 +246,12 @@ impl Server {
         }
     }
 
+    /// kill -9, waited for, keeping the handle (and its log).
+    pub fn kill_now(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
     /// kill -9, waited for.
     pub fn kill(mut self) {
         self.child.0.kill().unwrap();
