@@ -930,7 +930,7 @@ impl BackendState {
     fn health(&self, request: &Frame) -> Frame {
         let membership = self.membership();
         let phase = self.receiver.phase();
-        let mut value = Vec::with_capacity(34);
+        let mut value = Vec::with_capacity(42);
         value.extend_from_slice(&self.incarnation.to_be_bytes());
         value.push(u8::from(membership.as_ref().is_some_and(|m| m.confirmed)));
         value.push(phase.code());
@@ -938,6 +938,9 @@ impl BackendState {
         for counter in [&self.receiver.keys_copied, &self.receiver.bytes_copied] {
             value.extend_from_slice(&counter.load(Ordering::Relaxed).to_be_bytes());
         }
+        // Keys it blocks until a newer view: whichever frontend's write left them so, the
+        // keeper learns here that a new epoch is wanted.
+        value.extend_from_slice(&self.key_locks.highest_blocked().to_be_bytes());
         let mut answer = request.reply(Status::OK, value);
         answer.epoch = membership.map_or(0, |m| m.ring.view().epoch);
         answer

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{view_answer, view_install_frame};
 use crate::cluster::dedup;
+use crate::cluster::follower::Follower;
 use crate::cluster::keeper::{CurrentView, Keeper, KeeperOptions};
 use crate::cluster::resume;
 use crate::error::{Error, Result};
@@ -86,6 +87,10 @@ pub struct FrontendConfig {
     /// timed out is sent again under the next view without being applied twice. Off in the
     /// paper's design, where a failed write is simply reported.
     pub safe_retries: bool,
+    /// Serve beside another frontend that is the view keeper: take up the views the backends
+    /// hold, polled every keeper interval ([`crate::cluster::follower`]), and never install or
+    /// publish one.
+    pub follow: bool,
 }
 
 impl FrontendConfig {
@@ -119,6 +124,7 @@ impl Default for FrontendConfig {
             replicas: None,
             keeper: Some(KeeperOptions::default()),
             safe_retries: true,
+            follow: false,
         }
     }
 }
@@ -132,6 +138,9 @@ struct FrontendState {
     /// Whether client writes are tagged and retried (see [`FrontendConfig::safe_retries`]).
     safe_retries: bool,
     writers: Writers,
+    /// Whether this frontend gives its view to a backend that has none (only a view keeper,
+    /// and only with one copy per key: with more, the keeper judges a node without a view).
+    installs_views: bool,
 }
 
 /// Times a key request is sent at most: a first try and two more under newer views.
@@ -212,7 +221,9 @@ pub struct Frontend {
     state: Arc<FrontendState>,
     server: ServerHandle,
     resp: Option<RespServer>,
+    /// What keeps the view current: its own keeper, or a follower of another frontend's.
     _keeper: Option<Keeper>,
+    _follower: Option<Follower>,
 }
 
 thread_local! {
@@ -264,6 +275,13 @@ impl Frontend {
                 }
                 (view, true)
             }
+            resume::Start::Fresh(..) if config.follow => {
+                return Err(Error::Config(
+                    "a following frontend (--follow) takes up the view the backends hold, and \
+                     none of its backends holds one: start the view keeper first"
+                        .into(),
+                ));
+            }
             resume::Start::Fresh(view, why) => {
                 for reason in why {
                     log::warn!("{reason}");
@@ -273,6 +291,12 @@ impl Frontend {
         };
         let replicas = view.replicas;
         let ring = Ring::new(view)?;
+        if config.follow && config.keeper.is_none() {
+            return Err(Error::Config(
+                "a following frontend polls the backends every --ping-interval; it cannot be 0"
+                    .into(),
+            ));
+        }
         if config.keeper.is_none() && replicas > 1 {
             return Err(Error::Config(
                 "keeping more than one copy of each key needs the view keeper (--ping-interval \
@@ -294,6 +318,7 @@ impl Frontend {
                 .map_or(Duration::ZERO, |k| 2 * (k.interval + k.timeout)),
             safe_retries: config.safe_retries,
             writers: Writers::default(),
+            installs_views: !config.follow && replicas == 1,
         });
         let server = server::serve(
             "frontend",
@@ -318,8 +343,23 @@ impl Frontend {
         if !resumed || config.keeper.is_none() {
             state.install_everywhere(config.startup_timeout);
         }
+        let follower = match config.keeper {
+            Some(options) if config.follow => Some(
+                Follower::start(
+                    options,
+                    config.server.limits,
+                    Arc::clone(&state.view),
+                    Arc::clone(&state.peers),
+                )
+                .map_err(|source| Error::Bind {
+                    addr: config.listen.clone(),
+                    source,
+                })?,
+            ),
+            _ => None,
+        };
         let keeper = match config.keeper {
-            Some(options) => Some(
+            Some(options) if !config.follow => Some(
                 Keeper::start(
                     options,
                     config.server.limits,
@@ -331,13 +371,14 @@ impl Frontend {
                     source,
                 })?,
             ),
-            None => None,
+            _ => None,
         };
         Ok(Frontend {
             state,
             server,
             resp,
             _keeper: keeper,
+            _follower: follower,
         })
     }
 
@@ -609,7 +650,7 @@ impl FrontendState {
                     ring = newer;
                 }
                 None => {
-                    for &index in &refused {
+                    for &index in refused.iter().filter(|_| self.installs_views) {
                         if let Some(addr) = self.entry_for(&ring, &requests[index], random) {
                             let _ = self.install(&ring, addr);
                         }

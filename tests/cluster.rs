@@ -633,3 +633,20 @@ fn the_paper_test_fails_on_values_that_do_not_come_back() {
         "{printed}"
     );
 }
+
+#[test]
+fn a_following_frontend_needs_a_cluster_that_has_a_view() {
+    let backend = Backend::start(BackendConfig::default()).unwrap();
+    let refused = Frontend::start(FrontendConfig {
+        backends: vec![backend.local_addr().to_string()],
+        threads: 2,
+        startup_timeout: Duration::from_secs(2),
+        follow: true,
+        ..FrontendConfig::default()
+    });
+    let Err(e) = refused else {
+        panic!("a follower started over backends without a view");
+    };
+    assert!(e.to_string().contains("start the view keeper first"), "{e}");
+    assert_eq!(backend.epoch(), None, "the follower installed a view");
+}

@@ -744,3 +744,82 @@ fn a_restarted_frontend_takes_up_the_view_the_backends_hold() {
     }
     assert_eq!(c.get(b"after").unwrap().as_deref(), Some(&b"restart"[..]));
 }
+
+/// Waits (bounded) until the frontend at `addr` routes by a view of at least `epoch`.
+fn wait_for_epoch(addr: &str, epoch: u64, log: impl Fn() -> String) -> ringkv::View {
+    let deadline = Instant::now() + common::BOUND;
+    loop {
+        let view = Client::connect(addr).unwrap().view().unwrap();
+        if view.epoch >= epoch {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the frontend at {addr} never reached epoch {epoch}; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A second frontend started with `--follow` serves the same keys beside the view keeper, takes
+/// up each view the keeper publishes (here: a backend marked down), and keeps serving when the
+/// keeper's frontend is gone.
+#[test]
+fn a_following_frontend_serves_beside_the_keeper_and_follows_its_views() {
+    let mut cluster = Cluster::start(3, &[]);
+    let mut args = vec!["frontend", "--listen", "127.0.0.1:0", "--follow"];
+    args.extend(cluster.backend_addrs.iter().rev().map(String::as_str));
+    let follower = Server::start(&args);
+    let follower_addr = follower.listening("frontend");
+    let mut through_follower = Client::connect(&follower_addr).unwrap();
+    let mut through_keeper = cluster.client();
+    let key = |i: usize| format!("both-{i}").into_bytes();
+    for i in 0..100 {
+        through_keeper.put(&key(i), b"one").unwrap();
+        through_follower.put(&key(i + 100), b"two").unwrap();
+    }
+    for i in 0..100 {
+        assert_eq!(
+            through_follower.get(&key(i)).unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(
+            through_keeper.get(&key(i + 100)).unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
+    }
+
+    cluster.kill(1);
+    let down = cluster.wait_for_view("backend 1 is down", |v| !v.is_up(1));
+    let followed = wait_for_epoch(&follower_addr, down.epoch, || follower.log());
+    assert!(!followed.is_up(1), "{followed:?}");
+    for i in 0..200 {
+        through_follower.put(&key(i), b"three").unwrap();
+    }
+    for i in 0..200 {
+        assert_eq!(
+            through_keeper.get(&key(i)).unwrap().as_deref(),
+            Some(&b"three"[..])
+        );
+    }
+
+    // Without the keeper, the follower still serves by the last view it learned.
+    cluster.frontend.kill_now();
+    for i in 0..200 {
+        through_follower.put(&key(i), b"four").unwrap();
+        assert_eq!(
+            through_follower.get(&key(i)).unwrap().as_deref(),
+            Some(&b"four"[..])
+        );
+    }
+    let log = follower.log();
+    assert!(
+        log.contains(&format!("following view epoch {}", down.epoch)),
+        "{log}"
+    );
+    assert!(
+        !log.contains("publishing view"),
+        "a follower published a view:\n{log}"
+    );
+}

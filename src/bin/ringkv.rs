@@ -121,6 +121,10 @@ struct FrontendArgs {
     /// address of the Redis-protocol (RESP2) door, e.g. 127.0.0.1:6380 (default: off)
     #[argh(option)]
     resp_listen: Option<String>,
+    /// serve beside another frontend, which is the view keeper: take up the views the backends
+    /// hold (polled every --ping-interval) and never publish one
+    #[argh(switch)]
+    follow: bool,
     /// backend addresses, as the frontend and the other backends reach them
     #[argh(positional)]
     backends: Vec<String>,
@@ -263,6 +267,7 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         replicas: replicas(a.paper, a.replicas)?,
         keeper: keeper_options(a.ping_interval, a.ping_timeout)?,
         safe_retries: !a.paper,
+        follow: a.follow,
     })?;
     announce(format!("frontend listening on {}", frontend.local_addr()));
     if let Some(addr) = frontend.resp_addr() {

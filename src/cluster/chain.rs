@@ -22,18 +22,23 @@ const STRIPES: usize = 1024;
 pub struct KeyLocks {
     /// Per stripe, the epoch in which it is blocked (0: never).
     stripes: Vec<Mutex<u64>>,
+    /// The highest epoch in which some stripe was blocked: the node asks the view keeper for a
+    /// newer view (in its HEALTH answers) while it holds that epoch.
+    highest_blocked: std::sync::atomic::AtomicU64,
 }
 
 /// The stripes a batch of writes holds, taken in ascending order so that two batches can
 /// never wait for each other.
 pub struct HeldKeys<'a> {
     guards: Vec<(usize, MutexGuard<'a, u64>)>,
+    highest_blocked: &'a std::sync::atomic::AtomicU64,
 }
 
 impl Default for KeyLocks {
     fn default() -> Self {
         KeyLocks {
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+            highest_blocked: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -60,7 +65,16 @@ impl KeyLocks {
                 (s, guard)
             })
             .collect();
-        HeldKeys { guards }
+        HeldKeys {
+            guards,
+            highest_blocked: &self.highest_blocked,
+        }
+    }
+
+    /// The highest epoch in which writes of some key were blocked (0: none yet).
+    pub fn highest_blocked(&self) -> u64 {
+        self.highest_blocked
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -83,6 +97,8 @@ impl HeldKeys<'_> {
     pub fn block(&mut self, key: &[u8], epoch: u64) {
         if let Some(blocked) = self.slot(key) {
             *blocked = (*blocked).max(epoch);
+            self.highest_blocked
+                .fetch_max(epoch, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -206,5 +222,7 @@ mod tests {
         assert!(held.is_blocked(b"k", 3));
         assert!(!held.is_blocked(b"k", 4));
         assert!(!held.is_blocked(b"not held", 3));
+        drop(held);
+        assert_eq!(locks.highest_blocked(), 3);
     }
 }

@@ -90,8 +90,17 @@ impl CurrentView {
         self.new_epoch_wanted.fetch_max(epoch, Ordering::SeqCst);
     }
 
+    /// Routes by `ring` from now on, if it is newer than the current view.
+    pub(crate) fn replace_if_newer(&self, ring: Ring) {
+        let mut guard = self.lock();
+        if ring.view().epoch > guard.view().epoch {
+            *guard = Arc::new(ring);
+            self.changed.notify_all();
+        }
+    }
+
     /// Whether a newer epoch is wanted than the current view's.
-    fn is_newer_epoch_wanted(&self, current: u64) -> bool {
+    pub(crate) fn is_newer_epoch_wanted(&self, current: u64) -> bool {
         self.new_epoch_wanted.load(Ordering::SeqCst) >= current
     }
 
@@ -132,6 +141,8 @@ struct Alive {
     /// Its state transfer's phase ([`crate::cluster::transfer::Phase::code`]) and epoch.
     phase: u8,
     phase_epoch: u64,
+    /// The highest epoch in which it blocked a key's writes until a newer view.
+    blocked_epoch: u64,
 }
 
 /// Phase codes of a HEALTH answer (see [`crate::cluster::transfer::Phase`]).
@@ -153,6 +164,7 @@ impl Alive {
             confirmed: v.get(8).map_or(true, |&c| c == 1),
             phase: v.get(9).copied().unwrap_or(PHASE_SERVING),
             phase_epoch: u64_at(10),
+            blocked_epoch: u64_at(34),
         }
     }
 }
@@ -309,6 +321,10 @@ impl Watch {
                     continue;
                 }
             };
+            if alive.blocked_epoch != 0 && alive.blocked_epoch == view.epoch {
+                // A write some frontend sent left a key blocked there until the next view.
+                self.view.want_epoch_after(view.epoch);
+            }
             let restarted = self.incarnations[node].is_some_and(|known| known != alive.incarnation)
                 || !alive.confirmed
                 || alive.epoch == 0;

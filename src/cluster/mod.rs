@@ -48,6 +48,7 @@
 
 pub mod chain;
 pub mod dedup;
+pub mod follower;
 pub mod keeper;
 pub mod resume;
 pub mod transfer;
