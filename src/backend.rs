@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::cluster::chain::{self, KeyLocks};
 use crate::cluster::dedup::{Seen, WriteWindows};
+use crate::cluster::token::ClusterToken;
 use crate::cluster::transfer::{self, Receiver, Trackers};
 use crate::cluster::view_file::{self, SavedView};
 use crate::error::Result;
@@ -31,6 +32,9 @@ pub struct BackendConfig {
     pub fsync: crate::wal::FsyncPolicy,
     /// Open a log damaged before its tail by cutting it back to its last intact record.
     pub repair: bool,
+    /// The secret that view installs, chain writes and state transfers must come with
+    /// ([`crate::cluster::token`]); `None` takes them from anyone.
+    pub cluster_token: Option<ClusterToken>,
 }
 
 impl Default for BackendConfig {
@@ -42,6 +46,7 @@ impl Default for BackendConfig {
             data_dir: None,
             fsync: crate::wal::FsyncPolicy::default(),
             repair: false,
+            cluster_token: None,
         }
     }
 }
@@ -74,6 +79,8 @@ struct Counters {
     retries_completed: AtomicU64,
     /// Tagged writes refused as older than their client's window (TOO_OLD).
     retries_too_old: AtomicU64,
+    /// Peer-only requests and PEER_AUTHs refused for a missing or wrong cluster token.
+    unauthorized: AtomicU64,
     /// Requests served by how many relays they took; the last bucket holds the rest.
     relays: [AtomicU64; RELAY_BUCKETS],
 }
@@ -146,6 +153,7 @@ struct BackendState {
     key_locks: KeyLocks,
     /// The tagged writes this node applied, per client, so that a retry is not applied twice.
     windows: WriteWindows,
+    cluster_token: Option<ClusterToken>,
     /// The transfers this node is the source of.
     trackers: Trackers,
     /// This node's own state transfer, when it comes back.
@@ -211,7 +219,9 @@ impl Backend {
             trackers: Trackers::default(),
             receiver: Receiver::default(),
             data_dir: config.data_dir.clone(),
-            peers: Peers::new(config.server.timeouts, config.server.limits),
+            peers: Peers::new(config.server.timeouts, config.server.limits)
+                .with_token(config.cluster_token.clone()),
+            cluster_token: config.cluster_token.clone(),
             counters: Counters::default(),
             listening: std::sync::OnceLock::new(),
             incarnation: crate::rng::Rng::from_entropy().next_u64() | 1,
@@ -1254,6 +1264,7 @@ impl BackendState {
                 ("retries_answered", &c.retries_answered),
                 ("retries_completed", &c.retries_completed),
                 ("retries_too_old", &c.retries_too_old),
+                ("unauthorized", &c.unauthorized),
                 ("catchup_keys", &self.receiver.keys_copied),
                 ("catchup_bytes", &self.receiver.bytes_copied),
                 ("transfer_keys_sent", &self.trackers.keys_sent),
@@ -1313,8 +1324,15 @@ impl Handler for BackendState {
         answers
     }
 
-    fn refused(&self, _status: Status) {
+    fn refused(&self, status: Status) {
         bump(&self.counters.errors);
+        if status == Status::UNAUTHORIZED {
+            bump(&self.counters.unauthorized);
+        }
+    }
+
+    fn cluster_token(&self) -> Option<&ClusterToken> {
+        self.cluster_token.as_ref()
     }
 }
 

@@ -11,6 +11,7 @@ use crate::cluster::dedup;
 use crate::cluster::follower::Follower;
 use crate::cluster::keeper::{CurrentView, Keeper, KeeperOptions};
 use crate::cluster::resume;
+use crate::cluster::token::ClusterToken;
 use crate::error::{Error, Result};
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport, WriteTag};
@@ -91,6 +92,9 @@ pub struct FrontendConfig {
     /// hold, polled every keeper interval ([`crate::cluster::follower`]), and never install or
     /// publish one.
     pub follow: bool,
+    /// Presented to the backends (PEER_AUTH) so that they take this frontend's views
+    /// ([`crate::cluster::token`]).
+    pub cluster_token: Option<ClusterToken>,
 }
 
 impl FrontendConfig {
@@ -125,6 +129,7 @@ impl Default for FrontendConfig {
             keeper: Some(KeeperOptions::default()),
             safe_retries: true,
             follow: false,
+            cluster_token: None,
         }
     }
 }
@@ -252,7 +257,10 @@ impl Frontend {
         );
         // Checked before anything is asked, so that a bad command line fails at once.
         Ring::new(configured.clone())?;
-        let peers = Arc::new(Peers::new(config.server.timeouts, config.server.limits));
+        let peers = Arc::new(
+            Peers::new(config.server.timeouts, config.server.limits)
+                .with_token(config.cluster_token.clone()),
+        );
         let held = resume::ask(&peers, &config.backends, config.startup_timeout);
         let start = resume::choose(
             &configured,

@@ -9,10 +9,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::cluster::token::{self, ClusterToken};
 use crate::connection::{FrameReader, ReadError, Timeouts};
 use crate::error::{Error, Result};
 use crate::pool::{Backlog, ThreadPool};
-use crate::protocol::{Frame, Kind, Limits, Status};
+use crate::protocol::{Frame, Kind, Limits, Opcode, Status};
 
 /// Settings every server has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +47,13 @@ pub trait Handler: Send + Sync + 'static {
         requests.into_iter().map(|r| self.handle(r)).collect()
     }
     /// Told about every error answer the connection loop itself sends (malformed, too large,
-    /// busy), so that the server can count it.
+    /// busy, unauthorized), so that the server can count it.
     fn refused(&self, _status: Status) {}
+    /// The cluster token that peer-only requests need (see [`crate::cluster::token`]); `None`
+    /// takes them from anyone.
+    fn cluster_token(&self) -> Option<&ClusterToken> {
+        None
+    }
 }
 
 /// The sockets of open connections, so that shutdown can close them and the acceptor can count
@@ -165,6 +171,8 @@ struct ClientConn {
     written: usize,
     peer: String,
     idle_since: Instant,
+    /// It presented the cluster token (PEER_AUTH): peer-only requests are taken.
+    trusted: bool,
 }
 
 /// What a thread does with a connection after a read or write.
@@ -189,6 +197,7 @@ impl ClientConn {
             written: 0,
             peer,
             idle_since: Instant::now(),
+            trusted: false,
         };
         let _ = conn.stream.set_nodelay(true);
         conn.patient(&options.timeouts).then_some(conn)
@@ -233,7 +242,7 @@ impl ClientConn {
         while !self.pending.is_empty() {
             let take = self.pending.len().min(HANDLER_BATCH);
             let batch: Vec<Frame> = self.pending.drain(..take).collect();
-            for answer in answer_batch(serving, batch) {
+            for answer in answer_batch(serving, batch, &mut self.trusted, &self.peer) {
                 answer.encode_into(&mut self.out);
             }
             if self.out.len() - self.written >= FLUSH_AT && !self.flush()? {
@@ -338,7 +347,12 @@ impl ClientConn {
 /// limits is refused, the others go to the handler in one batch. A handler that panics must not
 /// take the thread with it (a pool worker would be lost for good): its requests are answered
 /// INTERNAL.
-fn answer_batch(serving: &Serving, requests: Vec<Frame>) -> Vec<Frame> {
+fn answer_batch(
+    serving: &Serving,
+    requests: Vec<Frame>,
+    trusted: &mut bool,
+    peer: &str,
+) -> Vec<Frame> {
     let handler = &*serving.handler;
     let mut answers: Vec<Option<Frame>> = Vec::with_capacity(requests.len());
     let mut accepted = Vec::with_capacity(requests.len());
@@ -352,6 +366,25 @@ fn answer_batch(serving: &Serving, requests: Vec<Frame>) -> Vec<Frame> {
         } else if let Err(message) = serving.options.limits.check(&request) {
             handler.refused(Status::TOO_LARGE);
             answers.push(Some(request.error_reply(Status::TOO_LARGE, message)));
+        } else if request.opcode == Opcode::PEER_AUTH {
+            answers.push(Some(peer_auth(handler, &request, trusted, peer)));
+        } else if !*trusted
+            && token::is_peer_only(request.opcode)
+            && handler.cluster_token().is_some()
+        {
+            handler.refused(Status::UNAUTHORIZED);
+            log::warn!(
+                "refused {} from {peer}: the connection did not present the cluster token",
+                request.opcode
+            );
+            answers.push(Some(request.error_reply(
+                Status::UNAUTHORIZED,
+                format!(
+                    "{} is taken only from cluster members: send PEER_AUTH with the cluster \
+                     token first",
+                    request.opcode
+                ),
+            )));
         } else {
             ids.push((answers.len(), request.request_id));
             answers.push(None);
@@ -382,6 +415,22 @@ fn answer_batch(serving: &Serving, requests: Vec<Frame>) -> Vec<Frame> {
         }));
     }
     answers.into_iter().flatten().collect()
+}
+
+/// PEER_AUTH: the connection is a peer's if it carries the token (or the server has none).
+fn peer_auth(handler: &dyn Handler, request: &Frame, trusted: &mut bool, peer: &str) -> Frame {
+    match handler.cluster_token() {
+        Some(token) if !token.matches(&request.value) => {
+            *trusted = false;
+            handler.refused(Status::UNAUTHORIZED);
+            log::warn!("{peer} presented a wrong cluster token");
+            request.error_reply(Status::UNAUTHORIZED, "wrong cluster token")
+        }
+        _ => {
+            *trusted = true;
+            request.reply(Status::OK, Vec::new())
+        }
+    }
 }
 
 /// A running server: its address, and the means to stop it. Dropping it stops it too.

@@ -40,7 +40,16 @@ struct Cluster {
     dirs: Vec<TempDir>,
 }
 
+/// The cluster token file every process of a test cluster is given, in `dir`: view installs,
+/// chain writes and state transfers all go through connections that presented it.
+fn token_file(dir: &TempDir) -> String {
+    let path = dir.path().join("cluster-token");
+    std::fs::write(&path, "failover-test-token\n").unwrap();
+    path.to_str().unwrap().to_string()
+}
+
 fn start_backend(listen: &str, dir: &TempDir) -> Server {
+    let token = token_file(dir);
     Server::start(&[
         "backend",
         "--listen",
@@ -49,6 +58,8 @@ fn start_backend(listen: &str, dir: &TempDir) -> Server {
         dir.path().to_str().unwrap(),
         "--fsync",
         "always",
+        "--cluster-token-file",
+        &token,
     ])
 }
 
@@ -64,7 +75,14 @@ impl Cluster {
             backends.push(Some(backend));
             dirs.push(dir);
         }
-        let mut args = vec!["frontend", "--listen", "127.0.0.1:0"];
+        let token = token_file(&dirs[0]);
+        let mut args = vec![
+            "frontend",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-token-file",
+            &token,
+        ];
         args.extend_from_slice(frontend_args);
         args.extend(addrs.iter().map(String::as_str));
         let frontend = Server::start(&args);
@@ -101,7 +119,14 @@ impl Cluster {
     /// `order` (indexes into the first list) and `frontend_args`.
     fn replace_frontend(&mut self, frontend_args: &[&str], order: &[usize]) {
         self.frontend.kill_now();
-        let mut args = vec!["frontend", "--listen", "127.0.0.1:0"];
+        let token = token_file(&self.dirs[0]);
+        let mut args = vec![
+            "frontend",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-token-file",
+            &token,
+        ];
         args.extend_from_slice(frontend_args);
         args.extend(order.iter().map(|&i| self.backend_addrs[i].as_str()));
         self.frontend = Server::start(&args);
@@ -768,7 +793,15 @@ fn wait_for_epoch(addr: &str, epoch: u64, log: impl Fn() -> String) -> ringkv::V
 #[test]
 fn a_following_frontend_serves_beside_the_keeper_and_follows_its_views() {
     let mut cluster = Cluster::start(3, &[]);
-    let mut args = vec!["frontend", "--listen", "127.0.0.1:0", "--follow"];
+    let token = token_file(&cluster.dirs[0]);
+    let mut args = vec![
+        "frontend",
+        "--listen",
+        "127.0.0.1:0",
+        "--follow",
+        "--cluster-token-file",
+        &token,
+    ];
     args.extend(cluster.backend_addrs.iter().rev().map(String::as_str));
     let follower = Server::start(&args);
     let follower_addr = follower.listening("frontend");

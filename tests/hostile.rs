@@ -889,3 +889,121 @@ fn a_thousand_pipelined_requests_come_back_in_order() {
     pipeline_raw(addrs[0], "via-frontend");
     pipeline_raw(addrs[1], "via-backend");
 }
+
+/// Sends `frame` on `stream` and reads its answer.
+fn exchange(stream: &mut TcpStream, frame: &Frame) -> Frame {
+    stream.write_all(&frame.encode()).unwrap();
+    read_frame(stream).expect("the server closed the connection instead of answering")
+}
+
+/// With a cluster token, a backend takes views, chain writes and state transfers only from a
+/// connection that presented it: a forged view or chain write from anyone else is refused
+/// UNAUTHORIZED, counted, and changes nothing; clients' own requests need no token; and a
+/// frontend without the token cannot give a new cluster its view.
+#[test]
+fn only_a_peer_with_the_cluster_token_installs_views_or_writes_down_a_chain() {
+    use ringkv::cluster::token::ClusterToken;
+    let token = ClusterToken::new(b"the right token".to_vec()).unwrap();
+    let cluster = LocalCluster::start(
+        3,
+        BackendConfig {
+            cluster_token: Some(token.clone()),
+            ..BackendConfig::default()
+        },
+        FrontendConfig {
+            cluster_token: Some(token.clone()),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let mut c = client(cluster.frontend_addr());
+    c.put(b"guarded", b"value").unwrap();
+    let view = c.view().unwrap();
+    let target = cluster.backend_addrs()[0].clone();
+    let backend: SocketAddr = target.parse().unwrap();
+
+    // A one-node view that would make the target the only member, with a higher epoch.
+    let mut forged_view = ringkv::View::new(
+        view.epoch + 10,
+        view.routing,
+        view.placement,
+        1,
+        vec![target.clone()],
+    );
+    forged_view.since = vec![0];
+    let mut forged = Frame::request(
+        Opcode::VIEW_INSTALL,
+        1,
+        target.as_bytes().to_vec(),
+        protocol::payload::encode_view(&forged_view),
+    );
+    forged.epoch = forged_view.epoch;
+    let mut chain_write = Frame::request(
+        Opcode::CHAIN_PUT,
+        2,
+        b"guarded".to_vec(),
+        b"forged".to_vec(),
+    );
+    chain_write.epoch = view.epoch;
+    let auth = |token: &[u8]| Frame::request(Opcode::PEER_AUTH, 3, Vec::new(), token.to_vec());
+
+    let mut stranger = raw(backend);
+    assert_eq!(
+        exchange(&mut stranger, &forged).status,
+        Status::UNAUTHORIZED
+    );
+    assert_eq!(
+        exchange(&mut stranger, &chain_write).status,
+        Status::UNAUTHORIZED
+    );
+    assert_eq!(
+        exchange(&mut stranger, &auth(b"a wrong token")).status,
+        Status::UNAUTHORIZED
+    );
+    assert_eq!(
+        exchange(&mut stranger, &forged).status,
+        Status::UNAUTHORIZED
+    );
+    // Clients' requests are served on the same connection.
+    let get = Frame::request(Opcode::VIEW_GET, 4, Vec::new(), Vec::new());
+    let held = exchange(&mut stranger, &get);
+    assert_eq!((held.status, held.epoch), (Status::OK, view.epoch));
+    let stats = client(backend).stats().unwrap();
+    assert_eq!(stats[0].counter("unauthorized"), 4, "{stats:?}");
+    assert_eq!(c.get(b"guarded").unwrap().as_deref(), Some(&b"value"[..]));
+
+    // With the token, the same connection gets past the check: the stale view is judged on
+    // its merits.
+    let mut peer = raw(backend);
+    assert_eq!(
+        exchange(&mut peer, &auth(token.as_bytes())).status,
+        Status::OK
+    );
+    let mut old = forged.clone();
+    old.epoch = 1;
+    old.value = protocol::payload::encode_view(&ringkv::View {
+        epoch: 1,
+        ..forged_view
+    });
+    assert_eq!(exchange(&mut peer, &old).status, Status::STALE_VIEW);
+
+    // A frontend without the token over new backends that have one: its view is refused.
+    let fresh = ringkv::Backend::start(BackendConfig {
+        cluster_token: Some(token),
+        ..BackendConfig::default()
+    })
+    .unwrap();
+    let _outsider = ringkv::Frontend::start(FrontendConfig {
+        backends: vec![fresh.local_addr().to_string()],
+        threads: 2,
+        replicas: Some(1),
+        startup_timeout: Duration::from_secs(2),
+        ..FrontendConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        fresh.epoch(),
+        None,
+        "a frontend without the token installed its view"
+    );
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use ringkv::cli::{keeper_options, replicas, ring_design, server_options};
+use ringkv::cluster::token::ClusterToken;
 use ringkv::{Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Routing};
 
 /// ringkv: a distributed key-value store (frontend + ring of backends).
@@ -43,6 +44,10 @@ struct BackendArgs {
     /// start even if the log is corrupt before its tail, keeping the records before the damage
     #[argh(switch)]
     repair_log: bool,
+    /// file holding the cluster token that view installs, chain writes and state transfers
+    /// must present (default: $RINGKV_CLUSTER_TOKEN; neither: none needed)
+    #[argh(option)]
+    cluster_token_file: Option<std::path::PathBuf>,
     /// open connections allowed at once; more get BUSY (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
@@ -125,6 +130,10 @@ struct FrontendArgs {
     /// hold (polled every --ping-interval) and never publish one
     #[argh(switch)]
     follow: bool,
+    /// file holding the cluster token presented to the backends (default:
+    /// $RINGKV_CLUSTER_TOKEN; neither: none)
+    #[argh(option)]
+    cluster_token_file: Option<std::path::PathBuf>,
     /// backend addresses, as the frontend and the other backends reach them
     #[argh(positional)]
     backends: Vec<String>,
@@ -236,6 +245,7 @@ fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
         data_dir: a.data_dir,
         fsync: a.fsync,
         repair: a.repair_log,
+        cluster_token: ClusterToken::load(a.cluster_token_file.as_deref())?,
     })?;
     announce(format!("backend listening on {}", backend.local_addr()));
     wait_for_signal()?;
@@ -268,6 +278,7 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         keeper: keeper_options(a.ping_interval, a.ping_timeout)?,
         safe_retries: !a.paper,
         follow: a.follow,
+        cluster_token: ClusterToken::load(a.cluster_token_file.as_deref())?,
     })?;
     announce(format!("frontend listening on {}", frontend.local_addr()));
     if let Some(addr) = frontend.resp_addr() {
@@ -287,6 +298,8 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
     let (entry, routing, placement) =
         ring_design(a.paper, a.entry, a.routing, a.vnodes, a.partitions)?;
     let resp_listen = local_resp_listen(a.resp_listen, &a.listen);
+    // Its parts present it to each other; nothing else can install views on its backends.
+    let token = ClusterToken::generate()?;
     let frontend = FrontendConfig {
         listen: a.listen,
         resp_listen,
@@ -297,12 +310,14 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         replicas: replicas(a.paper, a.replicas)?,
         keeper: keeper_options(a.ping_interval, a.ping_timeout)?,
         safe_retries: !a.paper,
+        cluster_token: Some(token.clone()),
         ..FrontendConfig::default()
     };
     let backend = BackendConfig {
         max_bytes: a.max_bytes,
         data_dir: a.data_dir,
         fsync: a.fsync,
+        cluster_token: Some(token),
         ..BackendConfig::default()
     };
     let mut cluster = LocalCluster::start(a.backends, backend, frontend)?;

@@ -446,7 +446,11 @@ impl Watch {
     fn install(&self, view: &View, addr: &str) -> bool {
         let timeouts = self.timeouts();
         let frame = view_install_frame(view, addr, 0);
-        match Connection::open(addr, &timeouts, &self.limits).and_then(|mut c| c.call(&frame)) {
+        match self
+            .peers
+            .open_own(addr, &timeouts)
+            .and_then(|mut c| c.call(&frame))
+        {
             Ok(answer) if answer.status == Status::OK => true,
             Ok(answer) => {
                 log::error!(

@@ -51,5 +51,6 @@ pub mod dedup;
 pub mod follower;
 pub mod keeper;
 pub mod resume;
+pub mod token;
 pub mod transfer;
 pub mod view_file;

@@ -192,6 +192,8 @@ named_codes!(
         CHAIN_PUT_ONCE = 0x19,
         /// Internal: CHAIN_DELETE of a DELETE_ONCE, with its write tag.
         CHAIN_DELETE_ONCE = 0x1a,
+        /// Internal: a server that opened the connection presents the cluster token.
+        PEER_AUTH = 0x1b,
     }
 );
 
@@ -227,6 +229,9 @@ named_codes!(
         /// A tagged write older than what the node remembers of its client: not applied now; an
         /// earlier attempt may have taken effect.
         TOO_OLD = 0x1b,
+        /// A request only a cluster member may send, on a connection that did not present the
+        /// cluster token, or a wrong token.
+        UNAUTHORIZED = 0x1c,
     }
 );
 
