@@ -890,6 +890,10 @@ impl BackendState {
                 answer.request_id = request.request_id;
                 answer
             }
+            Err(e) if e.status() == Status::BUSY => {
+                self.peers.forget(next);
+                request.error_reply(Status::BUSY, e.to_string())
+            }
             Err(e) => {
                 self.peers.forget(next);
                 request.error_reply(

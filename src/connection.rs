@@ -9,7 +9,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::protocol::{self, Frame, FrameError, Limits};
+use crate::protocol::{self, Frame, FrameError, Limits, Status};
 
 /// Socket timeouts. Every socket ringkv opens or accepts gets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +319,14 @@ impl Connection {
     /// Reads the answer to `request`, checking that it carries the same id.
     pub fn recv_answer(&mut self, request: &Frame) -> Result<Frame> {
         let answer = self.recv()?;
+        // A server at its connection limit answers a new connection so before it reads a
+        // thing: not an answer to this request, and not a broken peer.
+        if answer.opcode.0 == 0 && answer.status == Status::BUSY && answer.request_id == 0 {
+            return Err(Error::Busy {
+                addr: self.addr.clone(),
+                message: answer.message(),
+            });
+        }
         if answer.request_id != request.request_id {
             return Err(Error::Mismatch {
                 addr: self.addr.clone(),

@@ -29,6 +29,9 @@ pub enum Error {
     },
     /// The server answered with an error status; `message` is its explanation.
     Status { status: Status, message: String },
+    /// The peer at `addr` is at its connection limit: it refused the connection (BUSY) before
+    /// reading any request, so nothing was done.
+    Busy { addr: String, message: String },
     /// A payload (SIZE, STATS or view body) could not be parsed.
     Payload(String),
     /// A view is unusable (no nodes, duplicate addresses, ...).
@@ -69,6 +72,12 @@ impl fmt::Display for Error {
                     write!(f, "{status}: {message}")
                 }
             }
+            Error::Busy { addr, message } => {
+                write!(
+                    f,
+                    "{addr} is at its connection limit ({message}); nothing was done"
+                )
+            }
             Error::Payload(msg) => write!(f, "bad payload: {msg}"),
             Error::View(msg) => write!(f, "bad view: {msg}"),
             Error::Config(msg) => write!(f, "bad configuration: {msg}"),
@@ -96,6 +105,7 @@ impl Error {
     pub fn status(&self) -> Status {
         match self {
             Error::Status { status, .. } => *status,
+            Error::Busy { .. } => Status::BUSY,
             Error::Payload(_) | Error::View(_) | Error::Config(_) => Status::BAD_REQUEST,
             _ => Status::UNAVAILABLE,
         }

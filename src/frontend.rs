@@ -624,6 +624,10 @@ impl FrontendState {
                         }
                         answers[*index] = Some(answer);
                     }
+                    Err(e) if e.status() == Status::BUSY => {
+                        self.peers.forget(addr);
+                        answers[*index] = Some(request.error_reply(Status::BUSY, e.to_string()));
+                    }
                     Err(e) => {
                         self.peers.forget(addr);
                         if !last && may_resend(forwarded) {

@@ -163,6 +163,8 @@ impl Peers {
                 let Some(chunk) = group.chunks.pop_front() else {
                     continue;
                 };
+                // A peer at its connection limit refused the whole connection.
+                let mut busy = None;
                 let failure = match group.conn.take() {
                     Some(Ok(mut conn)) => {
                         let mut failure = None;
@@ -170,6 +172,9 @@ impl Peers {
                             match conn.recv_answer(calls[index].1) {
                                 Ok(answer) => answers[index] = Some(Ok(answer)),
                                 Err(e) => {
+                                    if let Error::Busy { message, .. } = &e {
+                                        busy = Some(message.clone());
+                                    }
                                     failure = Some(e.to_string());
                                     answers[index] = Some(Err(e));
                                     break;
@@ -191,9 +196,16 @@ impl Peers {
                 if let Some(reason) = failure {
                     for index in group.chunks.drain(..).flatten().chain(chunk) {
                         if answers[index].is_none() {
-                            answers[index] = Some(Err(Error::Unanswered {
-                                addr: group.addr.to_string(),
-                                reason: reason.clone(),
+                            let addr = group.addr.to_string();
+                            answers[index] = Some(Err(match &busy {
+                                Some(message) => Error::Busy {
+                                    addr,
+                                    message: message.clone(),
+                                },
+                                None => Error::Unanswered {
+                                    addr,
+                                    reason: reason.clone(),
+                                },
                             }));
                         }
                     }

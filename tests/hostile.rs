@@ -1007,3 +1007,71 @@ fn only_a_peer_with_the_cluster_token_installs_views_or_writes_down_a_chain() {
         "a frontend without the token installed its view"
     );
 }
+
+/// A backend at its connection limit refuses a new connection with BUSY (request id 0) before
+/// reading anything. The frontend passes that on as BUSY (nothing was done), not as an
+/// UNAVAILABLE or a protocol error.
+#[test]
+fn a_backend_at_its_connection_limit_is_reported_busy_not_unavailable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let epoch = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let epoch = std::sync::Arc::clone(&epoch);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                while let Some(request) = read_frame_buffered(&mut stream, &mut buf) {
+                    let answer = match request.opcode {
+                        Opcode::VIEW_INSTALL => {
+                            epoch.store(request.epoch, Ordering::SeqCst);
+                            request.reply(Status::OK, Vec::new())
+                        }
+                        Opcode::VIEW_GET => request.reply(Status::NO_VIEW, Vec::new()),
+                        Opcode::HEALTH => {
+                            let mut health = request.reply(Status::OK, vec![0; 42]);
+                            health.value[7] = 7;
+                            health.value[8] = 1;
+                            health.epoch = epoch.load(Ordering::SeqCst);
+                            health
+                        }
+                        // The connection the frontend forwards key requests on: refused as a
+                        // server at its limit refuses it.
+                        _ => {
+                            let busy =
+                                Frame::error_for_id(0, Status::BUSY, "at the connection limit");
+                            let _ = stream.write_all(&busy.encode());
+                            return;
+                        }
+                    };
+                    if stream.write_all(&answer.encode()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut frontend = ringkv::Frontend::start(FrontendConfig {
+        backends: vec![addr],
+        threads: 2,
+        replicas: Some(1),
+        startup_timeout: Duration::from_secs(5),
+        ..FrontendConfig::default()
+    })
+    .unwrap();
+    let mut stream = raw(frontend.local_addr());
+    let answer = raw_call(&mut stream, Opcode::GET, 5, b"k", b"");
+    assert_eq!(answer.status, Status::BUSY, "{}", answer.message());
+    assert!(
+        answer.message().contains("connection limit"),
+        "{}",
+        answer.message()
+    );
+    // The connection is still usable.
+    assert_eq!(
+        raw_call(&mut stream, Opcode::PING, 6, b"", b"").status,
+        Status::OK
+    );
+    frontend.shutdown();
+}
