@@ -51,8 +51,8 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct RequestLimits {
     /// Most arguments of a multibulk request, the command name included.
     pub max_args: usize,
-    /// Longest bulk string: the longer of the key and value limits, since no argument can be
-    /// useful past both.
+    /// Longest bulk string read at all: the binary frame limit (or the key or value limit, if
+    /// longer). A key or value between its limit and this is read and answered TOO_LARGE.
     pub max_bulk: usize,
     /// Longest inline line and `*N` / `$N` line.
     pub max_inline: usize,
@@ -67,7 +67,9 @@ impl RequestLimits {
     pub fn for_limits(limits: &Limits) -> RequestLimits {
         RequestLimits {
             max_args: MAX_ARGS,
-            max_bulk: limits.max_key.max(limits.max_value),
+            // Up to the binary protocol's frame limit, so that a key or value somewhat over its
+            // limit is read and refused TOO_LARGE, and the connection kept, as there.
+            max_bulk: limits.max_frame.max(limits.max_key).max(limits.max_value),
             max_inline: MAX_INLINE,
             max_request: limits.max_frame.saturating_mul(2),
         }

@@ -354,8 +354,13 @@ fn errors_keep_the_connection_usable() {
             String::from_utf8_lossy(&request)
         );
     }
-    // A value at the limit is fine. An MSET with one key over the limit changes nothing.
+    // A value at the limit is fine; one byte over it is TOO_LARGE, and the connection stays.
+    // An MSET with one key over the limit changes nothing.
     assert_eq!(conn.call(&[b"SET", b"k", &[b'v'; 1024]]), ok());
+    assert!(error_starting(
+        &conn.call(&[b"SET", b"k", &[b'v'; 1025]]),
+        "ERR TOO_LARGE: value of 1025 bytes"
+    ));
     assert!(error_starting(
         &conn.call(&[b"MSET", b"k2", b"x", &[b'k'; 65], b"y"]),
         "ERR TOO_LARGE: key of 65 bytes"
@@ -375,8 +380,8 @@ fn malformed_requests_get_a_protocol_error_and_the_connection_closes() {
     );
     let addr = resp_addr(&cluster);
     let oversized_bulk = {
-        // Over the value limit of small_limits(): refused from its header, before it arrives.
-        let mut bytes = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5000\r\n".to_vec();
+        // Over the frame limit (8 MiB at least): refused from its header, before it arrives.
+        let mut bytes = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$9000000\r\n".to_vec();
         bytes.extend(vec![b'v'; 2000]);
         bytes
     };
