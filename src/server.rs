@@ -173,6 +173,13 @@ struct ClientConn {
     idle_since: Instant,
     /// It presented the cluster token (PEER_AUTH): peer-only requests are taken.
     trusted: bool,
+    /// When the answers now in `out` started to be written: all of them must be out within
+    /// the write timeout, however slowly the client takes them.
+    write_started: Option<Instant>,
+    /// The write timeout for a whole batch of answers.
+    write_limit: Duration,
+    /// The socket's write timeout in the current mode (a worker's is shorter).
+    mode_write_timeout: Duration,
 }
 
 /// What a thread does with a connection after a read or write.
@@ -189,7 +196,7 @@ impl ClientConn {
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "?".into());
-        let conn = ClientConn {
+        let mut conn = ClientConn {
             reader: FrameReader::new(options.limits.max_frame, options.timeouts.frame),
             pending: VecDeque::new(),
             stream,
@@ -198,19 +205,24 @@ impl ClientConn {
             peer,
             idle_since: Instant::now(),
             trusted: false,
+            write_started: None,
+            write_limit: options.timeouts.io,
+            mode_write_timeout: options.timeouts.io,
         };
         let _ = conn.stream.set_nodelay(true);
         conn.patient(&options.timeouts).then_some(conn)
     }
 
     /// Socket timeouts for the connection's own thread, which may wait as long as the peer may.
-    fn patient(&self, timeouts: &Timeouts) -> bool {
+    fn patient(&mut self, timeouts: &Timeouts) -> bool {
+        self.mode_write_timeout = timeouts.io;
         self.stream.set_read_timeout(Some(timeouts.frame)).is_ok()
             && self.stream.set_write_timeout(Some(timeouts.io)).is_ok()
     }
 
     /// Socket timeouts for a worker, which must not wait on one client for long.
-    fn hurried(&self) -> bool {
+    fn hurried(&mut self) -> bool {
+        self.mode_write_timeout = LINGER;
         self.stream.set_read_timeout(Some(LINGER)).is_ok()
             && self.stream.set_write_timeout(Some(LINGER)).is_ok()
     }
@@ -268,9 +280,29 @@ impl ClientConn {
     }
 
     /// Writes queued answers until none are left (`Ok(true)`) or the write timeout passes
-    /// (`Ok(false)`, the rest stays queued).
+    /// (`Ok(false)`, the rest stays queued). The timeout counts from the first attempt to write
+    /// these answers, not per write call: a client that takes them a few bytes at a time is not
+    /// given more time for it.
     fn flush(&mut self) -> std::io::Result<bool> {
+        let resumed = self.write_started.is_some();
+        if self.written < self.out.len() && !resumed {
+            self.write_started = Some(Instant::now());
+        }
+        let mut shortened = false;
+        let mut first = true;
         while self.written < self.out.len() {
+            if resumed || !first {
+                let spent = self.write_started.map_or(Duration::ZERO, |t| t.elapsed());
+                let left = self.write_limit.saturating_sub(spent);
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                if left < self.mode_write_timeout {
+                    self.stream.set_write_timeout(Some(left))?;
+                    shortened = true;
+                }
+            }
+            first = false;
             match self.stream.write(&self.out[self.written..]) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.written += n,
@@ -284,8 +316,13 @@ impl ClientConn {
                 Err(e) => return Err(e),
             }
         }
+        if shortened {
+            self.stream
+                .set_write_timeout(Some(self.mode_write_timeout))?;
+        }
         self.out.clear();
         self.written = 0;
+        self.write_started = None;
         Ok(true)
     }
 
@@ -630,7 +667,7 @@ fn lend(pool: &ThreadPool<Lent>, conn: ClientConn, serving: &Serving) -> Option<
     let (back, returned) = mpsc::sync_channel(1);
     match pool.try_submit(Lent { conn, back }) {
         Ok(()) => {
-            let conn = returned.recv().ok().flatten()?;
+            let mut conn = returned.recv().ok().flatten()?;
             conn.patient(&serving.options.timeouts).then_some(conn)
         }
         Err(Lent { mut conn, .. }) => {

@@ -696,14 +696,11 @@ fn a_whole_cluster_restarted_over_its_data_serves_the_same_keys() {
     // in a view of its own (the first one as it is, the others copied from it).
     let mut client = Client::connect(&frontend).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !client
-        .view()
-        .unwrap()
-        .states
-        .iter()
-        .all(|s| *s == ringkv::NodeState::Up)
-        || client.view().unwrap().epoch == 1
-    {
+    // One view per look: its states and its epoch must be judged together.
+    let back = |view: ringkv::View| {
+        view.epoch > 1 && view.states.iter().all(|s| *s == ringkv::NodeState::Up)
+    };
+    while !back(client.view().unwrap()) {
         assert!(
             std::time::Instant::now() < deadline,
             "the restarted backends never came back"

@@ -1075,3 +1075,71 @@ fn a_backend_at_its_connection_limit_is_reported_busy_not_unavailable() {
     );
     frontend.shutdown();
 }
+
+/// The write timeout bounds the time to write a batch of answers, not each write call: a client
+/// that takes its answers a trickle at a time is cut off about the timeout after its answers
+/// stall, instead of holding the connection for as long as it keeps taking a few bytes.
+#[test]
+fn a_client_that_reads_a_trickle_is_cut_off_after_the_write_timeout() {
+    use std::io::Read;
+    let io = Duration::from_secs(1);
+    let cluster = LocalCluster::start(
+        1,
+        BackendConfig {
+            server: ServerOptions {
+                timeouts: Timeouts {
+                    io,
+                    ..Timeouts::default()
+                },
+                ..ServerOptions::default()
+            },
+            ..BackendConfig::default()
+        },
+        FrontendConfig::default(),
+    )
+    .unwrap();
+    // The backend itself: one thread per connection, the write timeout of 1 s.
+    let addr: SocketAddr = cluster.backend_addrs()[0].parse().unwrap();
+    let value = vec![b'v'; 1 << 20];
+    let mut put = raw(addr);
+    assert_eq!(
+        raw_call(&mut put, Opcode::PUT, 1, b"big", &value).status,
+        Status::OK
+    );
+    // 64 MiB of answers asked for at once, more than any socket buffers hold.
+    let mut slow = raw(addr);
+    let mut requests = Vec::new();
+    for id in 0..64 {
+        requests.extend(request_bytes(Opcode::GET, id, b"big", b""));
+    }
+    slow.write_all(&requests).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut taken = 0usize;
+    let closed_after = loop {
+        match slow.read(&mut chunk) {
+            Ok(0) | Err(_) if taken > 0 => break started.elapsed(),
+            Ok(n) => taken += n,
+            Err(e) => panic!("no answer at all: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "still served after {:?} ({taken} bytes taken)",
+            started.elapsed()
+        );
+        // About 1.3 MB/s: 64 MiB would take almost a minute.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(taken < 64 << 20, "every answer was taken ({taken} bytes)");
+    eprintln!("cut off after {closed_after:?}, {taken} bytes taken");
+    // The socket buffers fill at once; from then on the stalled batch has one timeout, and the
+    // buffered bytes still drain to the client before it sees the close.
+    assert!(
+        closed_after < Duration::from_secs(15),
+        "cut off only after {closed_after:?}"
+    );
+    // Others are still served.
+    assert_serves(addr);
+}
