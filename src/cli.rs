@@ -143,6 +143,7 @@ pub fn server_options(
             ..Timeouts::default()
         },
         max_connections,
+        ..ServerOptions::default()
     })
 }
 

@@ -22,8 +22,12 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Socket timeouts.
     pub timeouts: Timeouts,
-    /// Open client connections allowed at once; one more gets BUSY and is closed.
+    /// Open client connections allowed at once. At the limit, the connection that has had
+    /// nothing going on longest is closed to make room, if that is at least
+    /// `evict_idle_after`; otherwise the newcomer gets BUSY and is closed.
     pub max_connections: usize,
+    /// How long a connection must have been idle to be closed for a newcomer at the limit.
+    pub evict_idle_after: Duration,
 }
 
 impl Default for ServerOptions {
@@ -32,6 +36,7 @@ impl Default for ServerOptions {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             max_connections: 1024,
+            evict_idle_after: EVICTABLE_AFTER,
         }
     }
 }
@@ -58,14 +63,65 @@ pub trait Handler: Send + Sync + 'static {
 
 /// The sockets of open connections, so that shutdown can close them and the acceptor can count
 /// them against the limit.
-#[derive(Default)]
 pub(crate) struct Registry {
-    open: Mutex<HashMap<u64, TcpStream>>,
+    open: Mutex<HashMap<u64, (TcpStream, Activity)>>,
     next_id: AtomicU64,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+/// When a connection last had something going on (milliseconds since [`clock_start`]), or
+/// [`Activity::BUSY`] while a request of it is being answered.
+#[derive(Clone, Default)]
+pub(crate) struct Activity(Arc<AtomicU64>);
+
+impl Activity {
+    const BUSY: u64 = u64::MAX;
+    /// A cluster member's connection (it presented the cluster token): never closed for room.
+    const PEER: u64 = u64::MAX - 1;
+
+    fn now() -> u64 {
+        clock_start().elapsed().as_millis() as u64
+    }
+
+    /// A frame arrived, or its answers went out.
+    fn touch(&self) {
+        self.0.store(Activity::now(), Ordering::Relaxed);
+    }
+
+    /// A request of this connection is being answered: it is not idle, whatever the clock says.
+    fn busy(&self) {
+        self.0.store(Activity::BUSY, Ordering::Relaxed);
+    }
+
+    /// It is a cluster member's.
+    fn peer(&self) {
+        self.0.store(Activity::PEER, Ordering::Relaxed);
+    }
+
+    /// How long it has had nothing going on; `None` while busy, or for a peer's.
+    fn idle_for(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            Activity::BUSY | Activity::PEER => None,
+            last => Some(Duration::from_millis(Activity::now().saturating_sub(last))),
+        }
+    }
+}
+
+fn clock_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 impl Registry {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (TcpStream, Activity)>> {
         match self.open.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -78,18 +134,39 @@ impl Registry {
 
     pub(crate) fn register(self: &Arc<Self>, stream: &TcpStream) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let activity = Activity::default();
+        activity.touch();
         if let Ok(clone) = stream.try_clone() {
-            self.lock().insert(id, clone);
+            self.lock().insert(id, (clone, activity.clone()));
         }
         Registered {
             registry: Arc::clone(self),
             id,
+            activity,
         }
     }
 
     pub(crate) fn close_all(&self) {
-        for stream in self.lock().values() {
+        for (stream, _) in self.lock().values() {
             let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Closes the connection that has been idle longest, if it has been idle at least
+    /// `at_least`; true if one was closed (and no longer counts).
+    fn close_idlest(&self, at_least: Duration) -> bool {
+        let mut open = self.lock();
+        let idlest = open
+            .iter()
+            .filter_map(|(id, (_, activity))| activity.idle_for().map(|idle| (*id, idle)))
+            .filter(|(_, idle)| *idle >= at_least)
+            .max_by_key(|(_, idle)| *idle);
+        match idlest.and_then(|(id, _)| open.remove(&id)) {
+            Some((stream, _)) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -98,6 +175,7 @@ impl Registry {
 pub(crate) struct Registered {
     registry: Arc<Registry>,
     id: u64,
+    activity: Activity,
 }
 
 impl Drop for Registered {
@@ -120,6 +198,10 @@ pub(crate) enum Dispatch {
     /// connection stays open.
     Pool { threads: usize, queue: usize },
 }
+
+/// A connection with nothing going on for this long may be closed to make room for a new one
+/// when the server is at its connection limit.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
 /// How long a worker keeps a connection that has gone quiet, waiting for its next request
 /// before giving it back: longer than a client's turn-around between an answer and its next
@@ -180,6 +262,8 @@ struct ClientConn {
     write_limit: Duration,
     /// The socket's write timeout in the current mode (a worker's is shorter).
     mode_write_timeout: Duration,
+    /// What the acceptor sees of it, to close the idlest connection at the limit.
+    activity: Activity,
 }
 
 /// What a thread does with a connection after a read or write.
@@ -208,6 +292,7 @@ impl ClientConn {
             write_started: None,
             write_limit: options.timeouts.io,
             mode_write_timeout: options.timeouts.io,
+            activity: Activity::default(),
         };
         let _ = conn.stream.set_nodelay(true);
         conn.patient(&options.timeouts).then_some(conn)
@@ -229,6 +314,8 @@ impl ClientConn {
 
     /// Queues `first` and every further whole request already received, up to [`MAX_BATCH`].
     fn gather(&mut self, first: Frame) {
+        // Not idle from the first frame until its answers are out.
+        self.activity.busy();
         self.pending.push_back(first);
         // A buffered frame that turns out malformed is left for the next read to report.
         while self.pending.len() < MAX_BATCH && self.reader.has_buffered_frame() {
@@ -323,6 +410,13 @@ impl ClientConn {
         self.out.clear();
         self.written = 0;
         self.write_started = None;
+        if self.pending.is_empty() {
+            if self.trusted {
+                self.activity.peer();
+            } else {
+                self.activity.touch();
+            }
+        }
         Ok(true)
     }
 
@@ -593,7 +687,10 @@ fn accept_loop(
                 continue;
             }
         };
-        if registry.len() >= max_connections {
+        // At the limit, the connection idle longest makes room (one that says nothing must not
+        // lock the others out); only when none has been idle for a while is the newcomer refused.
+        let evictable = connections.serving.options.evict_idle_after;
+        if registry.len() >= max_connections && !registry.close_idlest(evictable) {
             refuse_busy(
                 stream,
                 &format!("{name} is at its limit of {max_connections} connections"),
@@ -606,7 +703,7 @@ fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name(format!("{name}-conn"))
             .spawn(move || {
-                serve_connection(stream, &connections);
+                serve_connection(stream, &connections, registered.activity.clone());
                 drop(registered);
             });
         if let Err(e) = spawned {
@@ -626,11 +723,12 @@ fn refuse_busy(mut stream: TcpStream, message: &str, handler: &dyn Handler) {
 /// Serves one connection on its own thread until the peer closes it, misbehaves, idles out, or
 /// the server shuts down. Answers are written in request order; when a client pipelines, the
 /// requests already received are answered together and their answers written together.
-fn serve_connection(stream: TcpStream, connections: &Connections) {
+fn serve_connection(stream: TcpStream, connections: &Connections, activity: Activity) {
     let serving = &*connections.serving;
     let Some(mut conn) = ClientConn::new(stream, &serving.options) else {
         return;
     };
+    conn.activity = activity;
     while !serving.shutdown.load(Ordering::Relaxed) {
         // Answers a slow client has not taken yet, with the full write timeout.
         if let Flow::Close = conn.flush_all() {

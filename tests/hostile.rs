@@ -479,6 +479,8 @@ fn the_backend_connection_limit_answers_busy() {
     let backend = ringkv::Backend::start(BackendConfig {
         server: ServerOptions {
             max_connections: 2,
+            // These connections only pause between requests: never closed for a newcomer.
+            evict_idle_after: Duration::from_secs(3600),
             ..ServerOptions::default()
         },
         ..BackendConfig::default()
@@ -521,6 +523,8 @@ fn the_frontend_connection_limit_answers_busy() {
     let cluster = one_backend_cluster(FrontendConfig {
         server: ServerOptions {
             max_connections: 2,
+            // These connections only pause between requests: never closed for a newcomer.
+            evict_idle_after: Duration::from_secs(3600),
             ..ServerOptions::default()
         },
         ..FrontendConfig::default()
@@ -1142,4 +1146,42 @@ fn a_client_that_reads_a_trickle_is_cut_off_after_the_write_timeout() {
     );
     // Others are still served.
     assert_serves(addr);
+}
+
+/// At its connection limit a server closes the connection that has been idle longest (here one
+/// that never said a thing) to make room, instead of locking newcomers out until the idle
+/// timeout; a connection in use is kept.
+#[test]
+fn at_its_connection_limit_a_server_closes_the_connection_idle_longest() {
+    let cluster = one_backend_cluster(FrontendConfig {
+        server: ServerOptions {
+            max_connections: 2,
+            evict_idle_after: Duration::from_millis(300),
+            ..ServerOptions::default()
+        },
+        ..FrontendConfig::default()
+    });
+    let addr = cluster.frontend_addr();
+    let mut quiet = raw(addr);
+    let mut active = raw(addr);
+    assert_eq!(
+        raw_call(&mut active, Opcode::PING, 1, b"", b"").status,
+        Status::OK
+    );
+    // Waits out the idle time the quiet connection needs (a time condition, not a readiness).
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        raw_call(&mut active, Opcode::PING, 2, b"", b"").status,
+        Status::OK
+    );
+    let mut newcomer = raw(addr);
+    assert_eq!(
+        raw_call(&mut newcomer, Opcode::PING, 3, b"", b"").status,
+        Status::OK
+    );
+    assert_closed(&mut quiet);
+    assert_eq!(
+        raw_call(&mut active, Opcode::PING, 4, b"", b"").status,
+        Status::OK
+    );
 }
