@@ -351,35 +351,22 @@ impl Frontend {
         if !resumed || config.keeper.is_none() {
             state.install_everywhere(config.startup_timeout);
         }
-        let follower = match config.keeper {
-            Some(options) if config.follow => Some(
-                Follower::start(
-                    options,
-                    config.server.limits,
-                    Arc::clone(&state.view),
-                    Arc::clone(&state.peers),
-                )
-                .map_err(|source| Error::Bind {
-                    addr: config.listen.clone(),
-                    source,
-                })?,
-            ),
-            _ => None,
+        let bind_error = |source| Error::Bind {
+            addr: config.listen.clone(),
+            source,
         };
-        let keeper = match config.keeper {
-            Some(options) if !config.follow => Some(
-                Keeper::start(
-                    options,
-                    config.server.limits,
-                    Arc::clone(&state.view),
-                    Arc::clone(&state.peers),
-                )
-                .map_err(|source| Error::Bind {
-                    addr: config.listen.clone(),
-                    source,
-                })?,
+        let (view, peers) = (Arc::clone(&state.view), Arc::clone(&state.peers));
+        let limits = config.server.limits;
+        let (keeper, follower) = match config.keeper {
+            Some(options) if config.follow => (
+                None,
+                Some(Follower::start(options, limits, view, peers).map_err(bind_error)?),
             ),
-            _ => None,
+            Some(options) => (
+                Some(Keeper::start(options, limits, view, peers).map_err(bind_error)?),
+                None,
+            ),
+            None => (None, None),
         };
         Ok(Frontend {
             state,
@@ -501,14 +488,12 @@ impl FrontendState {
                 } else {
                     Opcode::PUT_ONCE
                 };
-                let mut tagged = Frame::request(
+                Frame::request(
                     opcode,
                     request.request_id,
                     request.key.clone(),
                     tag.prefix(&request.value),
-                );
-                tagged.hop_limit = request.hop_limit;
-                tagged
+                )
             }
             None => request.clone(),
         };

@@ -602,6 +602,27 @@ fn a_client_that_does_not_read_its_answers_holds_no_frontend_worker() {
     }
 }
 
+/// How a stand-in backend answers the frontend's control requests, as a real one would: it takes
+/// the view (remembering its epoch in `epoch`), has none at first, and answers probes alive,
+/// with the same incarnation, its view confirmed and nothing to copy. `None` for the rest.
+fn stand_in_control(request: &Frame, epoch: &std::sync::atomic::AtomicU64) -> Option<Frame> {
+    Some(match request.opcode {
+        Opcode::VIEW_INSTALL => {
+            epoch.store(request.epoch, Ordering::SeqCst);
+            request.reply(Status::OK, Vec::new())
+        }
+        Opcode::VIEW_GET => request.reply(Status::NO_VIEW, Vec::new()),
+        Opcode::HEALTH => {
+            let mut health = request.reply(Status::OK, vec![0; 42]);
+            health.value[7] = 7;
+            health.value[8] = 1;
+            health.epoch = epoch.load(Ordering::SeqCst);
+            health
+        }
+        _ => return None,
+    })
+}
+
 /// A backend that takes the frontend's view and then answers key requests only when told to:
 /// it keeps the frontend's only worker busy for as long as a test needs.
 struct StuckBackend {
@@ -629,21 +650,9 @@ impl StuckBackend {
                 std::thread::spawn(move || {
                     let mut buf = Vec::new();
                     while let Some(request) = read_frame_buffered(&mut stream, &mut buf) {
-                        let answer = match request.opcode {
-                            Opcode::VIEW_INSTALL => {
-                                epoch.store(request.epoch, Ordering::SeqCst);
-                                request.reply(Status::OK, Vec::new())
-                            }
-                            Opcode::VIEW_GET => request.reply(Status::NO_VIEW, Vec::new()),
-                            // Alive, same incarnation, its view confirmed, nothing to copy.
-                            Opcode::HEALTH => {
-                                let mut health = request.reply(Status::OK, vec![0; 34]);
-                                health.value[7] = 7;
-                                health.value[8] = 1;
-                                health.epoch = epoch.load(Ordering::SeqCst);
-                                health
-                            }
-                            _ => {
+                        let answer = match stand_in_control(&request, &epoch) {
+                            Some(answer) => answer,
+                            None => {
                                 let _ = seen.send(request.request_id);
                                 // Waits for the release (or for the test to end).
                                 let _ = released.lock().unwrap().recv();
@@ -1027,22 +1036,11 @@ fn a_backend_at_its_connection_limit_is_reported_busy_not_unavailable() {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 while let Some(request) = read_frame_buffered(&mut stream, &mut buf) {
-                    let answer = match request.opcode {
-                        Opcode::VIEW_INSTALL => {
-                            epoch.store(request.epoch, Ordering::SeqCst);
-                            request.reply(Status::OK, Vec::new())
-                        }
-                        Opcode::VIEW_GET => request.reply(Status::NO_VIEW, Vec::new()),
-                        Opcode::HEALTH => {
-                            let mut health = request.reply(Status::OK, vec![0; 42]);
-                            health.value[7] = 7;
-                            health.value[8] = 1;
-                            health.epoch = epoch.load(Ordering::SeqCst);
-                            health
-                        }
+                    let answer = match stand_in_control(&request, &epoch) {
+                        Some(answer) => answer,
                         // The connection the frontend forwards key requests on: refused as a
                         // server at its limit refuses it.
-                        _ => {
+                        None => {
                             let busy =
                                 Frame::error_for_id(0, Status::BUSY, "at the connection limit");
                             let _ = stream.write_all(&busy.encode());

@@ -242,7 +242,7 @@ impl WriteWindows {
             let Some((oldest, _)) = window.records.pop_first() else {
                 break;
             };
-            window.floor = window.floor.max(oldest + 1);
+            window.floor = window.floor.max(oldest.saturating_add(1));
         }
     }
 

@@ -123,7 +123,7 @@ pub fn choose(configured: &View, replicas_given: bool, addrs: &[String], held: &
     let mut moved = Vec::new();
     for (addr, held) in &pairs {
         if let Held::View(view) = held {
-            fresh.epoch = fresh.epoch.max(view.epoch + 1);
+            fresh.epoch = fresh.epoch.max(view.epoch.saturating_add(1));
             moved.push((addr.to_string(), view.epoch));
         }
     }
