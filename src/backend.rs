@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::cluster::chain::{self, KeyLocks};
 use crate::cluster::dedup::{Seen, WriteWindows};
+use crate::cluster::handoff::{self, Incoming};
 use crate::cluster::token::ClusterToken;
 use crate::cluster::transfer::{self, Receiver, Trackers};
 use crate::cluster::view_file::{self, SavedView};
@@ -158,6 +159,8 @@ struct BackendState {
     trackers: Trackers,
     /// This node's own state transfer, when it comes back.
     receiver: Receiver,
+    /// The partitions a join or leave brings this node.
+    incoming: Incoming,
     /// Where the view is kept across restarts (with a data directory).
     data_dir: Option<std::path::PathBuf>,
     peers: Peers,
@@ -174,8 +177,8 @@ struct BackendState {
 pub struct Backend {
     state: Arc<BackendState>,
     server: ServerHandle,
-    /// The state transfer thread, stopped with the backend.
-    driver: Option<std::thread::JoinHandle<()>>,
+    /// The state transfer and handoff threads, stopped with the backend.
+    drivers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Backend {
@@ -218,6 +221,7 @@ impl Backend {
             windows: WriteWindows::default(),
             trackers: Trackers::default(),
             receiver: Receiver::default(),
+            incoming: Incoming::default(),
             data_dir: config.data_dir.clone(),
             peers: Peers::new(config.server.timeouts, config.server.limits)
                 .with_token(config.cluster_token.clone()),
@@ -238,18 +242,23 @@ impl Backend {
             state
                 .receiver
                 .view_installed(None, m.ring.view().states[m.me], m.ring.view().epoch);
+            state.incoming.view_installed(&m.ring, m.me);
         }
-        let driver = {
+        let spawn = |name: &str, run: fn(&BackendState)| {
             let state = Arc::clone(&state);
             std::thread::Builder::new()
-                .name("state-transfer".into())
-                .spawn(move || transfer::run(&*state))
-                .map_err(|e| crate::error::Error::Config(format!("cannot start a thread: {e}")))?
+                .name(name.into())
+                .spawn(move || run(&state))
+                .map_err(|e| crate::error::Error::Config(format!("cannot start a thread: {e}")))
         };
+        let drivers = vec![
+            spawn("state-transfer", |s| transfer::run(s))?,
+            spawn("handoff", |s| handoff::run(s))?,
+        ];
         Ok(Backend {
             state,
             server,
-            driver: Some(driver),
+            drivers,
         })
     }
 
@@ -266,8 +275,13 @@ impl Backend {
     /// Stops listening and closes every connection.
     pub fn shutdown(&mut self) {
         self.server.shutdown();
+        self.stop_drivers();
+    }
+
+    fn stop_drivers(&mut self) {
         self.state.receiver.stop();
-        if let Some(driver) = self.driver.take() {
+        self.state.incoming.stop();
+        for driver in self.drivers.drain(..) {
             let _ = driver.join();
         }
     }
@@ -275,10 +289,7 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.state.receiver.stop();
-        if let Some(driver) = self.driver.take() {
-            let _ = driver.join();
-        }
+        self.stop_drivers();
     }
 }
 
@@ -301,6 +312,16 @@ impl transfer::Host for BackendState {
 
     fn io_timeout(&self) -> std::time::Duration {
         self.peers.timeouts().io
+    }
+}
+
+impl handoff::Host for BackendState {
+    fn incoming(&self) -> &Incoming {
+        &self.incoming
+    }
+
+    fn sources_open(&self) -> usize {
+        self.trackers.open_count()
     }
 }
 
@@ -412,6 +433,10 @@ impl BackendState {
             // The copy and its deltas brought writes without their tags.
             self.windows.mark_incomplete();
         }
+        if self.incoming.view_installed(&ring, index) {
+            // Likewise for the partitions a move made it a member of.
+            self.windows.mark_incomplete();
+        }
         self.trackers.retain_live(&ring);
         *slot = Some(Arc::new(Membership {
             ring: Arc::new(ring),
@@ -448,6 +473,10 @@ impl BackendState {
         // short wait, bounded by the i/o timeout (then it refuses them).
         if !self.receiver.serves_reads() && requests.iter().any(|r| r.opcode == Opcode::GET) {
             self.receiver.wait_for_reads(self.peers.timeouts().io);
+        }
+        // So does one catching up on the partitions a move gave it.
+        if self.incoming.refuses_some_reads() && requests.iter().any(|r| r.opcode == Opcode::GET) {
+            self.incoming.wait_for_reads(self.peers.timeouts().io);
         }
         // The writes this node heads take their keys' locks before anything is applied, and
         // keep them until the rest of the chain has answered (invariant 1 in `cluster`).
@@ -676,6 +705,18 @@ impl BackendState {
                         "{} is catching up after a state transfer ({:?}); not read",
                         ring.node(membership.me),
                         self.receiver.phase()
+                    ),
+                ));
+            }
+            if request.opcode == Opcode::GET
+                && self.incoming.refuses_read(ring.point_index(&position))
+            {
+                return Route::Answered(request.error_reply(
+                    Status::UNAVAILABLE,
+                    format!(
+                        "{} is catching up on this key's partition after a move ({:?}); not read",
+                        ring.node(membership.me),
+                        self.incoming.phase()
                     ),
                 ));
             }
@@ -944,17 +985,23 @@ impl BackendState {
     fn health(&self, request: &Frame) -> Frame {
         let membership = self.membership();
         let phase = self.receiver.phase();
-        let mut value = Vec::with_capacity(42);
+        let mut value = Vec::with_capacity(51);
         value.extend_from_slice(&self.incarnation.to_be_bytes());
         value.push(u8::from(membership.as_ref().is_some_and(|m| m.confirmed)));
         value.push(phase.code());
         value.extend_from_slice(&phase.epoch().to_be_bytes());
-        for counter in [&self.receiver.keys_copied, &self.receiver.bytes_copied] {
+        for counter in [
+            &self.receiver.intake.keys_copied,
+            &self.receiver.intake.bytes_copied,
+        ] {
             value.extend_from_slice(&counter.load(Ordering::Relaxed).to_be_bytes());
         }
         // Keys it blocks until a newer view: whichever frontend's write left them so, the
         // keeper learns here that a new epoch is wanted.
         value.extend_from_slice(&self.key_locks.highest_blocked().to_be_bytes());
+        let moving = self.incoming.phase();
+        value.push(moving.code());
+        value.extend_from_slice(&moving.epoch().to_be_bytes());
         let mut answer = request.reply(Status::OK, value);
         answer.epoch = membership.map_or(0, |m| m.ring.view().epoch);
         answer
@@ -987,15 +1034,17 @@ impl BackendState {
                     ),
                 );
             }
-            let syncing = m
-                .ring
-                .index_of(&node)
-                .is_some_and(|i| view.states[i] == crate::ring::NodeState::Syncing);
-            if !syncing || !view.is_up(m.me) {
+            // A node copies when it comes back (syncing) or when a move gives it partitions.
+            let copies = m.ring.index_of(&node).is_some_and(|i| {
+                view.states[i] == crate::ring::NodeState::Syncing
+                    || view.is_moving() && view.is_up(i)
+            });
+            if !copies || !view.is_up(m.me) {
                 return request.error_reply(
                     Status::BAD_REQUEST,
                     format!(
-                        "in view epoch {} {node} is not syncing or this node is not up",
+                        "in view epoch {} {node} is neither syncing nor up in a move, or this \
+                         node is not up",
                         view.epoch
                     ),
                 );
@@ -1154,18 +1203,20 @@ impl BackendState {
     ) -> std::result::Result<(Status, Unsettled), crate::store::StoreError> {
         let is_delete = request.opcode.is_delete();
         let value = stored_value(request);
-        let result = self.receiver.write(&request.key, || {
-            if is_delete {
-                self.store
-                    .delete_unsettled(&request.key)
-                    .map(|(found, written)| {
-                        (if found { Status::OK } else { Status::NOT_FOUND }, written)
-                    })
-            } else {
-                self.store
-                    .put_unsettled(&request.key, value)
-                    .map(|written| (Status::OK, written))
-            }
+        let result = self.incoming.intake.write(&request.key, || {
+            self.receiver.write(&request.key, || {
+                if is_delete {
+                    self.store
+                        .delete_unsettled(&request.key)
+                        .map(|(found, written)| {
+                            (if found { Status::OK } else { Status::NOT_FOUND }, written)
+                        })
+                } else {
+                    self.store
+                        .put_unsettled(&request.key, value)
+                        .map(|written| (Status::OK, written))
+                }
+            })
         });
         if result.is_ok() {
             self.trackers
@@ -1269,10 +1320,21 @@ impl BackendState {
                 ("retries_completed", &c.retries_completed),
                 ("retries_too_old", &c.retries_too_old),
                 ("unauthorized", &c.unauthorized),
-                ("catchup_keys", &self.receiver.keys_copied),
-                ("catchup_bytes", &self.receiver.bytes_copied),
+                ("catchup_keys", &self.receiver.intake.keys_copied),
+                ("catchup_bytes", &self.receiver.intake.bytes_copied),
                 ("transfer_keys_sent", &self.trackers.keys_sent),
                 ("transfer_bytes_sent", &self.trackers.bytes_sent),
+                ("handoff_keys", &self.incoming.intake.keys_copied),
+                ("handoff_bytes", &self.incoming.intake.bytes_copied),
+                (
+                    "handoff_partitions_planned",
+                    &self.incoming.partitions_planned,
+                ),
+                (
+                    "handoff_partitions_copied",
+                    &self.incoming.partitions_copied,
+                ),
+                ("handoff_keys_dropped", &self.incoming.keys_dropped),
             ] {
                 counters.push((name.to_string(), counter.load(Ordering::Relaxed)));
             }

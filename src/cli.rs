@@ -598,11 +598,38 @@ pub fn render_ring(view: &View) -> Result<String> {
             points.len()
         );
     }
-    let mean = 1.0 / ring.len() as f64;
+    let owning = view.owning().iter().filter(|&&o| o).count().max(1);
+    let mean = 1.0 / owning as f64;
     let most = shares.iter().cloned().fold(0.0, f64::max);
     let _ = writeln!(out, "largest share / mean: {:.3}", most / mean);
+    out.push_str(&render_move(&ring));
     out.push_str(&render_chains(&ring));
     Ok(out)
+}
+
+/// What `kvcli ring` and `kvcli size` add while a join or leave is under way: how many
+/// partitions change chains, and per node how many it owns now and will own.
+pub fn render_move(ring: &Ring) -> String {
+    let view = ring.view();
+    if !view.is_moving() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "a join or leave is under way: {} of {} partitions change chains",
+        crate::cluster::handoff::moving_partitions(ring),
+        ring.point_count()
+    );
+    let held =
+        |table: &[u16], node: usize| table.iter().filter(|&&o| usize::from(o) == node).count();
+    for (index, node) in view.nodes.iter().enumerate() {
+        let (now, then) = (held(&view.owners, index), held(&view.target, index));
+        if now != then {
+            let _ = writeln!(out, "  {node}: {now} partitions now, {then} after the move");
+        }
+    }
+    out
 }
 
 /// Most chains `kvcli ring` lists one by one.

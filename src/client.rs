@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::cluster::membership::Change;
+use crate::cluster::token::ClusterToken;
 use crate::connection::{Connection, Timeouts};
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport, WriteTag};
@@ -105,6 +107,25 @@ pub struct Client {
     client_id: u64,
     /// The sequence number of its next tagged write.
     next_seq: u64,
+    /// Presented (PEER_AUTH) on every connection this client opens, for joins and leaves.
+    cluster_token: Option<ClusterToken>,
+}
+
+/// Where a join or leave stands ([`Client::change_progress`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeProgress {
+    /// The epoch of the view the frontend routes by.
+    pub epoch: u64,
+    /// Partitions whose chains are changing (0 once no move is under way).
+    pub moving_partitions: usize,
+    /// Partitions the receiving backends are to copy, and have copied, summed over them.
+    pub partitions_planned: u64,
+    pub partitions_copied: u64,
+    /// Keys and bytes the backends have taken in by moves since they started.
+    pub keys_copied: u64,
+    pub bytes_copied: u64,
+    /// `None` while the change runs; then whether it was carried out.
+    pub outcome: Option<std::result::Result<(), String>>,
 }
 
 /// How many times [`Client::put`] and [`Client::delete`] send a write at most.
@@ -126,7 +147,23 @@ impl Client {
             last_hops: 0,
             client_id: crate::rng::unique_id(),
             next_seq: 1,
+            cluster_token: None,
         })
+    }
+
+    /// This client, presenting `token` (PEER_AUTH) on its connection now and on every one it
+    /// opens later: joins and leaves need it when the cluster has a token.
+    pub fn with_cluster_token(mut self, token: ClusterToken) -> Result<Client> {
+        let mut conn = self.options.open(&self.addr)?;
+        Client::present(&mut conn, &token)?;
+        self.conn = Some(conn);
+        self.cluster_token = Some(token);
+        Ok(self)
+    }
+
+    fn present(conn: &mut Connection, token: &ClusterToken) -> Result<()> {
+        let auth = Frame::request(Opcode::PEER_AUTH, 0, Vec::new(), token.as_bytes().to_vec());
+        Client::expect_success(conn.call(&auth)?).map(drop)
     }
 
     /// The address this client is connected to.
@@ -141,9 +178,16 @@ impl Client {
 
     /// The connection, opened again if the last one failed.
     fn conn(&mut self) -> Result<&mut Connection> {
+        if self.conn.is_none() {
+            let mut conn = self.options.open(&self.addr)?;
+            if let Some(token) = &self.cluster_token {
+                Client::present(&mut conn, token)?;
+            }
+            self.conn = Some(conn);
+        }
         match &mut self.conn {
             Some(conn) => Ok(conn),
-            slot => Ok(slot.insert(self.options.open(&self.addr)?)),
+            None => Err(Error::Config("no connection".into())),
         }
     }
 
@@ -265,6 +309,75 @@ impl Client {
     pub fn view(&mut self) -> Result<View> {
         let answer = Client::expect_success(self.call(Opcode::VIEW_GET, &[], &[])?)?;
         payload::decode_view(answer.epoch, &answer.value)
+    }
+
+    /// Asks the view keeper (through its frontend) to add the backend at `addr`, which must be
+    /// running, with no view of another cluster, and the cluster's token if it has one. Returns
+    /// once the join has begun, with the epoch of the view that began it; the partitions then
+    /// move in the background ([`change_progress`](Client::change_progress)).
+    pub fn join(&mut self, addr: &str) -> Result<u64> {
+        self.change(Opcode::MEMBER_JOIN, addr)
+    }
+
+    /// Asks the view keeper to hand off the partitions of the backend at `addr` and then take
+    /// it out of the cluster; like [`join`](Client::join).
+    pub fn leave(&mut self, addr: &str) -> Result<u64> {
+        self.change(Opcode::MEMBER_LEAVE, addr)
+    }
+
+    fn change(&mut self, opcode: Opcode, addr: &str) -> Result<u64> {
+        let answer = Client::expect_success(self.call(opcode, addr.as_bytes(), &[])?)?;
+        let epoch = answer
+            .value
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| Error::Payload("a membership answer carries an epoch".into()))?;
+        Ok(epoch)
+    }
+
+    /// Where `change`, begun in view `begun`, stands: from the frontend's view and the
+    /// backends' handoff counters.
+    pub fn change_progress(&mut self, change: &Change, begun: u64) -> Result<ChangeProgress> {
+        let view = self.view()?;
+        let ring = crate::ring::Ring::new(view.clone())?;
+        let mut progress = ChangeProgress {
+            epoch: view.epoch,
+            moving_partitions: crate::cluster::handoff::moving_partitions(&ring),
+            partitions_planned: 0,
+            partitions_copied: 0,
+            keys_copied: 0,
+            bytes_copied: 0,
+            outcome: None,
+        };
+        for report in self.stats()?.iter().filter(|r| r.addr != "total") {
+            let counter = |name: &str| {
+                report
+                    .counters
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0, |(_, v)| *v)
+            };
+            progress.partitions_planned += counter("handoff_partitions_planned");
+            progress.partitions_copied += counter("handoff_partitions_copied");
+            progress.keys_copied += counter("handoff_keys");
+            progress.bytes_copied += counter("handoff_bytes");
+        }
+        if view.epoch > begun && !view.is_moving() {
+            let at = view.nodes.iter().position(|n| n == change.addr());
+            let owning = view.owning();
+            progress.outcome = match (change, at) {
+                (Change::Join(_), Some(at)) if owning[at] => Some(Ok(())),
+                (Change::Join(addr), None) => Some(Err(format!(
+                    "the join of {addr} was called off (it stopped answering before it took its \
+                     partitions); see the frontend's log"
+                ))),
+                (Change::Leave(_), None) => Some(Ok(())),
+                // Handed off, not yet taken out: a round of the keeper away.
+                _ => None,
+            };
+        }
+        Ok(progress)
     }
 
     /// Round-trip time of a PING.

@@ -10,6 +10,7 @@ use crate::backend::{view_answer, view_install_frame};
 use crate::cluster::dedup;
 use crate::cluster::follower::Follower;
 use crate::cluster::keeper::{CurrentView, Keeper, KeeperOptions};
+use crate::cluster::membership::{Change, Changes};
 use crate::cluster::resume;
 use crate::cluster::token::ClusterToken;
 use crate::error::{Error, Result};
@@ -146,6 +147,10 @@ struct FrontendState {
     /// Whether this frontend gives its view to a backend that has none (only a view keeper,
     /// and only with one copy per key: with more, the keeper judges a node without a view).
     installs_views: bool,
+    /// Where joins and leaves go to this frontend's view keeper; `None` when it has none.
+    changes: Option<Arc<Changes>>,
+    /// Asked of whoever sends a join or leave, as of the backends' peers.
+    cluster_token: Option<ClusterToken>,
 }
 
 /// Times a key request is sent at most: a first try and two more under newer views.
@@ -327,6 +332,9 @@ impl Frontend {
             safe_retries: config.safe_retries,
             writers: Writers::default(),
             installs_views: !config.follow && replicas == 1,
+            changes: (config.keeper.is_some() && !config.follow)
+                .then(|| Arc::new(Changes::default())),
+            cluster_token: config.cluster_token.clone(),
         });
         let server = server::serve(
             "frontend",
@@ -362,10 +370,13 @@ impl Frontend {
                 None,
                 Some(Follower::start(options, limits, view, peers).map_err(bind_error)?),
             ),
-            Some(options) => (
-                Some(Keeper::start(options, limits, view, peers).map_err(bind_error)?),
-                None,
-            ),
+            Some(options) => {
+                let changes = state.changes.clone().unwrap_or_default();
+                (
+                    Some(Keeper::start(options, limits, view, peers, changes).map_err(bind_error)?),
+                    None,
+                )
+            }
             None => (None, None),
         };
         Ok(Frontend {
@@ -750,6 +761,10 @@ fn total(reports: &[NodeReport]) -> NodeReport {
 }
 
 impl Handler for FrontendState {
+    fn cluster_token(&self) -> Option<&ClusterToken> {
+        self.cluster_token.as_ref()
+    }
+
     /// Runs of key requests go to the backends in batches; any other request is answered in
     /// its place in the order, after the key requests before it.
     fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
@@ -789,6 +804,7 @@ impl Handler for FrontendState {
                 Status::BAD_REQUEST,
                 "the frontend makes views; it does not accept them",
             ),
+            Opcode::MEMBER_JOIN | Opcode::MEMBER_LEAVE => self.change_membership(&request),
             other => request.error_reply(
                 Status::UNKNOWN_OPCODE,
                 format!("opcode 0x{:02x} is not known to the frontend", other.0),
@@ -796,6 +812,39 @@ impl Handler for FrontendState {
         }
     }
 }
+
+impl FrontendState {
+    /// MEMBER_JOIN or MEMBER_LEAVE: handed to the view keeper, answered once the change has
+    /// begun (with the epoch of the view that began it) or was refused.
+    fn change_membership(&self, request: &Frame) -> Frame {
+        let Some(changes) = &self.changes else {
+            return request.error_reply(
+                Status::BAD_REQUEST,
+                "this frontend is not the view keeper (it follows another): send joins and \
+                 leaves to the keeper",
+            );
+        };
+        let addr = match std::str::from_utf8(&request.key) {
+            Ok(addr) if !addr.is_empty() => addr.to_string(),
+            _ => {
+                return request
+                    .error_reply(Status::BAD_REQUEST, "the key must be a backend's address")
+            }
+        };
+        let change = if request.opcode == Opcode::MEMBER_JOIN {
+            Change::Join(addr)
+        } else {
+            Change::Leave(addr)
+        };
+        match changes.submit(change, CHANGE_WAIT) {
+            Ok(epoch) => request.reply(Status::OK, epoch.to_be_bytes().to_vec()),
+            Err(e) => request.error_reply(e.status(), e.to_string()),
+        }
+    }
+}
+
+/// How long a join or leave waits for the keeper to begin it.
+const CHANGE_WAIT: Duration = Duration::from_secs(5);
 
 /// The key requests a client may send: PUT, GET, DELETE and the tagged writes.
 fn is_key_request(opcode: Opcode) -> bool {

@@ -58,7 +58,9 @@ pub mod store;
 pub mod wal;
 
 pub use backend::{Backend, BackendConfig};
-pub use client::{Client, ClientOptions, Reply, Request};
+pub use client::{ChangeProgress, Client, ClientOptions, Reply, Request};
+pub use cluster::membership::Change;
+pub use cluster::token::ClusterToken;
 pub use error::{Error, Result};
 pub use frontend::{Entry, Frontend, FrontendConfig};
 pub use local::LocalCluster;

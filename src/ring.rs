@@ -213,6 +213,15 @@ pub struct View {
     /// the epoch in which it last stopped being up, which tells the keeper which member of a
     /// chain left it last. 0 for a node up since the first view.
     pub since: Vec<u64>,
+    /// With partition placement, the owner of each partition, as an index into `nodes`: the
+    /// placement is state, changed only by joins and leaves ([`join_owners`], [`leave_owners`]).
+    /// Empty means the deal of the node list ([`deal_owners`]), as views made before the table
+    /// was kept; a [`Ring`]'s view always has it filled in. Empty with hashed placement.
+    pub owners: Vec<u16>,
+    /// While partitions move (a join or a leave under way): the owners they move to, like
+    /// `owners`; empty otherwise. Chains still follow `owners`; the nodes that will be in a
+    /// partition's chain under `target` and are not now copy it ([`crate::cluster::handoff`]).
+    pub target: Vec<u16>,
 }
 
 impl View {
@@ -224,6 +233,12 @@ impl View {
         replicas: usize,
         nodes: Vec<String>,
     ) -> View {
+        let owners = match placement {
+            Placement::Partitions { count } if count as usize >= nodes.len() => {
+                deal_owners(&nodes, count)
+            }
+            _ => Vec::new(),
+        };
         View {
             epoch,
             routing,
@@ -232,7 +247,35 @@ impl View {
             states: vec![NodeState::Up; nodes.len()],
             since: vec![0; nodes.len()],
             nodes,
+            owners,
+            target: Vec::new(),
         }
+    }
+
+    /// Whether partitions are moving: a join or a leave is under way.
+    pub fn is_moving(&self) -> bool {
+        !self.target.is_empty()
+    }
+
+    /// The nodes that own at least one partition (or point): the members, as against a node
+    /// that is joining and owns nothing yet, or has left.
+    pub fn owning(&self) -> Vec<bool> {
+        let mut owning = vec![self.owners.is_empty(); self.nodes.len()];
+        for &owner in &self.owners {
+            if let Some(o) = owning.get_mut(usize::from(owner)) {
+                *o = true;
+            }
+        }
+        owning
+    }
+
+    /// The view a finished move leaves: `target` become the owners.
+    pub fn moved(&self) -> View {
+        let mut view = self.clone();
+        if view.is_moving() {
+            view.owners = std::mem::take(&mut view.target);
+        }
+        view
     }
 
     /// Whether node `index` takes part in chains.
@@ -326,7 +369,14 @@ pub struct Ring {
 impl Ring {
     /// Builds the ring of a view. Fails on an empty view, duplicate addresses, zero positions
     /// per node, or a partition count that is not a power of two at least the number of nodes.
-    pub fn new(view: View) -> Result<Ring> {
+    pub fn new(mut view: View) -> Result<Ring> {
+        if matches!(view.placement, Placement::Hashed { .. })
+            && !(view.owners.is_empty() && view.target.is_empty())
+        {
+            return Err(Error::View(
+                "an owner table goes only with partition placement".into(),
+            ));
+        }
         if view.nodes.is_empty() {
             return Err(Error::View("a view needs at least one node".into()));
         }
@@ -381,16 +431,38 @@ impl Ring {
                         "{count} partitions: the count must be a power of two from 1 to {MAX_PARTITIONS}"
                     )));
                 }
-                if (count as usize) < view.nodes.len() {
-                    return Err(Error::View(format!(
-                        "{count} partitions cannot be shared by {} nodes",
-                        view.nodes.len()
-                    )));
+                if view.owners.is_empty() {
+                    if (count as usize) < view.nodes.len() {
+                        return Err(Error::View(format!(
+                            "{count} partitions cannot be shared by {} nodes",
+                            view.nodes.len()
+                        )));
+                    }
+                    view.owners = deal_owners(&view.nodes, count);
                 }
-                deal_partitions(&view.nodes, count)
-                    .into_iter()
+                for (what, table) in [("owner", &view.owners), ("target", &view.target)] {
+                    if table.is_empty() && what == "target" {
+                        continue;
+                    }
+                    if table.len() != count as usize {
+                        return Err(Error::View(format!(
+                            "{} {what} entries for {count} partitions",
+                            table.len()
+                        )));
+                    }
+                    if let Some(bad) = table.iter().find(|&&o| usize::from(o) >= view.nodes.len()) {
+                        return Err(Error::View(format!(
+                            "{what} table names node {bad} of {}",
+                            view.nodes.len()
+                        )));
+                    }
+                }
+                view.owners
+                    .iter()
                     .enumerate()
-                    .map(|(partition, node)| (partition_start(partition as u32, count), node))
+                    .map(|(partition, &node)| {
+                        (partition_start(partition as u32, count), u32::from(node))
+                    })
                     .collect()
             }
         };
@@ -669,44 +741,98 @@ pub fn partition_start(partition: u32, count: u32) -> Position {
 }
 
 /// The owner of every partition, by index into `nodes`: node 0 starts with all of them, and each
-/// further node takes `count / (k + 1)` partitions, one at a time from whichever node then holds
-/// the most (the lowest index on a tie), choosing among that node's partitions by a hash of the
-/// partition and the new node's address. Every node ends with `count / N` rounded down or up, and
-/// appending a node to the list changes the owner of exactly the partitions the new node takes.
-fn deal_partitions(nodes: &[String], count: u32) -> Vec<u32> {
-    let mut owners = vec![0u32; count as usize];
-    let mut held = vec![count as usize];
+/// further node joins in list order as [`join_owners`] deals it in. Every node ends with
+/// `count / N` rounded down or up, and appending a node to the list changes the owner of exactly
+/// the partitions the new node takes.
+pub fn deal_owners(nodes: &[String], count: u32) -> Vec<u16> {
+    let mut owners = vec![0u16; count as usize];
     for (k, node) in nodes.iter().enumerate().skip(1) {
-        let mut gives = vec![0usize; k];
-        for _ in 0..count as usize / (k + 1) {
-            let donor = (0..k)
-                .max_by_key(|&d| (held[d] - gives[d], std::cmp::Reverse(d)))
-                .unwrap_or(0);
-            gives[donor] += 1;
-        }
-        let seed = u64::from_be_bytes(node_position(node, 0)[..8].try_into().unwrap_or([0; 8]));
-        let mut by_donor: Vec<Vec<(u64, usize)>> = vec![Vec::new(); k];
-        for (partition, &owner) in owners.iter().enumerate() {
-            if gives[owner as usize] > 0 {
-                by_donor[owner as usize].push((mix64(seed ^ partition as u64), partition));
-            }
-        }
-        for (donor, mut candidates) in by_donor.into_iter().enumerate() {
-            let take = gives[donor];
-            if take == 0 {
-                continue;
-            }
-            if take < candidates.len() {
-                candidates.select_nth_unstable_by(take - 1, |a, b| b.cmp(a));
-            }
-            for &(_, partition) in &candidates[..take] {
-                owners[partition] = k as u32;
-            }
-            held[donor] -= take;
-        }
-        held.push(count as usize / (k + 1));
+        owners = join_owners(&owners, k, node);
     }
     owners
+}
+
+/// `owners` with node `newcomer` (address `addr`, owning nothing yet) dealt in: with `m` nodes
+/// owning partitions before, it takes `count / (m + 1)` of them, one at a time from whichever
+/// node then holds the most (the lowest index on a tie), choosing among that node's partitions
+/// by a hash of the partition and the newcomer's address. Only the partitions it takes move.
+pub fn join_owners(owners: &[u16], newcomer: usize, addr: &str) -> Vec<u16> {
+    let count = owners.len();
+    let mut owners = owners.to_vec();
+    let nodes = owners
+        .iter()
+        .map(|&o| usize::from(o) + 1)
+        .max()
+        .unwrap_or(0)
+        .max(newcomer + 1);
+    let mut held = vec![0usize; nodes];
+    for &o in &owners {
+        held[usize::from(o)] += 1;
+    }
+    let members = held.iter().filter(|&&h| h > 0).count();
+    let mut gives = vec![0usize; nodes];
+    for _ in 0..count / (members + 1) {
+        let donor = (0..nodes)
+            .filter(|&d| d != newcomer)
+            .max_by_key(|&d| (held[d] - gives[d], std::cmp::Reverse(d)))
+            .unwrap_or(0);
+        gives[donor] += 1;
+    }
+    let seed = u64::from_be_bytes(node_position(addr, 0)[..8].try_into().unwrap_or([0; 8]));
+    let mut by_donor: Vec<Vec<(u64, usize)>> = vec![Vec::new(); nodes];
+    for (partition, &owner) in owners.iter().enumerate() {
+        if gives[usize::from(owner)] > 0 {
+            by_donor[usize::from(owner)].push((mix64(seed ^ partition as u64), partition));
+        }
+    }
+    for (donor, mut candidates) in by_donor.into_iter().enumerate() {
+        let take = gives[donor];
+        if take == 0 {
+            continue;
+        }
+        if take < candidates.len() {
+            candidates.select_nth_unstable_by(take - 1, |a, b| b.cmp(a));
+        }
+        for &(_, partition) in &candidates[..take] {
+            owners[partition] = newcomer as u16;
+        }
+    }
+    owners
+}
+
+/// `owners` with node `leaving`'s partitions dealt out to the others that own partitions: in
+/// ascending order, each to whichever of them then holds the fewest (the lowest index on a tie).
+/// Only the leaving node's partitions move, and the others end within one partition of each
+/// other if they were before. `None` if no other node owns a partition.
+pub fn leave_owners(owners: &[u16], leaving: usize) -> Option<Vec<u16>> {
+    let nodes = owners
+        .iter()
+        .map(|&o| usize::from(o) + 1)
+        .max()
+        .unwrap_or(0);
+    let mut held = vec![0usize; nodes];
+    for &o in owners {
+        held[usize::from(o)] += 1;
+    }
+    let heirs: Vec<usize> = (0..nodes)
+        .filter(|&n| n != leaving && held[n] > 0)
+        .collect();
+    if heirs.is_empty() {
+        return None;
+    }
+    let mut owners = owners.to_vec();
+    for owner in owners.iter_mut() {
+        if usize::from(*owner) != leaving {
+            continue;
+        }
+        let heir = *heirs
+            .iter()
+            .min_by_key(|&&n| (held[n], n))
+            .unwrap_or(&heirs[0]);
+        held[heir] += 1;
+        *owner = heir as u16;
+    }
+    Some(owners)
 }
 
 /// A 64-bit mixing function (SplitMix64's finaliser): spreads nearby inputs far apart.
@@ -1007,8 +1133,8 @@ mod tests {
             assert!(max - min <= 1, "{nodes} nodes: {held:?}");
             assert_eq!(held.iter().sum::<usize>(), 1024);
         }
-        let before = deal_partitions(&partitioned(8, Routing::Direct, 4096).nodes, 4096);
-        let after = deal_partitions(&partitioned(9, Routing::Direct, 4096).nodes, 4096);
+        let before = deal_owners(&partitioned(8, Routing::Direct, 4096).nodes, 4096);
+        let after = deal_owners(&partitioned(9, Routing::Direct, 4096).nodes, 4096);
         let moved: Vec<usize> = (0..4096).filter(|&p| before[p] != after[p]).collect();
         assert_eq!(moved.len(), 4096 / 9);
         assert!(
@@ -1018,8 +1144,61 @@ mod tests {
         // The deal is a function of the node list alone.
         assert_eq!(
             before,
-            deal_partitions(&partitioned(8, Routing::Direct, 4096).nodes, 4096)
+            deal_owners(&partitioned(8, Routing::Direct, 4096).nodes, 4096)
         );
+    }
+
+    #[test]
+    fn a_join_moves_only_the_newcomers_share_and_a_leave_only_the_leavers() {
+        let eight = partitioned(8, Routing::Direct, 4096);
+        let joined = join_owners(&eight.owners, 8, "node-8:1");
+        let moved = (0..4096).filter(|&p| eight.owners[p] != joined[p]).count();
+        assert_eq!(moved, 4096 / 9);
+        let held = |owners: &[u16], n: usize| owners.iter().filter(|&&o| o == n as u16).count();
+        let counts: Vec<usize> = (0..9).map(|n| held(&joined, n)).collect();
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "{counts:?}"
+        );
+        let left = leave_owners(&joined, 3).unwrap();
+        let moved: Vec<usize> = (0..4096).filter(|&p| joined[p] != left[p]).collect();
+        assert_eq!(moved.len(), held(&joined, 3));
+        assert!(moved.iter().all(|&p| joined[p] == 3));
+        let counts: Vec<usize> = (0..9).filter(|&n| n != 3).map(|n| held(&left, n)).collect();
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "{counts:?}"
+        );
+        assert_eq!(held(&left, 3), 0);
+        assert_eq!(leave_owners(&[0u16; 16], 0), None);
+        // After a leave, a join takes an even share of the members that own partitions.
+        let rejoined = join_owners(&left, 3, "node-3:1");
+        assert_eq!(held(&rejoined, 3), 4096 / 9);
+    }
+
+    #[test]
+    fn an_owner_table_is_checked_and_a_move_is_its_target() {
+        let mut moving = partitioned(3, Routing::Direct, 64);
+        moving.owners[5] = 7;
+        assert!(Ring::new(moving.clone()).is_err());
+        moving.owners[5] = 0;
+        moving.target = vec![1; 63];
+        assert!(Ring::new(moving.clone()).is_err());
+        moving.target = vec![1; 64];
+        let ring = Ring::new(moving.clone()).unwrap();
+        assert!(ring.view().is_moving());
+        assert_eq!(
+            ring.owner(&partition_start(5, 64)),
+            0,
+            "chains follow the owners"
+        );
+        let moved = Ring::new(moving.moved()).unwrap();
+        assert!(!moved.view().is_moving());
+        assert_eq!(moved.owner(&partition_start(5, 64)), 1);
+        assert_eq!(moved.view().owning(), vec![false, true, false]);
+        let mut hashed = view(&["a:1"], Routing::Direct, 1);
+        hashed.owners = vec![0];
+        assert!(Ring::new(hashed).is_err());
     }
 
     #[test]

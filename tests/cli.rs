@@ -557,3 +557,74 @@ fn size_and_stats_exit_2_when_a_backend_does_not_answer() {
         assert!(out.stderr.contains(&backends[1]), "{command}: {out:?}");
     }
 }
+
+/// `ringkv local` grown by a backend started by hand and shrunk again, as the README's tour
+/// does it: `kvcli join` and `kvcli leave` with the token file `local` wrote, and without it.
+#[test]
+fn kvcli_join_and_leave_grow_and_shrink_a_local_cluster() {
+    let dir = common::TempDir::new("cli", "join");
+    let token = dir.path().join("cluster-token");
+    let token = token.to_str().unwrap();
+    let server = Server::start(&[
+        "local",
+        "--backends",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--cluster-token-file",
+        token,
+    ]);
+    let frontend = server.listening("frontend");
+    for i in 0..200 {
+        let key = format!("grow-{i}");
+        assert_eq!(kvcli_at(&frontend, &["put", &key, "v"]).code(), Some(0));
+    }
+    let newcomer = Server::start(&[
+        "backend",
+        "--listen",
+        "127.0.0.1:0",
+        "--cluster-token-file",
+        token,
+    ]);
+    let addr = newcomer.listening("backend");
+    // Without the token nobody may change the members.
+    let refused = kvcli_at(&frontend, &["join", &addr]);
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("UNAUTHORIZED"), "{refused:?}");
+    let joined = kvcli_at(&frontend, &["join", &addr, "--cluster-token-file", token]);
+    assert_eq!(joined.code(), Some(0), "{joined:?}");
+    assert!(joined.text().contains("is done"), "{}", joined.text());
+    let ring = kvcli_at(&frontend, &["ring"]);
+    assert!(ring.text().contains(&addr), "{}", ring.text());
+    assert!(ring.text().contains("3 nodes"), "{}", ring.text());
+    // The newcomer holds keys now, and every key still reads back.
+    let mut c = ringkv::Client::connect(&addr).unwrap();
+    let held = c.size().unwrap()[0].counter("keys") + c.size().unwrap()[0].counter("replica_keys");
+    assert!(held > 0, "the newcomer holds nothing");
+    for i in 0..200 {
+        let got = kvcli_at(&frontend, &["get", &format!("grow-{i}")]);
+        assert_eq!(got.code(), Some(0), "grow-{i}: {}", got.text());
+    }
+    // A second join of a member is refused with the reason.
+    let again = kvcli_at(&frontend, &["join", &addr, "--cluster-token-file", token]);
+    assert_eq!(again.code(), Some(2));
+    assert!(again.stderr.contains("member already"), "{again:?}");
+    let left = kvcli_with(
+        &["--frontend", &frontend, "leave", &addr, "--no-wait"],
+        b"",
+        Some((
+            "RINGKV_CLUSTER_TOKEN",
+            &std::fs::read_to_string(token).unwrap(),
+        )),
+    );
+    assert_eq!(left.code(), Some(0), "{}", left.text());
+    assert!(left.text().contains("has begun"), "{}", left.text());
+    common::retry(BOUND, "the leaver is out of the view", || {
+        let ring = kvcli_at(&frontend, &["ring"]);
+        (!ring.text().contains(&addr)).then_some(())
+    });
+    for i in 0..200 {
+        let got = kvcli_at(&frontend, &["get", &format!("grow-{i}")]);
+        assert_eq!(got.code(), Some(0), "grow-{i}: {}", got.text());
+    }
+}

@@ -856,3 +856,152 @@ fn a_following_frontend_serves_beside_the_keeper_and_follows_its_views() {
         "a follower published a view:\n{log}"
     );
 }
+
+// Membership at run time: joins and leaves move partitions while the load runs.
+
+/// Begins `change` through the frontend (presenting the cluster token) and waits, bounded,
+/// until it is done.
+fn change_and_wait(cluster: &Cluster, change: ringkv::Change) -> ringkv::View {
+    let token = ringkv::ClusterToken::new(b"failover-test-token".to_vec()).unwrap();
+    let mut c = cluster.client().with_cluster_token(token).unwrap();
+    let begun = match &change {
+        ringkv::Change::Join(addr) => c.join(addr),
+        ringkv::Change::Leave(addr) => c.leave(addr),
+    }
+    .unwrap_or_else(|e| panic!("{change}: {e}; frontend log:\n{}", cluster.frontend.log()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let progress = c.change_progress(&change, begun).unwrap();
+        match progress.outcome {
+            Some(Ok(())) => return c.view().unwrap(),
+            Some(Err(e)) => panic!("{change}: {e}; frontend log:\n{}", cluster.frontend.log()),
+            None => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the {change} did not finish: {progress:?}; frontend log:\n{}",
+            cluster.frontend.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Keys stored by each backend of `view` (as head or as a copy).
+fn stored_per_node(view: &ringkv::View) -> Vec<u64> {
+    view.nodes
+        .iter()
+        .map(|addr| {
+            let report = Client::connect(addr).unwrap().size().unwrap().remove(0);
+            report.counter("keys") + report.counter("replica_keys")
+        })
+        .collect()
+}
+
+#[test]
+fn two_joins_then_two_leaves_under_load_lose_nothing_and_even_out() {
+    let mut cluster = Cluster::start(4, &["--replicas", "3"]);
+    // Keys loaded before the moves, some of them deleted while the first one runs.
+    let bulk: Vec<(Vec<u8>, Vec<u8>)> = (0..4000)
+        .map(|i| {
+            let key = format!("bulk-{i}").into_bytes();
+            let value = format!("value-{i}-{}", "v".repeat(i % 50)).into_bytes();
+            (key, value)
+        })
+        .collect();
+    let mut c = cluster.client();
+    for chunk in bulk.chunks(500) {
+        let requests: Vec<ringkv::Request> = chunk
+            .iter()
+            .map(|(key, value)| ringkv::Request::Put {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        for reply in c.pipeline(&requests).unwrap() {
+            assert_eq!(reply.status, ringkv::protocol::Status::OK);
+        }
+    }
+    let keys = keys(128);
+    let load = Load::start(&cluster.addr, Arc::clone(&keys));
+    load.wait_for_successes(300, &cluster);
+    let mut joined = Vec::new();
+    for n in 0..2 {
+        let dir = temp_dir(&format!("joiner{n}"));
+        let backend = start_backend("127.0.0.1:0", &dir);
+        let addr = backend.listening("backend");
+        cluster.backends.push(Some(backend));
+        cluster.dirs.push(dir);
+        cluster.backend_addrs.push(addr.clone());
+        if n == 0 {
+            // DELETEs while the move runs stay deleted.
+            let token = ringkv::ClusterToken::new(b"failover-test-token".to_vec()).unwrap();
+            let mut admin = cluster.client().with_cluster_token(token).unwrap();
+            let begun = admin.join(&addr).unwrap();
+            for (key, _) in bulk.iter().step_by(10) {
+                assert!(c.delete(key).unwrap(), "{key:?} was stored");
+            }
+            let change = ringkv::Change::Join(addr.clone());
+            while admin
+                .change_progress(&change, begun)
+                .unwrap()
+                .outcome
+                .is_none()
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            change_and_wait(&cluster, ringkv::Change::Join(addr.clone()));
+        }
+        load.wait_for_successes(300, &cluster);
+        joined.push(addr);
+    }
+    let six = c.view().unwrap();
+    assert_eq!(six.nodes.len(), 6, "{six:?}");
+    assert!(six.owning().iter().all(|&o| o));
+    for leaving in [0, 1] {
+        let addr = cluster.backend_addrs[leaving].clone();
+        let view = change_and_wait(&cluster, ringkv::Change::Leave(addr.clone()));
+        assert!(!view.nodes.contains(&addr), "{view:?}");
+        load.wait_for_successes(300, &cluster);
+    }
+    let summary = load.finish(&cluster, &keys);
+    eprintln!("{summary}");
+    let four = c.view().unwrap();
+    assert_eq!(four.nodes.len(), 4);
+    for (i, (key, value)) in bulk.iter().enumerate() {
+        let got = c.get(key).unwrap();
+        if i % 10 == 0 {
+            assert_eq!(got, None, "{key:?} was deleted during a move");
+        } else {
+            assert_eq!(got.as_ref(), Some(value), "{key:?}");
+        }
+    }
+    // The leavers own nothing and dropped what they held; the others hold an even share.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stored = loop {
+        let stored = stored_per_node(&four);
+        let mean = stored.iter().sum::<u64>() as f64 / stored.len() as f64;
+        let even = stored
+            .iter()
+            .all(|&s| (s as f64 - mean).abs() <= 0.1 * mean);
+        let leavers_empty = [0, 1].iter().all(|&i| {
+            let mut left = Client::connect(&cluster.backend_addrs[i]).unwrap();
+            left.size().unwrap()[0].counter("keys")
+                + left.size().unwrap()[0].counter("replica_keys")
+                == 0
+        });
+        if even && leavers_empty {
+            break stored;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored per node {stored:?}, leavers empty {leavers_empty}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("keys stored per node after the moves: {stored:?}");
+    if std::env::var_os("SHOW_LOG").is_some() {
+        eprintln!("{}", cluster.frontend.log());
+    }
+    assert!(cluster.counter(4, "handoff_keys") > 0);
+}

@@ -251,6 +251,8 @@ fn forged_header_fields_and_views_sent_to_a_backend_are_refused() {
     let elsewhere = ringkv::View {
         nodes: vec!["192.0.2.1:9".into()],
         states: vec![ringkv::NodeState::Up],
+        since: vec![0],
+        owners: Vec::new(),
         ..view.clone()
     };
     let not_in_it = install(

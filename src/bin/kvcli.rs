@@ -4,13 +4,15 @@
 //! bad usage, test mismatch).
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use ringkv::cli::{
     render_distribution, render_paper_test, render_ring, render_stats, run_paper_test, PaperTest,
 };
+use ringkv::cluster::membership::Change;
 use ringkv::protocol::Status;
 use ringkv::{Client, ClientOptions};
 
@@ -42,6 +44,40 @@ enum Command {
     Ring(RingArgs),
     Test(TestArgs),
     Bench(BenchArgs),
+    Join(JoinArgs),
+    Leave(LeaveArgs),
+}
+
+/// Add a running backend to the cluster: its share of the partitions is copied to it while the
+/// cluster serves. Waits until the move is done, with a progress bar, unless --no-wait.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "join")]
+struct JoinArgs {
+    /// the backend's address, exactly as the other nodes will reach it
+    #[argh(positional)]
+    addr: String,
+    #[argh(option)]
+    /// file holding the cluster token (default: $RINGKV_CLUSTER_TOKEN; neither: none)
+    cluster_token_file: Option<String>,
+    /// return as soon as the join has begun
+    #[argh(switch)]
+    no_wait: bool,
+}
+
+/// Take a backend out of the cluster: its partitions are handed off to the others first, while
+/// the cluster serves. Waits until it is out, with a progress bar, unless --no-wait.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "leave")]
+struct LeaveArgs {
+    /// the backend's address, as the view lists it
+    #[argh(positional)]
+    addr: String,
+    #[argh(option)]
+    /// file holding the cluster token (default: $RINGKV_CLUSTER_TOKEN; neither: none)
+    cluster_token_file: Option<String>,
+    /// return as soon as the leave has begun
+    #[argh(switch)]
+    no_wait: bool,
 }
 
 /// Store a value: from the argument, from --file, or from stdin when neither is given.
@@ -205,6 +241,86 @@ fn bench(
     Ok(0)
 }
 
+/// `kvcli join` and `kvcli leave`: begins the change, then follows it to its end.
+fn change_membership(
+    addr: &str,
+    options: ClientOptions,
+    change: Change,
+    token_file: Option<String>,
+    no_wait: bool,
+) -> Result<u8, Box<dyn std::error::Error>> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let token = ringkv::cluster::token::ClusterToken::load(token_file.as_deref().map(Path::new))?;
+    let mut client = Client::connect_with(addr, options)?;
+    if let Some(token) = token {
+        client = client.with_cluster_token(token)?;
+    }
+    let before = client.change_progress(&change, u64::MAX)?;
+    let begun = match &change {
+        Change::Join(node) => client.join(node)?,
+        Change::Leave(node) => client.leave(node)?,
+    };
+    println!("the {change} has begun in view epoch {begun}");
+    if no_wait {
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} partitions copied, {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let outcome = loop {
+        let progress = client.change_progress(&change, begun)?;
+        let keys = progress.keys_copied.saturating_sub(before.keys_copied);
+        let bytes = progress.bytes_copied.saturating_sub(before.bytes_copied);
+        let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_length(progress.partitions_planned.max(1));
+        bar.set_position(progress.partitions_copied);
+        bar.set_message(format!(
+            "{keys} keys, {} copied ({}/s), view epoch {}",
+            human_bytes(bytes as f64),
+            human_bytes(rate),
+            progress.epoch
+        ));
+        if let Some(outcome) = progress.outcome {
+            break (outcome, keys, bytes);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    bar.finish_and_clear();
+    let (outcome, keys, bytes) = outcome;
+    match outcome {
+        Ok(()) => {
+            println!(
+                "the {change} is done: {keys} keys ({}) copied in {:.1?}",
+                human_bytes(bytes as f64),
+                started.elapsed()
+            );
+            Ok(0)
+        }
+        Err(why) => {
+            eprintln!("kvcli: {why}");
+            Ok(EXIT_ERROR)
+        }
+    }
+}
+
+/// Bytes in B, KiB, MiB or GiB.
+fn human_bytes(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
 fn main() -> ExitCode {
     let args: Args = ringkv::cli::parse_args();
     let addr = ringkv::cli::frontend_address(args.frontend);
@@ -242,6 +358,14 @@ fn run(
         let outcome = run_paper_test(addr, &test, options)?;
         print!("{}", render_paper_test(&outcome));
         return Ok(if outcome.passed() { 0 } else { EXIT_ERROR });
+    }
+    if let Command::Join(j) = command {
+        let change = Change::Join(j.addr);
+        return change_membership(addr, options, change, j.cluster_token_file, j.no_wait);
+    }
+    if let Command::Leave(l) = command {
+        let change = Change::Leave(l.addr);
+        return change_membership(addr, options, change, l.cluster_token_file, l.no_wait);
     }
     let mut client = Client::connect_with(addr, options)?;
     let mut stdout = std::io::stdout().lock();
@@ -299,6 +423,25 @@ fn run(
                 (reports, table)
             };
             write!(stdout, "{table}")?;
+            if let Ok(ring) = client.view().and_then(ringkv::Ring::new) {
+                if ring.view().is_moving() {
+                    let stats = client.stats().unwrap_or_default();
+                    let copied = |name: &str| -> u64 {
+                        stats
+                            .iter()
+                            .filter(|r| r.addr != "total")
+                            .map(|r| r.counter(name))
+                            .sum()
+                    };
+                    write!(stdout, "{}", ringkv::cli::render_move(&ring))?;
+                    writeln!(
+                        stdout,
+                        "copied so far: {} keys, {} bytes",
+                        copied("handoff_keys"),
+                        copied("handoff_bytes")
+                    )?;
+                }
+            }
             stdout.flush()?;
             // A table with a node missing is not the cluster's figure.
             if let Some(missing) = reports.iter().find(|r| r.status != Status::OK) {
@@ -314,7 +457,9 @@ fn run(
             let rtt = client.ping()?;
             writeln!(stdout, "PONG from {addr} in {rtt:.2?}")?;
         }
-        Command::Test(_) | Command::Bench(_) => unreachable!("handled above"),
+        Command::Test(_) | Command::Bench(_) | Command::Join(_) | Command::Leave(_) => {
+            unreachable!("handled above")
+        }
     }
     stdout.flush()?;
     Ok(0)

@@ -193,6 +193,11 @@ struct LocalArgs {
     /// (default 400)
     #[argh(option, default = "400")]
     ping_timeout: u64,
+    /// file holding the cluster token its parts present to each other, made with a random
+    /// token if it does not exist, so that backends started by hand can join (default:
+    /// $RINGKV_CLUSTER_TOKEN; neither: a random token that only its own parts know)
+    #[argh(option)]
+    cluster_token_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -299,7 +304,7 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         ring_design(a.paper, a.entry, a.routing, a.vnodes, a.partitions)?;
     let resp_listen = local_resp_listen(a.resp_listen, &a.listen);
     // Its parts present it to each other; nothing else can install views on its backends.
-    let token = ClusterToken::generate()?;
+    let token = local_token(a.cluster_token_file.as_deref())?;
     let frontend = FrontendConfig {
         listen: a.listen,
         resp_listen,
@@ -331,6 +336,40 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
     wait_for_signal()?;
     cluster.shutdown();
     Ok(())
+}
+
+/// The cluster token of `local`: from `file` (written with a new random token if it does not
+/// exist yet), else `$RINGKV_CLUSTER_TOKEN`, else a random one.
+fn local_token(file: Option<&std::path::Path>) -> ringkv::Result<ClusterToken> {
+    if let Some(path) = file.filter(|p| !p.exists()) {
+        let token = ClusterToken::generate()?;
+        let mut bytes = token.as_bytes().to_vec();
+        bytes.push(b'\n');
+        write_private(path, &bytes).map_err(|e| {
+            ringkv::Error::Config(format!(
+                "cannot write the cluster token to {}: {e}",
+                path.display()
+            ))
+        })?;
+        log::info!("cluster token written to {}", path.display());
+        return Ok(token);
+    }
+    match ClusterToken::load(file)? {
+        Some(token) => Ok(token),
+        None => ClusterToken::generate(),
+    }
+}
+
+/// Writes `bytes` to a new file at `path` that only its owner may read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Where `local` opens the Redis-protocol door: as asked (`off`: nowhere), else the frontend's

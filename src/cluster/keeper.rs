@@ -20,7 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::backend::view_install_frame;
-use crate::cluster::transfer;
+use crate::cluster::membership::{self, Changes};
+use crate::cluster::{handoff, transfer};
 use crate::connection::{Connection, Timeouts};
 use crate::peers::Peers;
 use crate::protocol::{Frame, Limits, Opcode, Status};
@@ -143,11 +144,16 @@ struct Alive {
     phase_epoch: u64,
     /// The highest epoch in which it blocked a key's writes until a newer view.
     blocked_epoch: u64,
+    /// Its handoff's phase (same codes) and epoch, while a move gives it partitions.
+    move_phase: u8,
+    move_epoch: u64,
 }
 
 /// Phase codes of a HEALTH answer (see [`crate::cluster::transfer::Phase`]).
 const PHASE_SERVING: u8 = 0;
+const PHASE_COPYING: u8 = 1;
 const PHASE_COPIED: u8 = 2;
+const PHASE_CATCHING_UP: u8 = 3;
 const PHASE_FAILED: u8 = 4;
 
 impl Alive {
@@ -165,6 +171,8 @@ impl Alive {
             phase: v.get(9).copied().unwrap_or(PHASE_SERVING),
             phase_epoch: u64_at(10),
             blocked_epoch: u64_at(34),
+            move_phase: v.get(42).copied().unwrap_or(PHASE_SERVING),
+            move_epoch: u64_at(43),
         }
     }
 }
@@ -183,6 +191,7 @@ impl Keeper {
         limits: Limits,
         view: Arc<CurrentView>,
         peers: Arc<Peers>,
+        changes: Arc<Changes>,
     ) -> std::io::Result<Keeper> {
         let stop = Arc::new(AtomicBool::new(false));
         let watch = Watch {
@@ -190,6 +199,7 @@ impl Keeper {
             limits,
             view,
             peers,
+            changes,
             links: Vec::new(),
             incarnations: Vec::new(),
             phases: Vec::new(),
@@ -223,6 +233,8 @@ struct Watch {
     limits: Limits,
     view: Arc<CurrentView>,
     peers: Arc<Peers>,
+    /// Joins and leaves asked for.
+    changes: Arc<Changes>,
     /// A ping connection per node, indexed like the view's nodes.
     links: Vec<Option<Connection>>,
     /// The incarnation each node last answered with.
@@ -345,7 +357,9 @@ impl Watch {
                         0
                     };
                 }
-                NodeState::Up if alive.phase == PHASE_FAILED => {
+                NodeState::Up
+                    if alive.phase == PHASE_FAILED || alive.move_phase == PHASE_FAILED =>
+                {
                     log::warn!("backend {addr} could not catch up after its copy; marking it down");
                     next.states[node] = NodeState::Down;
                     // It never held a complete copy: it is never the last one standing.
@@ -428,6 +442,84 @@ impl Watch {
         if next.states != view.states || wanted {
             next.epoch = new_epoch;
             self.publish(next);
+            return;
+        }
+        // Membership moves one step at a time, in views that change nothing else.
+        if let Some(step) = self.membership_step(ring, health) {
+            self.publish(step);
+        }
+    }
+
+    /// The next view of a join or leave, if one is due: the commit of a move whose copies are
+    /// done (or its end, if a node that was to gain partitions is not up), the removal of a
+    /// node that has left, or the beginning of a change asked for.
+    fn membership_step(&mut self, ring: &Ring, health: &[Health]) -> Option<View> {
+        let view = ring.view();
+        let alive = |node: usize| match health.get(node) {
+            Some(Health::Alive(alive)) => Some(*alive),
+            _ => None,
+        };
+        if view.is_moving() {
+            let gaining = membership::gaining(ring);
+            if let Some(&gone) = gaining.iter().find(|&&n| !view.is_up(n)) {
+                log::warn!(
+                    "backend {} stopped being up before it took its partitions; calling the                      move off",
+                    view.nodes[gone]
+                );
+                return Some(membership::abort(view));
+            }
+            let copied = gaining.iter().all(|&n| {
+                alive(n).is_some_and(|a| a.move_phase == PHASE_COPIED && a.move_epoch == view.epoch)
+            });
+            if !copied || gaining.iter().any(|&n| handoff::plan(ring, n).is_err()) {
+                return None;
+            }
+            log::info!(
+                "every node has copied the partitions it takes ({} moving); committing the move",
+                handoff::moving_partitions(ring)
+            );
+            return Some(membership::commit(view));
+        }
+        let settling = (0..view.nodes.len()).any(|n| {
+            alive(n).is_some_and(|a| {
+                matches!(
+                    a.move_phase,
+                    PHASE_COPYING | PHASE_COPIED | PHASE_CATCHING_UP
+                )
+            })
+        });
+        if !settling {
+            if let Some(&out) = membership::left(view).first() {
+                log::info!(
+                    "backend {} has handed off its partitions; taking it out of the view",
+                    view.nodes[out]
+                );
+                let mut next = membership::remove(view, out);
+                next.epoch = view.epoch + 1;
+                return Some(next);
+            }
+        }
+        let (id, change) = self.changes.take()?;
+        let result = membership::begin(view, &change).and_then(|next| {
+            if let membership::Change::Join(addr) = &change {
+                // The newcomer takes the view first, or the change is not begun: it may be
+                // unreachable, hold another cluster's view, or not have the cluster token.
+                self.install_or_why(&next, addr)
+                    .map_err(|why| membership::ChangeError::Refused(format!("{addr}: {why}")))?;
+            }
+            Ok(next)
+        });
+        match result {
+            Ok(next) => {
+                log::info!("beginning the {change} in view epoch {}", next.epoch);
+                self.changes.answer(id, Ok(next.epoch));
+                Some(next)
+            }
+            Err(e) => {
+                log::warn!("the {change} was refused: {e}");
+                self.changes.answer(id, Err(e));
+                None
+            }
         }
     }
 
@@ -444,6 +536,20 @@ impl Watch {
 
     /// Installs `view` on `addr`; true if it took it.
     fn install(&self, view: &View, addr: &str) -> bool {
+        match self.install_or_why(view, addr) {
+            Ok(()) => true,
+            Err(why) => {
+                log::warn!(
+                    "backend {addr} did not take view epoch {}: {why}",
+                    view.epoch
+                );
+                false
+            }
+        }
+    }
+
+    /// Installs `view` on `addr`, or says why it did not take it.
+    fn install_or_why(&self, view: &View, addr: &str) -> Result<(), String> {
         let timeouts = self.timeouts();
         let frame = view_install_frame(view, addr, 0);
         match self
@@ -451,20 +557,14 @@ impl Watch {
             .open_own(addr, &timeouts)
             .and_then(|mut c| c.call(&frame))
         {
-            Ok(answer) if answer.status == Status::OK => true,
-            Ok(answer) => {
-                log::error!(
-                    "backend {addr} refused view epoch {}: {}: {}",
-                    view.epoch,
-                    answer.status,
-                    answer.message()
-                );
-                false
-            }
-            Err(e) => {
-                log::warn!("backend {addr} did not take view epoch {}: {e}", view.epoch);
-                false
-            }
+            Ok(answer) if answer.status == Status::OK => Ok(()),
+            Ok(answer) => Err(format!(
+                "refused view epoch {}: {}: {}",
+                view.epoch,
+                answer.status,
+                answer.message()
+            )),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -479,6 +579,7 @@ impl Watch {
             }
         };
         let view = ring.view();
+        self.follow_node_list(&self.view.get().view().nodes.clone(), &view.nodes);
         log::info!(
             "publishing view epoch {}: {}",
             view.epoch,
@@ -504,6 +605,39 @@ impl Watch {
             }
         });
         self.view.set(ring);
+    }
+}
+
+impl Watch {
+    /// Keeps what the keeper knows of each node with that node when the node list changes (a
+    /// node taken out shifts the ones after it).
+    fn follow_node_list(&mut self, before: &[String], after: &[String]) {
+        if before == after {
+            return;
+        }
+        let at = |addr: &String| before.iter().position(|b| b == addr);
+        let links = std::mem::take(&mut self.links);
+        let mut links: Vec<Option<Option<Connection>>> = links.into_iter().map(Some).collect();
+        self.links = after
+            .iter()
+            .map(|a| at(a).and_then(|i| links.get_mut(i)?.take()).flatten())
+            .collect();
+        self.incarnations = after
+            .iter()
+            .map(|a| at(a).and_then(|i| self.incarnations.get(i).copied().flatten()))
+            .collect();
+        self.phases = after
+            .iter()
+            .map(|a| {
+                at(a)
+                    .and_then(|i| self.phases.get(i).copied())
+                    .unwrap_or(PHASE_SERVING)
+            })
+            .collect();
+        self.waiting = after
+            .iter()
+            .map(|a| at(a).and_then(|i| self.waiting.get(i).cloned()).flatten())
+            .collect();
     }
 }
 

@@ -45,11 +45,20 @@
 //! the tails of its chains while writes go on, and only then made up, at the tail; with one copy
 //! per key, or when it left each of its chains last, it holds the latest copy already and comes
 //! back as it is ([`transfer::plan`]).
+//!
+//! **Joins and leaves.** The view carries the placement as an owner table, changed only by joins
+//! and leaves ([`membership`]): the keeper publishes the table the change leads to beside the
+//! current one, the nodes that the new table puts in chains copy those partitions while the
+//! current chains serve ([`handoff`]), and the keeper commits the new table once every copy is
+//! done. A receiver copies from the member it will follow in its new chain, so invariant 2 holds
+//! across the move as it does across a rejoin.
 
 pub mod chain;
 pub mod dedup;
 pub mod follower;
+pub mod handoff;
 pub mod keeper;
+pub mod membership;
 pub mod resume;
 pub mod token;
 pub mod transfer;

@@ -112,6 +112,8 @@ pub fn is_peer_only(opcode: Opcode) -> bool {
             | Opcode::SYNC_COPY
             | Opcode::SYNC_DELTA
             | Opcode::SYNC_END
+            | Opcode::MEMBER_JOIN
+            | Opcode::MEMBER_LEAVE
     )
 }
 

@@ -479,21 +479,65 @@ impl Phase {
     }
 }
 
+/// Where copied entries go in: the keys written through the chain while a catch-up runs, so
+/// that a final delta never overwrites them, and the counts of what came in. A returning node's
+/// [`Receiver`] and a moving node's [`crate::cluster::handoff::Incoming`] each have one.
+#[derive(Default)]
+pub struct Intake {
+    /// Set while catching up: writes then go through `dirty`.
+    catching_up: AtomicBool,
+    /// Keys written through the chain since the catch-up began.
+    dirty: Mutex<HashSet<Vec<u8>>>,
+    /// Keys and bytes taken in by copies, for STATS and HEALTH.
+    pub keys_copied: AtomicU64,
+    pub bytes_copied: AtomicU64,
+}
+
+impl Intake {
+    /// Starts (or ends) marking written keys dirty; a start forgets earlier marks.
+    pub fn set_catching_up(&self, on: bool) {
+        if on {
+            relock(&self.dirty).clear();
+        } else {
+            *relock(&self.dirty) = HashSet::new();
+        }
+        self.catching_up.store(on, Ordering::SeqCst);
+    }
+
+    /// Applies a write of `key` through `write`; while catching up, the key is marked dirty
+    /// in the same step, so a final delta never overwrites it.
+    pub fn write<T>(&self, key: &[u8], write: impl FnOnce() -> T) -> T {
+        if !self.catching_up.load(Ordering::SeqCst) {
+            return write();
+        }
+        let mut dirty = relock(&self.dirty);
+        let result = write();
+        dirty.insert(key.to_vec());
+        result
+    }
+
+    /// Applies an entry of a final delta through `write`, unless the key is dirty.
+    fn apply_unless_dirty<T>(&self, key: &[u8], write: impl FnOnce() -> T) -> Option<T> {
+        let dirty = relock(&self.dirty);
+        if dirty.contains(key) {
+            return None;
+        }
+        let result = write();
+        drop(dirty);
+        Some(result)
+    }
+}
+
 /// The receiving side of state transfer, in a backend.
 pub struct Receiver {
     phase: Mutex<Phase>,
     changed: Condvar,
-    /// Set while catching up: writes then go through `dirty`.
-    catching_up: AtomicBool,
     /// Set while catching up or failed: every read checks it, so it is kept apart from the
     /// phase's lock.
     refuses_reads: AtomicBool,
-    /// Keys written through the chain since the catch-up began.
-    dirty: Mutex<HashSet<Vec<u8>>>,
     stop: AtomicBool,
-    /// Keys and bytes taken in by copies, for STATS and HEALTH.
-    pub keys_copied: AtomicU64,
-    pub bytes_copied: AtomicU64,
+    /// What the copies bring in.
+    pub intake: Intake,
 }
 
 impl Default for Receiver {
@@ -501,17 +545,14 @@ impl Default for Receiver {
         Receiver {
             phase: Mutex::new(Phase::Serving),
             changed: Condvar::new(),
-            catching_up: AtomicBool::new(false),
             refuses_reads: AtomicBool::new(false),
-            dirty: Mutex::new(HashSet::new()),
             stop: AtomicBool::new(false),
-            keys_copied: AtomicU64::new(0),
-            bytes_copied: AtomicU64::new(0),
+            intake: Intake::default(),
         }
     }
 }
 
-fn relock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn relock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
     match lock.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
@@ -526,10 +567,7 @@ impl Receiver {
 
     fn set(&self, phase: Phase) {
         let catching_up = matches!(phase, Phase::CatchingUp { .. });
-        if catching_up {
-            relock(&self.dirty).clear();
-        }
-        self.catching_up.store(catching_up, Ordering::SeqCst);
+        self.intake.set_catching_up(catching_up);
         let refuses_reads = catching_up || matches!(phase, Phase::Failed { .. });
         let mut current = relock(&self.phase);
         *current = phase;
@@ -596,27 +634,9 @@ impl Receiver {
         }
     }
 
-    /// Applies a write of `key` through `write`; while catching up, the key is marked dirty
-    /// in the same step, so a final delta never overwrites it.
+    /// Applies a write of `key` through `write` (see [`Intake::write`]).
     pub fn write<T>(&self, key: &[u8], write: impl FnOnce() -> T) -> T {
-        if !self.catching_up.load(Ordering::SeqCst) {
-            return write();
-        }
-        let mut dirty = relock(&self.dirty);
-        let result = write();
-        dirty.insert(key.to_vec());
-        result
-    }
-
-    /// Applies an entry of a final delta through `write`, unless the key is dirty.
-    fn apply_unless_dirty<T>(&self, key: &[u8], write: impl FnOnce() -> T) -> Option<T> {
-        let dirty = relock(&self.dirty);
-        if dirty.contains(key) {
-            return None;
-        }
-        let result = write();
-        drop(dirty);
-        Some(result)
+        self.intake.write(key, write)
     }
 
     /// Asks the driver to stop.
@@ -673,21 +693,21 @@ pub trait Host: Send + Sync {
     fn io_timeout(&self) -> Duration;
 }
 
-/// One source's transfer, as the syncing node sees it.
+/// One source's transfer, as the receiving node sees it.
 #[derive(Debug, Clone)]
-struct Session {
+pub(crate) struct Session {
     addr: String,
     id: u64,
 }
 
 /// A transfer under way: its plan and its sessions.
-struct Transfer {
-    plan: Plan,
+pub(crate) struct Transfer {
+    pub(crate) plan: Plan,
     sessions: Vec<Session>,
 }
 
 /// Why a copy did not end in `Copied`.
-enum Interrupted {
+pub(crate) enum Interrupted {
     /// The view moved or a source refused for its epoch: look again.
     Again,
     /// It cannot finish.
@@ -730,7 +750,7 @@ pub fn run(host: &dyn Host) {
                 if ring.view().epoch == *epoch || ring.view().states[me] != NodeState::Syncing {
                     // Keeps the final delta small while it waits to be made up.
                     if let Some(t) = &transfer {
-                        let _ = deltas(host, t, None, Some(SMALL_DELTA));
+                        let _ = deltas(host, t, None, Some(SMALL_DELTA), &receiver.intake);
                     }
                     continue;
                 }
@@ -751,7 +771,7 @@ pub fn run(host: &dyn Host) {
             }
             Phase::CatchingUp { epoch } => {
                 let result = match &transfer {
-                    Some(t) => catch_up(host, t, *epoch),
+                    Some(t) => catch_up(host, t, *epoch, &receiver.intake),
                     None => Err("no copy to catch up from".to_string()),
                 };
                 transfer = None;
@@ -783,7 +803,6 @@ fn request(
 
 /// Runs the copy for the view the node holds; the epoch it is complete for.
 fn copy(host: &dyn Host, transfer: &mut Option<Transfer>) -> Result<u64, Interrupted> {
-    use crate::protocol::{Opcode, Status};
     let (ring, me) = host.ring().ok_or(Interrupted::Again)?;
     let view = ring.view();
     if view.states[me] != NodeState::Syncing {
@@ -793,6 +812,23 @@ fn copy(host: &dyn Host, transfer: &mut Option<Transfer>) -> Result<u64, Interru
     if let Some(t) = transfer.take() {
         end_sessions(host, &t);
     }
+    let t = begin(host, &ring, me, plan, &host.receiver().intake)?;
+    *transfer = Some(t);
+    Ok(view.epoch)
+}
+
+/// Copies `plan`'s points into this node (`me` in `ring`, whose epoch the sources must hold):
+/// opens a session at each source, drops this node's own keys of those points, fetches the
+/// snapshots, then deltas until few keys are left. The sessions stay open for the catch-up.
+pub(crate) fn begin(
+    host: &dyn Host,
+    ring: &Ring,
+    me: usize,
+    plan: Plan,
+    intake: &Intake,
+) -> Result<Transfer, Interrupted> {
+    use crate::protocol::{Opcode, Status};
+    let view = ring.view();
     let me_addr = ring.node(me).to_string();
     let store = host.store();
     let mut sessions = Vec::new();
@@ -823,7 +859,7 @@ fn copy(host: &dyn Host, transfer: &mut Option<Transfer>) -> Result<u64, Interru
         let id = u64::from_be_bytes(answer.value[..8].try_into().unwrap_or_default());
         let session = Session { addr, id };
         sessions.push(session.clone());
-        drop_points(store, &ring, &points);
+        drop_points(store, ring, &points);
         let mut from = 0u64;
         loop {
             let mut value = id.to_be_bytes().to_vec();
@@ -841,20 +877,18 @@ fn copy(host: &dyn Host, transfer: &mut Option<Transfer>) -> Result<u64, Interru
             };
             let done = batch.entries.is_empty() && batch.next <= from;
             from = batch.next;
-            apply_batch(host, batch.entries, false);
+            apply_batch(host, batch.entries, false, intake);
             if done {
                 break;
             }
         }
     }
     let t = Transfer { plan, sessions };
-    if let Err(e) = deltas(host, &t, None, Some(SMALL_DELTA)) {
+    if let Err(e) = deltas(host, &t, None, Some(SMALL_DELTA), intake) {
         end_sessions(host, &t);
         return Err(e);
     }
-    let epoch = view.epoch;
-    *transfer = Some(t);
-    Ok(epoch)
+    Ok(t)
 }
 
 /// Deletes this node's own keys in `points`: they are stale, and the copy brings the live ones.
@@ -902,9 +936,8 @@ fn call_batch(
 }
 
 /// Applies copied entries; a final delta's skip the keys written since the catch-up began.
-fn apply_batch(host: &dyn Host, entries: Vec<TransferEntry>, final_delta: bool) {
+fn apply_batch(host: &dyn Host, entries: Vec<TransferEntry>, final_delta: bool, intake: &Intake) {
     let store = host.store();
-    let receiver = host.receiver();
     let mut last = crate::store::Unsettled::NONE;
     for entry in entries {
         let bytes = entry.key.len() + entry.value.as_ref().map_or(0, Vec::len);
@@ -913,7 +946,7 @@ fn apply_batch(host: &dyn Host, entries: Vec<TransferEntry>, final_delta: bool) 
             None => store.delete_unsettled(&entry.key).map(|(_, w)| w),
         };
         let written = if final_delta {
-            receiver.apply_unless_dirty(&entry.key, write)
+            intake.apply_unless_dirty(&entry.key, write)
         } else {
             Some(write())
         };
@@ -922,8 +955,8 @@ fn apply_batch(host: &dyn Host, entries: Vec<TransferEntry>, final_delta: bool) 
             Some(Err(e)) => log::error!("state transfer: cannot store a copied key: {e}"),
             None => {}
         }
-        receiver.keys_copied.fetch_add(1, Ordering::Relaxed);
-        receiver
+        intake.keys_copied.fetch_add(1, Ordering::Relaxed);
+        intake
             .bytes_copied
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
@@ -934,11 +967,12 @@ fn apply_batch(host: &dyn Host, entries: Vec<TransferEntry>, final_delta: bool) 
 
 /// Fetches deltas from every session until one has at most `small` keys left (`None`: until
 /// none is left), stamped `epoch` when final.
-fn deltas(
+pub(crate) fn deltas(
     host: &dyn Host,
     transfer: &Transfer,
     final_epoch: Option<u64>,
     small: Option<usize>,
+    intake: &Intake,
 ) -> Result<(), Interrupted> {
     use crate::protocol::Opcode;
     let (ring, me) = host.ring().ok_or(Interrupted::Again)?;
@@ -956,7 +990,7 @@ fn deltas(
             let batch = call_batch(host, session, frame)?;
             let taken = batch.entries.len();
             let left = batch.next as usize;
-            apply_batch(host, batch.entries, final_epoch.is_some());
+            apply_batch(host, batch.entries, final_epoch.is_some(), intake);
             let enough = match small {
                 Some(small) => taken + left <= small,
                 None => left == 0 && taken == 0,
@@ -970,12 +1004,17 @@ fn deltas(
 }
 
 /// The final deltas, once every source holds `epoch`; then the sessions are closed.
-fn catch_up(host: &dyn Host, transfer: &Transfer, epoch: u64) -> Result<(), String> {
+pub(crate) fn catch_up(
+    host: &dyn Host,
+    transfer: &Transfer,
+    epoch: u64,
+    intake: &Intake,
+) -> Result<(), String> {
     // A source that has not installed the view yet answers STALE_VIEW; the keeper installs it
     // everywhere at once, so this is a short wait.
     let deadline = Instant::now() + host.io_timeout();
     loop {
-        match deltas(host, transfer, Some(epoch), None) {
+        match deltas(host, transfer, Some(epoch), None, intake) {
             Ok(()) => break,
             Err(Interrupted::Again) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
@@ -993,7 +1032,7 @@ fn catch_up(host: &dyn Host, transfer: &Transfer, epoch: u64) -> Result<(), Stri
     Ok(())
 }
 
-fn end_sessions(host: &dyn Host, transfer: &Transfer) {
+pub(crate) fn end_sessions(host: &dyn Host, transfer: &Transfer) {
     end_all(host, &transfer.sessions);
 }
 
@@ -1157,10 +1196,13 @@ mod tests {
         receiver
             .write(b"k", || store.put(b"k", b"from the chain"))
             .unwrap();
-        let applied = receiver.apply_unless_dirty(b"k", || store.put(b"k", b"stale copy"));
+        let applied = receiver
+            .intake
+            .apply_unless_dirty(b"k", || store.put(b"k", b"stale copy"));
         assert!(applied.is_none());
         assert_eq!(store.get(b"k").unwrap(), b"from the chain");
         assert!(receiver
+            .intake
             .apply_unless_dirty(b"other", || store.put(b"other", b"copy"))
             .is_some());
         assert!(!receiver.wait_for_reads(Duration::from_millis(10)));

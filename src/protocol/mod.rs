@@ -94,9 +94,12 @@ impl Limits {
                 self.max_key
             ));
         }
-        // A tagged write's tag is not part of the value it stores.
+        // A tagged write's tag is not part of the value it stores; a view is not stored at all
+        // (with its owner table it may outgrow a small value limit: the frame limit bounds it).
         let value_len = if frame.opcode.is_tagged() {
             frame.value.len().saturating_sub(payload::WriteTag::LEN)
+        } else if frame.opcode == Opcode::VIEW_INSTALL {
+            0
         } else {
             frame.value.len()
         };
@@ -194,6 +197,11 @@ named_codes!(
         CHAIN_DELETE_ONCE = 0x1a,
         /// Internal: a server that opened the connection presents the cluster token.
         PEER_AUTH = 0x1b,
+        /// Asks the view keeper to add the backend at the key's address to the cluster.
+        MEMBER_JOIN = 0x1c,
+        /// Asks the view keeper to hand off the partitions of the backend at the key's address
+        /// and take it out of the cluster.
+        MEMBER_LEAVE = 0x1d,
     }
 );
 

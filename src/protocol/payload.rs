@@ -241,6 +241,23 @@ pub fn encode_view(view: &View) -> Vec<u8> {
         out.push(view.states.get(index).copied().unwrap_or(NodeState::Up) as u8);
         out.extend_from_slice(&view.since.get(index).copied().unwrap_or(0).to_be_bytes());
     }
+    if matches!(view.placement, Placement::Partitions { .. }) {
+        let owners = if view.owners.is_empty() {
+            match view.placement {
+                Placement::Partitions { count } => crate::ring::deal_owners(&view.nodes, count),
+                Placement::Hashed { .. } => Vec::new(),
+            }
+        } else {
+            view.owners.clone()
+        };
+        for owner in owners {
+            put_u16(&mut out, owner);
+        }
+        out.push(u8::from(view.is_moving()));
+        for &owner in &view.target {
+            put_u16(&mut out, owner);
+        }
+    }
     out
 }
 
@@ -272,6 +289,21 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
         );
         since.push(r.u64()?);
     }
+    let mut owners = Vec::new();
+    let mut target = Vec::new();
+    // A view kept before the owner table was: the table is the deal of its node list.
+    if let (Placement::Partitions { count }, false) = (placement, r.buf.is_empty()) {
+        if count > crate::ring::MAX_PARTITIONS {
+            return Err(Error::Payload(format!("{count} partitions is too many")));
+        }
+        let table = |r: &mut Reader| -> Result<Vec<u16>> { (0..count).map(|_| r.u16()).collect() };
+        owners = table(&mut r)?;
+        match r.u8()? {
+            0 => {}
+            1 => target = table(&mut r)?,
+            other => return Err(Error::Payload(format!("moving flag {other} is not 0 or 1"))),
+        }
+    }
     r.finish()?;
     Ok(View {
         epoch,
@@ -281,6 +313,8 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
         nodes,
         states,
         since,
+        owners,
+        target,
     })
 }
 
@@ -508,13 +542,25 @@ mod tests {
         );
         view.states[1] = NodeState::Down;
         view.since[1] = 6;
+        view.target = crate::ring::join_owners(&view.owners, 1, "10.0.0.2:4000");
         let bytes = encode_view(&view);
         assert_eq!(decode_view(7, &bytes).unwrap(), view);
+        // A view kept before the owner table was ends after its node list.
+        let legacy = bytes.len() - 1 - 2 * 64 * 2;
         for cut in 0..bytes.len() {
-            assert!(decode_view(7, &bytes[..cut]).is_err(), "cut at {cut}");
+            if cut != legacy {
+                assert!(decode_view(7, &bytes[..cut]).is_err(), "cut at {cut}");
+            }
         }
+        let old = decode_view(7, &bytes[..legacy]).unwrap();
+        assert!(old.owners.is_empty() && !old.is_moving());
+        let filled = crate::ring::Ring::new(old).unwrap();
+        assert_eq!(filled.view().owners, view.owners);
         let mut bad = bytes.clone();
         bad[0] = 99;
         assert!(decode_view(7, &bad).is_err());
+        let mut flag = bytes.clone();
+        flag[legacy + 2 * 64] = 2;
+        assert!(decode_view(7, &flag).is_err());
     }
 }
