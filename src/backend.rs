@@ -474,8 +474,14 @@ impl BackendState {
         if !self.receiver.serves_reads() && requests.iter().any(|r| r.opcode == Opcode::GET) {
             self.receiver.wait_for_reads(self.peers.timeouts().io);
         }
-        // So does one catching up on the partitions a move gave it.
-        if self.incoming.refuses_some_reads() && requests.iter().any(|r| r.opcode == Opcode::GET) {
+        // So does one catching up on the partitions a move gave it, and it takes no client
+        // write of them either: as their head it would answer from a copy still behind (a
+        // DELETE's found or not, a retried write's first result).
+        if self.incoming.refuses_some_reads()
+            && requests
+                .iter()
+                .any(|r| r.opcode == Opcode::GET || is_client_write(r.opcode))
+        {
             self.incoming.wait_for_reads(self.peers.timeouts().io);
         }
         // The writes this node heads take their keys' locks before anything is applied, and
@@ -708,13 +714,16 @@ impl BackendState {
                     ),
                 ));
             }
-            if request.opcode == Opcode::GET
-                && self.incoming.refuses_read(ring.point_index(&position))
-            {
+            if self.incoming.refuses_read(ring.point_index(&position)) {
+                let what = if request.opcode == Opcode::GET {
+                    "not read"
+                } else {
+                    "not applied"
+                };
                 return Route::Answered(request.error_reply(
                     Status::UNAVAILABLE,
                     format!(
-                        "{} is catching up on this key's partition after a move ({:?}); not read",
+                        "{} is catching up on this key's partition after a move ({:?}); {what}",
                         ring.node(membership.me),
                         self.incoming.phase()
                     ),

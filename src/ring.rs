@@ -194,7 +194,7 @@ impl fmt::Display for NodeState {
 }
 
 /// The member list every node agrees on, numbered by an epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct View {
     /// Increases with every change of membership; requests carry it.
     pub epoch: u64,
@@ -222,6 +222,28 @@ pub struct View {
     /// `owners`; empty otherwise. Chains still follow `owners`; the nodes that will be in a
     /// partition's chain under `target` and are not now copy it ([`crate::cluster::handoff`]).
     pub target: Vec<u16>,
+}
+
+/// The owner tables are summarised (per node, how many partitions it owns), not listed.
+impl fmt::Debug for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held = |table: &[u16]| -> Vec<usize> {
+            (0..self.nodes.len())
+                .map(|n| table.iter().filter(|&&o| usize::from(o) == n).count())
+                .collect()
+        };
+        f.debug_struct("View")
+            .field("epoch", &self.epoch)
+            .field("routing", &self.routing)
+            .field("placement", &self.placement)
+            .field("replicas", &self.replicas)
+            .field("nodes", &self.nodes)
+            .field("states", &self.states)
+            .field("since", &self.since)
+            .field("partitions_owned", &held(&self.owners))
+            .field("partitions_in_target", &held(&self.target))
+            .finish()
+    }
 }
 
 impl View {

@@ -497,11 +497,12 @@ mod tests {
 
     #[test]
     fn a_joining_node_copies_its_new_partitions_and_nobody_else_copies() {
-        for replicas in [1, 2, 3] {
+        // Joining at its natural place (since 0, as the keeper does it) or at the tail.
+        for (replicas, since) in [(1, 0), (2, 0), (3, 0), (3, 3)] {
             let mut moving = view(4, replicas);
             moving.nodes.push("10.0.0.9:7001".into());
             moving.states.push(NodeState::Up);
-            moving.since.push(3);
+            moving.since.push(since);
             moving.target = join_owners(&moving.owners, 4, "10.0.0.9:7001");
             let ring = Ring::new(moving).unwrap();
             let plan = check_plan(&ring, 4);

@@ -200,6 +200,7 @@ impl Keeper {
             view,
             peers,
             changes,
+            begun: None,
             links: Vec::new(),
             incarnations: Vec::new(),
             phases: Vec::new(),
@@ -235,6 +236,8 @@ struct Watch {
     peers: Arc<Peers>,
     /// Joins and leaves asked for.
     changes: Arc<Changes>,
+    /// The change whose first view is being published, to be answered once it is.
+    begun: Option<u64>,
     /// A ping connection per node, indexed like the view's nodes.
     links: Vec<Option<Connection>>,
     /// The incarnation each node last answered with.
@@ -446,7 +449,12 @@ impl Watch {
         }
         // Membership moves one step at a time, in views that change nothing else.
         if let Some(step) = self.membership_step(ring, health) {
+            let epoch = step.epoch;
             self.publish(step);
+            // Answered only now: whoever asked may rely on the backends holding the view.
+            if let Some(id) = self.begun.take() {
+                self.changes.answer(id, Ok(epoch));
+            }
         }
     }
 
@@ -512,7 +520,7 @@ impl Watch {
         match result {
             Ok(next) => {
                 log::info!("beginning the {change} in view epoch {}", next.epoch);
-                self.changes.answer(id, Ok(next.epoch));
+                self.begun = Some(id);
                 Some(next)
             }
             Err(e) => {

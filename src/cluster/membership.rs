@@ -207,7 +207,10 @@ pub fn begin(view: &View, change: &Change) -> Result<View, ChangeError> {
             let newcomer = view.nodes.len();
             next.nodes.push(addr.clone());
             next.states.push(NodeState::Up);
-            next.since.push(next.epoch);
+            // Up since the first view, as far as chain order goes: it takes its natural place
+            // in its chains (the head of the partitions it owns), so heads and tails, and with
+            // them writes and reads, stay even. Its copy comes from wherever that place is.
+            next.since.push(0);
             next.target = join_owners(&view.owners, newcomer, addr);
         }
         Change::Leave(addr) => {
