@@ -117,12 +117,13 @@ fn start_remembered(config: BackendConfig, dir: &std::path::Path) -> Result<Back
         ..config
     };
     let backend = Backend::start(config).map_err(|e| match (&remembered, e) {
-        (Some(addr), crate::error::Error::Bind { source, .. }) => crate::error::Error::Config(
-            format!(
-                "the backend in {} listened on {addr} before and must do so again for the                  cluster to find its keys, but cannot: {source}",
+        (Some(addr), crate::error::Error::Bind { source, .. }) => {
+            crate::error::Error::Config(format!(
+                "the backend in {} listened on {addr} before and must do so again for the \
+                 cluster to find its keys, but cannot: {source}",
                 dir.display()
-            ),
-        ),
+            ))
+        }
         (_, e) => e,
     })?;
     if remembered.is_none() {

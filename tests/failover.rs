@@ -1098,3 +1098,35 @@ fn two_joins_then_two_leaves_under_load_lose_nothing_and_even_out() {
     }
     assert!(cluster.counter(4, "handoff_keys") > 0);
 }
+
+/// A backend killed and started again on another address, over its data directory (a machine
+/// replaced): the new address joins, the old one, down, is made to leave, and every key reads
+/// back while the load runs.
+#[test]
+fn a_backend_restarted_on_another_address_joins_and_its_old_address_leaves() {
+    let mut cluster = Cluster::start(4, &["--replicas", "3"]);
+    let bulk = load_bulk(&cluster, 3000);
+    let keys = keys(128);
+    let load = Load::start(&cluster.addr, Arc::clone(&keys));
+    load.wait_for_successes(300, &cluster);
+    let moved = 1;
+    cluster.kill(moved);
+    cluster.wait_for_view("the killed backend is down", |v| !v.is_up(moved));
+    let elsewhere = start_backend("127.0.0.1:0", &cluster.dirs[moved]);
+    let new_addr = elsewhere.listening("backend");
+    cluster.backends[moved] = Some(elsewhere);
+    load.wait_for_successes(200, &cluster);
+    let view = change_and_wait(&cluster, ringkv::Change::Join(new_addr.clone()));
+    assert_eq!(view.nodes.len(), 5);
+    let old_addr = cluster.backend_addrs[moved].clone();
+    let view = change_and_wait(&cluster, ringkv::Change::Leave(old_addr.clone()));
+    assert!(!view.nodes.contains(&old_addr) && view.nodes.contains(&new_addr));
+    assert!(
+        view.states.iter().all(|s| *s == ringkv::NodeState::Up),
+        "{view:?}"
+    );
+    load.wait_for_successes(300, &cluster);
+    let summary = load.finish(&cluster, &keys);
+    eprintln!("{summary}");
+    assert_bulk_reads_back(&cluster, &bulk);
+}

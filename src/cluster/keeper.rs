@@ -468,18 +468,19 @@ impl Watch {
             _ => None,
         };
         if view.is_moving() {
-            let gaining = membership::gaining(ring);
-            if let Some(&gone) = gaining.iter().find(|&&n| !view.is_up(n)) {
-                log::warn!(
-                    "backend {} stopped being up before it took its partitions; calling the                      move off",
-                    view.nodes[gone]
-                );
+            if let Some(why) = membership::stranded(ring) {
+                log::warn!("calling the move off: {why}");
                 return Some(membership::abort(view));
             }
-            let copied = gaining.iter().all(|&n| {
+            // The nodes that are not up copy nothing now: they are copied when they come back.
+            let receivers: Vec<usize> = membership::gaining(ring)
+                .into_iter()
+                .filter(|&n| view.is_up(n))
+                .collect();
+            let copied = receivers.iter().all(|&n| {
                 alive(n).is_some_and(|a| a.move_phase == PHASE_COPIED && a.move_epoch == view.epoch)
             });
-            if !copied || gaining.iter().any(|&n| handoff::plan(ring, n).is_err()) {
+            if !copied || receivers.iter().any(|&n| handoff::plan(ring, n).is_err()) {
                 return None;
             }
             log::info!(

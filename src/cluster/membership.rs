@@ -9,10 +9,11 @@
 //!    leaving node's partitions are dealt to the others ([`crate::ring::leave_owners`]). The
 //!    nodes that the target puts in chains they are not in now copy those partitions
 //!    ([`crate::cluster::handoff`]).
-//! 2. **Commit** ([`commit`]): once every such node reports its copy done for the current
-//!    epoch, the target becomes the owners, in a view that changes nothing else. If a node that
-//!    was to gain partitions stops being up first, the move is called off instead ([`abort`]): a
-//!    joining node is taken out again, and the user may try once more.
+//! 2. **Commit** ([`commit`]): once every such node that is up reports its copy done for the
+//!    current epoch, the target becomes the owners, in a view that changes nothing else (a node
+//!    that is down is copied when it comes back). If some partition whose chain changes has no
+//!    member up, or would have none after the move ([`stranded`]), the move is called off
+//!    instead ([`abort`]): a joining node is taken out again, and the user may try once more.
 //! 3. **Out** ([`remove`]): a node that owns nothing once no move is under way, and no node is
 //!    still catching up, is taken out of the node list. It holds the last view that named it,
 //!    in which it owns nothing, and may be stopped.
@@ -257,10 +258,44 @@ pub fn gaining(ring: &Ring) -> Vec<usize> {
     (0..gains.len()).filter(|&n| gains[n]).collect()
 }
 
-/// The view that commits the move under way in `view`: its target becomes the owners.
+/// Why the move under way in `ring` cannot go on, if it cannot: a partition whose chain changes
+/// has no member up now (nobody to copy it from, and its last copies might be dropped), or
+/// would have none up after the move (its keys would be held by no node that has them).
+pub fn stranded(ring: &Ring) -> Option<String> {
+    let target = crate::cluster::handoff::target_ring(ring)?;
+    for point in 0..ring.point_count() {
+        if ring
+            .natural_members(point)
+            .eq(target.natural_members(point))
+        {
+            continue;
+        }
+        let now = ring.chain_at(point);
+        if now.is_empty() {
+            return Some(format!("no member of partition {point}'s chain is up"));
+        }
+        // Its members are up: each holds the partition now or copies it before the commit.
+        if target.chain_at(point).is_empty() {
+            return Some(format!(
+                "no node that is up would hold partition {point} after the move"
+            ));
+        }
+    }
+    None
+}
+
+/// The view that commits the move under way in `ring`: its target becomes the owners. A node
+/// that is not up and gains partitions never counts as the last to leave a chain (`since` 0):
+/// it holds nothing of those partitions, and is copied when it comes back.
 pub fn commit(view: &View) -> View {
     let mut next = view.moved();
     next.epoch = view.epoch + 1;
+    let gainers = Ring::new(view.clone()).map(|ring| gaining(&ring));
+    for node in gainers.unwrap_or_default() {
+        if !view.is_up(node) {
+            next.since[node] = 0;
+        }
+    }
     next
 }
 
@@ -375,6 +410,37 @@ mod tests {
             begin(&start, &Change::Leave("10.9.9.9:1".into())),
             Err(ChangeError::Refused(_))
         ));
+    }
+
+    #[test]
+    fn a_move_that_would_strand_a_partition_is_called_off_and_a_down_gainer_holds_nothing() {
+        // One copy per key and the joiner dead: its partitions would be held by nobody.
+        let mut single = view(3);
+        single.replicas = 1;
+        let mut moving = begin(&single, &Change::Join("10.0.0.9:7001".into())).unwrap();
+        assert_eq!(stranded(&Ring::new(moving.clone()).unwrap()), None);
+        moving.states[3] = NodeState::Down;
+        assert!(stranded(&Ring::new(moving).unwrap()).is_some());
+        // Three copies: a member that is down and gains partitions in the move does not stop it,
+        // but it never counts as the last to leave a chain afterwards.
+        let triple = View::new(
+            4,
+            Routing::Direct,
+            Placement::Partitions { count: 4096 },
+            3,
+            (0..4).map(|i| format!("10.0.0.{i}:7001")).collect(),
+        );
+        let mut moving = begin(&triple, &Change::Join("10.0.0.9:7001".into())).unwrap();
+        let ring = Ring::new(moving.clone()).unwrap();
+        let down = gaining(&ring)
+            .into_iter()
+            .find(|&n| n != 4)
+            .expect("a join also shifts some chains onto members already there");
+        moving.states[down] = NodeState::Down;
+        moving.since[down] = 4;
+        let ring = Ring::new(moving.clone()).unwrap();
+        assert_eq!(stranded(&ring), None);
+        assert_eq!(commit(&moving).since[down], 0);
     }
 
     #[test]
