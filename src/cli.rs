@@ -781,6 +781,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_move_in_progress_is_shown_with_each_nodes_partitions_now_and_after() {
+        let view = View::new(
+            2,
+            Routing::Direct,
+            Placement::Partitions { count: 64 },
+            2,
+            vec!["a:1".into(), "b:1".into()],
+        );
+        let still = Ring::new(view.clone()).unwrap();
+        assert_eq!(render_move(&still), "");
+        let moving = crate::cluster::membership::begin(
+            &view,
+            &crate::cluster::membership::Change::Join("c:1".into()),
+        )
+        .unwrap();
+        let ring = Ring::new(moving).unwrap();
+        let shown = render_move(&ring);
+        assert!(
+            shown.starts_with("a join or leave is under way: "),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("c:1: 0 partitions now, 21 after the move"),
+            "{shown}"
+        );
+        assert!(render_ring(ring.view()).unwrap().contains(&shown));
+    }
+
+    #[test]
     fn paper_data_has_the_papers_shape_and_unique_keys() {
         let data = paper_data(5_000, 42);
         let keys: HashSet<_> = data.iter().map(|(k, _)| k).collect();

@@ -309,6 +309,39 @@ fn change_membership(
     }
 }
 
+/// What `kvcli size` and `kvcli ring` add while a join or leave runs: the partitions changing
+/// hands (from the view), the keys and bytes the backends have copied, and the rate, from two
+/// looks at their counters a second apart. Empty when no move is under way.
+fn move_in_progress(client: &mut Client) -> Result<String, Box<dyn std::error::Error>> {
+    let ring = ringkv::Ring::new(client.view()?)?;
+    if !ring.view().is_moving() {
+        return Ok(String::new());
+    }
+    let mut copied = || -> Result<(u64, u64), Box<dyn std::error::Error>> {
+        let stats = client.stats()?;
+        let sum = |name: &str| -> u64 {
+            stats
+                .iter()
+                .filter(|r| r.addr != "total")
+                .map(|r| r.counter(name))
+                .sum()
+        };
+        Ok((sum("handoff_keys"), sum("handoff_bytes")))
+    };
+    let (keys, bytes) = copied()?;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let (keys_later, bytes_later) = copied()?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(format!(
+        "{}copied so far: {keys_later} keys, {}; now {:.0} keys/s, {}/s\n",
+        ringkv::cli::render_move(&ring),
+        human_bytes(bytes_later as f64),
+        keys_later.saturating_sub(keys) as f64 / seconds,
+        human_bytes(bytes_later.saturating_sub(bytes) as f64 / seconds)
+    ))
+}
+
 /// Bytes in B, KiB, MiB or GiB.
 fn human_bytes(bytes: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB"];
@@ -423,25 +456,7 @@ fn run(
                 (reports, table)
             };
             write!(stdout, "{table}")?;
-            if let Ok(ring) = client.view().and_then(ringkv::Ring::new) {
-                if ring.view().is_moving() {
-                    let stats = client.stats().unwrap_or_default();
-                    let copied = |name: &str| -> u64 {
-                        stats
-                            .iter()
-                            .filter(|r| r.addr != "total")
-                            .map(|r| r.counter(name))
-                            .sum()
-                    };
-                    write!(stdout, "{}", ringkv::cli::render_move(&ring))?;
-                    writeln!(
-                        stdout,
-                        "copied so far: {} keys, {} bytes",
-                        copied("handoff_keys"),
-                        copied("handoff_bytes")
-                    )?;
-                }
-            }
+            write!(stdout, "{}", move_in_progress(&mut client)?)?;
             stdout.flush()?;
             // A table with a node missing is not the cluster's figure.
             if let Some(missing) = reports.iter().find(|r| r.status != Status::OK) {
@@ -452,7 +467,10 @@ fn run(
                 return Ok(EXIT_ERROR);
             }
         }
-        Command::Ring(_) => write!(stdout, "{}", render_ring(&client.view()?)?)?,
+        Command::Ring(_) => {
+            write!(stdout, "{}", render_ring(&client.view()?)?)?;
+            write!(stdout, "{}", move_in_progress(&mut client)?)?;
+        }
         Command::Ping(_) => {
             let rtt = client.ping()?;
             writeln!(stdout, "PONG from {addr} in {rtt:.2?}")?;
