@@ -141,7 +141,7 @@ impl FrameReader {
                     })
                 }
             }
-            // `frame_len` has been checked against the limit by `decode`, so reserving it is safe.
+            // `frame_len` has been checked against the limit by `decode`.
             let needed = match protocol::frame_len(pending, self.max_frame) {
                 Ok(Some(total)) => total,
                 _ => protocol::LEN_PREFIX,
@@ -158,7 +158,10 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
-            let want = needed.max(self.end + READ_CHUNK.min(self.max_frame));
+            // Memory follows the bytes that arrive, not the length a peer announces: the buffer
+            // grows to at most twice what it holds (and a chunk), however large the frame.
+            let ahead = self.end + READ_CHUNK.min(self.max_frame);
+            let want = needed.max(ahead).min(self.end + READ_CHUNK.max(self.end));
             if self.buf.len() < want {
                 self.buf.resize(want, 0);
             }
