@@ -437,7 +437,11 @@ impl BackendState {
             // Likewise for the partitions a move made it a member of.
             self.windows.mark_incomplete();
         }
-        self.trackers.retain_live(&ring);
+        if ring.view().is_up(index) {
+            self.trackers.retain_live(&ring);
+        } else {
+            self.trackers.clear();
+        }
         *slot = Some(Arc::new(Membership {
             ring: Arc::new(ring),
             me: index,
@@ -1347,6 +1351,10 @@ impl BackendState {
             ] {
                 counters.push((name.to_string(), counter.load(Ordering::Relaxed)));
             }
+            counters.push((
+                "wal_damaged_records".to_string(),
+                self.store.damaged_records(),
+            ));
             for (relays, counter) in c.relays.iter().enumerate() {
                 let count = counter.load(Ordering::Relaxed);
                 if count > 0 {

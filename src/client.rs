@@ -111,6 +111,25 @@ pub struct Client {
     cluster_token: Option<ClusterToken>,
 }
 
+/// Whether `change`, begun in view `begun`, is over in `view`, and how it ended.
+fn outcome_in(view: &View, change: &Change, begun: u64) -> Option<std::result::Result<(), String>> {
+    if view.epoch <= begun || view.is_moving() {
+        return None;
+    }
+    let at = view.nodes.iter().position(|n| n == change.addr());
+    let owning = view.owning();
+    match (change, at) {
+        (Change::Join(_), Some(at)) if owning[at] => Some(Ok(())),
+        (Change::Join(addr), None) => Some(Err(format!(
+            "the join of {addr} was called off (a partition it was to take would have had no \
+             live member); see the frontend's log"
+        ))),
+        (Change::Leave(_), None) => Some(Ok(())),
+        // Handed off, not yet taken out: a round of the keeper away.
+        _ => None,
+    }
+}
+
 /// Where a join or leave stands ([`Client::change_progress`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeProgress {
@@ -336,8 +355,21 @@ impl Client {
         Ok(epoch)
     }
 
+    /// Whether `change`, begun in view `begun`, is over, from the frontend's view alone (one
+    /// VIEW_GET, cheap enough to ask often): `None` while it runs, then whether it was carried
+    /// out.
+    pub fn change_outcome(
+        &mut self,
+        change: &Change,
+        begun: u64,
+    ) -> Result<Option<std::result::Result<(), String>>> {
+        let view = self.view()?;
+        Ok(outcome_in(&view, change, begun))
+    }
+
     /// Where `change`, begun in view `begun`, stands: from the frontend's view and the
-    /// backends' handoff counters.
+    /// backends' handoff counters (a STATS of every backend, which costs each a pass over its
+    /// keys: ask it every few seconds, and [`change_outcome`](Client::change_outcome) between).
     pub fn change_progress(&mut self, change: &Change, begun: u64) -> Result<ChangeProgress> {
         let view = self.view()?;
         let ring = crate::ring::Ring::new(view.clone())?;
@@ -363,20 +395,7 @@ impl Client {
             progress.keys_copied += counter("handoff_keys");
             progress.bytes_copied += counter("handoff_bytes");
         }
-        if view.epoch > begun && !view.is_moving() {
-            let at = view.nodes.iter().position(|n| n == change.addr());
-            let owning = view.owning();
-            progress.outcome = match (change, at) {
-                (Change::Join(_), Some(at)) if owning[at] => Some(Ok(())),
-                (Change::Join(addr), None) => Some(Err(format!(
-                    "the join of {addr} was called off (it stopped answering before it took its \
-                     partitions); see the frontend's log"
-                ))),
-                (Change::Leave(_), None) => Some(Ok(())),
-                // Handed off, not yet taken out: a round of the keeper away.
-                _ => None,
-            };
-        }
+        progress.outcome = outcome_in(&view, change, begun);
         Ok(progress)
     }
 

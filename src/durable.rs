@@ -134,7 +134,7 @@ impl DurableStore {
         })
     }
 
-    /// What opening found: records replayed, bytes dropped.
+    /// What opening found: records replayed, bytes dropped, copies saved of damaged bytes.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
     }
@@ -294,5 +294,9 @@ impl Engine for DurableStore {
         wal.commit(writes.0).map_err(|e| store_error(wal, e))?;
         self.maybe_compact();
         Ok(())
+    }
+
+    fn damaged_records(&self) -> u64 {
+        u64::from(self.recovery.damaged_last_record.is_some())
     }
 }

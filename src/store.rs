@@ -81,6 +81,11 @@ pub trait Engine: Send + Sync {
     /// Calls `visit` with every key and its value, a part of the store at a time (writers of
     /// that part wait meanwhile).
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8]));
+    /// Damaged last records found in the store's log when it opened: 0 or 1 (a whole record
+    /// that failed its checks, cut off and saved beside the log). 0 for a store without a log.
+    fn damaged_records(&self) -> u64 {
+        0
+    }
 }
 
 /// Writes not yet known to be durable: the point in the store's history they reach. Later

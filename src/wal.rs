@@ -46,7 +46,18 @@
 //! - no whole valid record starts anywhere after X: this is a torn tail, what a crash in the
 //!   middle of an append leaves (a partial record, or zeros or stale bytes where the file grew but
 //!   the data never reached the disk). The file is cut back to X, fsynced, and the bytes dropped
-//!   are logged. Such records were never acknowledged under `always`.
+//!   are logged. Such records were never acknowledged under `always`. The record at X is then
+//!   judged once more:
+//!   - partial (fewer than 4 bytes left, a length out of range, or fewer bytes left than its
+//!     length says): the ordinary crash mid-append; the cut is logged as a warning.
+//!   - complete (its length in range and all its bytes present) but failing its CRC, type or key
+//!     length check: a torn write and a damaged disk look the same here, and the second may have
+//!     hit an acknowledged write. It is still the end of the log and still cut, as databases do,
+//!     but first the bytes from X on are saved beside the log as `wal.log.damaged-X` (fsynced,
+//!     with the directory; an existing copy is not overwritten, the new one is numbered
+//!     `.2`, `.3`, ...), the cut is logged as an error naming the file, X, the reason and the
+//!     copy, and [`Recovery::damaged_last_record`] holds the copy's path. A damaged length field
+//!     can make a whole record look partial; that case stays a warning.
 //! - a valid record starts after X: records were written after the damaged one, so the damage is
 //!   not a crash mid-append but corruption of data that was once whole. Opening stops with an
 //!   error naming the file and X, unless `repair` is set; then the original is kept beside the log
@@ -264,6 +275,10 @@ pub struct Recovery {
     pub dropped_bytes: u64,
     /// Where the damaged original was saved, when repair cut it.
     pub saved_corrupt: Option<PathBuf>,
+    /// Where the bytes were saved when the last record was whole (its length in range, all its
+    /// bytes present) but failed its checks: cut off like a torn tail, but kept and logged as
+    /// an error, since it may be a damaged disk rather than a crash mid-append.
+    pub damaged_last_record: Option<PathBuf>,
     /// The log's length once opened.
     pub log_bytes: u64,
     /// A compaction's temporary file was left by a crash and deleted.
@@ -414,6 +429,40 @@ fn create_log(dir: &Path, path: &Path) -> Result<(), OpenError> {
     sync_dir(dir).map_err(io_err(dir))
 }
 
+/// Writes `tail`, the bytes of the log at `path` from `offset` on, to a new file beside it,
+/// `wal.log.damaged-OFFSET`, and fsyncs it and the directory, so that the copy is on disk before
+/// the log is cut. An earlier copy of that name is never overwritten (the same offset can be
+/// damaged again after a cut); the new one is then numbered, `wal.log.damaged-OFFSET.2` and on.
+fn save_damaged_tail(path: &Path, offset: u64, tail: &[u8]) -> Result<PathBuf, OpenError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = format!("{LOG_FILE}.damaged-{offset}");
+    let mut copy = 1;
+    loop {
+        let saved = match copy {
+            1 => path.with_file_name(&name),
+            n => path.with_file_name(format!("{name}.{n}")),
+        };
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(&saved) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                copy += 1;
+                continue;
+            }
+            Err(e) => return Err(io_err(&saved)(e)),
+        };
+        if let Err(e) = file.write_all(tail).and_then(|()| file.sync_all()) {
+            // A partial copy would pass for the whole tail.
+            let _ = fs::remove_file(&saved);
+            return Err(io_err(&saved)(e));
+        }
+        sync_dir(dir).map_err(io_err(dir))?;
+        return Ok(saved);
+    }
+}
+
 /// Reads the header and replays every whole record into `apply`; decides what to do with a bad
 /// record (see the module doc). Returns the length of the intact log.
 fn replay(
@@ -446,29 +495,37 @@ fn replay(
     }
     let mut offset = HEADER_LEN;
     let mut buf = Vec::new();
-    let damage = loop {
+    // `complete`: the record at `offset` has a length in range and all its bytes are in the
+    // file, so it was written whole and then damaged, or torn in a way no length check sees.
+    let (damage, complete) = loop {
         if offset == file_len {
             return Ok(offset);
         }
         let remaining = file_len - offset;
         if remaining < 4 {
-            break format!("{remaining} byte(s) where a record should start");
+            break (
+                format!("{remaining} byte(s) where a record should start"),
+                false,
+            );
         }
         let mut len_bytes = [0u8; 4];
         reader.read_exact(&mut len_bytes).map_err(io_err(path))?;
         let len = u32::from_le_bytes(len_bytes);
         if !(MIN_BODY..=MAX_BODY).contains(&len) {
-            break format!("record length {len} is out of range");
+            break (format!("record length {len} is out of range"), false);
         }
         let whole = 4 + u64::from(len) + 4;
         if whole > remaining {
-            break format!("a record of {whole} bytes but only {remaining} left in the file");
+            break (
+                format!("a record of {whole} bytes but only {remaining} left in the file"),
+                false,
+            );
         }
         buf.resize(len as usize + 4, 0);
         reader.read_exact(&mut buf).map_err(io_err(path))?;
         match decode(len_bytes, &buf) {
             Ok(record) => apply(record),
-            Err(reason) => break reason,
+            Err(reason) => break (reason, true),
         }
         recovery.records += 1;
         offset += whole;
@@ -500,6 +557,20 @@ fn replay(
             saved.display()
         );
         recovery.saved_corrupt = Some(saved);
+    } else if complete {
+        // A crash mid-append leaves a record short; one whose bytes are all there may be a
+        // damaged disk. It is still the end of the log (nothing valid follows), but its bytes
+        // are kept and an operator is told, since an acknowledged write may be among them.
+        let saved = save_damaged_tail(path, offset, &tail)?;
+        log::error!(
+            "{}: the last record, at offset {offset}, is whole but damaged ({damage}); the log \
+             is cut back to the {} records before it, dropping {} bytes, which are saved as {}",
+            path.display(),
+            recovery.records,
+            file_len - offset,
+            saved.display()
+        );
+        recovery.damaged_last_record = Some(saved);
     } else {
         log::warn!(
             "{}: torn tail at offset {offset} ({damage}); dropped {} bytes after {} whole records",
@@ -902,6 +973,239 @@ impl From<io::Error> for Stop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// A directory for one test, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "ringkv-wal-{}-{}-{name}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    thread_local! {
+        /// The warnings and errors logged on this thread, while a test captures them.
+        static CAPTURED: RefCell<Option<Vec<(log::Level, String)>>> = const { RefCell::new(None) };
+    }
+
+    /// Keeps the warnings and errors of threads that asked for them; other tests' threads
+    /// (which share the one global logger) keep nothing.
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            CAPTURED.with(|captured| {
+                if let Some(lines) = captured.borrow_mut().as_mut() {
+                    lines.push((record.level(), record.args().to_string()));
+                }
+            });
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// Runs `f`, returning what it returned and the warnings and errors it logged.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, Vec<(log::Level, String)>) {
+        static LOGGER: Capture = Capture;
+        // Tests run in parallel: the others wait here until the logger is in place.
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            log::set_logger(&LOGGER).expect("no other logger in the library's tests");
+            log::set_max_level(log::LevelFilter::Warn);
+        });
+        CAPTURED.with(|captured| *captured.borrow_mut() = Some(Vec::new()));
+        let result = f();
+        let lines = CAPTURED.with(|captured| captured.borrow_mut().take().unwrap());
+        (result, lines)
+    }
+
+    /// A replayed record, owned: its key, and its value (`None` for a delete).
+    type Replayed = (Vec<u8>, Option<Vec<u8>>);
+
+    /// Opens the log in `dir`; returns what recovery found and the records replayed.
+    fn reopen(dir: &Path) -> (Recovery, Vec<Replayed>) {
+        let mut records = Vec::new();
+        let (_wal, recovery) = Wal::open(dir, WalOptions::default(), &mut |record| {
+            records.push(match record {
+                Record::Put { key, value } => (key.to_vec(), Some(value.to_vec())),
+                Record::Delete { key } => (key.to_vec(), None),
+            })
+        })
+        .unwrap();
+        (recovery, records)
+    }
+
+    /// Writes three records to a new log in `dir`; returns the log's bytes and where the last
+    /// record starts.
+    fn three_records(dir: &Path) -> (Vec<u8>, u64) {
+        let (wal, _) = Wal::open(dir, WalOptions::default(), &mut |_| {}).unwrap();
+        wal.append(Record::Put {
+            key: b"a",
+            value: b"one",
+        })
+        .unwrap();
+        wal.append(Record::Delete { key: b"a" }).unwrap();
+        let last = wal.len();
+        wal.append(Record::Put {
+            key: b"b",
+            value: &[9; 30],
+        })
+        .unwrap();
+        drop(wal);
+        (fs::read(dir.join(LOG_FILE)).unwrap(), last)
+    }
+
+    /// The files beside the log whose names start with `wal.log.damaged-`.
+    fn damaged_copies(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("wal.log.damaged-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The two records before the last one that [`three_records`] writes.
+    fn the_first_two() -> Vec<Replayed> {
+        vec![
+            (b"a".to_vec(), Some(b"one".to_vec())),
+            (b"a".to_vec(), None),
+        ]
+    }
+
+    #[test]
+    fn a_partial_last_record_is_cut_with_a_warning_and_nothing_saved() {
+        let source = TempDir::new("partial-source");
+        let (bytes, last) = three_records(&source.0);
+        let last = last as usize;
+        let mut zeros = bytes.clone();
+        zeros.extend_from_slice(&[0; 100]);
+        let tails = [
+            // Cut inside the length field, inside the body, one byte short of the CRC's end.
+            bytes[..last + 2].to_vec(),
+            bytes[..last + 10].to_vec(),
+            bytes[..bytes.len() - 1].to_vec(),
+            // The file grew but the data never reached the disk.
+            zeros,
+        ];
+        for (case, log) in tails.iter().enumerate() {
+            let dir = TempDir::new("partial");
+            fs::write(dir.0.join(LOG_FILE), log).unwrap();
+            let ((recovery, _), lines) = logged(|| reopen(&dir.0));
+            let expected_records = if case == 3 { 3 } else { 2 };
+            assert_eq!(recovery.records, expected_records, "case {case}");
+            assert_eq!(recovery.damaged_last_record, None, "case {case}");
+            assert!(damaged_copies(&dir.0).is_empty(), "case {case}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|(level, line)| *level == log::Level::Warn && line.contains("torn tail")),
+                "case {case}: {lines:?}"
+            );
+            assert!(
+                lines.iter().all(|(level, _)| *level != log::Level::Error),
+                "case {case}: {lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_whole_last_record_that_fails_its_checks_is_cut_saved_and_logged_as_an_error() {
+        let source = TempDir::new("whole-source");
+        let (bytes, last) = three_records(&source.0);
+        let start = last as usize;
+        // A byte flipped in the type, the key length, the value, the CRC; and one in the value
+        // with zeros after the record, which are saved with it.
+        for (case, (flip, extra)) in [
+            (4, 0),
+            (6, 0),
+            (20, 0),
+            (bytes.len() - 1 - start, 0),
+            (20, 7),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let dir = TempDir::new("whole");
+            let path = dir.0.join(LOG_FILE);
+            let mut damaged = bytes.clone();
+            damaged[start + flip] ^= 0x20;
+            damaged.resize(damaged.len() + extra, 0);
+            fs::write(&path, &damaged).unwrap();
+
+            let ((recovery, records), lines) = logged(|| reopen(&dir.0));
+            let saved = dir.0.join(format!("wal.log.damaged-{start}"));
+            assert_eq!(recovery.records, 2, "case {case}");
+            assert_eq!(records, the_first_two(), "case {case}");
+            assert_eq!(recovery.dropped_bytes, (damaged.len() - start) as u64);
+            assert_eq!(recovery.damaged_last_record.as_ref(), Some(&saved));
+            assert_eq!(fs::read(&saved).unwrap(), &damaged[start..], "case {case}");
+            assert_eq!(fs::read(&path).unwrap(), &bytes[..start], "case {case}");
+            let error = lines
+                .iter()
+                .find(|(level, _)| *level == log::Level::Error)
+                .map(|(_, line)| line.clone())
+                .unwrap_or_else(|| panic!("case {case}: no error logged: {lines:?}"));
+            for part in [
+                path.display().to_string(),
+                format!("offset {start}"),
+                "CRC mismatch".to_string(),
+                saved.display().to_string(),
+            ] {
+                assert!(error.contains(&part), "case {case}: {part:?} in {error}");
+            }
+
+            // The cut log is whole: it reopens with the same records and nothing to report.
+            let (again, records) = reopen(&dir.0);
+            assert_eq!(records, the_first_two(), "case {case}, reopened");
+            assert_eq!(again.dropped_bytes, 0, "case {case}, reopened");
+            assert_eq!(again.damaged_last_record, None, "case {case}, reopened");
+            assert_eq!(damaged_copies(&dir.0).len(), 1, "case {case}");
+        }
+    }
+
+    #[test]
+    fn a_second_damaged_last_record_at_the_same_offset_does_not_overwrite_the_first_copy() {
+        let dir = TempDir::new("twice");
+        let (bytes, last) = three_records(&dir.0);
+        let start = last as usize;
+        let path = dir.0.join(LOG_FILE);
+        let mut first = bytes.clone();
+        first[start + 20] ^= 1;
+        fs::write(&path, &first).unwrap();
+        reopen(&dir.0);
+        let mut second = bytes.clone();
+        second[start + 21] ^= 1;
+        fs::write(&path, &second).unwrap();
+        let (recovery, _) = reopen(&dir.0);
+        let numbered = dir.0.join(format!("wal.log.damaged-{start}.2"));
+        assert_eq!(recovery.damaged_last_record.as_ref(), Some(&numbered));
+        assert_eq!(
+            fs::read(dir.0.join(format!("wal.log.damaged-{start}"))).unwrap(),
+            &first[start..]
+        );
+        assert_eq!(fs::read(&numbered).unwrap(), &second[start..]);
+    }
 
     #[test]
     fn a_record_round_trips_and_any_flipped_bit_is_caught() {

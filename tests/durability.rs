@@ -183,6 +183,8 @@ fn truncating_the_log_anywhere_keeps_exactly_the_whole_records_before_the_cut() 
         assert_eq!(store.recovery().records, whole as u64, "{what}");
         assert_eq!(store.recovery().dropped_bytes, cut - ends[whole], "{what}");
         assert_eq!(store.log_bytes(), ends[whole], "{what}");
+        // A cut never leaves a whole record, so nothing counts as damaged.
+        assert_eq!(store.damaged_records(), 0, "{what}");
         assert_holds(&store, &model_after(&ops[..whole]), &universe, &what);
         drop(store);
         // The cut log is whole again: opening it once more drops nothing.
@@ -268,7 +270,7 @@ fn a_flipped_bit_before_the_tail_is_refused_and_repair_keeps_the_records_before_
 }
 
 #[test]
-fn damage_in_the_last_record_is_a_torn_tail_and_is_cut() {
+fn damage_in_the_whole_last_record_is_cut_as_a_torn_tail_but_saved_and_counted() {
     let source = TempDir::new("last-source");
     let ops = history(12);
     let ends = write_log(source.path(), &ops);
@@ -282,6 +284,68 @@ fn damage_in_the_last_record_is_a_torn_tail_and_is_cut() {
     assert_holds(
         &store,
         &model_after(&ops[..11]),
+        &keys_of(&ops),
+        "after the cut",
+    );
+    let saved = source.path().join(format!("{LOG_FILE}.damaged-{last}"));
+    assert_eq!(store.recovery().damaged_last_record.as_ref(), Some(&saved));
+    assert_eq!(
+        std::fs::read(&saved).unwrap(),
+        &bytes[last as usize..],
+        "the dropped bytes are saved"
+    );
+    assert_eq!(store.damaged_records(), 1);
+    drop(store);
+    let again = open(source.path());
+    assert_eq!(again.damaged_records(), 0, "reopened");
+    assert_eq!(again.recovery().records, 11, "reopened");
+}
+
+#[test]
+fn a_backend_over_a_damaged_last_record_starts_and_logs_an_error_naming_the_saved_copy() {
+    let dir = TempDir::new("damaged-process");
+    let ops = history(8);
+    let ends = write_log(dir.path(), &ops);
+    let mut bytes = std::fs::read(dir.log()).unwrap();
+    let last = ends[ends.len() - 2];
+    bytes[(last + 10) as usize] ^= 0x04;
+    std::fs::write(dir.log(), &bytes).unwrap();
+    let mut backend = Server::start(&[
+        "backend",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let addr = backend.listening("backend");
+    // An operator sees it in STATS.
+    let stats = ringkv::Client::connect(&addr).unwrap().stats().unwrap();
+    assert_eq!(stats[0].counter("wal_damaged_records"), 1);
+    backend.terminate();
+    let saved = dir.path().join(format!("{LOG_FILE}.damaged-{last}"));
+    // The log reader thread may still be draining the pipe after the exit.
+    let deadline = std::time::Instant::now() + BOUND;
+    let error = loop {
+        let log = backend.log();
+        if let Some(line) = log.lines().find(|line| line.contains("ERROR")) {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no error logged:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        error.contains(&dir.log().display().to_string())
+            && error.contains(&format!("offset {last}"))
+            && error.contains(&saved.display().to_string()),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&saved).unwrap(), &bytes[last as usize..]);
+    assert_holds(
+        &open(dir.path()),
+        &model_after(&ops[..7]),
         &keys_of(&ops),
         "after the cut",
     );

@@ -273,26 +273,41 @@ fn change_membership(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
+    // The view is looked at often; the counters (a pass over every backend's keys) seldom.
+    let mut counted = (0, 0);
+    let mut next_count = Instant::now();
     let outcome = loop {
-        let progress = client.change_progress(&change, begun)?;
-        let keys = progress.keys_copied.saturating_sub(before.keys_copied);
-        let bytes = progress.bytes_copied.saturating_sub(before.bytes_copied);
-        let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3);
-        bar.set_length(progress.partitions_planned.max(1));
-        bar.set_position(progress.partitions_copied);
-        bar.set_message(format!(
-            "{keys} keys, {} copied ({}/s), view epoch {}",
-            human_bytes(bytes as f64),
-            human_bytes(rate),
-            progress.epoch
-        ));
-        if let Some(outcome) = progress.outcome {
-            break (outcome, keys, bytes);
+        if let Some(outcome) = client.change_outcome(&change, begun)? {
+            break outcome;
+        }
+        if Instant::now() >= next_count {
+            let progress = client.change_progress(&change, begun)?;
+            let keys = progress.keys_copied.saturating_sub(before.keys_copied);
+            let bytes = progress.bytes_copied.saturating_sub(before.bytes_copied);
+            counted = (keys, bytes);
+            let rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_length(progress.partitions_planned.max(1));
+            bar.set_position(progress.partitions_copied);
+            bar.set_message(format!(
+                "{keys} keys, {} copied ({}/s), view epoch {}",
+                human_bytes(bytes as f64),
+                human_bytes(rate),
+                progress.epoch
+            ));
+            next_count = Instant::now() + Duration::from_secs(2);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     bar.finish_and_clear();
-    let (outcome, keys, bytes) = outcome;
+    let after = client.change_progress(&change, begun)?;
+    let keys = after
+        .keys_copied
+        .saturating_sub(before.keys_copied)
+        .max(counted.0);
+    let bytes = after
+        .bytes_copied
+        .saturating_sub(before.bytes_copied)
+        .max(counted.1);
     match outcome {
         Ok(()) => {
             println!(

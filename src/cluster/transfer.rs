@@ -434,6 +434,13 @@ impl Trackers {
         self.count.store(open.len(), Ordering::Release);
     }
 
+    /// Drops every transfer: this node is no longer up, so it is no one's source.
+    pub fn clear(&self) {
+        let mut open = self.lock();
+        open.clear();
+        self.count.store(0, Ordering::Release);
+    }
+
     /// Number of open transfers.
     pub fn open_count(&self) -> usize {
         self.count.load(Ordering::Acquire)
@@ -831,6 +838,11 @@ pub(crate) fn begin(
     let view = ring.view();
     let me_addr = ring.node(me).to_string();
     let store = host.store();
+    // Its own keys of those points are stale (they take no writes here while it copies): one
+    // pass over the store drops them all, rather than one pass per source.
+    // (Only the points it copies: the ones it keeps are the latest copy there is.)
+    let copied: Vec<u32> = plan.by_source().into_values().flatten().collect();
+    drop_points(store, ring, &copied);
     let mut sessions = Vec::new();
     for (source, points) in plan.by_source() {
         let addr = ring.node(source).to_string();
@@ -859,7 +871,6 @@ pub(crate) fn begin(
         let id = u64::from_be_bytes(answer.value[..8].try_into().unwrap_or_default());
         let session = Session { addr, id };
         sessions.push(session.clone());
-        drop_points(store, ring, &points);
         let mut from = 0u64;
         loop {
             let mut value = id.to_be_bytes().to_vec();
@@ -877,7 +888,10 @@ pub(crate) fn begin(
             };
             let done = batch.entries.is_empty() && batch.next <= from;
             from = batch.next;
-            apply_batch(host, batch.entries, false, intake);
+            if let Err(e) = apply_batch(host, batch.entries, false, intake) {
+                end_all(host, &sessions);
+                return Err(e);
+            }
             if done {
                 break;
             }
@@ -935,8 +949,15 @@ fn call_batch(
         .map_err(|e| Interrupted::Failed(format!("source {}: {e}", session.addr)))
 }
 
-/// Applies copied entries; a final delta's skip the keys written since the catch-up began.
-fn apply_batch(host: &dyn Host, entries: Vec<TransferEntry>, final_delta: bool, intake: &Intake) {
+/// Applies copied entries; a final delta's skip the keys written since the catch-up began. A
+/// key that cannot be stored (a full disk) fails the copy: a node missing keys must never count
+/// as holding a partition, or it would answer NOT_FOUND for keys that exist.
+fn apply_batch(
+    host: &dyn Host,
+    entries: Vec<TransferEntry>,
+    final_delta: bool,
+    intake: &Intake,
+) -> Result<(), Interrupted> {
     let store = host.store();
     let mut last = crate::store::Unsettled::NONE;
     for entry in entries {
@@ -952,7 +973,12 @@ fn apply_batch(host: &dyn Host, entries: Vec<TransferEntry>, final_delta: bool, 
         };
         match written {
             Some(Ok(w)) => last = last.max(w),
-            Some(Err(e)) => log::error!("state transfer: cannot store a copied key: {e}"),
+            Some(Err(e)) => {
+                let _ = store.settle(last);
+                return Err(Interrupted::Failed(format!(
+                    "cannot store a copied key: {e}"
+                )));
+            }
             None => {}
         }
         intake.keys_copied.fetch_add(1, Ordering::Relaxed);
@@ -960,9 +986,9 @@ fn apply_batch(host: &dyn Host, entries: Vec<TransferEntry>, final_delta: bool, 
             .bytes_copied
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
-    if let Err(e) = store.settle(last) {
-        log::error!("state transfer: cannot settle copied keys: {e}");
-    }
+    store
+        .settle(last)
+        .map_err(|e| Interrupted::Failed(format!("cannot settle copied keys: {e}")))
 }
 
 /// Fetches deltas from every session until one has at most `small` keys left (`None`: until
@@ -990,7 +1016,7 @@ pub(crate) fn deltas(
             let batch = call_batch(host, session, frame)?;
             let taken = batch.entries.len();
             let left = batch.next as usize;
-            apply_batch(host, batch.entries, final_epoch.is_some(), intake);
+            apply_batch(host, batch.entries, final_epoch.is_some(), intake)?;
             let enough = match small {
                 Some(small) => taken + left <= small,
                 None => left == 0 && taken == 0,
@@ -1041,6 +1067,15 @@ fn end_all(host: &dyn Host, sessions: &[Session]) {
         return;
     };
     for session in sessions {
+        // A source the view has down (dead, or hung: a connection to a stopped process is
+        // accepted and then never answered) is not waited on; it dropped or will drop the
+        // transfer when it learns it is down.
+        let up = ring
+            .index_of(&session.addr)
+            .is_some_and(|i| ring.view().is_up(i));
+        if !up {
+            continue;
+        }
         let frame = request(
             crate::protocol::Opcode::SYNC_END,
             0,
