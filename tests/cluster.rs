@@ -650,3 +650,81 @@ fn a_following_frontend_needs_a_cluster_that_has_a_view() {
     assert!(e.to_string().contains("start the view keeper first"), "{e}");
     assert_eq!(backend.epoch(), None, "the follower installed a view");
 }
+
+/// With one copy per key (the paper's replication) a join and a leave still lose nothing: the
+/// joiner copies each partition it takes from its only owner, and the leaver hands off each of
+/// its own before it is taken out.
+#[test]
+fn a_join_and_a_leave_with_one_copy_per_key_keep_every_key() {
+    let cluster = ringkv::LocalCluster::start(
+        3,
+        ringkv::BackendConfig::default(),
+        ringkv::FrontendConfig {
+            replicas: Some(1),
+            ..ringkv::FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let addr = cluster.frontend_addr().to_string();
+    let mut client = ringkv::Client::connect(&addr).unwrap();
+    let keys: Vec<String> = (0..2000).map(|i| format!("single-{i}")).collect();
+    for key in &keys {
+        client.put(key.as_bytes(), key.as_bytes()).unwrap();
+    }
+    let joiner = ringkv::Backend::start(ringkv::BackendConfig::default()).unwrap();
+    let joiner_addr = joiner.local_addr().to_string();
+    let wait = |client: &mut ringkv::Client, change: &ringkv::Change, begun: u64| {
+        common::retry(common::BOUND, "the change is done", || {
+            let outcome = client.change_outcome(change, begun).unwrap()?;
+            outcome.unwrap_or_else(|e| panic!("{change}: {e}"));
+            Some(())
+        })
+    };
+    let join = ringkv::Change::Join(joiner_addr.clone());
+    let begun = client.join(&joiner_addr).unwrap();
+    wait(&mut client, &join, begun);
+    let mut direct = ringkv::Client::connect(&joiner_addr).unwrap();
+    assert!(
+        direct.size().unwrap()[0].counter("keys") > 2000 / 8,
+        "the joiner took its share"
+    );
+    for key in &keys {
+        assert_eq!(
+            client.get(key.as_bytes()).unwrap().as_deref(),
+            Some(key.as_bytes())
+        );
+    }
+    let leaver = cluster.backend_addrs()[0].clone();
+    let leave = ringkv::Change::Leave(leaver.clone());
+    let begun = client.leave(&leaver).unwrap();
+    wait(&mut client, &leave, begun);
+    assert!(!client.view().unwrap().nodes.contains(&leaver));
+    for key in &keys {
+        assert_eq!(
+            client.get(key.as_bytes()).unwrap().as_deref(),
+            Some(key.as_bytes())
+        );
+    }
+}
+
+/// The paper's placement (one hashed point per node) has no owner table to move: joins are
+/// refused with the reason, and nothing changes.
+#[test]
+fn the_papers_placement_refuses_joins_with_the_reason() {
+    let paper = ringkv::LocalCluster::start(
+        2,
+        BackendConfig::default(),
+        FrontendConfig::default().paper(),
+    )
+    .unwrap();
+    let mut client = ringkv::Client::connect(&paper.frontend_addr().to_string()).unwrap();
+    let before = client.view().unwrap();
+    match client.join("127.0.0.1:1") {
+        Err(ringkv::Error::Status { status, message }) => {
+            assert_eq!(status, ringkv::protocol::Status::BAD_REQUEST);
+            assert!(message.contains("partition placement"), "{message}");
+        }
+        other => panic!("a join under hashed placement: {other:?}"),
+    }
+    assert_eq!(client.view().unwrap(), before);
+}
