@@ -309,7 +309,6 @@ pub fn run(host: &dyn Host) {
                         continue;
                     }
                 };
-                waiting = None;
                 if let Some(t) = transfer.take() {
                     transfer::end_sessions(host, &t);
                 }
@@ -324,6 +323,7 @@ pub fn run(host: &dyn Host) {
                 let points: Vec<u32> = plan.points.iter().map(|&(p, _)| p).collect();
                 match transfer::begin(host, &ring, me, plan, &incoming.intake) {
                     Ok(t) => {
+                        waiting = None;
                         *relock(&incoming.copied) = points;
                         incoming
                             .partitions_copied
@@ -338,9 +338,13 @@ pub fn run(host: &dyn Host) {
                     }
                     Err(Interrupted::Again) => std::thread::sleep(Duration::from_millis(20)),
                     Err(Interrupted::Failed(why)) => {
-                        // A source died or refused: the keeper's next view says who copies
-                        // from whom; until then, try again.
-                        log::warn!("handoff: copy failed, trying again: {why}");
+                        // A source died or refused, or this store is full: the keeper's next
+                        // view says who copies from whom; until then, try again (saying why
+                        // once, not at every try).
+                        if waiting.as_deref() != Some(why.as_str()) {
+                            log::warn!("handoff: copy failed, trying again: {why}");
+                            waiting = Some(why);
+                        }
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 }
