@@ -433,10 +433,9 @@ impl BackendState {
             // The copy and its deltas brought writes without their tags.
             self.windows.mark_incomplete();
         }
-        if self.incoming.view_installed(&ring, index) {
-            // Likewise for the partitions a move made it a member of.
-            self.windows.mark_incomplete();
-        }
+        // Likewise for the partitions a move made it a member of, but only for them
+        // (`Incoming::recently_gained`, looked at by `head_tagged`).
+        self.incoming.view_installed(&ring, index);
         if ring.view().is_up(index) {
             self.trackers.retain_live(&ring);
         } else {
@@ -793,7 +792,16 @@ impl BackendState {
         writes: &mut Applied,
     ) -> Route {
         let epoch = ring.view().epoch;
-        match self.windows.check(tag) {
+        let seen = match self.windows.check(tag) {
+            // A partition it took over in a move: the copy brought its writes without tags.
+            Seen::New
+                if tag.is_resend() && self.incoming.recently_gained(ring.point_index(position)) =>
+            {
+                Seen::Unknowable
+            }
+            seen => seen,
+        };
+        match seen {
             Seen::New => {
                 let answer = self.serve_locally(ring, position, &request, writes);
                 self.remember(tag, &answer, chain, me, writes);
@@ -838,9 +846,10 @@ impl BackendState {
                     Status::TOO_OLD,
                     format!(
                         "write {} of client {:016x} is sent again, and this node's memory of \
-                         writes does not reach back far enough (it started or had to forget \
-                         less than {}s ago) to know that no earlier copy was applied; not \
-                         applied now (an earlier attempt may have taken effect)",
+                         writes does not reach back far enough (it started, had to forget, or \
+                         took over this key's partition less than {}s ago) to know that no \
+                         earlier copy was applied; not applied now (an earlier attempt may have \
+                         taken effect)",
                         tag.seq,
                         tag.client,
                         crate::cluster::dedup::HORIZON.as_secs()

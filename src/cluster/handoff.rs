@@ -105,6 +105,10 @@ pub struct Incoming {
     stop: AtomicBool,
     /// The epoch whose foreign keys were last dropped.
     swept: AtomicU64,
+    /// When this node last became a member of partitions by a move, and which: the writes it
+    /// got of them came with no write tags, so a resend of one it has no record of may have
+    /// been applied (see [`Incoming::recently_gained`]).
+    gained: Mutex<Option<(Instant, Vec<bool>)>>,
     /// What the copies bring in.
     pub intake: Intake,
     /// Partitions planned and copied in the move under way, for STATS.
@@ -124,6 +128,7 @@ impl Default for Incoming {
             catching_any: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             swept: AtomicU64::new(0),
+            gained: Mutex::new(None),
             intake: Intake::default(),
             partitions_planned: AtomicU64::new(0),
             partitions_copied: AtomicU64::new(0),
@@ -186,6 +191,7 @@ impl Incoming {
                         *slot = true;
                     }
                 }
+                *relock(&self.gained) = Some((Instant::now(), points.clone()));
                 self.set_catching(points);
                 Phase::CatchingUp { epoch: view.epoch }
             }
@@ -214,6 +220,19 @@ impl Incoming {
         match self.catching.read() {
             Ok(points) => points.get(point).copied().unwrap_or(false),
             Err(poisoned) => poisoned.into_inner().get(point).copied().unwrap_or(false),
+        }
+    }
+
+    /// Whether this node became a member of point `point`'s chain by a move less than the
+    /// retry horizon ago ([`crate::cluster::dedup::HORIZON`]): its memory of tagged writes there
+    /// does not reach back far enough to call a resend it has no record of new.
+    pub fn recently_gained(&self, point: usize) -> bool {
+        match &*relock(&self.gained) {
+            Some((at, points)) => {
+                at.elapsed() < crate::cluster::dedup::HORIZON
+                    && points.get(point).copied().unwrap_or(false)
+            }
+            None => false,
         }
     }
 
@@ -558,6 +577,33 @@ mod tests {
                 assert_ne!(source, Source::Copy(2), "point {point}");
             }
         }
+    }
+
+    #[test]
+    fn a_committed_copy_catches_up_and_marks_only_its_points_as_recently_gained() {
+        let mut moving = view(4, 3);
+        moving.nodes.push("10.0.0.9:7001".into());
+        moving.states.push(NodeState::Up);
+        moving.since.push(0);
+        moving.target = join_owners(&moving.owners, 4, "10.0.0.9:7001");
+        let ring = Ring::new(moving.clone()).unwrap();
+        let incoming = Incoming::default();
+        assert!(!incoming.view_installed(&ring, 4));
+        assert_eq!(incoming.phase(), Phase::Copying { epoch: 3 });
+        let copied: Vec<u32> = plan(&ring, 4).unwrap().points.iter().map(|p| p.0).collect();
+        *relock(&incoming.copied) = copied.clone();
+        assert!(incoming.advance(&Phase::Copying { epoch: 3 }, Phase::Copied { epoch: 3 }));
+        let mut done = moving.moved();
+        done.epoch = 4;
+        let done = Ring::new(done).unwrap();
+        assert!(incoming.view_installed(&done, 4), "the commit");
+        assert_eq!(incoming.phase(), Phase::CatchingUp { epoch: 4 });
+        let other = (0..256u32).find(|p| !copied.contains(p)).unwrap();
+        assert!(
+            incoming.refuses_read(copied[0] as usize) && !incoming.refuses_read(other as usize)
+        );
+        assert!(incoming.recently_gained(copied[0] as usize));
+        assert!(!incoming.recently_gained(other as usize));
     }
 
     #[test]
