@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use crate::auth::{Credentials, Password};
 use crate::cluster::chain::{self, KeyLocks};
 use crate::cluster::dedup::{Seen, WriteWindows};
 use crate::cluster::handoff::{self, Incoming};
@@ -36,6 +37,9 @@ pub struct BackendConfig {
     /// The secret that view installs, chain writes and state transfers must come with
     /// ([`crate::cluster::token`]); `None` takes them from anyone.
     pub cluster_token: Option<ClusterToken>,
+    /// The password clients must present (AUTH) before anything else is answered
+    /// ([`crate::auth`]); `None` serves anyone. Also presented to the other backends.
+    pub password: Option<Password>,
 }
 
 impl Default for BackendConfig {
@@ -48,6 +52,7 @@ impl Default for BackendConfig {
             fsync: crate::wal::FsyncPolicy::default(),
             repair: false,
             cluster_token: None,
+            password: None,
         }
     }
 }
@@ -155,6 +160,7 @@ struct BackendState {
     /// The tagged writes this node applied, per client, so that a retry is not applied twice.
     windows: WriteWindows,
     cluster_token: Option<ClusterToken>,
+    password: Option<Password>,
     /// The transfers this node is the source of.
     trackers: Trackers,
     /// This node's own state transfer, when it comes back.
@@ -223,9 +229,14 @@ impl Backend {
             receiver: Receiver::default(),
             incoming: Incoming::default(),
             data_dir: config.data_dir.clone(),
-            peers: Peers::new(config.server.timeouts, config.server.limits)
-                .with_token(config.cluster_token.clone()),
+            peers: Peers::new(config.server.timeouts, config.server.limits).with_credentials(
+                Credentials {
+                    token: config.cluster_token.clone(),
+                    password: config.password.clone(),
+                },
+            ),
             cluster_token: config.cluster_token.clone(),
+            password: config.password.clone(),
             counters: Counters::default(),
             listening: std::sync::OnceLock::new(),
             incarnation: crate::rng::Rng::from_entropy().next_u64() | 1,
@@ -1425,6 +1436,10 @@ impl Handler for BackendState {
 
     fn cluster_token(&self) -> Option<&ClusterToken> {
         self.cluster_token.as_ref()
+    }
+
+    fn password(&self) -> Option<&Password> {
+        self.password.as_ref()
     }
 }
 

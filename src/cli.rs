@@ -233,6 +233,7 @@ pub fn run_paper_test(
     for phase in [Phase::Put, Phase::Get] {
         let started = Instant::now();
         let parts: Vec<Result<PhaseResult>> = std::thread::scope(|scope| {
+            let options = &options;
             let workers: Vec<_> = data
                 .chunks(chunk)
                 .map(|part| scope.spawn(move || run_phase(addr, options, part, batch, phase)))
@@ -284,12 +285,12 @@ struct PhaseResult {
 
 fn run_phase(
     addr: &str,
-    options: ClientOptions,
+    options: &ClientOptions,
     data: &[(Vec<u8>, Vec<u8>)],
     batch: usize,
     phase: Phase,
 ) -> Result<PhaseResult> {
-    let mut client = Client::connect_with(addr, options)?;
+    let mut client = Client::connect_with(addr, options.clone())?;
     let mut result = PhaseResult::default();
     for part in data.chunks(batch) {
         let requests: Vec<Request> = part

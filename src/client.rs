@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::auth::{Credentials, Password};
 use crate::cluster::membership::Change;
 use crate::cluster::token::ClusterToken;
 use crate::connection::{Connection, Timeouts};
@@ -10,8 +11,8 @@ use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Limits, Opcode, Status};
 use crate::ring::View;
 
-/// Timeouts and limits of a client connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timeouts, limits and password of a client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientOptions {
     /// How long connecting may take.
     pub connect_timeout: Duration,
@@ -19,11 +20,14 @@ pub struct ClientOptions {
     pub io_timeout: Duration,
     /// Largest answer accepted, in bytes on the wire.
     pub max_frame: usize,
+    /// Presented (AUTH) on every connection opened, for servers started with `--require-auth`
+    /// (a server without a password takes it too).
+    pub password: Option<Password>,
 }
 
 impl ClientOptions {
-    /// A framed connection to `addr` with these timeouts and limits, for callers that drive
-    /// the protocol themselves.
+    /// A framed connection to `addr` with these timeouts and limits, that has presented the
+    /// password if there is one, for callers that drive the protocol themselves.
     pub fn open(&self, addr: &str) -> Result<Connection> {
         let timeouts = Timeouts {
             connect: self.connect_timeout,
@@ -34,7 +38,13 @@ impl ClientOptions {
             max_frame: self.max_frame,
             ..Limits::default()
         };
-        Connection::open(addr, &timeouts, &limits)
+        let mut conn = Connection::open(addr, &timeouts, &limits)?;
+        let credentials = Credentials {
+            token: None,
+            password: self.password.clone(),
+        };
+        credentials.present(&mut conn, addr)?;
+        Ok(conn)
     }
 }
 
@@ -45,6 +55,7 @@ impl Default for ClientOptions {
             connect_timeout: timeouts.connect,
             io_timeout: timeouts.io,
             max_frame: Limits::default().max_frame,
+            password: None,
         }
     }
 }

@@ -32,6 +32,8 @@ pub enum Error {
     /// The peer at `addr` is at its connection limit: it refused the connection (BUSY) before
     /// reading any request, so nothing was done.
     Busy { addr: String, message: String },
+    /// The server at `addr` refused this side's cluster token or password (`reason`).
+    Unauthorized { addr: String, reason: String },
     /// A payload (SIZE, STATS or view body) could not be parsed.
     Payload(String),
     /// A view is unusable (no nodes, duplicate addresses, ...).
@@ -78,6 +80,7 @@ impl fmt::Display for Error {
                     "{addr} is at its connection limit ({message}); nothing was done"
                 )
             }
+            Error::Unauthorized { addr, reason } => write!(f, "{addr} {reason}"),
             Error::Payload(msg) => write!(f, "bad payload: {msg}"),
             Error::View(msg) => write!(f, "bad view: {msg}"),
             Error::Config(msg) => write!(f, "bad configuration: {msg}"),

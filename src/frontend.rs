@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{Credentials, Password};
 use crate::backend::{view_answer, view_install_frame};
 use crate::cluster::dedup;
 use crate::cluster::follower::Follower;
@@ -96,6 +97,10 @@ pub struct FrontendConfig {
     /// Presented to the backends (PEER_AUTH) so that they take this frontend's views
     /// ([`crate::cluster::token`]).
     pub cluster_token: Option<ClusterToken>,
+    /// The password clients must present (AUTH, or Redis's AUTH / HELLO ... AUTH) before
+    /// anything else is answered ([`crate::auth`]); `None` serves anyone. Also presented to the
+    /// backends, which may require it too.
+    pub password: Option<Password>,
 }
 
 impl FrontendConfig {
@@ -131,6 +136,7 @@ impl Default for FrontendConfig {
             safe_retries: true,
             follow: false,
             cluster_token: None,
+            password: None,
         }
     }
 }
@@ -151,6 +157,7 @@ struct FrontendState {
     changes: Option<Arc<Changes>>,
     /// Asked of whoever sends a join or leave, as of the backends' peers.
     cluster_token: Option<ClusterToken>,
+    password: Option<Password>,
 }
 
 /// Times a key request is sent at most: a first try and two more under newer views.
@@ -263,8 +270,12 @@ impl Frontend {
         // Checked before anything is asked, so that a bad command line fails at once.
         Ring::new(configured.clone())?;
         let peers = Arc::new(
-            Peers::new(config.server.timeouts, config.server.limits)
-                .with_token(config.cluster_token.clone()),
+            Peers::new(config.server.timeouts, config.server.limits).with_credentials(
+                Credentials {
+                    token: config.cluster_token.clone(),
+                    password: config.password.clone(),
+                },
+            ),
         );
         let held = resume::ask(&peers, &config.backends, config.startup_timeout);
         let start = resume::choose(
@@ -335,6 +346,7 @@ impl Frontend {
             changes: (config.keeper.is_some() && !config.follow)
                 .then(|| Arc::new(Changes::default())),
             cluster_token: config.cluster_token.clone(),
+            password: config.password.clone(),
         });
         let server = server::serve(
             "frontend",
@@ -364,16 +376,15 @@ impl Frontend {
             source,
         };
         let (view, peers) = (Arc::clone(&state.view), Arc::clone(&state.peers));
-        let limits = config.server.limits;
         let (keeper, follower) = match config.keeper {
             Some(options) if config.follow => (
                 None,
-                Some(Follower::start(options, limits, view, peers).map_err(bind_error)?),
+                Some(Follower::start(options, view, peers).map_err(bind_error)?),
             ),
             Some(options) => {
                 let changes = state.changes.clone().unwrap_or_default();
                 (
-                    Some(Keeper::start(options, limits, view, peers, changes).map_err(bind_error)?),
+                    Some(Keeper::start(options, view, peers, changes).map_err(bind_error)?),
                     None,
                 )
             }
@@ -763,6 +774,10 @@ fn total(reports: &[NodeReport]) -> NodeReport {
 impl Handler for FrontendState {
     fn cluster_token(&self) -> Option<&ClusterToken> {
         self.cluster_token.as_ref()
+    }
+
+    fn password(&self) -> Option<&Password> {
+        self.password.as_ref()
     }
 
     /// Runs of key requests go to the backends in batches; any other request is answered in

@@ -17,6 +17,7 @@
 //!   log (format, fsync policies, recovery, compaction) and [`durable`] the engine built on both.
 //! - [`connection`]: framed reads and writes on a socket, with timeouts; [`peers`] pools
 //!   connections between servers and carries a batch of requests to several peers at once.
+//! - [`auth`]: client passwords (`--require-auth`) and what a connection presents when it opens.
 //! - [`server`]: the accept loop, connection limit, per-connection frame loop and shutdown
 //!   that both servers share; [`pool`] is the frontend's bounded thread pool.
 //! - [`cluster`]: the control plane: chain replication's rules ([`cluster::chain`]), the
@@ -37,6 +38,7 @@
 //! ([`server::Handler::handle_batch`], [`peers::Peers::call_batch`]). Meanwhile
 //! [`cluster::keeper`] probes every backend and publishes a new view when one dies.
 
+pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod client;
@@ -57,6 +59,7 @@ pub mod server;
 pub mod store;
 pub mod wal;
 
+pub use auth::{Credentials, Password};
 pub use backend::{Backend, BackendConfig};
 pub use client::{ChangeProgress, Client, ClientOptions, Reply, Request};
 pub use cluster::membership::Change;

@@ -377,7 +377,7 @@ pub fn run(addr: &str, config: &BenchConfig, options: ClientOptions) -> Result<B
     config.validate()?;
     let mut failures = Vec::new();
     let preload = config.preload.then(|| {
-        let (outcome, why) = preload(addr, config, options);
+        let (outcome, why) = preload(addr, config, &options);
         failures = why;
         outcome
     });
@@ -401,7 +401,7 @@ pub fn run(addr: &str, config: &BenchConfig, options: ClientOptions) -> Result<B
                     go: &go,
                     start: &start,
                 };
-                let (done, finished) = (&done, &finished);
+                let (done, finished, options) = (&done, &finished, &options);
                 scope.spawn(move || {
                     let part = measure(addr, config, options, seed, quota, clock, done);
                     finished.fetch_add(1, Ordering::Release);
@@ -528,7 +528,7 @@ struct Clock<'a> {
 fn measure(
     addr: &str,
     config: &BenchConfig,
-    options: ClientOptions,
+    options: &ClientOptions,
     seed: u64,
     quota: u64,
     clock: Clock<'_>,
@@ -693,7 +693,7 @@ fn exchange(
 fn preload(
     addr: &str,
     config: &BenchConfig,
-    options: ClientOptions,
+    options: &ClientOptions,
 ) -> (PreloadOutcome, Vec<String>) {
     let started = Instant::now();
     let shares = split_evenly(config.keyspace, config.clients);
@@ -743,7 +743,7 @@ fn preload(
 fn preload_range(
     addr: &str,
     config: &BenchConfig,
-    options: ClientOptions,
+    options: &ClientOptions,
     start: u64,
     end: u64,
 ) -> (u64, Option<String>) {

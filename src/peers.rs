@@ -3,10 +3,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::cluster::token::ClusterToken;
+use crate::auth::Credentials;
 use crate::connection::{Connection, Timeouts};
 use crate::error::{Error, Result};
-use crate::protocol::{Frame, Limits, Opcode, Status};
+use crate::protocol::{Frame, Limits};
 use crate::server::Registry;
 
 /// Idle connections kept per peer; more are opened under load and closed after use.
@@ -57,7 +57,7 @@ pub struct Peers {
     timeouts: Timeouts,
     limits: Limits,
     /// Presented on every new connection, so that the peer takes its peer-only requests.
-    token: Option<ClusterToken>,
+    credentials: Credentials,
 }
 
 impl Peers {
@@ -68,13 +68,17 @@ impl Peers {
             open: Mutex::new(HashMap::new()),
             timeouts,
             limits,
-            token: None,
+            credentials: Credentials::default(),
         }
     }
 
-    /// The same pool, presenting `token` (PEER_AUTH) on each connection it opens.
-    pub fn with_token(self, token: Option<ClusterToken>) -> Peers {
-        Peers { token, ..self }
+    /// The same pool, presenting `credentials` (the cluster token, the password) on each
+    /// connection it opens.
+    pub fn with_credentials(self, credentials: Credentials) -> Peers {
+        Peers {
+            credentials,
+            ..self
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Connection>>> {
@@ -288,7 +292,7 @@ impl Peers {
     fn connect(&self, addr: &str) -> Result<Connection> {
         let mut conn = Connection::open(addr, &self.timeouts, &self.limits)?;
         conn.register_in(&self.registry_of(addr));
-        self.present_token(&mut conn, addr)?;
+        self.credentials.present(&mut conn, addr)?;
         Ok(conn)
     }
 
@@ -296,26 +300,7 @@ impl Peers {
     /// the token (for the view keeper, which must not wait as long as requests may).
     pub fn open_own(&self, addr: &str, timeouts: &Timeouts) -> Result<Connection> {
         let mut conn = Connection::open(addr, timeouts, &self.limits)?;
-        self.present_token(&mut conn, addr)?;
+        self.credentials.present(&mut conn, addr)?;
         Ok(conn)
-    }
-
-    /// PEER_AUTH with this pool's token, if it has one.
-    fn present_token(&self, conn: &mut Connection, addr: &str) -> Result<()> {
-        if let Some(token) = &self.token {
-            let auth = Frame::request(Opcode::PEER_AUTH, 0, Vec::new(), token.as_bytes().to_vec());
-            let answer = conn.call(&auth)?;
-            if answer.status != Status::OK {
-                return Err(Error::Unanswered {
-                    addr: addr.to_string(),
-                    reason: format!(
-                        "it refused this server's cluster token: {}: {}",
-                        answer.status,
-                        answer.message()
-                    ),
-                });
-            }
-        }
-        Ok(())
     }
 }

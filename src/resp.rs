@@ -21,10 +21,11 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::Session;
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
@@ -489,6 +490,22 @@ const COMMANDS: &[CommandSpec] = &[
     spec("config", -2, &["admin", "stale"], 0, 0, 0),
     spec("select", 2, &["fast", "stale"], 0, 0, 0),
     spec("quit", -1, &["fast", "stale"], 0, 0, 0),
+    spec(
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast", "no-auth"],
+        0,
+        0,
+        0,
+    ),
+    spec(
+        "hello",
+        -1,
+        &["noscript", "loading", "stale", "fast", "no-auth"],
+        0,
+        0,
+        0,
+    ),
 ];
 
 const fn spec(
@@ -690,21 +707,45 @@ struct Door {
     started: Instant,
 }
 
+/// What one Redis connection has said of itself.
+struct Client {
+    /// Its number, as HELLO reports it.
+    id: u64,
+    /// The request id of its next frame.
+    next_id: u64,
+    /// Whether it has given the password (where one is required).
+    auth: Session,
+    /// What HELLO ... SETNAME named it.
+    name: Option<Vec<u8>>,
+}
+
+impl Client {
+    fn new(door: &Door) -> Client {
+        static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+        Client {
+            id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+            next_id: 0,
+            auth: Session::new(door.handler.password().is_some()),
+            name: None,
+        }
+    }
+}
+
 /// The requests of one batch turned into frames, and how to reply to each.
 struct Batch<'a> {
     door: &'a Door,
     frames: Vec<Frame>,
     planned: Vec<Planned>,
-    next_id: &'a mut u64,
+    client: &'a mut Client,
 }
 
 impl<'a> Batch<'a> {
-    fn new(door: &'a Door, next_id: &'a mut u64) -> Batch<'a> {
+    fn new(door: &'a Door, client: &'a mut Client) -> Batch<'a> {
         Batch {
             door,
             frames: Vec::new(),
             planned: Vec::new(),
-            next_id,
+            client,
         }
     }
 
@@ -714,8 +755,8 @@ impl<'a> Batch<'a> {
     }
 
     fn request(&mut self, opcode: Opcode, key: Vec<u8>, value: Vec<u8>) -> Frame {
-        *self.next_id = self.next_id.wrapping_add(1);
-        Frame::request(opcode, *self.next_id, key, value)
+        self.client.next_id = self.client.next_id.wrapping_add(1);
+        Frame::request(opcode, self.client.next_id, key, value)
     }
 
     fn ready(&mut self, build: impl FnOnce(&mut Vec<u8>)) {
@@ -741,8 +782,8 @@ impl<'a> Batch<'a> {
         self.frames.extend(frames);
     }
 
-    /// Plans the reply to one request (never empty). False for QUIT: the connection ends after
-    /// its reply.
+    /// Plans the reply to one request (never empty). False for QUIT, and after the last wrong
+    /// password a connection may give: the connection ends after its reply.
     fn plan(&mut self, args: Vec<Vec<u8>>) -> bool {
         let Some(spec) = find_command(&args[0]) else {
             self.ready(|out| unknown_command(out, &args));
@@ -750,6 +791,11 @@ impl<'a> Batch<'a> {
         };
         if !arity_ok(spec.arity, args.len()) || (spec.name == "mset" && args.len() % 2 == 0) {
             self.ready(|out| wrong_arity(out, spec.name));
+            return true;
+        }
+        if !self.client.auth.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
+            self.door.handler.refused(Status::UNAUTHORIZED);
+            self.ready(|out| reply::error(out, "NOAUTH Authentication required."));
             return true;
         }
         let mut rest = args.into_iter();
@@ -835,11 +881,161 @@ impl<'a> Batch<'a> {
                 self.ready(|out| reply::simple(out, "OK"));
                 return false;
             }
+            "auth" => {
+                let rest = rest.as_slice();
+                return self.auth(rest);
+            }
+            "hello" => {
+                let rest = rest.as_slice();
+                return self.hello(rest);
+            }
             other => {
                 log::error!("resp: command {other} is in the table but has no handling");
                 self.ready(|out| reply::error(out, "ERR INTERNAL: command not handled"));
             }
         }
+        true
+    }
+
+    /// AUTH password, or AUTH username password (the only user is `default`, as in Redis
+    /// without ACLs). False when the connection is to be closed.
+    fn auth(&mut self, args: &[Vec<u8>]) -> bool {
+        let password = self.door.handler.password();
+        match args {
+            [_] if password.is_none() => {
+                self.ready(|out| {
+                    reply::error(
+                        out,
+                        "ERR AUTH <password> called without any password configured for the \
+                         default user. Are you sure your configuration is correct?",
+                    )
+                });
+                true
+            }
+            [offered] => self.log_in(b"default", offered, |out| reply::simple(out, "OK")),
+            [user, offered] => self.log_in(user, offered, |out| reply::simple(out, "OK")),
+            _ => {
+                self.ready(|out| reply::error(out, "ERR syntax error"));
+                true
+            }
+        }
+    }
+
+    /// Checks `user` and `offered` and plans `success` or WRONGPASS. False when that was the
+    /// last wrong password the connection may give.
+    fn log_in(&mut self, user: &[u8], offered: &[u8], success: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let password = self.door.handler.password();
+        let accepted = if user == b"default" {
+            self.client.auth.offer(password, offered).is_ok()
+        } else {
+            // An unknown user counts as a wrong password.
+            self.client.auth.failures += 1;
+            false
+        };
+        if accepted {
+            self.ready(success);
+            return true;
+        }
+        self.door.handler.refused(Status::UNAUTHORIZED);
+        log::warn!(
+            "resp: a client offered a wrong password ({} on its connection)",
+            self.client.auth.failures
+        );
+        self.ready(|out| {
+            reply::error(
+                out,
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            )
+        });
+        !self.client.auth.locked_out()
+    }
+
+    /// HELLO [protover [AUTH username password] [SETNAME clientname]]: only RESP2 is spoken.
+    fn hello(&mut self, args: &[Vec<u8>]) -> bool {
+        let mut rest = args.iter();
+        if let Some(version) = rest.next() {
+            match parse_integer(version) {
+                Some(2) => {}
+                Some(_) => {
+                    self.ready(|out| {
+                        reply::error(
+                            out,
+                            "NOPROTO sorry, this protocol version is not supported.",
+                        )
+                    });
+                    return true;
+                }
+                None => {
+                    self.ready(|out| {
+                        reply::error(
+                            out,
+                            "ERR Protocol version is not an integer or out of range",
+                        )
+                    });
+                    return true;
+                }
+            }
+        }
+        let mut credentials: Option<(&[u8], &[u8])> = None;
+        let mut name: Option<&[u8]> = None;
+        while let Some(option) = rest.next() {
+            if option.eq_ignore_ascii_case(b"AUTH") {
+                match (rest.next(), rest.next()) {
+                    (Some(user), Some(password)) => credentials = Some((user, password)),
+                    _ => return self.hello_syntax_error(option),
+                }
+            } else if option.eq_ignore_ascii_case(b"SETNAME") {
+                match rest.next() {
+                    Some(given) => name = Some(given),
+                    None => return self.hello_syntax_error(option),
+                }
+            } else {
+                return self.hello_syntax_error(option);
+            }
+        }
+        if name.is_some_and(|n| n.iter().any(|b| *b <= b' ' || *b >= 0x7f)) {
+            self.ready(|out| {
+                reply::error(
+                    out,
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                )
+            });
+            return true;
+        }
+        let id = self.client.id;
+        let info = move |out: &mut Vec<u8>| hello_reply(out, id);
+        if let Some((user, password)) = credentials {
+            let open = self.log_in(user, password, info);
+            if let (true, Some(name)) = (self.client.auth.authenticated, name) {
+                self.client.name = Some(name.to_vec());
+            }
+            return open;
+        }
+        if !self.client.auth.authenticated {
+            self.door.handler.refused(Status::UNAUTHORIZED);
+            self.ready(|out| {
+                reply::error(
+                    out,
+                    "NOAUTH HELLO must be called with the client already authenticated, \
+                     otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+                     authenticate the client and select the RESP protocol version at the same \
+                     time",
+                )
+            });
+            return true;
+        }
+        if let Some(name) = name {
+            self.client.name = Some(name.to_vec());
+        }
+        self.ready(info);
+        true
+    }
+
+    fn hello_syntax_error(&mut self, option: &[u8]) -> bool {
+        let option = String::from_utf8_lossy(option).replace(['\r', '\n'], " ");
+        self.ready(|out| {
+            reply::error(out, &format!("ERR Syntax error in HELLO option '{option}'"))
+        });
         true
     }
 
@@ -891,6 +1087,25 @@ impl<'a> Batch<'a> {
         }
         out
     }
+}
+
+/// HELLO's reply in RESP2: its map as a flat array of names and values.
+fn hello_reply(out: &mut Vec<u8>, id: u64) {
+    reply::array(out, 14);
+    reply::bulk(out, b"server");
+    reply::bulk(out, b"ringkv");
+    reply::bulk(out, b"version");
+    reply::bulk(out, env!("CARGO_PKG_VERSION").as_bytes());
+    reply::bulk(out, b"proto");
+    reply::integer(out, 2);
+    reply::bulk(out, b"id");
+    reply::integer(out, id as i64);
+    reply::bulk(out, b"mode");
+    reply::bulk(out, b"standalone");
+    reply::bulk(out, b"role");
+    reply::bulk(out, b"master");
+    reply::bulk(out, b"modules");
+    reply::array(out, 0);
 }
 
 /// The reply to a command from the answers to its frames.
@@ -1240,12 +1455,12 @@ fn serve_connection(mut stream: TcpStream, door: &Door) {
     }
     let _ = stream.set_nodelay(true);
     let mut parser = Parser::new(door.request_limits);
-    let mut next_id = 0u64;
+    let mut client = Client::new(door);
     let mut idle_since = Instant::now();
     // When the request now arriving was first seen incomplete; reset by every whole request.
     let mut partial_since: Option<Instant> = None;
     while !door.shutdown.load(Ordering::Relaxed) {
-        let mut batch = Batch::new(door, &mut next_id);
+        let mut batch = Batch::new(door, &mut client);
         let mut ending: Option<std::result::Result<(), ProtocolError>> = None;
         let mut whole = 0;
         while !batch.is_full() {

@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::auth::{Password, Session};
 use crate::cluster::token::{self, ClusterToken};
 use crate::connection::{FrameReader, ReadError, Timeouts};
 use crate::error::{Error, Result};
@@ -57,6 +58,11 @@ pub trait Handler: Send + Sync + 'static {
     /// The cluster token that peer-only requests need (see [`crate::cluster::token`]); `None`
     /// takes them from anyone.
     fn cluster_token(&self) -> Option<&ClusterToken> {
+        None
+    }
+    /// The password every connection must present (AUTH) before anything else is answered;
+    /// `None` serves anyone. A connection that presented the cluster token needs none.
+    fn password(&self) -> Option<&Password> {
         None
     }
 }
@@ -253,8 +259,8 @@ struct ClientConn {
     written: usize,
     peer: String,
     idle_since: Instant,
-    /// It presented the cluster token (PEER_AUTH): peer-only requests are taken.
-    trusted: bool,
+    /// What it has presented: the cluster token, the password.
+    session: Session,
     /// When the answers now in `out` started to be written: all of them must be out within
     /// the write timeout, however slowly the client takes them.
     write_started: Option<Instant>,
@@ -275,7 +281,8 @@ enum Flow {
 }
 
 impl ClientConn {
-    fn new(stream: TcpStream, options: &ServerOptions) -> Option<ClientConn> {
+    fn new(stream: TcpStream, serving: &Serving) -> Option<ClientConn> {
+        let options = &serving.options;
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())
@@ -288,7 +295,7 @@ impl ClientConn {
             written: 0,
             peer,
             idle_since: Instant::now(),
-            trusted: false,
+            session: Session::new(serving.handler.password().is_some()),
             write_started: None,
             write_limit: options.timeouts.io,
             mode_write_timeout: options.timeouts.io,
@@ -341,8 +348,18 @@ impl ClientConn {
         while !self.pending.is_empty() {
             let take = self.pending.len().min(HANDLER_BATCH);
             let batch: Vec<Frame> = self.pending.drain(..take).collect();
-            for answer in answer_batch(serving, batch, &mut self.trusted, &self.peer) {
+            for answer in answer_batch(serving, batch, &mut self.session, &self.peer) {
                 answer.encode_into(&mut self.out);
+            }
+            if self.session.locked_out() {
+                // The answers so far go out; the requests after the last wrong password do not.
+                self.pending.clear();
+                let _ = self.flush();
+                let _ = self.stream.shutdown(Shutdown::Both);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "closed after too many wrong passwords",
+                ));
             }
             if self.out.len() - self.written >= FLUSH_AT && !self.flush()? {
                 return Ok(false);
@@ -411,7 +428,7 @@ impl ClientConn {
         self.written = 0;
         self.write_started = None;
         if self.pending.is_empty() {
-            if self.trusted {
+            if self.session.trusted {
                 self.activity.peer();
             } else {
                 self.activity.touch();
@@ -481,7 +498,7 @@ impl ClientConn {
 fn answer_batch(
     serving: &Serving,
     requests: Vec<Frame>,
-    trusted: &mut bool,
+    session: &mut Session,
     peer: &str,
 ) -> Vec<Frame> {
     let handler = &*serving.handler;
@@ -498,8 +515,19 @@ fn answer_batch(
             handler.refused(Status::TOO_LARGE);
             answers.push(Some(request.error_reply(Status::TOO_LARGE, message)));
         } else if request.opcode == Opcode::PEER_AUTH {
-            answers.push(Some(peer_auth(handler, &request, trusted, peer)));
-        } else if !*trusted
+            answers.push(Some(peer_auth(handler, &request, session, peer)));
+        } else if request.opcode == Opcode::AUTH {
+            answers.push(Some(client_auth(handler, &request, session, peer)));
+        } else if session.locked_out() {
+            // Past the last wrong password nothing more is taken; the connection closes.
+            break;
+        } else if !session.authenticated {
+            handler.refused(Status::UNAUTHORIZED);
+            answers.push(Some(request.error_reply(
+                Status::UNAUTHORIZED,
+                "authentication required: send AUTH with the password first",
+            )));
+        } else if !session.trusted
             && token::is_peer_only(request.opcode)
             && handler.cluster_token().is_some()
         {
@@ -549,17 +577,38 @@ fn answer_batch(
 }
 
 /// PEER_AUTH: the connection is a peer's if it carries the token (or the server has none).
-fn peer_auth(handler: &dyn Handler, request: &Frame, trusted: &mut bool, peer: &str) -> Frame {
+/// A server with a token also takes it as the password: its peers need not know the password.
+fn peer_auth(handler: &dyn Handler, request: &Frame, session: &mut Session, peer: &str) -> Frame {
     match handler.cluster_token() {
         Some(token) if !token.matches(&request.value) => {
-            *trusted = false;
+            session.trusted = false;
             handler.refused(Status::UNAUTHORIZED);
             log::warn!("{peer} presented a wrong cluster token");
             request.error_reply(Status::UNAUTHORIZED, "wrong cluster token")
         }
-        _ => {
-            *trusted = true;
+        Some(_) => {
+            session.trusted = true;
+            session.authenticated = true;
             request.reply(Status::OK, Vec::new())
+        }
+        None => {
+            session.trusted = true;
+            request.reply(Status::OK, Vec::new())
+        }
+    }
+}
+
+/// AUTH: the connection may go on if it carries the password (or the server requires none).
+fn client_auth(handler: &dyn Handler, request: &Frame, session: &mut Session, peer: &str) -> Frame {
+    match session.offer(handler.password(), &request.value) {
+        Ok(()) => request.reply(Status::OK, Vec::new()),
+        Err(message) => {
+            handler.refused(Status::UNAUTHORIZED);
+            log::warn!(
+                "{peer} offered a wrong password ({} on this connection)",
+                session.failures
+            );
+            request.error_reply(Status::UNAUTHORIZED, message)
         }
     }
 }
@@ -630,6 +679,7 @@ pub(crate) fn serve(
     };
     let listener = TcpListener::bind(addr).map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
+    warn_if_open(name, local_addr, &*handler);
     let shutdown = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(Registry::default());
 
@@ -664,6 +714,16 @@ pub(crate) fn serve(
             .map_err(bind_error)?
     };
     Ok(ServerHandle::new(local_addr, shutdown, registry, acceptor))
+}
+
+/// Says so in the log when a server anyone on the network may reach serves without a password.
+pub(crate) fn warn_if_open(name: &str, addr: SocketAddr, handler: &dyn Handler) {
+    if !addr.ip().is_loopback() && handler.password().is_none() {
+        log::warn!(
+            "{name} listens on {addr}, beyond this machine, without --require-auth: anyone who \
+             can reach it can read and write every key"
+        );
+    }
 }
 
 fn accept_loop(
@@ -725,7 +785,7 @@ fn refuse_busy(mut stream: TcpStream, message: &str, handler: &dyn Handler) {
 /// requests already received are answered together and their answers written together.
 fn serve_connection(stream: TcpStream, connections: &Connections, activity: Activity) {
     let serving = &*connections.serving;
-    let Some(mut conn) = ClientConn::new(stream, &serving.options) else {
+    let Some(mut conn) = ClientConn::new(stream, serving) else {
         return;
     };
     conn.activity = activity;

@@ -15,6 +15,9 @@ As a script:
     ringkv_client.py HOST:PORT --get KEY            print the value (exit 3 if not found)
     ringkv_client.py HOST:PORT --delete KEY         remove KEY (exit 3 if not found)
 
+A cluster started with --require-auth needs its password: --password-file FILE, or the
+RINGKV_PASSWORD environment variable (Client.connect's `password` argument as a library).
+
 With --hex, KEY and VALUE are given in hex and --get prints the value in hex; without it they
 are taken as UTF-8 text and --get writes the raw value bytes to stdout.
 """
@@ -41,6 +44,9 @@ HEADER_LEN = HEADER.size
 CRC_LEN = 4
 MIN_LENGTH = HEADER_LEN - 4 + CRC_LEN
 
+# Where a password is read from when none is given (section 15 of PROTOCOL.md).
+PASSWORD_ENV = "RINGKV_PASSWORD"
+
 # Section 8 of PROTOCOL.md.
 MAX_KEY = 16 * 1024
 MAX_VALUE = 4 * 1024 * 1024
@@ -54,6 +60,7 @@ OPCODES = {
     "STATS": 0x05,
     "PING": 0x06,
     "VIEW_INSTALL": 0x10,
+    "AUTH": 0x1E,
 }
 
 STATUSES = {
@@ -70,6 +77,8 @@ STATUSES = {
     0x18: "NO_VIEW",
     0x19: "BAD_REQUEST",
     0x1A: "INTERNAL",
+    0x1B: "TOO_OLD",
+    0x1C: "UNAUTHORIZED",
 }
 OK = 0x00
 NOT_FOUND = 0x01
@@ -257,9 +266,13 @@ class Client:
 
     @classmethod
     def connect(cls, addr: str, connect_timeout: float = 2.0, io_timeout: float = 10.0,
-                max_frame: int = MAX_FRAME) -> "Client":
+                max_frame: int = MAX_FRAME, password: Optional[bytes] = None) -> "Client":
         """Connects to HOST:PORT. Connecting may take `connect_timeout` seconds; each later read
-        or write may block for `io_timeout` seconds."""
+        or write may block for `io_timeout` seconds. With a `password` (default: the
+        RINGKV_PASSWORD environment variable, if set), the connection presents it with AUTH
+        (section 15 of PROTOCOL.md) before anything else."""
+        if password is None and os.environ.get(PASSWORD_ENV):
+            password = os.environb[PASSWORD_ENV.encode()].strip()
         host, port = parse_addr(addr)
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
@@ -267,7 +280,14 @@ class Client:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             raise ConnectionFailed("cannot connect to %s: %s" % (addr, e)) from e
-        return cls(sock, addr, max_frame)
+        client = cls(sock, addr, max_frame)
+        if password:
+            try:
+                client.auth(password)
+            except BaseException:
+                client.close()
+                raise
+        return client
 
     def close(self) -> None:
         if self._sock is not None:
@@ -388,6 +408,11 @@ class Client:
         raise StatusError(frame.status, frame.value.decode("utf-8", "replace"))
 
     # Operations.
+
+    def auth(self, password: bytes) -> None:
+        """Presents the password of a server started with --require-auth (UNAUTHORIZED if it
+        is wrong; a server without a password answers OK)."""
+        self._check(self.call(OPCODES["AUTH"], b"", password))
 
     def put(self, key: bytes, value: bytes) -> None:
         answer = self._check(self.call(OPCODES["PUT"], key, value))
@@ -668,7 +693,16 @@ def main(argv: List[str]) -> int:
     mode.add_argument("--delete", metavar="KEY", help="remove KEY")
     parser.add_argument("--hex", action="store_true", help="KEY, VALUE and output are hex")
     parser.add_argument("--timeout", type=float, default=10.0, help="i/o timeout in seconds")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="file holding the password (default: $RINGKV_PASSWORD)")
     args = parser.parse_args(argv)
+    if args.password_file is not None:
+        try:
+            with open(args.password_file, "rb") as f:
+                os.environb[PASSWORD_ENV.encode()] = f.read().strip()
+        except OSError as e:
+            print("ringkv_client: cannot read the password file: %s" % e, file=sys.stderr)
+            return 2
 
     def arg_bytes(text: str) -> bytes:
         return bytes.fromhex(text) if args.hex else text.encode("utf-8")

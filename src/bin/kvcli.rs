@@ -14,7 +14,7 @@ use ringkv::cli::{
 };
 use ringkv::cluster::membership::Change;
 use ringkv::protocol::Status;
-use ringkv::{Client, ClientOptions};
+use ringkv::{Client, ClientOptions, Password};
 
 const EXIT_NOT_FOUND: u8 = 1;
 const EXIT_ERROR: u8 = 2;
@@ -28,6 +28,10 @@ struct Args {
     /// seconds to wait for connecting and for each answer (default 10)
     #[argh(option, default = "10")]
     timeout: u64,
+    /// file holding the password of a cluster started with --require-auth (default:
+    /// $RINGKV_PASSWORD; neither: none)
+    #[argh(option)]
+    password_file: Option<std::path::PathBuf>,
     #[argh(subcommand)]
     command: Command,
 }
@@ -372,9 +376,17 @@ fn human_bytes(bytes: f64) -> String {
 fn main() -> ExitCode {
     let args: Args = ringkv::cli::parse_args();
     let addr = ringkv::cli::frontend_address(args.frontend);
+    let password = match Password::load(args.password_file.as_deref()) {
+        Ok(password) => password,
+        Err(e) => {
+            eprintln!("kvcli: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(args.timeout.max(1)),
         io_timeout: Duration::from_secs(args.timeout.max(1)),
+        password,
         ..ClientOptions::default()
     };
     match run(&addr, options, args.command) {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use argh::FromArgs;
 use ringkv::cli::{keeper_options, replicas, ring_design, server_options};
 use ringkv::cluster::token::ClusterToken;
-use ringkv::{Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Routing};
+use ringkv::{
+    Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Password, Routing,
+};
 
 /// ringkv: a distributed key-value store (frontend + ring of backends).
 #[derive(FromArgs)]
@@ -48,6 +50,11 @@ struct BackendArgs {
     /// must present (default: $RINGKV_CLUSTER_TOKEN; neither: none needed)
     #[argh(option)]
     cluster_token_file: Option<std::path::PathBuf>,
+    /// file holding the password every connection must present (AUTH) before anything else is
+    /// answered, unless it presents the cluster token; also presented to the other backends
+    /// (default: none needed)
+    #[argh(option)]
+    require_auth: Option<std::path::PathBuf>,
     /// open connections allowed at once; more get BUSY (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
@@ -134,6 +141,11 @@ struct FrontendArgs {
     /// $RINGKV_CLUSTER_TOKEN; neither: none)
     #[argh(option)]
     cluster_token_file: Option<std::path::PathBuf>,
+    /// file holding the password clients must present (AUTH, or Redis's AUTH and HELLO ...
+    /// AUTH) before anything else is answered; also presented to the backends (default: none
+    /// needed)
+    #[argh(option)]
+    require_auth: Option<std::path::PathBuf>,
     /// backend addresses, as the frontend and the other backends reach them
     #[argh(positional)]
     backends: Vec<String>,
@@ -198,6 +210,10 @@ struct LocalArgs {
     /// $RINGKV_CLUSTER_TOKEN; neither: a random token that only its own parts know)
     #[argh(option)]
     cluster_token_file: Option<std::path::PathBuf>,
+    /// file holding the password clients must present (AUTH, or Redis's AUTH and HELLO ...
+    /// AUTH) to the frontend, the Redis door and the backends (default: none needed)
+    #[argh(option)]
+    require_auth: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -251,6 +267,7 @@ fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
         fsync: a.fsync,
         repair: a.repair_log,
         cluster_token: ClusterToken::load(a.cluster_token_file.as_deref())?,
+        password: required_password(a.require_auth.as_deref())?,
     })?;
     announce(format!("backend listening on {}", backend.local_addr()));
     wait_for_signal()?;
@@ -284,6 +301,7 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         safe_retries: !a.paper,
         follow: a.follow,
         cluster_token: ClusterToken::load(a.cluster_token_file.as_deref())?,
+        password: required_password(a.require_auth.as_deref())?,
     })?;
     announce(format!("frontend listening on {}", frontend.local_addr()));
     if let Some(addr) = frontend.resp_addr() {
@@ -305,6 +323,7 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
     let resp_listen = local_resp_listen(a.resp_listen, &a.listen);
     // Its parts present it to each other; nothing else can install views on its backends.
     let token = local_token(a.cluster_token_file.as_deref())?;
+    let password = required_password(a.require_auth.as_deref())?;
     let frontend = FrontendConfig {
         listen: a.listen,
         resp_listen,
@@ -316,6 +335,7 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         keeper: keeper_options(a.ping_interval, a.ping_timeout)?,
         safe_retries: !a.paper,
         cluster_token: Some(token.clone()),
+        password: password.clone(),
         ..FrontendConfig::default()
     };
     let backend = BackendConfig {
@@ -323,6 +343,7 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         data_dir: a.data_dir,
         fsync: a.fsync,
         cluster_token: Some(token),
+        password,
         ..BackendConfig::default()
     };
     let mut cluster = LocalCluster::start(a.backends, backend, frontend)?;
@@ -336,6 +357,11 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
     wait_for_signal()?;
     cluster.shutdown();
     Ok(())
+}
+
+/// The password of `--require-auth FILE`, if given.
+fn required_password(file: Option<&std::path::Path>) -> ringkv::Result<Option<Password>> {
+    file.map(Password::from_file).transpose()
 }
 
 /// The cluster token of `local`: from `file` (written with a new random token if it does not

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::keeper::{CurrentView, KeeperOptions};
 use crate::connection::{Connection, Timeouts};
 use crate::peers::Peers;
-use crate::protocol::{payload, Frame, Limits, Opcode, Status};
+use crate::protocol::{payload, Frame, Opcode, Status};
 use crate::ring::{NodeState, Ring, View};
 
 /// A running follower. Dropping it stops its thread.
@@ -30,7 +30,6 @@ impl Follower {
     /// `peers`' connections to nodes a new view marks down are cut.
     pub fn start(
         options: KeeperOptions,
-        limits: Limits,
         view: Arc<CurrentView>,
         peers: Arc<Peers>,
     ) -> std::io::Result<Follower> {
@@ -43,7 +42,7 @@ impl Follower {
                 while !stopping.load(Ordering::SeqCst) {
                     let started = Instant::now();
                     let ring = view.get();
-                    if let Some(newer) = newest(&ring, &mut links, &options, limits) {
+                    if let Some(newer) = newest(&ring, &mut links, &options, &peers) {
                         take_up(&view, &peers, newer);
                     }
                     let until = started + options.interval;
@@ -81,7 +80,7 @@ fn newest(
     ring: &Ring,
     links: &mut Vec<Option<Connection>>,
     options: &KeeperOptions,
-    limits: Limits,
+    peers: &Peers,
 ) -> Option<View> {
     let view = ring.view();
     links.resize_with(view.nodes.len(), || None);
@@ -102,7 +101,7 @@ fn newest(
                         *link = None;
                         return None;
                     }
-                    held_view(link, addr, timeouts, limits)
+                    held_view(link, addr, timeouts, peers)
                 })
             })
             .collect();
@@ -122,11 +121,11 @@ fn held_view(
     link: &mut Option<Connection>,
     addr: &str,
     timeouts: &Timeouts,
-    limits: Limits,
+    peers: &Peers,
 ) -> Option<View> {
     let ask = Frame::request(Opcode::VIEW_GET, 0, Vec::new(), Vec::new());
     if link.is_none() {
-        *link = Connection::open(addr, timeouts, &limits).ok();
+        *link = peers.open_own(addr, timeouts).ok();
     }
     let answer = match link.as_mut()?.call(&ask) {
         Ok(answer) => answer,

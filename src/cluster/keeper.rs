@@ -24,7 +24,7 @@ use crate::cluster::membership::{self, Changes};
 use crate::cluster::{handoff, transfer};
 use crate::connection::{Connection, Timeouts};
 use crate::peers::Peers;
-use crate::protocol::{Frame, Limits, Opcode, Status};
+use crate::protocol::{Frame, Opcode, Status};
 use crate::ring::{NodeState, Ring, View};
 
 /// How the keeper watches the backends.
@@ -188,7 +188,6 @@ impl Keeper {
     /// installed through `peers`, whose connections to nodes marked down are cut.
     pub fn start(
         options: KeeperOptions,
-        limits: Limits,
         view: Arc<CurrentView>,
         peers: Arc<Peers>,
         changes: Arc<Changes>,
@@ -196,7 +195,6 @@ impl Keeper {
         let stop = Arc::new(AtomicBool::new(false));
         let watch = Watch {
             options,
-            limits,
             view,
             peers,
             changes,
@@ -231,7 +229,6 @@ impl Drop for Keeper {
 /// The keeper thread's state.
 struct Watch {
     options: KeeperOptions,
-    limits: Limits,
     view: Arc<CurrentView>,
     peers: Arc<Peers>,
     /// Joins and leaves asked for.
@@ -286,13 +283,13 @@ impl Watch {
         self.phases.resize(nodes.len(), PHASE_SERVING);
         self.waiting.resize(nodes.len(), None);
         let timeouts = self.timeouts();
-        let limits = self.limits;
+        let peers = &*self.peers;
         std::thread::scope(|scope| {
             let pings: Vec<_> = self
                 .links
                 .iter_mut()
                 .zip(nodes)
-                .map(|(link, addr)| scope.spawn(move || ping(link, addr, &timeouts, &limits)))
+                .map(|(link, addr)| scope.spawn(move || ping(link, addr, &timeouts, peers)))
                 .collect();
             pings
                 .into_iter()
@@ -652,22 +649,18 @@ impl Watch {
 
 /// A probe of `addr` on `link`; a miss is confirmed at once by a second probe on a fresh
 /// connection, so one lost or late answer (a busy machine) does not take a node out.
-fn ping(link: &mut Option<Connection>, addr: &str, timeouts: &Timeouts, limits: &Limits) -> Health {
-    match probe(link, addr, timeouts, limits) {
-        Health::Dead => probe(link, addr, timeouts, limits),
+fn ping(link: &mut Option<Connection>, addr: &str, timeouts: &Timeouts, peers: &Peers) -> Health {
+    match probe(link, addr, timeouts, peers) {
+        Health::Dead => probe(link, addr, timeouts, peers),
         alive => alive,
     }
 }
 
 /// One probe of `addr` on `link` (opened when missing, dropped when it fails).
-fn probe(
-    link: &mut Option<Connection>,
-    addr: &str,
-    timeouts: &Timeouts,
-    limits: &Limits,
-) -> Health {
+fn probe(link: &mut Option<Connection>, addr: &str, timeouts: &Timeouts, peers: &Peers) -> Health {
     if link.is_none() {
-        *link = Connection::open(addr, timeouts, limits).ok();
+        // Presenting the cluster token and the password, which a backend may require.
+        *link = peers.open_own(addr, timeouts).ok();
     }
     let Some(conn) = link.as_mut() else {
         return Health::Dead;

@@ -61,23 +61,12 @@ impl ClusterToken {
     /// The token in `file` (surrounding white space, such as the final newline, left out), or
     /// else in `$RINGKV_CLUSTER_TOKEN`, or none.
     pub fn load(file: Option<&Path>) -> Result<Option<ClusterToken>> {
-        let text = match file {
-            Some(path) => std::fs::read(path).map_err(|e| {
-                Error::Config(format!(
-                    "cannot read the cluster token file {}: {e}",
-                    path.display()
-                ))
-            })?,
+        let trimmed = match file {
+            Some(path) => crate::auth::read_secret(path, "cluster token")?,
             None => match std::env::var_os(ENV) {
-                Some(value) => value.into_encoded_bytes(),
+                Some(value) => crate::auth::trimmed(&value.into_encoded_bytes()),
                 None => return Ok(None),
             },
-        };
-        let start = text.iter().position(|b| !b.is_ascii_whitespace());
-        let end = text.iter().rposition(|b| !b.is_ascii_whitespace());
-        let trimmed = match (start, end) {
-            (Some(start), Some(end)) => text[start..=end].to_vec(),
-            _ => Vec::new(),
         };
         ClusterToken::new(trimmed).map(Some)
     }
@@ -90,12 +79,7 @@ impl ClusterToken {
     /// Whether `offered` is this token, compared in a time that does not depend on where they
     /// first differ.
     pub fn matches(&self, offered: &[u8]) -> bool {
-        let differences = self
-            .0
-            .iter()
-            .zip(offered)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        differences == 0 && self.0.len() == offered.len()
+        crate::auth::constant_time_eq(&self.0, offered)
     }
 }
 

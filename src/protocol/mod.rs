@@ -202,6 +202,9 @@ named_codes!(
         /// Asks the view keeper to hand off the partitions of the backend at the key's address
         /// and take it out of the cluster.
         MEMBER_LEAVE = 0x1d,
+        /// The client presents the password of a server started with `--require-auth`; until
+        /// it has, the server answers every other request (but PEER_AUTH) UNAUTHORIZED.
+        AUTH = 0x1e,
     }
 );
 
@@ -238,7 +241,8 @@ named_codes!(
         /// earlier attempt may have taken effect.
         TOO_OLD = 0x1b,
         /// A request only a cluster member may send, on a connection that did not present the
-        /// cluster token, or a wrong token.
+        /// cluster token, or a wrong token; or any request on a connection that has not yet
+        /// presented the password a server requires (AUTH), or a wrong password.
         UNAUTHORIZED = 0x1c,
     }
 );
