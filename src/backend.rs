@@ -30,6 +30,9 @@ pub struct BackendConfig {
     pub max_bytes: Option<u64>,
     /// Where the write-ahead log lives; `None` keeps the store in memory only.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Most bytes the log may take on disk, the room kept to compact it included
+    /// ([`crate::durable`]); `None`: only the disk's size limits it. Only with a data directory.
+    pub max_disk_bytes: Option<u64>,
     /// When logged writes are forced to disk (with a data directory).
     pub fsync: crate::wal::FsyncPolicy,
     /// Open a log damaged before its tail by cutting it back to its last intact record.
@@ -49,6 +52,7 @@ impl Default for BackendConfig {
             server: ServerOptions::default(),
             max_bytes: None,
             data_dir: None,
+            max_disk_bytes: None,
             fsync: crate::wal::FsyncPolicy::default(),
             repair: false,
             cluster_token: None,
@@ -203,6 +207,7 @@ impl Backend {
                     crate::durable::DurableOptions {
                         fsync: config.fsync,
                         max_bytes: config.max_bytes,
+                        max_disk_bytes: config.max_disk_bytes,
                         repair: config.repair,
                         ..crate::durable::DurableOptions::default()
                     },

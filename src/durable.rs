@@ -7,19 +7,64 @@
 //! read may see a value a moment before its fsync ends, as with Redis: the value is never
 //! acknowledged to its writer before it is durable.
 //!
-//! The log is compacted in the background when it is at least
-//! [`DurableOptions::compact_min_bytes`] long and more than half of it is dead records (the live
-//! set, rewritten, would take less than half the file).
+//! # Compaction
+//!
+//! Compaction rewrites the live set into a new file beside the log and renames it over the log
+//! ([`crate::wal`] has the steps), so while it runs the disk holds the old log *and* a copy of
+//! the live set. "Live" below is what that copy takes: a header and one put record per key. A
+//! compaction is started in the background, after a write or when the store is opened, when
+//!
+//! - dead records dominate: the log is at least twice the live set and at least
+//!   [`DurableOptions::compact_min_bytes`] long (1 MiB by default, so a small store that is
+//!   overwritten again and again is compacted too, and a restart over a mostly dead log
+//!   compacts it at once); or
+//! - under a disk budget of B bytes, the log plus the live set has reached 3/4 of B and at
+//!   least B/8 of the log is dead (so each compaction frees a good share of the budget and
+//!   compactions cannot follow each other for nothing).
+//!
+//! # The disk budget
+//!
+//! [`DurableOptions::max_disk_bytes`] (`--max-disk-bytes`) bounds the disk the log takes,
+//! the copy a compaction writes included. A write is admitted only while the log, once the
+//! record is appended, plus the room a compaction would need beside it, stays within the
+//! budget: that room is the live set after the write, or while a compaction runs the most
+//! it may still write (the live set when it began, plus twice everything appended since,
+//! which it copies). So the peak, log plus copy, never passes the budget, and a compaction can
+//! always run. Live data can therefore reach only about half the budget.
+//!
+//! A write that does not fit is not refused at once: if it would fit once the log is
+//! compacted, the writer waits for the compaction that is running or runs one itself, and
+//! tries once more. What still does not fit is refused with [`StoreError::DiskBudget`]
+//! (STORAGE_FULL to a client) and changes nothing: neither the map nor the log.
+//!
+//! A delete never needs room: its tombstone is never larger than the record it ends, so it
+//! does not raise the log plus the live set, and under the rule above it always fits. Such a
+//! write, one that does not raise log plus live, is admitted even over the budget (when no
+//! compaction runs), since a store opened under a budget lower than it was written with may
+//! have no other way back under it.
+//!
+//! # A full disk
+//!
+//! Without a budget, or on a disk shared with other files, a write may meet ENOSPC. It is
+//! refused with [`StoreError::DiskFull`] (STORAGE_FULL) and cut back off the log, and if dead
+//! records dominate (whatever the log's length) a compaction is started at once to free the
+//! disk. It needs room for the live set; if the disk has less, it fails, and its partial file
+//! is removed so that it does not hold the space it was to free. Automatic compactions that
+//! fail are tried again only after a pause that doubles from 1 s to at most 60 s, so that a
+//! full disk is not hammered with copies that cannot finish. Only a budget guarantees the
+//! room: a full disk with less free space than the live set stays full until space is freed.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::store::{Engine, MemStore, StoreError, StoreSize, Unsettled};
+use crate::store::{Engine, MemStore, SizeChange, StoreError, StoreSize, Unsettled};
 use crate::wal::{
-    self, Compaction, CrashPoint, FsyncPolicy, OpenError, Record, Recovery, Wal, WalOptions,
+    self, AppendError, Compaction, CrashPoint, FsyncPolicy, OpenError, Record, Recovery, Wal,
+    WalOptions,
 };
 
 /// How to open a durable store.
@@ -28,10 +73,14 @@ pub struct DurableOptions {
     pub fsync: FsyncPolicy,
     /// Most bytes of keys plus values stored; `None` for no limit.
     pub max_bytes: Option<u64>,
+    /// Most bytes the log may take on disk, the room kept to compact it included (see the
+    /// module doc); `None`: only the disk's size limits it.
+    pub max_disk_bytes: Option<u64>,
     /// Open a log that is damaged before its tail by cutting it back to its last intact record
     /// (the original is saved beside it).
     pub repair: bool,
-    /// A log shorter than this is never compacted.
+    /// A log shorter than this is not compacted for being mostly dead (a disk budget or a
+    /// full disk may still have it compacted).
     pub compact_min_bytes: u64,
     #[doc(hidden)]
     pub disk_budget: Option<u64>,
@@ -39,15 +88,67 @@ pub struct DurableOptions {
     pub crash_at: Option<CrashPoint>,
 }
 
+/// The default of [`DurableOptions::compact_min_bytes`].
+pub const COMPACT_MIN_BYTES: u64 = 1 << 20;
+
 impl Default for DurableOptions {
     fn default() -> Self {
         DurableOptions {
             fsync: FsyncPolicy::default(),
             max_bytes: None,
+            max_disk_bytes: None,
             repair: false,
-            compact_min_bytes: 64 << 20,
+            compact_min_bytes: COMPACT_MIN_BYTES,
             disk_budget: None,
             crash_at: None,
+        }
+    }
+}
+
+/// The first pause before an automatic compaction that failed is tried again; it doubles with
+/// each failure in a row, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// When the next automatic compaction may be tried, after failures.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn allows(&self, now: Instant) -> bool {
+        self.retry_at.map_or(true, |at| now >= at)
+    }
+
+    fn failed(&mut self, now: Instant) {
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << self.failures.min(6))
+            .min(RETRY_MAX);
+        self.failures += 1;
+        self.retry_at = Some(now + wait);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// Why a background compaction was started, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    DeadDominates,
+    NearBudget,
+    DiskFull,
+}
+
+impl Trigger {
+    fn describe(self) -> &'static str {
+        match self {
+            Trigger::DeadDominates => "dead records dominate",
+            Trigger::NearBudget => "the log nears its disk budget",
+            Trigger::DiskFull => "the disk is full",
         }
     }
 }
@@ -56,8 +157,21 @@ struct Inner {
     mem: MemStore,
     wal: Wal,
     compact_min_bytes: u64,
+    max_disk_bytes: Option<u64>,
     /// A background compaction has been started and not yet finished.
     compacting: AtomicBool,
+    /// Held while a compaction runs, so that a writer short of room can wait for it; says when
+    /// an automatic one may be tried again.
+    gate: Mutex<Backoff>,
+    /// Compactions run (finished or failed) since open: a writer that finds this moved on
+    /// since it was refused need not compact again.
+    compactions: AtomicU64,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the backoff it guards
+/// is updated in single steps.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An [`Engine`] whose writes are logged to a directory and replayed from it on open.
@@ -78,27 +192,31 @@ fn store_error(wal: &Wal, e: io::Error) -> StoreError {
 }
 
 impl DurableStore {
-    /// Opens the store kept in `dir` (created if missing), replaying its log.
+    /// Opens the store kept in `dir` (created if missing), replaying its log. A log that
+    /// calls for compaction (mostly dead, or near its budget) is compacted in the background
+    /// at once.
     pub fn open(dir: impl AsRef<Path>, options: DurableOptions) -> Result<DurableStore, OpenError> {
         let dir = dir.as_ref().to_path_buf();
         let mem = MemStore::new(options.max_bytes);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (wal, recovery) = Wal::open(
             &dir,
             WalOptions {
                 fsync: options.fsync,
                 repair: options.repair,
+                max_disk_bytes: options.max_disk_bytes,
                 disk_budget: options.disk_budget,
                 crash_at: options.crash_at,
             },
             &mut |record| match record {
                 Record::Put { key, value } => mem.load(key, value),
                 Record::Delete { key } => {
-                    let _ = mem.delete_logged(key, || Ok(()));
+                    let _ = mem.delete_logged(key, |_| Ok(()));
                 }
             },
         )?;
         let size = mem.size();
+        wal.set_live_bytes(live_log_bytes(size));
         log::info!(
             "{}: replayed {} records in {:.2?}: {} keys, {} bytes of keys and values{}",
             wal.path().display(),
@@ -121,17 +239,33 @@ impl DurableStore {
                 );
             }
         }
-        Ok(DurableStore {
+        if let Some(limit) = options.max_disk_bytes {
+            let (log, live) = wal.len_and_live();
+            if log + live > limit {
+                log::warn!(
+                    "{}: the log ({log} bytes) and the room to compact it ({live} bytes) are \
+                     over the disk budget of {limit} bytes: until compaction brings them under \
+                     it, only deletes and shrinking writes will be accepted",
+                    dir.display()
+                );
+            }
+        }
+        let store = DurableStore {
             inner: Arc::new(Inner {
                 mem,
                 wal,
                 compact_min_bytes: options.compact_min_bytes,
+                max_disk_bytes: options.max_disk_bytes,
                 compacting: AtomicBool::new(false),
+                gate: Mutex::new(Backoff::default()),
+                compactions: AtomicU64::new(0),
             }),
             dir,
             recovery,
             compactor: Mutex::new(None),
-        })
+        };
+        store.maybe_compact();
+        Ok(store)
     }
 
     /// What opening found: records replayed, bytes dropped, copies saved of damaged bytes.
@@ -149,6 +283,16 @@ impl DurableStore {
         self.inner.wal.len()
     }
 
+    /// Bytes the live set takes rewritten as a log: what a compaction writes.
+    pub fn live_log_bytes(&self) -> u64 {
+        self.inner.wal.len_and_live().1
+    }
+
+    /// The most the log and a compaction's file have taken on disk together since open.
+    pub fn peak_disk_bytes(&self) -> u64 {
+        self.inner.wal.peak_disk_bytes()
+    }
+
     /// Fsyncs of the log since it was opened.
     pub fn fsyncs(&self) -> u64 {
         self.inner.wal.fsyncs()
@@ -162,32 +306,54 @@ impl DurableStore {
 
     /// Compacts the log now, in this thread; `None` if a compaction is already running.
     pub fn compact(&self) -> io::Result<Option<Compaction>> {
-        self.inner.compact()
+        let mut backoff = match self.inner.gate.try_lock() {
+            Ok(backoff) => backoff,
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        self.inner.compact(&mut backoff)
     }
 
     /// Waits for a background compaction, if one runs.
     pub fn wait_for_compaction(&self) {
-        let running = self
-            .compactor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let running = lock(&self.compactor).take();
         if let Some(thread) = running {
             let _ = thread.join();
         }
     }
 
-    /// Starts a background compaction if dead records dominate and none is running.
+    /// Starts a background compaction if the log calls for one (see the module doc).
     fn maybe_compact(&self) {
+        if let Some(trigger) = self.inner.wanted() {
+            self.start_compaction(trigger);
+        }
+    }
+
+    /// After ENOSPC: frees the disk if dead records dominate, however short the log.
+    fn after_disk_full(&self) {
+        let (log, live) = self.inner.wal.len_and_live();
+        if log >= 2 * live && self.start_compaction(Trigger::DiskFull) {
+            log::warn!(
+                "{}: the disk is full; compacting the log ({log} bytes, {live} of them live)",
+                self.inner.wal.path().display()
+            );
+        }
+    }
+
+    /// Starts a background compaction unless one runs or a failed one is still pausing;
+    /// true if started.
+    fn start_compaction(&self, trigger: Trigger) -> bool {
         let inner = &self.inner;
-        let log_bytes = inner.wal.len();
-        if log_bytes < inner.compact_min_bytes || log_bytes < 2 * inner.live_bytes() {
-            return;
+        // A held gate means a compaction is running: nothing to start.
+        let allowed = match inner.gate.try_lock() {
+            Ok(backoff) => backoff.allows(Instant::now()),
+            Err(TryLockError::WouldBlock) => false,
+            Err(TryLockError::Poisoned(p)) => p.into_inner().allows(Instant::now()),
+        };
+        if !allowed || inner.compacting.swap(true, Ordering::AcqRel) {
+            return false;
         }
-        if inner.compacting.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let mut slot = self.compactor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = lock(&self.compactor);
         if let Some(finished) = slot.take() {
             let _ = finished.join();
         }
@@ -195,42 +361,175 @@ impl DurableStore {
         let spawned = std::thread::Builder::new()
             .name("wal-compactor".into())
             .spawn(move || {
-                match worker.compact() {
-                    Ok(Some(done)) => log::info!(
-                        "{}: compacted {} -> {} bytes",
-                        worker.wal.path().display(),
-                        done.bytes_before,
-                        done.bytes_after
-                    ),
-                    Ok(None) => {}
-                    Err(e) => log::error!(
-                        "{}: compaction failed, the log stays as it was: {e}",
-                        worker.wal.path().display()
-                    ),
-                }
+                worker.compact_in_background(trigger);
                 worker.compacting.store(false, Ordering::Release);
             });
         match spawned {
-            Ok(thread) => *slot = Some(thread),
+            Ok(thread) => {
+                *slot = Some(thread);
+                true
+            }
             Err(e) => {
                 log::error!("cannot start a compaction thread: {e}");
                 inner.compacting.store(false, Ordering::Release);
+                false
             }
         }
     }
+
+    /// Makes room for a write refused by the disk budget that would fit once compacted: waits
+    /// for the running compaction, or runs one unless another ran since the write was refused
+    /// (`seen`: the count of compactions before it was tried). True if it is worth trying the
+    /// write again.
+    fn make_room(&self, seen: u64) -> bool {
+        let inner = &self.inner;
+        let mut backoff = lock(&inner.gate);
+        if inner.compactions.load(Ordering::Acquire) != seen {
+            return true;
+        }
+        if !backoff.allows(Instant::now()) {
+            return false;
+        }
+        match inner.compact(&mut backoff) {
+            Ok(done) => {
+                if let Some(done) = done {
+                    log::debug!(
+                        "{}: compacted {} -> {} bytes to make room for a write",
+                        inner.wal.path().display(),
+                        done.bytes_before,
+                        done.bytes_after
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "{}: compaction failed, the log stays as it was: {e}",
+                    inner.wal.path().display()
+                );
+                false
+            }
+        }
+    }
+
+    /// Runs `attempt` (a write; it sets its argument when the disk budget refused it but a
+    /// compaction would make room) and, while compacting would help, compacts and runs it
+    /// again, a few times at most. A full disk starts a compaction in the background.
+    fn write<T>(
+        &self,
+        mut attempt: impl FnMut(&mut bool) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // More than one round only when the compaction waited for was not the last to start
+        // (another began before the write was tried again): the reserve a running compaction
+        // keeps can refuse what fits once it is done.
+        const ROUNDS: usize = 3;
+        let mut round = 1;
+        let result = loop {
+            let seen = self.inner.compactions.load(Ordering::Acquire);
+            let mut compactable = false;
+            match attempt(&mut compactable) {
+                Err(StoreError::DiskBudget { .. })
+                    if compactable && round < ROUNDS && self.make_room(seen) =>
+                {
+                    round += 1;
+                }
+                other => break other,
+            }
+        };
+        if let Err(StoreError::DiskFull(_)) = &result {
+            self.after_disk_full();
+        }
+        result
+    }
+}
+
+/// Bytes a live set of `size` takes rewritten as a log.
+fn live_log_bytes(size: StoreSize) -> u64 {
+    wal::HEADER_LEN + size.bytes + size.keys * wal::RECORD_OVERHEAD
 }
 
 impl Inner {
-    /// Bytes the live set takes when rewritten as a log.
-    fn live_bytes(&self) -> u64 {
-        let size = self.mem.size();
-        wal::HEADER_LEN + size.bytes + size.keys * wal::RECORD_OVERHEAD
+    /// Why the log should be compacted now, if it should (see the module doc).
+    fn wanted(&self) -> Option<Trigger> {
+        let (log, live) = self.wal.len_and_live();
+        if log >= 2 * live && log >= self.compact_min_bytes {
+            return Some(Trigger::DeadDominates);
+        }
+        let limit = self.max_disk_bytes?;
+        (log + live >= limit - limit / 4 && log.saturating_sub(live) >= limit / 8)
+            .then_some(Trigger::NearBudget)
     }
 
-    fn compact(&self) -> io::Result<Option<Compaction>> {
+    /// Compacts now; the caller holds the gate, whose `backoff` this updates.
+    fn compact(&self, backoff: &mut Backoff) -> io::Result<Option<Compaction>> {
         let mem = &self.mem;
-        self.wal
-            .compact(&mut |emit| mem.try_for_each(|key, value| emit(key, value)))
+        let result = self
+            .wal
+            .compact(&mut |emit| mem.try_for_each(|key, value| emit(key, value)));
+        self.compactions.fetch_add(1, Ordering::AcqRel);
+        match &result {
+            Ok(Some(_)) => backoff.succeeded(),
+            Ok(None) => {}
+            Err(_) => backoff.failed(Instant::now()),
+        }
+        result
+    }
+
+    fn compact_in_background(&self, trigger: Trigger) {
+        let mut backoff = lock(&self.gate);
+        // A writer short of room may have compacted while this thread waited for the gate.
+        let still = match trigger {
+            Trigger::DiskFull => {
+                let (log, live) = self.wal.len_and_live();
+                log >= 2 * live
+            }
+            _ => self.wanted().is_some(),
+        };
+        if !still || !backoff.allows(Instant::now()) {
+            return;
+        }
+        let path = self.wal.path().display();
+        match self.compact(&mut backoff) {
+            Ok(Some(done)) if trigger == Trigger::DiskFull => log::info!(
+                "{path}: compacted {} -> {} bytes ({})",
+                done.bytes_before,
+                done.bytes_after,
+                trigger.describe()
+            ),
+            Ok(Some(done)) => log::debug!(
+                "{path}: compacted {} -> {} bytes ({})",
+                done.bytes_before,
+                done.bytes_after,
+                trigger.describe()
+            ),
+            Ok(None) => {}
+            Err(e) => log::error!(
+                "{path}: compaction ({}) failed, the log stays as it was: {e}",
+                trigger.describe()
+            ),
+        }
+    }
+
+    /// Appends `record` for a write that changes the store by `change`; sets `compactable` if
+    /// the disk budget refused it but a compaction would make room.
+    fn append(
+        &self,
+        record: Record<'_>,
+        change: SizeChange,
+        compactable: &mut bool,
+    ) -> Result<u64, StoreError> {
+        let live_change = change.keys * wal::RECORD_OVERHEAD as i64 + change.bytes;
+        self.wal.append(record, live_change).map_err(|e| match e {
+            AppendError::OverBudget {
+                needed,
+                limit,
+                fits_once_compacted,
+            } => {
+                *compactable = fits_once_compacted;
+                StoreError::DiskBudget { needed, limit }
+            }
+            AppendError::Io(e) => store_error(&self.wal, e),
+        })
     }
 }
 
@@ -266,19 +565,21 @@ impl Engine for DurableStore {
     }
 
     fn put_unsettled(&self, key: &[u8], value: &[u8]) -> Result<Unsettled, StoreError> {
-        let wal = &self.inner.wal;
-        let position = self.inner.mem.put_logged(key, value, || {
-            wal.append(Record::Put { key, value })
-                .map_err(|e| store_error(wal, e))
-        })?;
-        Ok(Unsettled(position))
+        let inner = &*self.inner;
+        self.write(|compactable| {
+            inner.mem.put_logged(key, value, |change| {
+                inner.append(Record::Put { key, value }, change, compactable)
+            })
+        })
+        .map(Unsettled)
     }
 
     fn delete_unsettled(&self, key: &[u8]) -> Result<(bool, Unsettled), StoreError> {
-        let wal = &self.inner.wal;
-        let logged = self.inner.mem.delete_logged(key, || {
-            wal.append(Record::Delete { key })
-                .map_err(|e| store_error(wal, e))
+        let inner = &*self.inner;
+        let logged = self.write(|compactable| {
+            inner.mem.delete_logged(key, |change| {
+                inner.append(Record::Delete { key }, change, compactable)
+            })
         })?;
         Ok(match logged {
             Some(position) => (true, Unsettled(position)),
@@ -298,5 +599,55 @@ impl Engine for DurableStore {
 
     fn damaged_records(&self) -> u64 {
         u64::from(self.recovery.damaged_last_record.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_compaction_pauses_the_next_automatic_one_doubling_up_to_a_minute() {
+        let start = Instant::now();
+        let mut backoff = Backoff::default();
+        assert!(backoff.allows(start));
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            backoff.failed(start);
+            let at = backoff.retry_at.unwrap();
+            assert!(!backoff.allows(at - Duration::from_millis(1)));
+            assert!(backoff.allows(at));
+            waits.push((at - start).as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        backoff.succeeded();
+        assert!(backoff.allows(start));
+        backoff.failed(start);
+        assert_eq!(backoff.retry_at, Some(start + RETRY_FIRST));
+    }
+
+    #[test]
+    fn the_live_set_the_log_counts_follows_every_kind_of_write() {
+        let dir = std::env::temp_dir().join(format!("ringkv-durable-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = DurableStore::open(&dir, DurableOptions::default()).unwrap();
+        let expect = |store: &DurableStore| {
+            assert_eq!(store.live_log_bytes(), live_log_bytes(store.size()));
+        };
+        expect(&store);
+        store.put(b"a", b"one").unwrap();
+        store.put(b"b", &[1; 100]).unwrap();
+        expect(&store);
+        store.put(b"a", b"a longer value").unwrap();
+        store.put(b"b", b"").unwrap();
+        expect(&store);
+        assert!(store.delete(b"a").unwrap());
+        assert!(!store.delete(b"a").unwrap());
+        expect(&store);
+        drop(store);
+        let reopened = DurableStore::open(&dir, DurableOptions::default()).unwrap();
+        expect(&reopened);
+        drop(reopened);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

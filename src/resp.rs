@@ -29,7 +29,9 @@ use crate::auth::Session;
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
-use crate::server::{Handler, Registry, ServerHandle, ServerOptions};
+use crate::server::{
+    value_reads_per_batch, Handler, RecentLargest, Registry, ServerHandle, ServerOptions,
+};
 
 /// Longest inline request line, and longest `*N` or `$N` line, that is waited for (Redis's
 /// PROTO_INLINE_MAX_SIZE): past it, the bytes cannot be a request.
@@ -705,6 +707,8 @@ struct Door {
     registry: Arc<Registry>,
     local_addr: SocketAddr,
     started: Instant,
+    /// The largest value answered lately, which bounds the GETs of a batch.
+    largest_answer: RecentLargest,
 }
 
 /// What one Redis connection has said of itself.
@@ -737,6 +741,9 @@ struct Batch<'a> {
     frames: Vec<Frame>,
     planned: Vec<Planned>,
     client: &'a mut Client,
+    /// GET frames in the batch, and how many it may hold (see [`value_reads_per_batch`]).
+    value_reads: usize,
+    most_value_reads: usize,
 }
 
 impl<'a> Batch<'a> {
@@ -746,12 +753,16 @@ impl<'a> Batch<'a> {
             frames: Vec::new(),
             planned: Vec::new(),
             client,
+            value_reads: 0,
+            most_value_reads: value_reads_per_batch(door.largest_answer.get(), MAX_BATCH_FRAMES),
         }
     }
 
     /// True when no further request should join this batch.
     fn is_full(&self) -> bool {
-        self.planned.len() >= MAX_BATCH_REQUESTS || self.frames.len() >= MAX_BATCH_FRAMES
+        self.planned.len() >= MAX_BATCH_REQUESTS
+            || self.frames.len() >= MAX_BATCH_FRAMES
+            || self.value_reads >= self.most_value_reads
     }
 
     fn request(&mut self, opcode: Opcode, key: Vec<u8>, value: Vec<u8>) -> Frame {
@@ -774,6 +785,7 @@ impl<'a> Batch<'a> {
                 return self.ready(|out| reply::error(out, &format!("ERR TOO_LARGE: {message}")));
             }
         }
+        self.value_reads += frames.iter().filter(|f| f.opcode == Opcode::GET).count();
         self.planned.push(Planned::Frames {
             first: self.frames.len(),
             count: frames.len(),
@@ -1053,7 +1065,12 @@ impl<'a> Batch<'a> {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 handler.handle_batch(frames)
             })) {
-                Ok(answers) if answers.len() == sent => Some(answers),
+                Ok(answers) if answers.len() == sent => {
+                    for answer in answers.iter().filter(|a| a.opcode == Opcode::GET) {
+                        door.largest_answer.note(answer.value.len());
+                    }
+                    Some(answers)
+                }
                 Ok(answers) => {
                     log::error!(
                         "resp: the handler answered {} of a batch of {sent} frames",
@@ -1376,6 +1393,7 @@ pub fn serve(addr: &str, options: ServerOptions, handler: Arc<dyn Handler>) -> R
         registry: Arc::clone(&registry),
         local_addr,
         started: Instant::now(),
+        largest_answer: RecentLargest::default(),
     });
     let acceptor = std::thread::Builder::new()
         .name("resp-acceptor".into())

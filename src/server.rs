@@ -226,11 +226,60 @@ const FLUSH_AT: usize = 256 * 1024;
 /// up to the value limit).
 const HANDLER_BATCH: usize = 32;
 
+/// Answer bytes one handler batch should make a connection hold at most: a batch's answers are
+/// all in memory before any is written, so batches hold fewer GETs once values are known to be
+/// large ([`value_reads_per_batch`]).
+pub(crate) const ANSWER_BUDGET: usize = 16 << 20;
+
+/// How long the largest answer a server made keeps its batches small.
+const LARGE_ANSWERS_REMEMBERED: Duration = Duration::from_secs(10);
+
+/// The largest answer value a server made lately: a server that has just been asked for big
+/// values expects more of them, on every connection, so that many clients asking at once for
+/// big values without reading the answers cost it [`ANSWER_BUDGET`] each, not a whole batch of
+/// the largest values each.
+#[derive(Default)]
+pub(crate) struct RecentLargest {
+    bytes: AtomicU64,
+    at_ms: AtomicU64,
+}
+
+impl RecentLargest {
+    /// An answer of `bytes` was made.
+    pub(crate) fn note(&self, bytes: usize) {
+        let now = Activity::now();
+        let stale = now.saturating_sub(self.at_ms.load(Ordering::Relaxed))
+            > LARGE_ANSWERS_REMEMBERED.as_millis() as u64;
+        if stale || bytes as u64 >= self.bytes.load(Ordering::Relaxed) {
+            self.bytes.store(bytes as u64, Ordering::Relaxed);
+            self.at_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The largest answer made within [`LARGE_ANSWERS_REMEMBERED`] (0 if none).
+    pub(crate) fn get(&self) -> usize {
+        let age = Activity::now().saturating_sub(self.at_ms.load(Ordering::Relaxed));
+        if age > LARGE_ANSWERS_REMEMBERED.as_millis() as u64 {
+            0
+        } else {
+            self.bytes.load(Ordering::Relaxed) as usize
+        }
+    }
+}
+
+/// How many GETs one batch may hold when answers have lately been up to `largest` bytes: as many
+/// as fit [`ANSWER_BUDGET`], at least one, at most `most`.
+pub(crate) fn value_reads_per_batch(largest: usize, most: usize) -> usize {
+    (ANSWER_BUDGET / largest.max(1)).clamp(1, most.max(1))
+}
+
 /// What every thread serving requests shares: the handler, the options, and the shutdown flag.
 struct Serving {
     handler: Arc<dyn Handler>,
     options: ServerOptions,
     shutdown: Arc<AtomicBool>,
+    /// The largest answer lately, which bounds the GETs of a batch.
+    largest_answer: RecentLargest,
 }
 
 /// What the acceptor and the connection threads share: the above, and the frontend's workers
@@ -270,6 +319,8 @@ struct ClientConn {
     mode_write_timeout: Duration,
     /// What the acceptor sees of it, to close the idlest connection at the limit.
     activity: Activity,
+    /// The largest GET answer it was sent.
+    largest_answer: usize,
 }
 
 /// What a thread does with a connection after a read or write.
@@ -300,6 +351,7 @@ impl ClientConn {
             write_limit: options.timeouts.io,
             mode_write_timeout: options.timeouts.io,
             activity: Activity::default(),
+            largest_answer: 0,
         };
         let _ = conn.stream.set_nodelay(true);
         conn.patient(&options.timeouts).then_some(conn)
@@ -337,7 +389,8 @@ impl ClientConn {
     /// Answers the pending requests in order, writing the answers as they pile up. Stops early
     /// (`Ok(false)`, the rest stays pending) when the client is slow to take its answers (the
     /// write timeout passed), so a client asking for many big values without reading them costs
-    /// the server [`FLUSH_AT`] bytes of answers, not all of them; and, on a worker, as soon as
+    /// the server one batch of answers ([`ANSWER_BUDGET`] once values are known to be large),
+    /// not all of them; and, on a worker, as soon as
     /// other connections wait in `backlog`, so a deep pipeline cannot keep them waiting. An error
     /// means the connection is gone.
     fn answer_pending(
@@ -346,9 +399,14 @@ impl ClientConn {
         backlog: Option<&Backlog>,
     ) -> std::io::Result<bool> {
         while !self.pending.is_empty() {
-            let take = self.pending.len().min(HANDLER_BATCH);
+            let largest = serving.largest_answer.get().max(self.largest_answer);
+            let take = self.batch_len(value_reads_per_batch(largest, HANDLER_BATCH));
             let batch: Vec<Frame> = self.pending.drain(..take).collect();
             for answer in answer_batch(serving, batch, &mut self.session, &self.peer) {
+                if answer.opcode == Opcode::GET {
+                    serving.largest_answer.note(answer.value.len());
+                    self.largest_answer = self.largest_answer.max(answer.value.len());
+                }
                 answer.encode_into(&mut self.out);
             }
             if self.session.locked_out() {
@@ -370,6 +428,23 @@ impl ClientConn {
             }
         }
         self.flush()
+    }
+
+    /// How many pending requests the next handler batch takes: at most [`HANDLER_BATCH`], of
+    /// which at most `value_reads` GETs.
+    fn batch_len(&self, value_reads: usize) -> usize {
+        let mut reads = 0;
+        let mut take = 0;
+        for request in self.pending.iter().take(HANDLER_BATCH) {
+            if request.opcode == Opcode::GET {
+                if reads == value_reads {
+                    break;
+                }
+                reads += 1;
+            }
+            take += 1;
+        }
+        take.max(1)
     }
 
     /// Answers every pending request BUSY, because no worker can take them.
@@ -687,6 +762,7 @@ pub(crate) fn serve(
         handler,
         options,
         shutdown: Arc::clone(&shutdown),
+        largest_answer: RecentLargest::default(),
     });
     let pool = match dispatch {
         Dispatch::ThreadPerConnection => None,

@@ -17,11 +17,25 @@ pub struct StoreSize {
     pub bytes: u64,
 }
 
-/// Why a write failed. After `Full` and `DiskFull` nothing was changed.
+/// What a write does to a store's size, as [`MemStore::put_logged`] and
+/// [`MemStore::delete_logged`] tell their log: a log that keeps count of what its live set takes
+/// needs the change before the write is made, to refuse it if it does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SizeChange {
+    /// 1 for a new key, -1 for a removed one, 0 for an overwrite.
+    pub keys: i64,
+    /// Bytes of keys plus values gained (or, negative, freed).
+    pub bytes: i64,
+}
+
+/// Why a write failed. After `Full`, `DiskBudget` and `DiskFull` nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The write would take the store over its byte limit.
     Full { needed: u64, used: u64, limit: u64 },
+    /// The write would take the log, with the room kept to compact it, over its disk budget,
+    /// even after compacting: `needed` bytes of the `limit`.
+    DiskBudget { needed: u64, limit: u64 },
     /// The disk holding the log is full; the message names the file.
     DiskFull(String),
     /// Writing or syncing the log failed; the message names the file and the cause.
@@ -31,7 +45,10 @@ pub enum StoreError {
 impl StoreError {
     /// True for the errors a client should see as "storage full".
     pub fn is_full(&self) -> bool {
-        matches!(self, StoreError::Full { .. } | StoreError::DiskFull(_))
+        matches!(
+            self,
+            StoreError::Full { .. } | StoreError::DiskBudget { .. } | StoreError::DiskFull(_)
+        )
     }
 }
 
@@ -45,6 +62,11 @@ impl fmt::Display for StoreError {
             } => write!(
                 f,
                 "storage full: {used} of {limit} bytes used, the write needs {needed} more"
+            ),
+            StoreError::DiskBudget { needed, limit } => write!(
+                f,
+                "storage full: the log would need {needed} bytes on disk, room to compact it \
+                 included, over its budget of {limit}"
             ),
             StoreError::DiskFull(message) => write!(f, "storage full: disk full: {message}"),
             StoreError::Io(message) => write!(f, "storage i/o error: {message}"),
@@ -291,18 +313,19 @@ impl MemStore {
         &self.shards[self.slice_owners[slice as usize] as usize]
     }
 
-    /// Stores `value` under `key` if it fits, calling `log` first, while no other write to the
-    /// key can run: so a log sees each key's writes in the order the map does, and a write
-    /// `log` refuses changes nothing.
+    /// Stores `value` under `key` if it fits, calling `log` with the change first, while no
+    /// other write to the key can run: so a log sees each key's writes in the order the map
+    /// does, and a write `log` refuses changes nothing.
     pub fn put_logged<T>(
         &self,
         key: &[u8],
         value: &[u8],
-        log: impl FnOnce() -> Result<T, StoreError>,
+        log: impl FnOnce(SizeChange) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut shard = lock!(self.shard(key), write);
         let added = (key.len() + value.len()) as u64;
-        let removed = shard.get(key).map_or(0, Entry::payload_len);
+        let existing = shard.get(key).map(Entry::payload_len);
+        let removed = existing.unwrap_or(0);
         // The shard lock keeps `removed` stable; the byte count is shared by all shards, so the
         // limit is checked and the new total reserved in one atomic step.
         let limit = self.max_bytes.unwrap_or(u64::MAX);
@@ -316,7 +339,11 @@ impl MemStore {
                 used,
                 limit,
             })?;
-        let logged = match log() {
+        let change = SizeChange {
+            keys: i64::from(existing.is_none()),
+            bytes: added as i64 - removed as i64,
+        };
+        let logged = match log(change) {
             Ok(logged) => logged,
             Err(e) => {
                 self.bytes.fetch_add(removed, Ordering::AcqRel);
@@ -335,13 +362,16 @@ impl MemStore {
     pub fn delete_logged<T>(
         &self,
         key: &[u8],
-        log: impl FnOnce() -> Result<T, StoreError>,
+        log: impl FnOnce(SizeChange) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         let mut shard = lock!(self.shard(key), write);
-        if !shard.contains(key) {
+        let Some(freed) = shard.get(key).map(Entry::payload_len) else {
             return Ok(None);
-        }
-        let logged = log()?;
+        };
+        let logged = log(SizeChange {
+            keys: -1,
+            bytes: -(freed as i64),
+        })?;
         if let Some(entry) = shard.take(key) {
             self.keys.fetch_sub(1, Ordering::Relaxed);
             self.bytes.fetch_sub(entry.payload_len(), Ordering::Relaxed);
@@ -390,11 +420,11 @@ impl Engine for MemStore {
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.put_logged(key, value, || Ok(()))
+        self.put_logged(key, value, |_| Ok(()))
     }
 
     fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.delete_logged(key, || Ok(()))?.is_some())
+        Ok(self.delete_logged(key, |_| Ok(()))?.is_some())
     }
 
     fn size(&self) -> StoreSize {
@@ -561,23 +591,46 @@ mod tests {
         store.put(b"k", b"old").unwrap();
         let refused = StoreError::Io("the disk went away".into());
         let err = store
-            .put_logged(b"k", b"new value", || Err::<(), _>(refused.clone()))
+            .put_logged(b"k", b"new value", |_| Err::<(), _>(refused.clone()))
             .unwrap_err();
         assert_eq!(err, refused);
         assert_eq!(store.get(b"k").as_deref(), Some(&b"old"[..]));
         assert_eq!(store.size(), StoreSize { keys: 1, bytes: 4 });
         let err = store
-            .delete_logged(b"k", || Err::<(), _>(refused.clone()))
+            .delete_logged(b"k", |_| Err::<(), _>(refused.clone()))
             .unwrap_err();
         assert_eq!(err, refused);
         assert_eq!(store.get(b"k").as_deref(), Some(&b"old"[..]));
         // An absent key is not logged at all.
         assert_eq!(
-            store.delete_logged(b"absent", || -> Result<(), StoreError> {
+            store.delete_logged(b"absent", |_| -> Result<(), StoreError> {
                 panic!("logged a delete of an absent key")
             }),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn a_logged_write_is_told_how_it_changes_the_size() {
+        let store = MemStore::default();
+        let mut changes = Vec::new();
+        let mut note = |change| {
+            changes.push(change);
+            Ok::<(), StoreError>(())
+        };
+        store.put_logged(b"key", b"value", &mut note).unwrap();
+        store.put_logged(b"key", b"v", &mut note).unwrap();
+        store
+            .put_logged(b"key", b"longer value", &mut note)
+            .unwrap();
+        store.delete_logged(b"key", &mut note).unwrap();
+        store.delete_logged(b"key", &mut note).unwrap();
+        let change = |keys, bytes| SizeChange { keys, bytes };
+        assert_eq!(
+            changes,
+            [change(1, 8), change(0, -4), change(0, 11), change(-1, -15)]
+        );
+        assert_eq!(store.size(), StoreSize::default());
     }
 
     #[test]

@@ -84,7 +84,31 @@
 //!    the new file.
 //!
 //! A crash at any point leaves either the old log whole (the temporary file is deleted on the
-//! next open) or the new one whole (it was fsynced before the rename).
+//! next open) or the new one whole (it was fsynced before the rename). A compaction that fails
+//! (ENOSPC, say) deletes its file at once, so that it does not hold the space it was to free.
+//!
+//! When to compact is the store's choice ([`crate::durable`] has its rule).
+//!
+//! # The disk budget
+//!
+//! While a compaction runs the disk holds the old log and the new file, so the peak is the log
+//! plus a copy of the live set (plus the records the catch-up copies). The log keeps count of
+//! what its live set takes rewritten (each append says by how much it changes it), and under
+//! [`WalOptions::max_disk_bytes`] it admits a record only if, once the record is written,
+//!
+//! ```text
+//! log + reserve <= budget, where reserve is
+//!     live set after the record                          (no compaction running)
+//!     live set at the compaction's start + 2 * (log - P)  (a compaction from P running)
+//! ```
+//!
+//! The second form bounds what the running compaction may still write: its fuzzy snapshot
+//! holds at most the live set at P plus every put since, and it copies every record since P.
+//! So the peak stays within the budget and a compaction always has room. A record that does
+//! not raise log plus live set (a delete, or a put that shrinks a value by at least its record's
+//! size) is admitted even over the budget when no compaction runs: it leaves compaction as much
+//! room as before. A refused record is not written at all ([`AppendError::OverBudget`], which
+//! says whether it would fit once the log is compacted).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -188,8 +212,12 @@ pub struct WalOptions {
     pub fsync: FsyncPolicy,
     /// Cut the log back to its last intact record even when the damage is not a torn tail.
     pub repair: bool,
-    /// Tests only: the log file may not grow past this many bytes; a write that would is
-    /// written in part and fails with ENOSPC, as on a full disk.
+    /// Most bytes the log may take on disk with the room kept to compact it; see
+    /// [the module doc](self#the-disk-budget). `None`: only the disk's size limits it.
+    pub max_disk_bytes: Option<u64>,
+    /// Tests only: a disk of this many bytes holding the log and the compaction's file and
+    /// nothing else; a write that does not fit is written in part and fails with ENOSPC, as on
+    /// a full disk.
     #[doc(hidden)]
     pub disk_budget: Option<u64>,
     /// Tests only: compaction stops at this point and the log refuses further writes.
@@ -297,10 +325,67 @@ pub struct Compaction {
     pub bytes_after: u64,
 }
 
+/// Why [`Wal::append`] wrote nothing, or failed part way (the part is cut off again).
+#[derive(Debug)]
+pub enum AppendError {
+    /// The record does not fit in the disk budget: the log and the room kept to compact it
+    /// would take `needed` bytes of the `limit`. `fits_once_compacted`: it would fit after a
+    /// compaction, so one is worth running before asking again.
+    OverBudget {
+        needed: u64,
+        limit: u64,
+        fits_once_compacted: bool,
+    },
+    /// Writing failed (ENOSPC among others), or the log refuses writes after an earlier failure.
+    Io(io::Error),
+}
+
+impl fmt::Display for AppendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppendError::OverBudget { needed, limit, .. } => write!(
+                f,
+                "the log would need {needed} bytes on disk, room to compact it included, over \
+                 its budget of {limit}"
+            ),
+            AppendError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for AppendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AppendError::OverBudget { .. } => None,
+            AppendError::Io(e) => Some(e),
+        }
+    }
+}
+
+impl From<io::Error> for AppendError {
+    fn from(e: io::Error) -> AppendError {
+        AppendError::Io(e)
+    }
+}
+
+/// Where a running compaction began, which fixes how much disk it may still take.
+#[derive(Debug, Clone, Copy)]
+struct CompactionStart {
+    /// The log's length when the live set was taken: every record after it is copied.
+    from: u64,
+    /// What the live set took rewritten then.
+    live: u64,
+}
+
 struct LogState {
     file: Arc<File>,
     /// Length of the current file: every byte below it belongs to a whole record.
     file_len: u64,
+    /// Bytes the live set takes rewritten as a log (header included), kept in step with the
+    /// records appended: what a compaction would write.
+    live: u64,
+    /// The compaction that is running, if one is.
+    compaction: Option<CompactionStart>,
     /// Bytes appended since open, across compactions: what the syncer's progress is counted in.
     appended: u64,
     /// Set once the log can no longer be trusted; every later write fails with it.
@@ -323,6 +408,15 @@ struct Shared {
     synced_changed: Condvar,
     fsyncs: AtomicU64,
     compacting: AtomicBool,
+    /// `file_len`, readable without the state lock (a compaction writes its file while the
+    /// handover holds that lock).
+    log_len: AtomicU64,
+    /// Bytes written so far to the compaction's file; 0 when none runs.
+    temp_len: AtomicU64,
+    /// The most the log and the compaction's file have taken on disk together.
+    peak_disk: AtomicU64,
+    /// Bytes taken on the simulated disk of `WalOptions::disk_budget`.
+    simulated_used: AtomicU64,
     stop: Mutex<bool>,
     stop_changed: Condvar,
 }
@@ -342,6 +436,37 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// True when `e` says the disk (or the quota) is full.
 pub fn is_disk_full(e: &io::Error) -> bool {
     e.raw_os_error() == Some(ENOSPC)
+}
+
+/// The disk budget's rule (see the module doc): a record of `len` bytes is admitted if, once
+/// written, the log and the most a compaction could still need beside it stay within `limit`.
+fn admit(
+    state: &LogState,
+    len: u64,
+    live_change: i64,
+    live_after: u64,
+    limit: u64,
+) -> Result<(), AppendError> {
+    let after = state.file_len + len;
+    let reserve = match state.compaction {
+        None => live_after,
+        // The fuzzy snapshot holds at most the live set at the start plus every put since, and
+        // each record since is copied once more by the catch-up.
+        Some(start) => start.live + 2 * (after - start.from),
+    };
+    let needed = after + reserve;
+    // A record that does not raise the log plus its live set (a delete: its tombstone is never
+    // larger than the record it ends) leaves compaction as much room as before, and may be the
+    // only way back under a budget lowered since the log was written.
+    let grows = len as i64 + live_change > 0;
+    if needed <= limit || (!grows && state.compaction.is_none()) {
+        return Ok(());
+    }
+    Err(AppendError::OverBudget {
+        needed,
+        limit,
+        fits_once_compacted: state.live + len + live_after <= limit,
+    })
 }
 
 fn encode(out: &mut Vec<u8>, record: Record<'_>) {
@@ -626,6 +751,8 @@ impl Wal {
             state: Mutex::new(LogState {
                 file: Arc::new(file),
                 file_len: len,
+                live: HEADER_LEN,
+                compaction: None,
                 appended: 0,
                 failed: None,
                 scratch: Vec::new(),
@@ -637,6 +764,10 @@ impl Wal {
             synced_changed: Condvar::new(),
             fsyncs: AtomicU64::new(0),
             compacting: AtomicBool::new(false),
+            log_len: AtomicU64::new(len),
+            temp_len: AtomicU64::new(0),
+            peak_disk: AtomicU64::new(len),
+            simulated_used: AtomicU64::new(len),
             stop: Mutex::new(false),
             stop_changed: Condvar::new(),
         });
@@ -655,23 +786,35 @@ impl Wal {
         &self.shared.path
     }
 
-    /// Appends `record`; returns the position to pass to [`Wal::commit`].
-    pub fn append(&self, record: Record<'_>) -> io::Result<u64> {
+    /// Appends `record`, which changes the bytes the live set takes rewritten by
+    /// `live_change`; returns the position to pass to [`Wal::commit`]. Under a disk budget a
+    /// record that does not fit is refused and nothing is written.
+    pub fn append(&self, record: Record<'_>, live_change: i64) -> Result<u64, AppendError> {
         let shared = &*self.shared;
         let mut state = lock(&shared.state);
         if let Some(why) = &state.failed {
-            return Err(io::Error::other(format!("the log refuses writes: {why}")));
+            return Err(io::Error::other(format!("the log refuses writes: {why}")).into());
         }
         let mut scratch = std::mem::take(&mut state.scratch);
         scratch.clear();
         encode(&mut scratch, record);
-        let written = shared.write(&state.file, state.file_len, &scratch);
         let len = scratch.len() as u64;
+        let live_after = state.live.saturating_add_signed(live_change);
+        if let Some(limit) = shared.options.max_disk_bytes {
+            if let Err(refused) = admit(&state, len, live_change, live_after, limit) {
+                state.scratch = scratch;
+                return Err(refused);
+            }
+        }
+        let written = shared.write(&state.file, &scratch);
         state.scratch = scratch;
         match written {
             Ok(()) => {
                 state.file_len += len;
                 state.appended += len;
+                state.live = live_after;
+                shared.log_len.store(state.file_len, Ordering::Release);
+                shared.note_disk(state.file_len);
                 Ok(state.appended)
             }
             Err(e) => {
@@ -682,9 +825,26 @@ impl Wal {
                         shared.path.display()
                     ));
                 }
-                Err(e)
+                Err(e.into())
             }
         }
+    }
+
+    /// Sets what the live set takes rewritten as a log, header included; for the store that
+    /// replayed the log, which alone knows which records are live.
+    pub fn set_live_bytes(&self, bytes: u64) {
+        lock(&self.shared.state).live = bytes;
+    }
+
+    /// The log's length and what its live set takes rewritten, read together.
+    pub fn len_and_live(&self) -> (u64, u64) {
+        let state = lock(&self.shared.state);
+        (state.file_len, state.live)
+    }
+
+    /// The most the log and a compaction's file have taken on disk together since open.
+    pub fn peak_disk_bytes(&self) -> u64 {
+        self.shared.peak_disk.load(Ordering::Acquire)
     }
 
     /// Returns once the record ending at `position` is as durable as the policy promises.
@@ -730,18 +890,33 @@ impl Wal {
             return Ok(None);
         }
         let temp = shared.dir.join(COMPACT_FILE);
-        let result = shared.compact_into(&temp, live);
-        shared.compacting.store(false, Ordering::Release);
-        match result {
+        let result = match shared.compact_into(&temp, live) {
             Ok(done) => Ok(Some(done)),
             Err(Stop::Io(e)) => {
-                let _ = fs::remove_file(&temp);
+                // A partial copy left behind would hold the very disk space it was to free.
+                match fs::remove_file(&temp) {
+                    Ok(()) => {}
+                    Err(gone) if gone.kind() == io::ErrorKind::NotFound => {}
+                    Err(stuck) => log::error!(
+                        "{}: cannot remove the unfinished compaction: {stuck}",
+                        temp.display()
+                    ),
+                }
+                let mut state = lock(&shared.state);
+                state.compaction = None;
+                let written = shared.temp_len.swap(0, Ordering::AcqRel);
+                if shared.options.disk_budget.is_some() {
+                    shared.simulated_used.fetch_sub(written, Ordering::AcqRel);
+                }
                 Err(e)
             }
             Err(Stop::Crashed(point)) => Err(io::Error::other(format!(
                 "compaction stopped by a test crash at {point:?}"
             ))),
-        }
+        };
+        // Only now: a compaction started earlier could see its new file removed above.
+        shared.compacting.store(false, Ordering::Release);
+        result
     }
 }
 
@@ -756,16 +931,53 @@ impl Drop for Wal {
 }
 
 impl Shared {
-    /// Writes `bytes` at the end of `file`, which is `len` long, honouring the test disk budget.
-    fn write(&self, mut file: &File, len: u64, bytes: &[u8]) -> io::Result<()> {
-        if let Some(budget) = self.options.disk_budget {
-            let room = budget.saturating_sub(len) as usize;
-            if bytes.len() > room {
-                file.write_all(&bytes[..room])?;
-                return Err(io::Error::from_raw_os_error(ENOSPC));
-            }
+    /// Writes `bytes` at the end of `file`, on the simulated disk if a test set one.
+    fn write(&self, mut file: &File, bytes: &[u8]) -> io::Result<()> {
+        if self.options.disk_budget.is_none() {
+            return file.write_all(bytes);
         }
-        file.write_all(bytes)
+        let n = bytes.len() as u64;
+        if self.take_simulated(n, false) < n {
+            let room = self.simulated_room() as usize;
+            file.write_all(&bytes[..room.min(bytes.len())])?;
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
+        file.write_all(bytes).map_err(|e| {
+            self.simulated_used.fetch_sub(n, Ordering::AcqRel);
+            e
+        })
+    }
+
+    /// Takes `n` bytes of the simulated disk, or with `partial` as many as are left; returns
+    /// how many it took (0 or `n` without `partial`).
+    fn take_simulated(&self, n: u64, partial: bool) -> u64 {
+        let size = self.options.disk_budget.unwrap_or(u64::MAX);
+        let mut taken = 0;
+        let _ = self
+            .simulated_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let room = size.saturating_sub(used);
+                taken = if room >= n {
+                    n
+                } else if partial {
+                    room
+                } else {
+                    0
+                };
+                (taken > 0).then_some(used + taken)
+            });
+        taken
+    }
+
+    fn simulated_room(&self) -> u64 {
+        let size = self.options.disk_budget.unwrap_or(u64::MAX);
+        size.saturating_sub(self.simulated_used.load(Ordering::Acquire))
+    }
+
+    /// Raises the high-water mark of disk use to the log's `log_len` plus the compaction's file.
+    fn note_disk(&self, log_len: u64) {
+        let temp = self.temp_len.load(Ordering::Acquire);
+        self.peak_disk.fetch_max(log_len + temp, Ordering::AcqRel);
     }
 
     /// Group commit: returns once an fsync has covered `target`, doing it if no one else is.
@@ -859,15 +1071,24 @@ impl Shared {
 
     fn compact_into(&self, temp: &Path, live: &mut LiveSet<'_>) -> Result<Compaction, Stop> {
         let (old, mut copied) = {
-            let state = lock(&self.state);
+            let mut state = lock(&self.state);
             if let Some(why) = &state.failed {
                 return Err(Stop::Io(io::Error::other(format!(
                     "the log refuses writes: {why}"
                 ))));
             }
+            self.temp_len.store(0, Ordering::Release);
+            state.compaction = Some(CompactionStart {
+                from: state.file_len,
+                live: state.live,
+            });
             (Arc::clone(&state.file), state.file_len)
         };
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(temp)?);
+        let file = CompactionFile {
+            file: File::create(temp)?,
+            shared: self,
+        };
+        let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header())?;
         let mut record = Vec::new();
         live(&mut |key, value| {
@@ -879,9 +1100,10 @@ impl Shared {
         // Only a compaction replaces the file and only one runs at a time, so `old` stays the
         // file appended to until the handover; the lock is taken just to read how far it grew.
         let mut chunk = vec![0u8; 1 << 20];
-        let mut copy_up_to = |out: &mut BufWriter<File>, copied: &mut u64, end: u64| {
-            copy_range(&old, out, copied, end, &mut chunk)
-        };
+        let mut copy_up_to =
+            |out: &mut BufWriter<CompactionFile<'_>>, copied: &mut u64, end: u64| {
+                copy_range(&old, out, copied, end, &mut chunk)
+            };
         loop {
             let end = lock(&self.state).file_len;
             let behind = end - copied;
@@ -893,14 +1115,14 @@ impl Shared {
         // The bulk is fsynced before the handover, so that writers wait only for the last few
         // records to be copied and fsynced.
         out.flush()?;
-        out.get_ref().sync_data()?;
+        out.get_ref().file.sync_data()?;
         self.crash_point(CrashPoint::AfterCatchUp, &mut lock(&self.state))?;
 
         let mut state = lock(&self.state);
         let bytes_before = state.file_len;
         copy_up_to(&mut out, &mut copied, bytes_before)?;
         let new = out.into_inner().map_err(|e| e.into_error())?;
-        new.sync_all()?;
+        new.file.sync_all()?;
         drop(new);
         self.crash_point(CrashPoint::AfterTempSync, &mut state)?;
         fs::rename(temp, &self.path)?;
@@ -928,6 +1150,14 @@ impl Shared {
         };
         state.file = Arc::new(file);
         state.file_len = bytes_after;
+        state.compaction = None;
+        self.log_len.store(bytes_after, Ordering::Release);
+        self.temp_len.store(0, Ordering::Release);
+        if self.options.disk_budget.is_some() {
+            // The old file is gone; the new one was counted as it was written.
+            self.simulated_used
+                .fetch_sub(bytes_before, Ordering::AcqRel);
+        }
         let appended = state.appended;
         {
             let mut sync = lock(&self.sync);
@@ -941,10 +1171,55 @@ impl Shared {
     }
 }
 
+/// The file a compaction writes, counted as it grows: towards the high-water mark of disk use,
+/// and on the simulated disk of a test.
+struct CompactionFile<'a> {
+    file: File,
+    shared: &'a Shared,
+}
+
+impl Write for CompactionFile<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let shared = self.shared;
+        let simulated = shared.options.disk_budget.is_some();
+        let allowed = if simulated {
+            match shared.take_simulated(buf.len() as u64, true) as usize {
+                0 if !buf.is_empty() => return Err(io::Error::from_raw_os_error(ENOSPC)),
+                n => n,
+            }
+        } else {
+            buf.len()
+        };
+        let written = match self.file.write(&buf[..allowed]) {
+            Ok(n) => n,
+            Err(e) => {
+                if simulated {
+                    shared
+                        .simulated_used
+                        .fetch_sub(allowed as u64, Ordering::AcqRel);
+                }
+                return Err(e);
+            }
+        };
+        if simulated {
+            shared
+                .simulated_used
+                .fetch_sub((allowed - written) as u64, Ordering::AcqRel);
+        }
+        shared.temp_len.fetch_add(written as u64, Ordering::AcqRel);
+        shared.note_disk(shared.log_len.load(Ordering::Acquire));
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Appends `from..end` of `old` to `out`, advancing `from`.
 fn copy_range(
     old: &File,
-    out: &mut BufWriter<File>,
+    out: &mut impl Write,
     from: &mut u64,
     end: u64,
     chunk: &mut [u8],
@@ -1058,17 +1333,23 @@ mod tests {
     /// record starts.
     fn three_records(dir: &Path) -> (Vec<u8>, u64) {
         let (wal, _) = Wal::open(dir, WalOptions::default(), &mut |_| {}).unwrap();
-        wal.append(Record::Put {
-            key: b"a",
-            value: b"one",
-        })
+        wal.append(
+            Record::Put {
+                key: b"a",
+                value: b"one",
+            },
+            0,
+        )
         .unwrap();
-        wal.append(Record::Delete { key: b"a" }).unwrap();
+        wal.append(Record::Delete { key: b"a" }, 0).unwrap();
         let last = wal.len();
-        wal.append(Record::Put {
-            key: b"b",
-            value: &[9; 30],
-        })
+        wal.append(
+            Record::Put {
+                key: b"b",
+                value: &[9; 30],
+            },
+            0,
+        )
         .unwrap();
         drop(wal);
         (fs::read(dir.join(LOG_FILE)).unwrap(), last)
@@ -1247,6 +1528,170 @@ mod tests {
             assert_eq!(policy.to_string().parse::<FsyncPolicy>(), Ok(policy));
         }
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    }
+
+    /// What a put of a new key adds to the live set rewritten: its whole record.
+    fn put_len(key: &[u8], value: &[u8]) -> u64 {
+        RECORD_OVERHEAD + (key.len() + value.len()) as u64
+    }
+
+    fn budgeted(dir: &Path, max_disk_bytes: u64) -> Wal {
+        let options = WalOptions {
+            max_disk_bytes: Some(max_disk_bytes),
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open(dir, options, &mut |_| {}).unwrap();
+        wal.set_live_bytes(HEADER_LEN);
+        wal
+    }
+
+    #[test]
+    fn the_budget_admits_a_record_only_with_room_to_compact_beside_it() {
+        let dir = TempDir::new("budget");
+        let value = [7u8; 30];
+        let r = put_len(b"k", &value) as i64;
+        let put = Record::Put {
+            key: b"k",
+            value: &value,
+        };
+        // Room for the log and the live set after two records, not after three.
+        let budget = HEADER_LEN + 3 * r as u64 + (HEADER_LEN + r as u64) - 1;
+        let wal = budgeted(&dir.0, budget);
+        wal.append(put, r).unwrap();
+        wal.append(put, 0).unwrap();
+        let before = wal.len();
+        match wal.append(put, 0) {
+            Err(AppendError::OverBudget {
+                needed,
+                limit,
+                fits_once_compacted,
+            }) => {
+                assert_eq!(limit, budget);
+                assert_eq!(needed, budget + 1);
+                assert!(fits_once_compacted);
+            }
+            other => panic!("expected OverBudget, got {other:?}"),
+        }
+        assert_eq!(wal.len(), before, "a refused record is not written");
+        assert_eq!(fs::metadata(dir.0.join(LOG_FILE)).unwrap().len(), before);
+        // A put that could not fit even in a compacted log says so.
+        let big = [1u8; 60];
+        let big_len = put_len(b"b", &big) as i64;
+        match wal.append(
+            Record::Put {
+                key: b"b",
+                value: &big,
+            },
+            big_len,
+        ) {
+            Err(AppendError::OverBudget {
+                fits_once_compacted: false,
+                ..
+            }) => {}
+            other => panic!("expected OverBudget that compaction cannot help, got {other:?}"),
+        }
+        // A delete never raises log plus live set, so it fits even here.
+        wal.append(Record::Delete { key: b"k" }, -r).unwrap();
+        assert_eq!(
+            wal.len_and_live(),
+            (before + RECORD_OVERHEAD + 1, HEADER_LEN)
+        );
+        assert!(wal.peak_disk_bytes() <= budget);
+    }
+
+    #[test]
+    fn while_a_compaction_runs_the_budget_keeps_room_for_what_it_copies() {
+        let dir = TempDir::new("budget-compacting");
+        let value = [3u8; 40];
+        let r = put_len(b"k", &value);
+        let put = Record::Put {
+            key: b"k",
+            value: &value,
+        };
+        let live = HEADER_LEN + r;
+        // Without a compaction, three more overwrites fit; while one runs, each also counts
+        // twice towards what it copies, so only one does.
+        let budget = (HEADER_LEN + 5 * r) + live;
+        let wal = budgeted(&dir.0, budget);
+        wal.append(put, r as i64).unwrap();
+        wal.append(put, 0).unwrap();
+        let mut during = Vec::new();
+        let done = wal
+            .compact(&mut |emit| {
+                emit(b"k", &value)?;
+                during.push(wal.append(put, 0).is_ok());
+                during.push(wal.append(put, 0).is_ok());
+                Ok(())
+            })
+            .unwrap()
+            .expect("no other compaction");
+        assert_eq!(during, [true, false]);
+        assert_eq!(done.bytes_after, live + r);
+        assert!(
+            wal.peak_disk_bytes() <= budget,
+            "{} > {budget}",
+            wal.peak_disk_bytes()
+        );
+        // Once it is done the reserve is the live set again.
+        wal.append(put, 0).unwrap();
+        wal.append(put, 0).unwrap();
+    }
+
+    #[test]
+    fn a_compaction_that_meets_a_full_disk_removes_its_file_and_frees_its_space() {
+        let dir = TempDir::new("compact-enospc");
+        let value = [5u8; 100];
+        let r = put_len(b"k", &value);
+        // A disk with the log of four records and room for a copy of two keys, not three.
+        let disk = HEADER_LEN + 4 * r + HEADER_LEN + 2 * r;
+        let options = WalOptions {
+            disk_budget: Some(disk),
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open(&dir.0, options, &mut |_| {}).unwrap();
+        for _ in 0..4 {
+            wal.append(
+                Record::Put {
+                    key: b"k",
+                    value: &value,
+                },
+                0,
+            )
+            .unwrap();
+        }
+        let err = wal
+            .compact(&mut |emit| {
+                for key in [b"a", b"b", b"c"] {
+                    emit(key, &value)?;
+                }
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(is_disk_full(&err), "{err}");
+        assert!(
+            !dir.0.join(COMPACT_FILE).exists(),
+            "the partial copy is gone"
+        );
+        // What it had taken is free again: a record that fits beside the log is written, and
+        // then exactly a copy of one key fits.
+        wal.append(
+            Record::Put {
+                key: b"k",
+                value: &value,
+            },
+            0,
+        )
+        .unwrap();
+        // And a compaction that fits succeeds and frees the dead records.
+        let done = wal
+            .compact(&mut |emit| emit(b"k", &value))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.bytes_after, HEADER_LEN + r);
+        assert_eq!(
+            fs::metadata(dir.0.join(LOG_FILE)).unwrap().len(),
+            HEADER_LEN + r
+        );
     }
 
     #[test]

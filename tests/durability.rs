@@ -16,7 +16,9 @@ use common::BOUND;
 use ringkv::durable::{DurableOptions, DurableStore};
 use ringkv::protocol::Status;
 use ringkv::store::{Engine, StoreError};
-use ringkv::wal::{CrashPoint, FsyncPolicy, OpenError, HEADER_LEN, LOG_FILE, RECORD_OVERHEAD};
+use ringkv::wal::{
+    CrashPoint, FsyncPolicy, OpenError, COMPACT_FILE, HEADER_LEN, LOG_FILE, RECORD_OVERHEAD,
+};
 use ringkv::{BackendConfig, Client, Error, FrontendConfig, LocalCluster};
 
 const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
@@ -831,4 +833,379 @@ fn a_backend_over_a_corrupt_log_stops_naming_the_file_and_offset_unless_told_to_
         &keys_of(&ops),
         "after repair",
     );
+}
+
+/// Options under a disk budget of `max_disk_bytes`; with `ratio` false the log is never
+/// compacted for being mostly dead, so that the budget alone has to keep it small.
+fn budgeted(max_disk_bytes: u64, ratio: bool) -> DurableOptions {
+    DurableOptions {
+        max_disk_bytes: Some(max_disk_bytes),
+        compact_min_bytes: if ratio {
+            DurableOptions::default().compact_min_bytes
+        } else {
+            u64::MAX
+        },
+        ..options(FsyncPolicy::Never)
+    }
+}
+
+/// Bytes the log and an unfinished compaction's file take on disk now.
+fn on_disk(dir: &Path) -> u64 {
+    [LOG_FILE, COMPACT_FILE]
+        .iter()
+        .map(|name| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len()))
+        .sum()
+}
+
+#[test]
+fn overwrites_of_a_small_store_under_a_disk_budget_are_never_refused_and_stay_within_it() {
+    const BUDGET: u64 = 8 << 20;
+    for ratio in [true, false] {
+        let dir = TempDir::new("budget-overwrites");
+        let store = DurableStore::open(dir.path(), budgeted(BUDGET, ratio)).unwrap();
+        let mut model = Model::new();
+        let mut written = 0;
+        // 200 keys of about 1 KB: some 200 KB live, overwritten with three budgets' worth.
+        for i in 0..25_000u32 {
+            let key = format!("key-{}", i % 200).into_bytes();
+            let value = vec![(i % 251) as u8; 1_000 + (i % 50) as usize];
+            written += RECORD_OVERHEAD + (key.len() + value.len()) as u64;
+            store
+                .put(&key, &value)
+                .unwrap_or_else(|e| panic!("ratio {ratio}: put {i} was refused: {e}"));
+            model.insert(key, value);
+            let disk = on_disk(dir.path());
+            assert!(
+                disk <= BUDGET,
+                "ratio {ratio}: {disk} bytes on disk after put {i}"
+            );
+        }
+        assert!(written > 3 * BUDGET, "{written}");
+        assert!(
+            store.peak_disk_bytes() <= BUDGET,
+            "ratio {ratio}: the log and a compaction's copy took {} bytes at their peak",
+            store.peak_disk_bytes()
+        );
+        store.wait_for_compaction();
+        let universe: Vec<Vec<u8>> = model.keys().cloned().collect();
+        assert_holds(&store, &model, &universe, "in memory");
+        drop(store);
+        let reopened = DurableStore::open(dir.path(), budgeted(BUDGET, ratio)).unwrap();
+        assert_holds(&reopened, &model, &universe, "reopened");
+    }
+}
+
+#[test]
+fn concurrent_overwrites_under_a_disk_budget_are_never_refused() {
+    const BUDGET: u64 = 2 << 20;
+    let dir = TempDir::new("budget-concurrent");
+    let store = Arc::new(DurableStore::open(dir.path(), budgeted(BUDGET, false)).unwrap());
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut model = Model::new();
+                for i in 0..5_000u32 {
+                    let key = format!("t{t}-{}", i % 50).into_bytes();
+                    let value = vec![i as u8; 500];
+                    store
+                        .put(&key, &value)
+                        .unwrap_or_else(|e| panic!("writer {t}: put {i} was refused: {e}"));
+                    model.insert(key, value);
+                }
+                model
+            })
+        })
+        .collect();
+    let mut model = Model::new();
+    for writer in writers {
+        model.extend(writer.join().unwrap());
+    }
+    assert!(
+        store.peak_disk_bytes() <= BUDGET,
+        "{}",
+        store.peak_disk_bytes()
+    );
+    let universe: Vec<Vec<u8>> = model.keys().cloned().collect();
+    assert_holds(&*store, &model, &universe, "in memory");
+}
+
+#[test]
+fn a_write_that_fits_only_once_compacted_is_written_after_a_compaction() {
+    const BUDGET: u64 = 64 << 10;
+    let dir = TempDir::new("budget-foreground");
+    let store = DurableStore::open(dir.path(), budgeted(BUDGET, false)).unwrap();
+    let mut model = Model::new();
+    apply(
+        &store,
+        &mut model,
+        &Op::Put(b"big".to_vec(), vec![1; 28_000]),
+    );
+    let small = |round: u8| Op::Put(b"s".to_vec(), vec![round; 2_000]);
+    // Each overwrite leaves a dead record; too few to compact for, until the fourth would
+    // not fit beside the room kept for a compaction.
+    for round in 0..3 {
+        apply(&store, &mut model, &small(round));
+    }
+    assert_eq!(
+        store.log_bytes(),
+        HEADER_LEN
+            + Op::Put(b"big".to_vec(), vec![1; 28_000]).log_bytes()
+            + 3 * small(0).log_bytes()
+    );
+    apply(&store, &mut model, &small(3));
+    assert_eq!(
+        store.log_bytes(),
+        live_log_bytes(&model) + small(3).log_bytes(),
+        "compacted, then written"
+    );
+    drop(store);
+    let reopened = DurableStore::open(dir.path(), budgeted(BUDGET, false)).unwrap();
+    assert_holds(
+        &reopened,
+        &model,
+        &[b"big".to_vec(), b"s".to_vec()],
+        "reopened",
+    );
+}
+
+#[test]
+fn a_write_that_cannot_fit_even_after_compaction_is_refused_and_not_applied() {
+    const BUDGET: u64 = 64 << 10;
+    let dir = TempDir::new("budget-refused");
+    let limited = DurableOptions {
+        fsync: FsyncPolicy::Always,
+        ..budgeted(BUDGET, false)
+    };
+    let store = DurableStore::open(dir.path(), limited.clone()).unwrap();
+    let mut model = Model::new();
+    apply(
+        &store,
+        &mut model,
+        &Op::Put(b"big".to_vec(), vec![1; 28_000]),
+    );
+    apply(&store, &mut model, &Op::Put(b"s".to_vec(), vec![2; 2_000]));
+    let log_before = store.log_bytes();
+    // The live set would pass half the budget: no compaction can make room for these.
+    for (key, value) in [(&b"new"[..], vec![3; 3_000]), (b"big", vec![4; 29_000])] {
+        let err = store.put(key, &value).unwrap_err();
+        assert!(
+            matches!(err, StoreError::DiskBudget { limit: BUDGET, .. }),
+            "{err:?}"
+        );
+        assert!(err.is_full() && err.to_string().contains("budget"), "{err}");
+        assert_eq!(
+            store.log_bytes(),
+            log_before,
+            "a refused write is not logged"
+        );
+        assert_eq!(std::fs::metadata(dir.log()).unwrap().len(), log_before);
+    }
+    assert_eq!(store.get(b"new"), None);
+    assert_eq!(store.get(b"big"), Some(vec![1; 28_000]));
+    // A delete always fits: it frees more than its tombstone takes.
+    apply(&store, &mut model, &Op::Delete(b"s".to_vec()));
+    drop(store);
+    let reopened = DurableStore::open(dir.path(), limited).unwrap();
+    assert_eq!(reopened.recovery().records, 3, "two puts and the delete");
+    assert_holds(
+        &reopened,
+        &model,
+        &[b"big".to_vec(), b"s".to_vec(), b"new".to_vec()],
+        "reopened",
+    );
+}
+
+/// Overwrites 20 keys of 1 KB `rounds` times, never compacting for dead records.
+fn mostly_dead_log(dir: &Path, rounds: u32) -> Model {
+    let store = DurableStore::open(
+        dir,
+        DurableOptions {
+            compact_min_bytes: u64::MAX,
+            ..options(FsyncPolicy::Never)
+        },
+    )
+    .unwrap();
+    let mut model = Model::new();
+    for round in 0..rounds {
+        for i in 0..20 {
+            let op = Op::Put(format!("k{i}").into_bytes(), vec![round as u8; 1_000]);
+            apply(&store, &mut model, &op);
+        }
+    }
+    model
+}
+
+#[test]
+fn reopening_a_mostly_dead_log_compacts_it_even_on_a_nearly_full_disk() {
+    let dir = TempDir::new("reopen-dead");
+    let model = mostly_dead_log(dir.path(), 100);
+    let log = std::fs::metadata(dir.log()).unwrap().len();
+    let live = live_log_bytes(&model);
+    assert!(log > 50 * live, "{log} vs {live}");
+    let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+    // The probe's restart: a disk the log has filled but for a little more than the live set.
+    let full = DurableOptions {
+        disk_budget: Some(log + live + 4_096),
+        ..options(FsyncPolicy::Never)
+    };
+    let reopened = DurableStore::open(dir.path(), full.clone()).unwrap();
+    reopened.wait_for_compaction();
+    assert_eq!(reopened.log_bytes(), live, "compacted on open");
+    assert_eq!(std::fs::metadata(dir.log()).unwrap().len(), live);
+    assert_holds(&reopened, &model, &keys, "compacted on open");
+    // And it takes overwrites again (fewer than the room left: without a budget, a writer
+    // faster than the compactor can fill a disk before the compactor frees it).
+    let mut model = model;
+    for round in 0..1_000u32 {
+        let op = Op::Put(format!("k{}", round % 20).into_bytes(), vec![7; 1_000]);
+        apply(&reopened, &mut model, &op);
+    }
+    drop(reopened);
+    assert_holds(
+        &DurableStore::open(dir.path(), full).unwrap(),
+        &model,
+        &keys,
+        "reopened again",
+    );
+}
+
+#[test]
+fn a_full_disk_refuses_the_write_and_starts_a_compaction_that_frees_it() {
+    // Larger than the least a log must be to be compacted for its dead records on open.
+    const DISK: u64 = 2 << 20;
+    let dir = TempDir::new("enospc-compact");
+    // The old rule, for the overwrites to fill the disk: no compaction for dead records.
+    let full_disk = DurableOptions {
+        disk_budget: Some(DISK),
+        compact_min_bytes: u64::MAX,
+        ..options(FsyncPolicy::Never)
+    };
+    let store = DurableStore::open(dir.path(), full_disk.clone()).unwrap();
+    let mut model = Model::new();
+    let overwrite = |store: &DurableStore, model: &mut Model, round: u32| {
+        let key = format!("k{}", round % 10).into_bytes();
+        let value = vec![round as u8; 1_000];
+        let done = store.put(&key, &value);
+        if done.is_ok() {
+            model.insert(key, value);
+        }
+        done
+    };
+    let mut round = 0;
+    while store.log_bytes() < DISK - 20_000 {
+        overwrite(&store, &mut model, round).unwrap();
+        round += 1;
+    }
+    // A large value meets the full disk: refused, and a compaction frees the dead records.
+    let err = store.put(b"large", &[9; 30_000]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::DiskFull(_)) && err.is_full(),
+        "{err:?}"
+    );
+    assert_eq!(store.get(b"large"), None);
+    store.wait_for_compaction();
+    assert_eq!(store.log_bytes(), live_log_bytes(&model), "compacted");
+    apply(
+        &store,
+        &mut model,
+        &Op::Put(b"large".to_vec(), vec![9; 30_000]),
+    );
+
+    // Filled again to the last byte, there is no room even for a copy of the live set: the
+    // compaction fails and removes its partial file, which would hold what little is left.
+    let err = loop {
+        match overwrite(&store, &mut model, round) {
+            Ok(()) => round += 1,
+            Err(err) => break err,
+        }
+    };
+    assert!(matches!(err, StoreError::DiskFull(_)), "{err:?}");
+    store.wait_for_compaction();
+    assert!(!dir.path().join(COMPACT_FILE).exists());
+    let log = store.log_bytes();
+    assert_eq!(std::fs::metadata(dir.log()).unwrap().len(), log);
+    let mut keys: Vec<Vec<u8>> = (0..10).map(|i| format!("k{i}").into_bytes()).collect();
+    keys.push(b"large".to_vec());
+    assert_holds(&store, &model, &keys, "after the failed compaction");
+    drop(store);
+    // Restarted once some space is free again (here: just enough for the copy), it compacts.
+    let freed = DurableOptions {
+        disk_budget: Some(log + live_log_bytes(&model) + 1_000),
+        compact_min_bytes: DurableOptions::default().compact_min_bytes,
+        ..full_disk
+    };
+    let reopened = DurableStore::open(dir.path(), freed).unwrap();
+    reopened.wait_for_compaction();
+    assert_eq!(reopened.log_bytes(), live_log_bytes(&model));
+    assert_holds(&reopened, &model, &keys, "reopened");
+    overwrite(&reopened, &mut model, round).unwrap();
+}
+
+#[test]
+fn a_cluster_with_a_disk_budget_keeps_accepting_overwrites_and_refuses_what_cannot_fit() {
+    const BUDGET: u64 = 256 << 10;
+    let dir = TempDir::new("budget-cluster");
+    let budget = BUDGET.to_string();
+    let cluster = Server::start(&[
+        "local",
+        "--backends",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--max-disk-bytes",
+        &budget,
+    ]);
+    let frontend = cluster.listening("frontend");
+    cluster.listening("resp");
+    let backend = cluster.listening("backend");
+    let log_dir = dir.path().join("backend-0");
+    let mut client = Client::connect(&frontend).unwrap();
+    // Twenty keys of 2 KB overwritten with about sixteen budgets' worth.
+    for i in 0..2_000u32 {
+        let value = vec![(i % 251) as u8; 2_000];
+        client
+            .put(format!("key {}", i % 20).as_bytes(), &value)
+            .unwrap_or_else(|e| panic!("put {i} was refused: {e}"));
+        let disk = on_disk(&log_dir);
+        assert!(disk <= BUDGET, "{disk} bytes on disk after put {i}");
+    }
+    for k in 0..20u32 {
+        let last = 2_000 - 20 + k;
+        assert_eq!(
+            client.get(format!("key {k}").as_bytes()).unwrap(),
+            Some(vec![(last % 251) as u8; 2_000]),
+            "key {k}"
+        );
+    }
+    // A value over half the budget can never have room to be compacted.
+    match client.put(b"too large", &vec![1; 150_000]) {
+        Err(Error::Status { status, message }) => {
+            assert_eq!(status, Status::STORAGE_FULL);
+            assert!(
+                message.contains(&backend) && message.contains("budget"),
+                "{message}"
+            );
+        }
+        other => panic!("expected STORAGE_FULL, got {other:?}"),
+    }
+    assert_eq!(client.get(b"too large").unwrap(), None);
+    client.put(b"key 0", b"still accepted").unwrap();
+
+    // A budget without a log to bound is a usage error, not silently ignored.
+    let refused = run_bounded(
+        Command::new(RINGKV).args([
+            "backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-disk-bytes",
+            "1000",
+        ]),
+        b"",
+        BOUND,
+    );
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("--data-dir"), "{refused:?}");
 }

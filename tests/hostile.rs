@@ -1261,3 +1261,89 @@ fn announced_lengths_cost_no_memory_until_the_bytes_arrive() {
     );
     drop(held);
 }
+
+/// Clients that pipeline GETs of the largest values and never read the answers: once the
+/// servers have made one large answer, every connection's batches hold only as many GETs as fit
+/// 16 MiB (`ANSWER_BUDGET`), so each such client costs the servers about that much until the
+/// write deadline cuts it off, not a batch of 32 values of 4 MiB (128 MiB) each; and a
+/// well-behaved client is served throughout.
+#[test]
+fn clients_that_never_read_big_answers_hold_a_bounded_share_of_memory() {
+    use common::process::Server;
+    const GREEDY: usize = 6;
+    const GETS: usize = 96;
+    let server = Server::start(&[
+        "local",
+        "--backends",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--replicas",
+        "1",
+        "--resp-listen",
+        "off",
+    ]);
+    let frontend: SocketAddr = server.listening("frontend").parse().unwrap();
+    let mut client = ringkv::Client::connect(&frontend.to_string()).unwrap();
+    let big = vec![7u8; protocol::Limits::default().max_value];
+    for i in 0..8 {
+        client.put(format!("big-{i}").as_bytes(), &big).unwrap();
+    }
+    // One large answer, as any reader of big values makes: from then on batches are small.
+    assert_eq!(
+        client.get(b"big-0").unwrap().map(|v| v.len()),
+        Some(big.len())
+    );
+    let before = resident(server.pid());
+    let mut greedy = Vec::new();
+    for c in 0..GREEDY {
+        let mut stream = raw(frontend);
+        let mut requests = Vec::new();
+        for i in 0..GETS {
+            let key = format!("big-{}", (c + i) % 8);
+            requests.extend(request_bytes(
+                Opcode::GET,
+                i as u64 + 1,
+                key.as_bytes(),
+                b"",
+            ));
+        }
+        stream.write_all(&requests).unwrap();
+        greedy.push(stream);
+    }
+    // The peak over two seconds, while a well-behaved client keeps being served.
+    let mut peak = 0;
+    let started = Instant::now();
+    let mut step = 0u32;
+    while started.elapsed() < Duration::from_secs(2) {
+        let asked = Instant::now();
+        let key = format!("small-{step}");
+        client.put(key.as_bytes(), b"v").unwrap();
+        assert_eq!(
+            client.get(key.as_bytes()).unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "a small PUT and GET took {:?} beside the greedy clients",
+            asked.elapsed()
+        );
+        peak = peak.max(resident(server.pid()));
+        step += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "{GREEDY} clients not reading {GETS} GETs of 4 MiB each: resident memory grew by {} MiB",
+        grown >> 20
+    );
+    // About 40 MiB each: a batch's 16 MiB of answers and their encoded copy at the frontend,
+    // the socket buffers, and the backend's answers in flight; before, a batch of 32 values
+    // each (1.4 GiB in all, measured).
+    assert!(
+        grown < 400 << 20,
+        "resident memory grew by {} MiB for {GREEDY} clients not reading their answers",
+        grown >> 20
+    );
+    drop(greedy);
+}

@@ -40,6 +40,10 @@ struct BackendArgs {
     /// directory for the write-ahead log, replayed on start (default: memory only)
     #[argh(option)]
     data_dir: Option<std::path::PathBuf>,
+    /// most bytes the write-ahead log may take on disk, the room kept to compact it included;
+    /// writes that do not fit even after compaction get STORAGE_FULL (default: no limit)
+    #[argh(option)]
+    max_disk_bytes: Option<u64>,
     /// when logged writes reach the disk: always, everysec or never (default everysec)
     #[argh(option, default = "ringkv::wal::FsyncPolicy::EverySec")]
     fsync: ringkv::wal::FsyncPolicy,
@@ -190,6 +194,11 @@ struct LocalArgs {
     /// restart serves the same keys (default: memory only)
     #[argh(option)]
     data_dir: Option<std::path::PathBuf>,
+    /// most bytes each backend's write-ahead log may take on disk, the room kept to compact it
+    /// included; writes that do not fit even after compaction get STORAGE_FULL (default: no
+    /// limit)
+    #[argh(option)]
+    max_disk_bytes: Option<u64>,
     /// when logged writes reach the disk: always, everysec or never (default everysec)
     #[argh(option, default = "ringkv::wal::FsyncPolicy::EverySec")]
     fsync: ringkv::wal::FsyncPolicy,
@@ -251,6 +260,19 @@ fn announce(line: String) {
     let _ = stdout.flush();
 }
 
+/// A disk budget bounds the log; without one it would be silently ignored.
+fn disk_budget_needs_a_log(
+    max_disk_bytes: Option<u64>,
+    data_dir: Option<&std::path::Path>,
+) -> ringkv::Result<()> {
+    if max_disk_bytes.is_some() && data_dir.is_none() {
+        return Err(ringkv::Error::Config(
+            "--max-disk-bytes bounds the write-ahead log, so it needs --data-dir".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
     let server = server_options(
         a.max_connections,
@@ -259,10 +281,12 @@ fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
         a.io_timeout,
         a.idle_timeout,
     )?;
+    disk_budget_needs_a_log(a.max_disk_bytes, a.data_dir.as_deref())?;
     let mut backend = Backend::start(BackendConfig {
         listen: a.listen,
         server,
         max_bytes: a.max_bytes,
+        max_disk_bytes: a.max_disk_bytes,
         data_dir: a.data_dir,
         fsync: a.fsync,
         repair: a.repair_log,
@@ -338,8 +362,10 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         password: password.clone(),
         ..FrontendConfig::default()
     };
+    disk_budget_needs_a_log(a.max_disk_bytes, a.data_dir.as_deref())?;
     let backend = BackendConfig {
         max_bytes: a.max_bytes,
+        max_disk_bytes: a.max_disk_bytes,
         data_dir: a.data_dir,
         fsync: a.fsync,
         cluster_token: Some(token),
