@@ -1175,3 +1175,63 @@ fn a_source_stopped_during_a_join_is_replaced_and_the_join_completes() {
     eprintln!("{summary}");
     assert_bulk_reads_back(&cluster, &bulk);
 }
+
+/// The log file under a backend's data directory.
+fn log_file(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.path().join(ringkv::wal::LOG_FILE);
+    assert!(path.exists(), "no log at {}", path.display());
+    path
+}
+
+/// A backend whose last logged record is damaged on disk (complete, but its checksum fails)
+/// drops it when it restarts, as a torn write, and counts it; with R = 3 the state transfer that
+/// brings it back copies that key from its chain, so the write is still there when the node is
+/// the only one left.
+#[test]
+fn a_damaged_last_record_is_caught_up_from_the_chain() {
+    let mut cluster = Cluster::start(3, &["--replicas", "3"]);
+    let mut client = cluster.client();
+    for i in 0..20 {
+        client.put(format!("before-{i}").as_bytes(), b"v").unwrap();
+    }
+    client.put(b"the last write", b"acknowledged").unwrap();
+    let damaged = 1;
+    cluster.kill(damaged);
+    cluster.wait_for_view("the killed backend is down", |v| !v.is_up(damaged));
+    let log = log_file(&cluster.dirs[damaged]);
+    let mut bytes = std::fs::read(&log).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    std::fs::write(&log, &bytes).unwrap();
+
+    cluster.restart(damaged);
+    cluster.wait_for_view("the restarted backend is up", |v| v.is_up(damaged));
+    assert_eq!(cluster.counter(damaged, "wal_damaged_records"), 1);
+    let saved = std::fs::read_dir(cluster.dirs[damaged].path())
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .any(|entry| entry.file_name().to_string_lossy().contains(".damaged-"));
+    assert!(saved, "the damaged bytes are kept beside the log");
+
+    for other in [0, 2] {
+        cluster.kill(other);
+    }
+    cluster.wait_for_view("only the restarted backend is up", |v| {
+        v.is_up(damaged) && !v.is_up(0) && !v.is_up(2)
+    });
+    let mut client = cluster.client();
+    assert_eq!(
+        client.get(b"the last write").unwrap().as_deref(),
+        Some(&b"acknowledged"[..])
+    );
+    for i in 0..20 {
+        assert_eq!(
+            client
+                .get(format!("before-{i}").as_bytes())
+                .unwrap()
+                .as_deref(),
+            Some(&b"v"[..]),
+            "before-{i}"
+        );
+    }
+}
