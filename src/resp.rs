@@ -30,7 +30,8 @@ use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
 use crate::server::{
-    value_reads_per_batch, Handler, RecentLargest, Registry, ServerHandle, ServerOptions,
+    value_reads_per_batch, write_all_within, Activity, Handler, RecentLargest, Registry,
+    ServerHandle, ServerOptions,
 };
 
 /// Longest inline request line, and longest `*N` or `$N` line, that is waited for (Redis's
@@ -1417,7 +1418,10 @@ fn accept_loop(listener: TcpListener, door: Arc<Door>) {
                 continue;
             }
         };
-        if door.registry.len() >= max_connections {
+        // At the limit, the connection idle longest makes room, as on the binary port.
+        if door.registry.len() >= max_connections
+            && !door.registry.close_idlest(door.options.evict_idle_after)
+        {
             log::debug!("resp: refusing a connection: at the limit of {max_connections}");
             door.handler.refused(Status::BUSY);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
@@ -1430,7 +1434,7 @@ fn accept_loop(listener: TcpListener, door: Arc<Door>) {
         let spawned = std::thread::Builder::new()
             .name("resp-conn".into())
             .spawn(move || {
-                serve_connection(stream, &door);
+                serve_connection(stream, &door, registered.activity());
                 drop(registered);
             });
         if let Err(e) = spawned {
@@ -1459,7 +1463,7 @@ fn close_after_reply(stream: &TcpStream) {
 
 /// Serves one connection until the client closes it, sends QUIT or malformed input, idles out,
 /// stalls half-way through a request, or the door shuts down.
-fn serve_connection(mut stream: TcpStream, door: &Door) {
+fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -1498,6 +1502,10 @@ fn serve_connection(mut stream: TcpStream, door: &Door) {
             }
         }
         let more_buffered = ending.is_none() && batch.is_full();
+        if whole > 0 {
+            // Not to be closed for room while its requests are answered or their replies wait.
+            activity.busy();
+        }
         let mut out = batch.run();
         if let Some(Err(error)) = &ending {
             log::info!("resp: connection from {peer}: protocol error: {error}");
@@ -1505,10 +1513,13 @@ fn serve_connection(mut stream: TcpStream, door: &Door) {
             reply::error(&mut out, &format!("ERR Protocol error: {error}"));
         }
         if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out) {
+            if let Err(e) = write_all_within(&mut stream, &out, timeouts.io) {
                 log::debug!("resp: connection from {peer}: write failed: {e}");
                 return;
             }
+        }
+        if whole > 0 {
+            activity.touch();
         }
         if ending.is_some() {
             close_after_reply(&stream);

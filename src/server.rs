@@ -98,12 +98,12 @@ impl Activity {
     }
 
     /// A frame arrived, or its answers went out.
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.0.store(Activity::now(), Ordering::Relaxed);
     }
 
     /// A request of this connection is being answered: it is not idle, whatever the clock says.
-    fn busy(&self) {
+    pub(crate) fn busy(&self) {
         self.0.store(Activity::BUSY, Ordering::Relaxed);
     }
 
@@ -160,7 +160,7 @@ impl Registry {
 
     /// Closes the connection that has been idle longest, if it has been idle at least
     /// `at_least`; true if one was closed (and no longer counts).
-    fn close_idlest(&self, at_least: Duration) -> bool {
+    pub(crate) fn close_idlest(&self, at_least: Duration) -> bool {
         let mut open = self.lock();
         let idlest = open
             .iter()
@@ -182,6 +182,13 @@ pub(crate) struct Registered {
     registry: Arc<Registry>,
     id: u64,
     activity: Activity,
+}
+
+impl Registered {
+    /// What the acceptor sees of the connection, for its thread to keep up to date.
+    pub(crate) fn activity(&self) -> Activity {
+        self.activity.clone()
+    }
 }
 
 impl Drop for Registered {
@@ -846,6 +853,44 @@ fn accept_loop(
             log::warn!("{name}: cannot start a connection thread: {e}");
         }
     }
+}
+
+/// Writes all of `bytes` within `limit` in all, not per write call: a client that takes its
+/// answers a few bytes at a time is cut off as surely as one that does not read (`TimedOut`).
+/// The socket's write timeout is restored to `limit` afterwards.
+pub(crate) fn write_all_within(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
+    let started = Instant::now();
+    let mut written = 0;
+    let mut shortened = false;
+    let result = loop {
+        if written == bytes.len() {
+            break Ok(());
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            break Err(std::io::ErrorKind::TimedOut.into());
+        }
+        if left < limit {
+            if let Err(e) = stream.set_write_timeout(Some(left)) {
+                break Err(e);
+            }
+            shortened = true;
+        }
+        match stream.write(&bytes[written..]) {
+            Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    if shortened {
+        stream.set_write_timeout(Some(limit))?;
+    }
+    result
 }
 
 fn refuse_busy(mut stream: TcpStream, message: &str, handler: &dyn Handler) {

@@ -559,6 +559,8 @@ fn connections_over_the_limit_are_refused() {
         1,
         ServerOptions {
             max_connections: 2,
+            // Nothing is idle long enough to be closed for room here.
+            evict_idle_after: Duration::from_secs(600),
             ..ServerOptions::default()
         },
     );
@@ -580,6 +582,89 @@ fn connections_over_the_limit_are_refused() {
         conn.send(b"PING\r\n");
         (conn.try_reply()? == Resp::Simple("PONG".into())).then_some(())
     });
+}
+
+/// At the limit the door closes the connection idle longest to make room, as the binary port
+/// does, instead of locking newcomers out until the idle timeout; one in use is kept.
+#[test]
+fn at_the_limit_the_connection_idle_longest_makes_room() {
+    let cluster = cluster_with(
+        1,
+        ServerOptions {
+            max_connections: 2,
+            evict_idle_after: Duration::from_millis(300),
+            ..ServerOptions::default()
+        },
+    );
+    let addr = resp_addr(&cluster);
+    let mut quiet = Conn::open(addr);
+    let mut active = Conn::open(addr);
+    assert_eq!(active.call(&[b"PING"]), Resp::Simple("PONG".into()));
+    // Waits out the idle time the quiet connection needs (a time condition, not a readiness).
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(active.call(&[b"PING"]), Resp::Simple("PONG".into()));
+    let mut newcomer = Conn::open(addr);
+    assert_eq!(newcomer.call(&[b"SET", b"k", b"v"]), ok());
+    quiet.assert_closed();
+    assert_eq!(active.call(&[b"GET", b"k"]), bulk(b"v"));
+}
+
+/// The write timeout covers a whole reply, not each write call: a client that takes its
+/// replies a trickle at a time is cut off soon after it, not served for as long as it keeps
+/// taking a few bytes.
+#[test]
+fn a_client_that_reads_a_trickle_is_cut_off_after_the_write_timeout() {
+    let io = Duration::from_secs(1);
+    let cluster = cluster_with(
+        1,
+        ServerOptions {
+            timeouts: Timeouts {
+                io,
+                ..Timeouts::default()
+            },
+            ..ServerOptions::default()
+        },
+    );
+    let addr = resp_addr(&cluster);
+    let value = vec![b'v'; 1 << 20];
+    let mut writer = Conn::open(addr);
+    assert_eq!(writer.call(&[b"SET", b"big", &value]), ok());
+    // 64 MiB of replies asked for at once, more than any socket buffers hold.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    let requests: Vec<u8> = (0..64).flat_map(|_| multibulk(&[b"GET", b"big"])).collect();
+    slow.write_all(&requests).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut taken = 0usize;
+    let closed_after = loop {
+        match slow.read(&mut chunk) {
+            Ok(0) | Err(_) if taken > 0 => break started.elapsed(),
+            Ok(n) => taken += n,
+            // A loaded machine may take a while to make the first replies.
+            Err(e)
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+                    && started.elapsed() < Duration::from_secs(10) => {}
+            Err(e) => panic!("no reply at all: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "still served after {:?} ({taken} bytes taken)",
+            started.elapsed()
+        );
+        // About 1.3 MB/s: 64 MiB would take almost a minute.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(taken < 64 << 20, "every reply was taken ({taken} bytes)");
+    eprintln!("cut off after {closed_after:?}, {taken} bytes taken");
+    // The socket buffers fill at once; from then on the stalled batch has one timeout, and what
+    // is already in the socket buffers still drains to the client before it sees the close.
+    assert!(
+        closed_after < Duration::from_secs(15),
+        "cut off only after {closed_after:?}"
+    );
+    assert_eq!(writer.call(&[b"GET", b"missing"]), Resp::Nil);
 }
 
 #[test]
