@@ -6,8 +6,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::budget::{Held, MemoryBudget};
 use crate::error::{Error, Result};
 use crate::protocol::{self, Frame, FrameError, Limits, Status};
 
@@ -48,6 +50,9 @@ pub enum ReadError {
     Stalled { buffered: usize },
     /// The peer closed the connection half-way through a frame.
     Truncated { buffered: usize },
+    /// The frame needs more buffer than the process's in-flight budget had room for before its
+    /// deadline ([`crate::budget`]); the rest of it was not read.
+    OverBudget { request_id: u64, buffered: usize },
     /// Any other socket error.
     Io(io::Error),
 }
@@ -61,6 +66,8 @@ pub struct FrameReader {
     frame_deadline: Duration,
     /// When the first byte of the frame now being assembled arrived.
     frame_started: Option<Instant>,
+    /// What `buf` counts against the in-flight budget, if it counts.
+    held: Held,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -76,7 +83,20 @@ impl FrameReader {
             max_frame,
             frame_deadline,
             frame_started: None,
+            held: Held::exempt(),
         }
+    }
+
+    /// Counts the buffer, beyond a small allowance, against `budget` ([`crate::budget`]): a
+    /// frame that needs more waits for room until its deadline, and is refused if none comes.
+    pub fn count_against(&mut self, budget: Arc<MemoryBudget>) {
+        self.held = Held::in_budget(budget);
+        self.held.cover_now(self.buf.len());
+    }
+
+    /// No longer counts against a budget (the peer turned out to be a cluster member).
+    pub fn exempt_from_budget(&mut self) {
+        self.held.exempt_from_now();
     }
 
     /// Bytes received and not yet returned as frames.
@@ -126,6 +146,7 @@ impl FrameReader {
                         self.end = 0;
                         if self.buf.len() > 4 * READ_CHUNK {
                             self.buf = Vec::new();
+                            self.held.release();
                         }
                         None
                     } else {
@@ -163,6 +184,21 @@ impl FrameReader {
             let ahead = self.end + READ_CHUNK.min(self.max_frame);
             let want = needed.max(ahead).min(self.end + READ_CHUNK.max(self.end));
             if self.buf.len() < want {
+                // A patient reader waits for room until the frame's deadline; one that serves
+                // only while the connection is busy leaves the wait to the connection's thread.
+                let deadline = match (patient, self.frame_started) {
+                    (true, Some(started)) => Some(started + self.frame_deadline),
+                    _ => None,
+                };
+                if !self.held.cover(want, deadline) {
+                    if !patient {
+                        return Err(ReadError::Idle);
+                    }
+                    return Err(ReadError::OverBudget {
+                        request_id: protocol::peek_request_id(&self.buf[..self.end]),
+                        buffered: self.end,
+                    });
+                }
                 self.buf.resize(want, 0);
             }
             match src.read(&mut self.buf[self.end..]) {
@@ -295,9 +331,12 @@ impl Connection {
                 addr: self.addr.clone(),
                 source: error,
             }),
-            Err(ReadError::Idle) | Err(ReadError::Stalled { .. }) => Err(self.io_error(
-                io::Error::new(io::ErrorKind::TimedOut, "no answer within the i/o timeout"),
-            )),
+            Err(ReadError::Idle)
+            | Err(ReadError::Stalled { .. })
+            | Err(ReadError::OverBudget { .. }) => Err(self.io_error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no answer within the i/o timeout",
+            ))),
             Err(ReadError::Io(e)) => Err(self.io_error(e)),
         }
     }

@@ -40,6 +40,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod cluster;

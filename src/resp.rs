@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Session;
+use crate::budget::{Held, MemoryBudget};
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
@@ -146,6 +147,10 @@ pub struct Parser {
     /// Bytes of `buf` already turned into requests.
     pos: usize,
     partial: Option<Multibulk>,
+    /// What the buffer and the arguments of a half-read request count against the in-flight
+    /// budget, if they count ([`crate::budget`]), and how many bytes that covers.
+    held: Held,
+    covered: usize,
 }
 
 /// Memory an argument takes besides its bytes, counted against [`RequestLimits::max_request`].
@@ -159,7 +164,20 @@ impl Parser {
             buf: Vec::new(),
             pos: 0,
             partial: None,
+            held: Held::exempt(),
+            covered: 0,
         }
+    }
+
+    /// Counts what it holds, beyond a small allowance, against `budget`: see
+    /// [`Parser::read_from_until`].
+    pub fn count_against(&mut self, budget: Arc<MemoryBudget>) {
+        self.held = Held::in_budget(budget);
+    }
+
+    /// Bytes it holds: the buffer, and the arguments of a request half in.
+    fn holding(&self) -> usize {
+        self.buf.capacity() + self.partial.as_ref().map_or(0, |m| m.bytes)
     }
 
     /// Adds received bytes.
@@ -170,6 +188,17 @@ impl Parser {
 
     /// Reads once from `src` into the buffer; `Ok(0)` when the peer closed the connection.
     pub fn read_from<R: Read>(&mut self, src: &mut R) -> io::Result<usize> {
+        self.read_from_until(src, None)
+    }
+
+    /// Like [`Parser::read_from`]; a parser that counts against a budget and needs more room
+    /// than it has waits for it until `deadline` (`None`: not at all), and fails with
+    /// [`io::ErrorKind::OutOfMemory`] if none comes, having read nothing.
+    pub fn read_from_until<R: Read>(
+        &mut self,
+        src: &mut R,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
         self.compact();
         let waiting_for = match &self.partial {
             Some(Multibulk {
@@ -182,6 +211,18 @@ impl Parser {
         // Memory follows the bytes that arrive, not an announced bulk length: at most twice
         // what is held (and a chunk).
         let room = waiting_for.max(READ_CHUNK).min(start.max(READ_CHUNK));
+        let partial = self.holding() - self.buf.capacity();
+        let needed = partial + self.buf.capacity().max(start + room);
+        // Only growth waits: an idle connection whose buffer stayed large is never refused.
+        if needed <= self.covered {
+            self.held.cover_now(needed);
+        } else if !self.held.cover(needed, deadline) {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "the in-flight budget stayed taken",
+            ));
+        }
+        self.covered = needed;
         self.buf.resize(start + room, 0);
         let result = src.read(&mut self.buf[start..]);
         let read = *result.as_ref().unwrap_or(&0);
@@ -755,7 +796,15 @@ impl<'a> Batch<'a> {
             planned: Vec::new(),
             client,
             value_reads: 0,
-            most_value_reads: value_reads_per_batch(door.largest_answer.get(), MAX_BATCH_FRAMES),
+            // While the in-flight budget is taken, one large value at a time.
+            most_value_reads: value_reads_per_batch(
+                door.largest_answer.get(),
+                if MemoryBudget::process().exhausted() {
+                    1
+                } else {
+                    MAX_BATCH_FRAMES
+                },
+            ),
         }
     }
 
@@ -1477,6 +1526,9 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
     }
     let _ = stream.set_nodelay(true);
     let mut parser = Parser::new(door.request_limits);
+    let budget = MemoryBudget::process();
+    parser.count_against(Arc::clone(&budget));
+    let mut out_held = Held::in_budget(budget);
     let mut client = Client::new(door);
     let mut idle_since = Instant::now();
     // When the request now arriving was first seen incomplete; reset by every whole request.
@@ -1513,7 +1565,10 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
             reply::error(&mut out, &format!("ERR Protocol error: {error}"));
         }
         if !out.is_empty() {
-            if let Err(e) = write_all_within(&mut stream, &out, timeouts.io) {
+            out_held.cover_now(out.len());
+            let written = write_all_within(&mut stream, &out, timeouts.io);
+            out_held.release();
+            if let Err(e) = written {
                 log::debug!("resp: connection from {peer}: write failed: {e}");
                 return;
             }
@@ -1535,9 +1590,30 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
         if parser.has_partial() {
             partial_since.get_or_insert_with(Instant::now);
         }
-        match parser.read_from(&mut stream) {
+        let deadline = partial_since.unwrap_or_else(Instant::now) + timeouts.frame;
+        match parser.read_from_until(&mut stream, Some(deadline)) {
             Ok(0) => return,
             Ok(_) => idle_since = Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                let limit = MemoryBudget::process().limit();
+                log::warn!(
+                    "resp: connection from {peer}: refused a request: the {limit} bytes of the \
+                     in-flight budget stayed taken for the frame timeout"
+                );
+                door.handler.refused(Status::BUSY);
+                let mut out = Vec::new();
+                reply::error(
+                    &mut out,
+                    &format!(
+                        "ERR BUSY: the server's {limit} bytes for requests and replies in \
+                         flight stayed taken for the frame timeout; the request was not read \
+                         and nothing was done"
+                    ),
+                );
+                let _ = write_all_within(&mut stream, &out, timeouts.io);
+                close_after_reply(&stream);
+                return;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>

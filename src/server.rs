@@ -10,11 +10,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::auth::{Password, Session};
+use crate::budget::{Held, MemoryBudget};
 use crate::cluster::token::{self, ClusterToken};
 use crate::connection::{FrameReader, ReadError, Timeouts};
 use crate::error::{Error, Result};
 use crate::pool::{Backlog, ThreadPool};
-use crate::protocol::{Frame, Kind, Limits, Opcode, Status};
+use crate::protocol::{self, Frame, Kind, Limits, Opcode, Status};
 
 /// Settings every server has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +329,10 @@ struct ClientConn {
     activity: Activity,
     /// The largest GET answer it was sent.
     largest_answer: usize,
+    /// What `pending` and `out` count against the process's in-flight budget
+    /// ([`crate::budget`]); the reader counts its own buffer.
+    pending_held: Held,
+    out_held: Held,
 }
 
 /// What a thread does with a connection after a read or write.
@@ -345,8 +350,11 @@ impl ClientConn {
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "?".into());
+        let budget = MemoryBudget::process();
+        let mut reader = FrameReader::new(options.limits.max_frame, options.timeouts.frame);
+        reader.count_against(Arc::clone(&budget));
         let mut conn = ClientConn {
-            reader: FrameReader::new(options.limits.max_frame, options.timeouts.frame),
+            reader,
             pending: VecDeque::new(),
             stream,
             out: Vec::new(),
@@ -359,6 +367,8 @@ impl ClientConn {
             mode_write_timeout: options.timeouts.io,
             activity: Activity::default(),
             largest_answer: 0,
+            pending_held: Held::in_budget(Arc::clone(&budget)),
+            out_held: Held::in_budget(budget),
         };
         let _ = conn.stream.set_nodelay(true);
         conn.patient(&options.timeouts).then_some(conn)
@@ -391,6 +401,28 @@ impl ClientConn {
             }
         }
         self.idle_since = Instant::now();
+        self.count_held();
+    }
+
+    /// Counts what `pending` and `out` hold now against the in-flight budget. They are in
+    /// memory already, so they never wait; they make requests still arriving wait instead.
+    fn count_held(&mut self) {
+        if self.pending_held.is_counted() {
+            let pending: usize = self
+                .pending
+                .iter()
+                .map(|f| protocol::HEADER_LEN + f.key.len() + f.value.len())
+                .sum();
+            self.pending_held.cover_now(pending);
+        }
+        self.out_held.cover_now(self.out.len());
+    }
+
+    /// A cluster member's connection counts against no budget (see [`crate::budget`]).
+    fn exempt_from_budget(&mut self) {
+        self.reader.exempt_from_budget();
+        self.pending_held.exempt_from_now();
+        self.out_held.exempt_from_now();
     }
 
     /// Answers the pending requests in order, writing the answers as they pile up. Stops early
@@ -407,7 +439,13 @@ impl ClientConn {
     ) -> std::io::Result<bool> {
         while !self.pending.is_empty() {
             let largest = serving.largest_answer.get().max(self.largest_answer);
-            let take = self.batch_len(value_reads_per_batch(largest, HANDLER_BATCH));
+            // While the budget is taken, one large value at a time.
+            let most = if self.out_held.budget_exhausted() {
+                1
+            } else {
+                HANDLER_BATCH
+            };
+            let take = self.batch_len(value_reads_per_batch(largest, most));
             let batch: Vec<Frame> = self.pending.drain(..take).collect();
             for answer in answer_batch(serving, batch, &mut self.session, &self.peer) {
                 if answer.opcode == Opcode::GET {
@@ -416,6 +454,10 @@ impl ClientConn {
                 }
                 answer.encode_into(&mut self.out);
             }
+            if self.session.trusted && self.out_held.is_counted() {
+                self.exempt_from_budget();
+            }
+            self.count_held();
             if self.session.locked_out() {
                 // The answers so far go out; the requests after the last wrong password do not.
                 self.pending.clear();
@@ -507,6 +549,11 @@ impl ClientConn {
                 .set_write_timeout(Some(self.mode_write_timeout))?;
         }
         self.out.clear();
+        if self.out.capacity() > 4 * FLUSH_AT {
+            // A batch of large answers must not stay allocated once it is out.
+            self.out = Vec::new();
+        }
+        self.out_held.release();
         self.written = 0;
         self.write_started = None;
         if self.pending.is_empty() {
@@ -555,6 +602,26 @@ impl ClientConn {
             }
             ReadError::Truncated { buffered } => {
                 log::debug!("connection from {peer}: closed mid-frame after {buffered} bytes");
+            }
+            ReadError::OverBudget {
+                request_id,
+                buffered,
+            } => {
+                let budget = MemoryBudget::process();
+                log::warn!(
+                    "connection from {peer}: refused a frame after {buffered} bytes: the \
+                     {} bytes of the in-flight budget stayed taken for the frame timeout",
+                    budget.limit()
+                );
+                serving.handler.refused(Status::BUSY);
+                let message = format!(
+                    "the server's {} bytes for requests and answers in flight stayed taken \
+                     for the frame timeout; the request was not read and nothing was done",
+                    budget.limit()
+                );
+                Frame::error_for_id(request_id, Status::BUSY, message).encode_into(&mut self.out);
+                let _ = self.flush_all();
+                let _ = self.stream.shutdown(Shutdown::Both);
             }
             ReadError::Frame { error, request_id } => {
                 log::info!("connection from {peer}: malformed frame: {error}");

@@ -1347,3 +1347,143 @@ fn clients_that_never_read_big_answers_hold_a_bounded_share_of_memory() {
     );
     drop(greedy);
 }
+
+/// Many clients each sending most of a large frame, and none finishing it: the process's
+/// in-flight budget (`--max-inflight-bytes`) bounds what their buffers hold together, the
+/// readers past it wait with the bytes left in the kernel, and once the frame timeout passes
+/// they are answered BUSY with their request id (nothing done) and closed. Small requests never
+/// wait for the budget.
+#[test]
+fn the_in_flight_budget_bounds_what_many_large_requests_hold_together() {
+    use common::process::Server;
+    const SENDERS: usize = 48;
+    const BUDGET: u64 = 32 << 20;
+    let budget = BUDGET.to_string();
+    let server = Server::start(&[
+        "local",
+        "--backends",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--replicas",
+        "1",
+        "--max-inflight-bytes",
+        &budget,
+    ]);
+    let frontend: SocketAddr = server.listening("frontend").parse().unwrap();
+    let resp: SocketAddr = server.listening("resp").parse().unwrap();
+    let mut client = ringkv::Client::connect(&frontend.to_string()).unwrap();
+    client.put(b"probe", b"before").unwrap();
+    let before = resident(server.pid());
+    let value = std::sync::Arc::new(vec![b'x'; protocol::Limits::default().max_value]);
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|i| {
+            let value = std::sync::Arc::clone(&value);
+            std::thread::spawn(move || {
+                let id = 1_000 + i as u64;
+                // Half on the binary port, half on the Redis door.
+                let redis = i % 2 == 1;
+                let frame = if redis {
+                    let mut set = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n", value.len())
+                        .into_bytes();
+                    set.extend_from_slice(&value);
+                    set.extend_from_slice(b"\r\n");
+                    set
+                } else {
+                    request_bytes(Opcode::PUT, id, b"big", &value)
+                };
+                let mut stream = raw(if redis { resp } else { frontend });
+                stream
+                    .set_write_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                // Most of the frame, never the end of it; a reader that waits for the budget
+                // leaves the rest in the kernel, so the write may not finish.
+                let _ = stream.write_all(&frame[..frame.len() * 7 / 8]);
+                // A waiter is answered once its frame timeout (10 s) has passed; a sender whose
+                // bytes were all taken in just stalls, and closes its end after that.
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(12)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let answer = loop {
+                    if redis && buf.ends_with(b"\r\n") {
+                        break Some(Err(String::from_utf8_lossy(&buf).into_owned()));
+                    }
+                    if let Ok(Some((frame, _))) = protocol::decode(&buf, usize::MAX / 2) {
+                        break Some(Ok(frame));
+                    }
+                    match std::io::Read::read(&mut stream, &mut chunk) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                (id, answer)
+            })
+        })
+        .collect();
+    // Served throughout, while the senders' bytes arrive.
+    let mut peak = 0;
+    let started = Instant::now();
+    let mut step = 0u32;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let asked = Instant::now();
+        let key = format!("small-{step}");
+        client.put(key.as_bytes(), b"v").unwrap();
+        assert_eq!(
+            client.get(key.as_bytes()).unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "a small PUT and GET took {:?} beside the large senders",
+            asked.elapsed()
+        );
+        peak = peak.max(resident(server.pid()));
+        step += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "{SENDERS} connections each sending 7/8 of a 4 MiB request under a budget of {} MiB: \
+         resident memory grew by {} MiB",
+        BUDGET >> 20,
+        grown >> 20
+    );
+    // The budget, 128 KiB free per connection, and the copies a read makes as a buffer grows;
+    // without the budget, 168 MiB of frames.
+    assert!(
+        grown < 100 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+    let mut busy = 0;
+    for sender in senders {
+        let (id, answer) = sender.join().unwrap();
+        // Those that had their buffer grown are dropped as stalled frames, without an answer;
+        // those that waited for the budget are told BUSY.
+        match answer {
+            Some(Ok(answer)) => {
+                assert_eq!(answer.status, Status::BUSY, "{answer:?}");
+                assert_eq!(answer.request_id, id);
+                assert!(answer.message().contains("in flight"), "{answer:?}");
+                busy += 1;
+            }
+            Some(Err(reply)) => {
+                assert!(reply.starts_with("-ERR BUSY: "), "{reply}");
+                assert!(reply.contains("in flight"), "{reply}");
+                busy += 1;
+            }
+            None => {}
+        }
+    }
+    assert!(busy > 0, "no sender waited for the budget");
+    eprintln!("{busy} of {SENDERS} senders were answered BUSY");
+    assert_eq!(
+        client.get(b"big").unwrap(),
+        None,
+        "no partial PUT was applied"
+    );
+    client.put(b"big", &vec![b'y'; 1 << 20]).unwrap();
+    assert_eq!(client.get(b"big").unwrap().map(|v| v.len()), Some(1 << 20));
+}

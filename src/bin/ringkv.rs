@@ -62,6 +62,11 @@ struct BackendArgs {
     /// open connections allowed at once; more get BUSY (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
+    /// most bytes of requests still arriving and answers not yet taken that client connections
+    /// may hold in this process, beyond 128 KiB each; past it large requests wait, then get
+    /// BUSY (default: an eighth of the machine's memory, at least 256 MiB)
+    #[argh(option)]
+    max_inflight_bytes: Option<u64>,
     /// longest key accepted in bytes (default 16384)
     #[argh(option, default = "16384")]
     max_key_bytes: usize,
@@ -92,6 +97,11 @@ struct FrontendArgs {
     /// open client connections allowed at once; more get BUSY (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
+    /// most bytes of requests still arriving and answers not yet taken that client connections
+    /// may hold in this process, beyond 128 KiB each; past it large requests wait, then get
+    /// BUSY (default: an eighth of the machine's memory, at least 256 MiB)
+    #[argh(option)]
+    max_inflight_bytes: Option<u64>,
     /// the paper's design: --entry random --routing successor --vnodes 1 (each can still be set)
     #[argh(switch)]
     paper: bool,
@@ -186,6 +196,11 @@ struct LocalArgs {
     /// most bytes of keys plus values per backend (default: no limit)
     #[argh(option)]
     max_bytes: Option<u64>,
+    /// most bytes of requests still arriving and answers not yet taken that client connections
+    /// may hold in this process (all its parts), beyond 128 KiB each; past it large requests
+    /// wait, then get BUSY (default: an eighth of the machine's memory, at least 256 MiB)
+    #[argh(option)]
+    max_inflight_bytes: Option<u64>,
     /// address of the Redis-protocol (RESP2) door, or off (default: the frontend's host, port
     /// 6380; port 0 when the frontend's port is 0)
     #[argh(option)]
@@ -260,6 +275,22 @@ fn announce(line: String) {
     let _ = stdout.flush();
 }
 
+/// Sets the process's in-flight budget ([`ringkv::budget`]) before any server starts.
+fn inflight_budget(max_inflight_bytes: Option<u64>) -> ringkv::Result<()> {
+    let limit = match max_inflight_bytes {
+        Some(0) => {
+            return Err(ringkv::Error::Config(
+                "--max-inflight-bytes must be at least 1".into(),
+            ))
+        }
+        Some(limit) => limit,
+        None => ringkv::budget::default_limit(),
+    };
+    ringkv::budget::set_process_limit(limit);
+    log::info!("in-flight budget for client connections: {limit} bytes");
+    Ok(())
+}
+
 /// A disk budget bounds the log; without one it would be silently ignored.
 fn disk_budget_needs_a_log(
     max_disk_bytes: Option<u64>,
@@ -274,6 +305,7 @@ fn disk_budget_needs_a_log(
 }
 
 fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
+    inflight_budget(a.max_inflight_bytes)?;
     let server = server_options(
         a.max_connections,
         a.max_key_bytes,
@@ -300,6 +332,7 @@ fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
 }
 
 fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
+    inflight_budget(a.max_inflight_bytes)?;
     let server = server_options(
         a.max_connections,
         a.max_key_bytes,
@@ -337,6 +370,7 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
 }
 
 fn run_local(a: LocalArgs) -> ringkv::Result<()> {
+    inflight_budget(a.max_inflight_bytes)?;
     if a.backends == 0 {
         return Err(ringkv::Error::Config(
             "--backends must be at least 1".into(),
