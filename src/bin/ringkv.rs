@@ -202,7 +202,7 @@ struct LocalArgs {
     #[argh(option)]
     max_inflight_bytes: Option<u64>,
     /// address of the Redis-protocol (RESP2) door, or off (default: the frontend's host, port
-    /// 6380; port 0 when the frontend's port is 0)
+    /// 6380 beside port 7000, else the frontend's port plus one; port 0 when that is 0)
     #[argh(option)]
     resp_listen: Option<String>,
     /// keep each backend's write-ahead log in DIR/backend-N and its address with it, so that a
@@ -458,9 +458,10 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Where `local` opens the Redis-protocol door: as asked (`off`: nowhere), else the frontend's
-/// host on port 6380, or on port 0 when the frontend's port is 0, so that runs asking for free
-/// ports never collide on it.
+/// Where `local` opens the Redis-protocol door: as asked (`off`: nowhere), else on the
+/// frontend's host: port 6380 beside the default 7000, the frontend's port plus one beside any
+/// other (so that two local clusters on two ports run side by side), and port 0 when the
+/// frontend's port is 0 (runs asking for free ports never collide on it).
 fn local_resp_listen(asked: Option<String>, frontend_listen: &str) -> Option<String> {
     match asked {
         Some(addr) if addr == "off" => None,
@@ -469,11 +470,39 @@ fn local_resp_listen(asked: Option<String>, frontend_listen: &str) -> Option<Str
             let (host, port) = frontend_listen
                 .rsplit_once(':')
                 .unwrap_or((frontend_listen, ""));
-            Some(if port == "0" {
-                format!("{host}:0")
-            } else {
-                format!("{host}:6380")
-            })
+            let resp_port = match port.parse::<u16>() {
+                Ok(0) => 0,
+                Ok(7000) | Err(_) => 6380,
+                Ok(u16::MAX) => u16::MAX - 1,
+                Ok(other) => other + 1,
+            };
+            Some(format!("{host}:{resp_port}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_resp_listen;
+
+    #[test]
+    fn the_redis_door_of_local_follows_the_frontends_port() {
+        let door =
+            |asked: Option<&str>, listen: &str| local_resp_listen(asked.map(Into::into), listen);
+        assert_eq!(
+            door(None, "127.0.0.1:7000").as_deref(),
+            Some("127.0.0.1:6380")
+        );
+        assert_eq!(
+            door(None, "127.0.0.1:7100").as_deref(),
+            Some("127.0.0.1:7101")
+        );
+        assert_eq!(door(None, "0.0.0.0:0").as_deref(), Some("0.0.0.0:0"));
+        assert_eq!(door(None, "[::1]:65535").as_deref(), Some("[::1]:65534"));
+        assert_eq!(door(Some("off"), "127.0.0.1:7100"), None);
+        assert_eq!(
+            door(Some("127.0.0.1:9999"), "127.0.0.1:7100").as_deref(),
+            Some("127.0.0.1:9999")
+        );
     }
 }
