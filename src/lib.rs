@@ -44,6 +44,7 @@ pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod config;
 pub mod connection;
 pub mod durable;
 pub mod error;

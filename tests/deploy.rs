@@ -131,10 +131,11 @@ fn repository_files() -> Vec<PathBuf> {
 }
 
 /// The words in backquotes in `text` that name a file of a repository: a path under one of its
-/// folders, or a name with a source or document extension.
+/// folders, or a name with a source or document extension (absolute paths are the host's).
 fn cited_files(text: &str) -> BTreeSet<String> {
     const FOLDERS: [&str; 5] = ["src/", "tests/", "benches/", "examples/", ".ci/"];
-    const EXTENSIONS: [&str; 7] = [".rs", ".md", ".sh", ".py", ".service", ".toml", ".lock"];
+    // Not .toml: README's examples write settings files of their own.
+    const EXTENSIONS: [&str; 6] = [".rs", ".md", ".sh", ".py", ".service", ".lock"];
     text.split('`')
         .skip(1)
         .step_by(2)

@@ -79,6 +79,10 @@ struct BackendArgs {
     /// seconds an idle connection is kept (default 300)
     #[argh(option, default = "300")]
     idle_timeout: u64,
+    /// file of settings (TOML): any flag of this command under its own name, e.g.
+    /// `max-connections = 2048`; flags given here override it
+    #[argh(option)]
+    config: Option<std::path::PathBuf>,
 }
 
 /// Run the frontend: clients connect here; it forwards to the backends.
@@ -160,6 +164,10 @@ struct FrontendArgs {
     /// needed)
     #[argh(option)]
     require_auth: Option<std::path::PathBuf>,
+    /// file of settings (TOML): any flag of this command under its own name, e.g.
+    /// `max-connections = 2048`; flags given here override it
+    #[argh(option)]
+    config: Option<std::path::PathBuf>,
     /// backend addresses, as the frontend and the other backends reach them
     #[argh(positional)]
     backends: Vec<String>,
@@ -238,11 +246,26 @@ struct LocalArgs {
     /// AUTH) to the frontend, the Redis door and the backends (default: none needed)
     #[argh(option)]
     require_auth: Option<std::path::PathBuf>,
+    /// file of settings (TOML): any flag of this command under its own name, e.g.
+    /// `max-connections = 2048`; flags given here override it
+    #[argh(option)]
+    config: Option<std::path::PathBuf>,
+    /// print the effective settings (the file's, the flags', the defaults) as a file for
+    /// --config, and exit
+    #[argh(switch)]
+    print_config: bool,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args: Args = ringkv::cli::parse_args();
+    let words = match with_config_file(std::env::args().collect()) {
+        Ok(words) => words,
+        Err(e) => {
+            eprintln!("ringkv: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args: Args = ringkv::cli::parse_words(words);
     let result = match args.command {
         Command::Backend(a) => run_backend(a),
         Command::Frontend(a) => run_frontend(a),
@@ -254,6 +277,76 @@ fn main() -> ExitCode {
             eprintln!("ringkv: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The command line with the settings of its `--config` file put in (see [`ringkv::config`]).
+fn with_config_file(words: Vec<String>) -> Result<Vec<String>, String> {
+    if words.len() < 2 {
+        return Ok(words);
+    }
+    let Some(path) = ringkv::config::config_path(&words[2..])? else {
+        return Ok(words);
+    };
+    let path = std::path::PathBuf::from(path);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // The command's flags, as its own --help lists them.
+    let help = match Args::from_args(&[&words[0]], &[&words[1], "--help"]) {
+        Err(argh::EarlyExit { output, .. }) => output,
+        Ok(_) => String::new(),
+    };
+    let flags = ringkv::config::FlagSet::from_help(&help);
+    let rest = ringkv::config::expand(&words[2..], &path, &text, &flags)?;
+    Ok(words[..2].iter().cloned().chain(rest).collect())
+}
+
+/// What `ringkv local --print-config` prints: every setting, as a file for `--config`; one
+/// not set (its default is decided at start) is shown as a comment.
+fn local_config(a: &LocalArgs) -> String {
+    use toml::Value;
+    let text = |v: &dyn std::fmt::Display| Some(Value::String(v.to_string()));
+    let int = |n: u64| Some(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().and_then(|p| text(&p.display()));
+    let settings: Vec<(&str, Option<Value>)> = vec![
+        ("backends", int(a.backends as u64)),
+        ("listen", text(&a.listen)),
+        ("threads", int(a.threads as u64)),
+        ("paper", Some(Value::Boolean(a.paper))),
+        ("entry", a.entry.as_ref().and_then(|e| text(e))),
+        ("routing", a.routing.as_ref().and_then(|r| text(r))),
+        ("vnodes", a.vnodes.and_then(|n| int(n.into()))),
+        ("partitions", a.partitions.and_then(|n| int(n.into()))),
+        ("max-bytes", a.max_bytes.and_then(int)),
+        ("max-inflight-bytes", a.max_inflight_bytes.and_then(int)),
+        ("resp-listen", a.resp_listen.as_ref().and_then(|r| text(r))),
+        ("data-dir", path(&a.data_dir)),
+        ("max-disk-bytes", a.max_disk_bytes.and_then(int)),
+        ("fsync", text(&a.fsync)),
+        ("replicas", a.replicas.and_then(|n| int(n as u64))),
+        ("ping-interval", int(a.ping_interval)),
+        ("ping-timeout", int(a.ping_timeout)),
+        ("cluster-token-file", path(&a.cluster_token_file)),
+        ("require-auth", path(&a.require_auth)),
+    ];
+    let (set, unset): (Vec<_>, Vec<_>) = settings.into_iter().partition(|(_, v)| v.is_some());
+    let mut out = ringkv::config::render(
+        set.into_iter()
+            .map(|(key, value)| (key, value.expect("partitioned")))
+            .collect(),
+    );
+    for (key, _) in unset {
+        out.push_str(&format!("# {key}: not set, its default\n"));
+    }
+    out
+}
+
+fn note_config_file(path: Option<&std::path::Path>) {
+    if let Some(path) = path {
+        log::info!(
+            "settings from {} (flags on the command line override it)",
+            path.display()
+        );
     }
 }
 
@@ -305,6 +398,7 @@ fn disk_budget_needs_a_log(
 }
 
 fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
+    note_config_file(a.config.as_deref());
     inflight_budget(a.max_inflight_bytes)?;
     let server = server_options(
         a.max_connections,
@@ -332,6 +426,7 @@ fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
 }
 
 fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
+    note_config_file(a.config.as_deref());
     inflight_budget(a.max_inflight_bytes)?;
     let server = server_options(
         a.max_connections,
@@ -370,6 +465,11 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
 }
 
 fn run_local(a: LocalArgs) -> ringkv::Result<()> {
+    note_config_file(a.config.as_deref());
+    if a.print_config {
+        print!("{}", local_config(&a));
+        return Ok(());
+    }
     inflight_budget(a.max_inflight_bytes)?;
     if a.backends == 0 {
         return Err(ringkv::Error::Config(
