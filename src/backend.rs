@@ -12,12 +12,14 @@ use crate::cluster::token::ClusterToken;
 use crate::cluster::transfer::{self, Receiver, Trackers};
 use crate::cluster::view_file::{self, SavedView};
 use crate::error::Result;
+use crate::metrics::{self, Collect, Exposition, MetricsServer, RequestMetrics, Sources};
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
 use crate::ring::{Position, Ring};
 use crate::server::{self, Dispatch, Handler, ServerHandle, ServerOptions};
 use crate::store::{Engine, MemStore, StoreSize, Unsettled};
+use crate::update::{Refusal, Update, Write as UpdateWrite};
 
 /// How to run a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,9 @@ pub struct BackendConfig {
     /// The password clients must present (AUTH) before anything else is answered
     /// ([`crate::auth`]); `None` serves anyone. Also presented to the other backends.
     pub password: Option<Password>,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`, [`crate::metrics`]);
+    /// `None` serves none.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for BackendConfig {
@@ -57,6 +62,7 @@ impl Default for BackendConfig {
             repair: false,
             cluster_token: None,
             password: None,
+            metrics_listen: None,
         }
     }
 }
@@ -175,6 +181,8 @@ struct BackendState {
     data_dir: Option<std::path::PathBuf>,
     peers: Peers,
     counters: Counters,
+    /// Requests by opcode and status, and key request latency (STATS and `/metrics`).
+    requests: RequestMetrics,
     /// The address it listens on, to name itself by until a view says how others reach it.
     listening: std::sync::OnceLock<String>,
     /// Chosen at random when the process starts and sent with every PING answer, so that the
@@ -189,6 +197,10 @@ pub struct Backend {
     server: ServerHandle,
     /// The state transfer and handoff threads, stopped with the backend.
     drivers: Vec<std::thread::JoinHandle<()>>,
+    /// What a metrics scrape reads of this backend.
+    collector: Arc<BackendCollector>,
+    /// Its own metrics endpoint, with [`BackendConfig::metrics_listen`].
+    metrics: Option<MetricsServer>,
 }
 
 impl Backend {
@@ -243,6 +255,7 @@ impl Backend {
             cluster_token: config.cluster_token.clone(),
             password: config.password.clone(),
             counters: Counters::default(),
+            requests: RequestMetrics::default(),
             listening: std::sync::OnceLock::new(),
             incarnation: crate::rng::Rng::from_entropy().next_u64() | 1,
         });
@@ -254,6 +267,18 @@ impl Backend {
             Arc::clone(&state) as Arc<dyn Handler>,
         )?;
         let _ = state.listening.set(server.local_addr().to_string());
+        let collector = Arc::new(BackendCollector {
+            state: Arc::clone(&state),
+            connections: server.connections(),
+        });
+        let metrics = match &config.metrics_listen {
+            Some(addr) => {
+                let sources = Arc::new(Sources::default());
+                sources.add(Arc::clone(&collector) as Arc<dyn Collect>);
+                Some(MetricsServer::start(addr, sources)?)
+            }
+            None => None,
+        };
         if let Some(m) = state.membership() {
             state
                 .receiver
@@ -275,7 +300,20 @@ impl Backend {
             state,
             server,
             drivers,
+            collector,
+            metrics,
         })
+    }
+
+    /// The address of its metrics endpoint, when it serves one.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// What a metrics scrape reads of this backend, for an endpoint that reports several parts
+    /// of a process (`ringkv local`'s).
+    pub(crate) fn metrics_source(&self) -> Arc<dyn Collect> {
+        Arc::clone(&self.collector) as Arc<dyn Collect>
     }
 
     /// The address the backend listens on.
@@ -290,6 +328,9 @@ impl Backend {
 
     /// Stops listening and closes every connection.
     pub fn shutdown(&mut self) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.shutdown();
+        }
         self.server.shutdown();
         self.stop_drivers();
     }
@@ -306,6 +347,62 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop_drivers();
+    }
+}
+
+/// What a metrics scrape reads of a backend: its counters, and its server's open connections.
+struct BackendCollector {
+    state: Arc<BackendState>,
+    connections: Arc<server::Registry>,
+}
+
+impl Collect for BackendCollector {
+    fn collect(&self, out: &mut Exposition) {
+        let state = &*self.state;
+        let node = state.my_addr();
+        let labels = [("role", "backend"), ("node", node.as_str())];
+        let epoch = state.membership().map_or(0, |m| m.ring.view().epoch);
+        metrics::common(out, &labels, &state.requests, self.connections.len(), epoch);
+        // Every copy: telling primaries from replicas walks the store (STATS does that).
+        let size = state.store.size();
+        out.gauge(
+            "ringkv_stored_keys",
+            "Keys held, every copy (primary and replica) counted.",
+            &labels,
+            size.keys,
+        );
+        out.gauge(
+            "ringkv_stored_bytes",
+            "Key plus value bytes held, every copy counted.",
+            &labels,
+            size.bytes,
+        );
+        for (relays, counter) in state.counters.relays.iter().enumerate() {
+            let count = counter.load(Ordering::Relaxed);
+            if count > 0 {
+                let plus = if relays == RELAY_BUCKETS - 1 { "+" } else { "" };
+                let bucket = format!("{relays}{plus}");
+                let mut labels = labels.to_vec();
+                labels.push(("relays", bucket.as_str()));
+                out.counter(
+                    "ringkv_served_by_relays_total",
+                    "Key requests served as the owner, by the relays they had taken.",
+                    &labels,
+                    count,
+                );
+            }
+        }
+        for (name, count) in state.named_counters() {
+            let Some(&(_, kind, help)) = metrics::STATS_METRICS.iter().find(|(n, ..)| *n == name)
+            else {
+                // `requests` is the sum of ringkv_requests_total.
+                continue;
+            };
+            match kind {
+                metrics::Kind::Gauge => out.gauge(&format!("ringkv_{name}"), help, &labels, count),
+                _ => out.counter(&format!("ringkv_{name}_total"), help, &labels, count),
+            }
+        }
     }
 }
 
@@ -512,8 +609,10 @@ impl BackendState {
             Some(m) => requests
                 .iter()
                 .filter(|r| {
+                    // An update reads the key before it writes it: only one at a time.
+                    let alone = r.opcode.is_tagged() || r.opcode == Opcode::UPDATE;
                     is_client_write(r.opcode)
-                        && (m.heads_longer_chain(&r.key) || r.opcode.is_tagged() && m.heads(&r.key))
+                        && (m.heads_longer_chain(&r.key) || alone && m.heads(&r.key))
                 })
                 .map(|r| r.key.as_slice())
                 .collect(),
@@ -748,6 +847,9 @@ impl BackendState {
                     ),
                 ));
             }
+            if request.opcode == Opcode::UPDATE {
+                return self.head_update(ring, &position, request, &chain, membership.me, writes);
+            }
             if let Some(tag) = &tag {
                 return self.head_tagged(
                     ring,
@@ -792,6 +894,58 @@ impl BackendState {
             membership: Arc::clone(membership),
             next,
         }
+    }
+
+    /// An UPDATE this node heads, under its key's lock: the key is read, the result computed
+    /// ([`crate::update`]) and applied as the PUT or DELETE it amounts to, which goes down the
+    /// chain like any other; the client is answered what the update says.
+    fn head_update(
+        &self,
+        ring: &Ring,
+        position: &Position,
+        request: Frame,
+        chain: &crate::ring::Chain,
+        me: usize,
+        writes: &mut Applied,
+    ) -> Route {
+        let update = match Update::decode(&request.value) {
+            Ok(update) => update,
+            Err(e) => {
+                return Route::Answered(request.error_reply(Status::BAD_REQUEST, e.to_string()))
+            }
+        };
+        let current = self.store.get(&request.key);
+        let outcome = match update.apply(current.as_deref(), self.peers.limits().max_value) {
+            Ok(outcome) => outcome,
+            Err(refusal) => {
+                let status = match refusal {
+                    Refusal::TooLarge { .. } => Status::TOO_LARGE,
+                    Refusal::NotAnInteger => Status::BAD_REQUEST,
+                };
+                return Route::Answered(request.error_reply(status, refusal.to_string()));
+            }
+        };
+        let (opcode, value) = match outcome.write {
+            UpdateWrite::Nothing => {
+                bump(&self.counters.served);
+                return Route::Answered(request.reply(Status::OK, outcome.answer));
+            }
+            UpdateWrite::Put(value) => (Opcode::PUT, value),
+            UpdateWrite::Delete => (Opcode::DELETE, Vec::new()),
+        };
+        let mut write = Frame::request(opcode, request.request_id, request.key.clone(), value);
+        write.epoch = request.epoch;
+        write.hops = request.hops;
+        write.hop_limit = request.hop_limit;
+        let applied = self.serve_locally(ring, position, &write, writes);
+        let answer = if applied.status.is_success() {
+            request.reply(Status::OK, outcome.answer)
+        } else {
+            let mut refused = applied;
+            refused.opcode = Opcode::UPDATE;
+            refused
+        };
+        self.pass_down(answer, &write, ring, chain, me, ring.view().epoch)
     }
 
     /// A tagged write this node heads: applied if it is new, else answered from what this node
@@ -1002,6 +1156,7 @@ impl BackendState {
                 let report = self.report(request.opcode);
                 request.reply(Status::OK, payload::encode_reports(&[report]))
             }
+            Opcode::SCAN_PART => self.scan_part(&request),
             Opcode::VIEW_INSTALL => self.install_view(&request),
             Opcode::VIEW_GET => match self.membership() {
                 Some(membership) => view_answer(&request, membership.ring.view()),
@@ -1015,6 +1170,36 @@ impl BackendState {
                 format!("opcode 0x{:02x} is not known to this backend", other.0),
             ),
         }
+    }
+
+    /// SCAN_PART: one step of a walk over the keys this node heads ([`crate::scan`]), under
+    /// the view the walk is in. A node still catching up has not every key it heads yet: it
+    /// says so rather than leave keys out.
+    fn scan_part(&self, request: &Frame) -> Frame {
+        let guard = self.read_membership();
+        let Some(membership) = guard.as_ref().filter(|m| m.confirmed) else {
+            return request.error_reply(
+                Status::NO_VIEW,
+                "this backend holds no confirmed view; it lists no keys",
+            );
+        };
+        let epoch = membership.ring.view().epoch;
+        if request.epoch != epoch {
+            return request.error_reply(
+                Status::STALE_VIEW,
+                format!(
+                    "the scan is in view epoch {}, this node has {epoch}: start it again",
+                    request.epoch
+                ),
+            );
+        }
+        if !self.receiver.serves_reads() || self.incoming.refuses_some_reads() {
+            return request.error_reply(
+                Status::UNAVAILABLE,
+                "this backend is catching up on keys it heads",
+            );
+        }
+        crate::scan::serve_part(&*self.store, &|key| membership.heads(key), request)
     }
 
     /// HEALTH: the epoch in the header; in the value, this process's incarnation (so that the
@@ -1339,54 +1524,20 @@ impl BackendState {
             ("replica_bytes".to_string(), replica.bytes),
         ];
         if opcode == Opcode::STATS {
-            let c = &self.counters;
-            for (name, counter) in [
-                ("requests", &c.requests),
-                ("puts", &c.puts),
-                ("gets", &c.gets),
-                ("deletes", &c.deletes),
-                ("served", &c.served),
-                ("relayed", &c.relayed),
-                ("hops", &c.hops),
-                ("errors", &c.errors),
-                ("chain_relayed", &c.chain_relayed),
-                ("chain_applied", &c.chain_applied),
-                ("view_changes", &c.view_changes),
-                ("stale_refused", &c.stale_refused),
-                ("transfers_begun", &c.transfers_begun),
-                ("retries_answered", &c.retries_answered),
-                ("retries_completed", &c.retries_completed),
-                ("retries_too_old", &c.retries_too_old),
-                ("unauthorized", &c.unauthorized),
-                ("catchup_keys", &self.receiver.intake.keys_copied),
-                ("catchup_bytes", &self.receiver.intake.bytes_copied),
-                ("transfer_keys_sent", &self.trackers.keys_sent),
-                ("transfer_bytes_sent", &self.trackers.bytes_sent),
-                ("handoff_keys", &self.incoming.intake.keys_copied),
-                ("handoff_bytes", &self.incoming.intake.bytes_copied),
-                (
-                    "handoff_partitions_planned",
-                    &self.incoming.partitions_planned,
-                ),
-                (
-                    "handoff_partitions_copied",
-                    &self.incoming.partitions_copied,
-                ),
-                ("handoff_keys_dropped", &self.incoming.keys_dropped),
-            ] {
-                counters.push((name.to_string(), counter.load(Ordering::Relaxed)));
-            }
-            counters.push((
-                "wal_damaged_records".to_string(),
-                self.store.damaged_records(),
-            ));
-            for (relays, counter) in c.relays.iter().enumerate() {
+            counters.extend(
+                self.named_counters()
+                    .into_iter()
+                    .map(|(name, count)| (name.to_string(), count)),
+            );
+            for (relays, counter) in self.counters.relays.iter().enumerate() {
                 let count = counter.load(Ordering::Relaxed);
                 if count > 0 {
                     let plus = if relays == RELAY_BUCKETS - 1 { "+" } else { "" };
                     counters.push((format!("relays_{relays}{plus}"), count));
                 }
             }
+            counters.extend(self.requests.stats_counters());
+            counters.extend(self.requests.latency.stats_counters());
         }
         NodeReport {
             addr: self.my_addr(),
@@ -1395,13 +1546,64 @@ impl BackendState {
             counters,
         }
     }
+
+    /// The STATS counters that are one number each (not the sizes, the relay histogram, the
+    /// per-opcode counts or the latency buckets), in STATS order.
+    fn named_counters(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        let mut named: Vec<(&'static str, u64)> = [
+            ("requests", &c.requests),
+            ("puts", &c.puts),
+            ("gets", &c.gets),
+            ("deletes", &c.deletes),
+            ("served", &c.served),
+            ("relayed", &c.relayed),
+            ("hops", &c.hops),
+            ("errors", &c.errors),
+            ("chain_relayed", &c.chain_relayed),
+            ("chain_applied", &c.chain_applied),
+            ("view_changes", &c.view_changes),
+            ("stale_refused", &c.stale_refused),
+            ("transfers_begun", &c.transfers_begun),
+            ("retries_answered", &c.retries_answered),
+            ("retries_completed", &c.retries_completed),
+            ("retries_too_old", &c.retries_too_old),
+            ("unauthorized", &c.unauthorized),
+            ("catchup_keys", &self.receiver.intake.keys_copied),
+            ("catchup_bytes", &self.receiver.intake.bytes_copied),
+            ("transfer_keys_sent", &self.trackers.keys_sent),
+            ("transfer_bytes_sent", &self.trackers.bytes_sent),
+            ("handoff_keys", &self.incoming.intake.keys_copied),
+            ("handoff_bytes", &self.incoming.intake.bytes_copied),
+            (
+                "handoff_partitions_planned",
+                &self.incoming.partitions_planned,
+            ),
+            (
+                "handoff_partitions_copied",
+                &self.incoming.partitions_copied,
+            ),
+            ("handoff_keys_dropped", &self.incoming.keys_dropped),
+        ]
+        .into_iter()
+        .map(|(name, counter)| (name, counter.load(Ordering::Relaxed)))
+        .collect();
+        named.push(("wal_damaged_records", self.store.damaged_records()));
+        named
+    }
 }
 
 impl Handler for BackendState {
     fn handle(&self, request: Frame) -> Frame {
+        let started = std::time::Instant::now();
         bump(&self.counters.requests);
+        let opcode = request.opcode;
         let answer = self.answer(request);
         self.count_answer(&answer);
+        self.requests.count(opcode, answer.status);
+        if is_key_opcode(opcode) {
+            self.requests.latency.observe(1, started.elapsed());
+        }
         answer
     }
 
@@ -1410,6 +1612,8 @@ impl Handler for BackendState {
     /// place, after the key requests before it. Requests for one key take one path, so their
     /// order holds.
     fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
+        let started = std::time::Instant::now();
+        let opcodes: Vec<Opcode> = requests.iter().map(|r| r.opcode).collect();
         let mut answers = Vec::with_capacity(requests.len());
         let mut run = Vec::new();
         for request in requests {
@@ -1426,9 +1630,14 @@ impl Handler for BackendState {
         if !run.is_empty() {
             answers.extend(self.key_batch(run));
         }
-        for answer in &answers {
+        // Every answer of the batch leaves together, so each key request waited this long.
+        let elapsed = started.elapsed();
+        for (answer, &opcode) in answers.iter().zip(&opcodes) {
             self.count_answer(answer);
+            self.requests.count(opcode, answer.status);
         }
+        let key_requests = opcodes.iter().filter(|&&op| is_key_opcode(op)).count();
+        self.requests.latency.observe(key_requests as u64, elapsed);
         answers
     }
 
@@ -1476,7 +1685,7 @@ fn count_in(view: &crate::ring::View, state: crate::ring::NodeState) -> usize {
 fn is_client_write(opcode: Opcode) -> bool {
     matches!(
         opcode,
-        Opcode::PUT | Opcode::DELETE | Opcode::PUT_ONCE | Opcode::DELETE_ONCE
+        Opcode::PUT | Opcode::DELETE | Opcode::PUT_ONCE | Opcode::DELETE_ONCE | Opcode::UPDATE
     )
 }
 

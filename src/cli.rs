@@ -22,9 +22,15 @@ pub fn parse_args<T: argh::FromArgs>() -> T {
     parse_words(std::env::args().collect())
 }
 
-/// Parses `words` (the program name first) into `T`. `--help` prints and exits 0; a usage error
-/// prints the problem and exits 2, so that the binaries keep 1 for "not found".
+/// Parses `words` (the program name first) into `T`. `--help` prints and exits 0, and so does
+/// `--version` as the first argument ([`version_request`]); a usage error prints the problem
+/// and exits 2, so that the binaries keep 1 for "not found".
 pub fn parse_words<T: argh::FromArgs>(words: Vec<String>) -> T {
+    // argh has no version flag of its own.
+    if let Some(version) = version_request(&words) {
+        println!("{version}");
+        std::process::exit(0);
+    }
     let command = words.first().map_or("ringkv", String::as_str);
     let rest: Vec<&str> = words.iter().skip(1).map(String::as_str).collect();
     match T::from_args(&[command], &rest) {
@@ -39,6 +45,20 @@ pub fn parse_words<T: argh::FromArgs>(words: Vec<String>) -> T {
             std::process::exit(2);
         }
     }
+}
+
+/// What `PROGRAM --version` prints, `NAME VERSION` (`kvcli 0.1.0`), when `--version` is the first
+/// argument after the program's name in `words`; `None` otherwise, and argh parses them.
+pub fn version_request(words: &[String]) -> Option<String> {
+    if words.get(1).map(String::as_str) != Some("--version") {
+        return None;
+    }
+    let name = words
+        .first()
+        .and_then(|program| std::path::Path::new(program).file_stem())
+        .and_then(|stem| stem.to_str())
+        .unwrap_or("ringkv");
+    Some(format!("{name} {}", env!("CARGO_PKG_VERSION")))
 }
 
 /// Where a client connects: the `--frontend` flag if given, else `$RINGKV_FRONTEND`, else the
@@ -446,20 +466,24 @@ pub fn render_distribution(reports: &[NodeReport]) -> String {
 }
 
 /// What `kvcli stats` prints: the distribution of keys and bytes, every other counter per node,
-/// and the relay histogram with the mean and maximum relays per served request.
+/// the relay histogram with the mean and maximum relays per served request, and the latency
+/// histogram (`latency_us_le_*`) with the 99th percentile, when the nodes export one.
 pub fn render_stats(reports: &[NodeReport]) -> String {
     let is_shown_elsewhere = |name: &str| {
         matches!(
             name,
             "keys" | "bytes" | "replica_keys" | "replica_bytes" | "hops"
-        ) || name.starts_with("relays_")
+        )
     };
     let mut names: Vec<&str> = Vec::new();
     let mut buckets: Vec<&str> = Vec::new();
+    let mut latency_buckets: Vec<&str> = Vec::new();
     for report in reports {
         for (name, _) in &report.counters {
             let list = if name.starts_with("relays_") {
                 &mut buckets
+            } else if name.starts_with(LATENCY_COUNTER_PREFIX) {
+                &mut latency_buckets
             } else if is_shown_elsewhere(name) {
                 continue;
             } else {
@@ -471,33 +495,63 @@ pub fn render_stats(reports: &[NodeReport]) -> String {
         }
     }
     buckets.sort_by_key(|name| relay_bucket(name));
+    latency_buckets.sort_by_key(|name| latency_bucket(name));
     let mut out = render_distribution(reports);
     out.push('\n');
     out.push_str(&render_counter_table(reports, &names, |n| n.to_string()));
-    if buckets.is_empty() {
-        return out;
-    }
-    let _ = writeln!(out, "\nrequests served, by relays taken:");
-    out.push_str(&render_counter_table(reports, &buckets, |n| {
-        n.trim_start_matches("relays_").to_string()
-    }));
     let (nodes, _) = split_total(reports);
-    let served: u64 = nodes.iter().map(|r| r.counter("served")).sum();
-    let hops: u64 = nodes.iter().map(|r| r.counter("hops")).sum();
-    let max = buckets
-        .iter()
-        .filter(|b| nodes.iter().any(|r| r.counter(b) > 0))
-        .map(|b| b.trim_start_matches("relays_"))
-        .next_back()
-        .unwrap_or("0");
-    if served > 0 {
+    if !buckets.is_empty() {
+        let _ = writeln!(out, "\nrequests served, by relays taken:");
+        out.push_str(&render_counter_table(reports, &buckets, |n| {
+            n.trim_start_matches("relays_").to_string()
+        }));
+        let served: u64 = nodes.iter().map(|r| r.counter("served")).sum();
+        let hops: u64 = nodes.iter().map(|r| r.counter("hops")).sum();
+        let max = buckets
+            .iter()
+            .filter(|b| nodes.iter().any(|r| r.counter(b) > 0))
+            .map(|b| b.trim_start_matches("relays_"))
+            .next_back()
+            .unwrap_or("0");
+        if served > 0 {
+            let _ = writeln!(
+                out,
+                "relays per served request: mean {:.2}, max {max}",
+                hops as f64 / served as f64
+            );
+        }
+    }
+    if !latency_buckets.is_empty() {
         let _ = writeln!(
             out,
-            "relays per served request: mean {:.2}, max {max}",
-            hops as f64 / served as f64
+            "\nkey requests answered within each latency (cumulative), since the nodes started:"
         );
+        out.push_str(&render_counter_table(
+            reports,
+            &latency_buckets,
+            |n| match latency_bucket(n) {
+                u64::MAX => "all".to_string(),
+                bound => LatencyBound::AtMost(bound).to_string(),
+            },
+        ));
+        let together = nodes
+            .iter()
+            .filter(|r| r.status == Status::OK)
+            .filter_map(|r| LatencyHistogram::from_report(r))
+            .reduce(|sum, node| sum.plus(&node));
+        if let Some(p99) = together.as_ref().and_then(LatencyHistogram::p99) {
+            let _ = writeln!(out, "p99 latency of the nodes' key requests: {p99}");
+        }
     }
     out
+}
+
+/// The bound, in microseconds, a latency counter name stands for (`latency_us_le_inf`, the
+/// bucket of every request, sorts last).
+fn latency_bucket(name: &str) -> u64 {
+    name.trim_start_matches(LATENCY_COUNTER_PREFIX)
+        .parse()
+        .unwrap_or(u64::MAX)
 }
 
 /// The relay count a histogram counter name stands for (`relays_16+` sorts after `relays_15`).
@@ -777,6 +831,323 @@ pub fn render_paper_test(outcome: &PaperTestOutcome) -> String {
     out
 }
 
+/// The prefix of the cumulative latency counters of a backend's STATS (PROTOCOL.md section
+/// 7.2): `latency_us_le_<N>` counts the key requests it answered within N microseconds of their
+/// arrival, and `latency_us_le_inf` all of them.
+pub const LATENCY_COUNTER_PREFIX: &str = "latency_us_le_";
+
+/// A node's latency histogram, from its cumulative `latency_us_le_*` counters: for each bound
+/// (in microseconds, ascending) the requests answered within it, and all requests counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// `(bound_us, requests answered within bound_us)`, bounds ascending.
+    pub within: Vec<(u64, u64)>,
+    /// Every request counted (the `inf` bucket).
+    pub all: u64,
+}
+
+impl LatencyHistogram {
+    /// The histogram in `report`'s counters; `None` when it has no `latency_us_le_inf` (the node
+    /// does not export latencies).
+    pub fn from_report(report: &NodeReport) -> Option<LatencyHistogram> {
+        let mut histogram = LatencyHistogram::default();
+        let mut has_all = false;
+        for (name, value) in &report.counters {
+            let Some(bound) = name.strip_prefix(LATENCY_COUNTER_PREFIX) else {
+                continue;
+            };
+            if bound == "inf" {
+                histogram.all = *value;
+                has_all = true;
+            } else if let Ok(bound) = bound.parse::<u64>() {
+                histogram.within.push((bound, *value));
+            }
+        }
+        histogram.within.sort_unstable();
+        histogram.within.dedup_by_key(|(bound, _)| *bound);
+        has_all.then_some(histogram)
+    }
+
+    /// Requests answered within `bound_us`, as far as the buckets tell: the count of the
+    /// largest bound not above it. A bound the node did not list is read so, which is exact for a
+    /// node that leaves out its empty buckets and errs towards slower for one with coarser ones.
+    pub fn within(&self, bound_us: u64) -> u64 {
+        self.within
+            .iter()
+            .take_while(|(bound, _)| *bound <= bound_us)
+            .last()
+            .map_or(0, |(_, count)| *count)
+    }
+
+    /// The union of both histograms' bounds, ascending.
+    fn bounds_with(&self, other: &LatencyHistogram) -> Vec<u64> {
+        let mut bounds: Vec<u64> = self
+            .within
+            .iter()
+            .chain(&other.within)
+            .map(|(bound, _)| *bound)
+            .collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        bounds
+    }
+
+    /// What was counted since `earlier`, bucket by bucket; `None` when a count went down (the
+    /// node restarted in between).
+    pub fn since(&self, earlier: &LatencyHistogram) -> Option<LatencyHistogram> {
+        let within = self
+            .bounds_with(earlier)
+            .into_iter()
+            .map(|bound| {
+                Some((
+                    bound,
+                    self.within(bound).checked_sub(earlier.within(bound))?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(LatencyHistogram {
+            within,
+            all: self.all.checked_sub(earlier.all)?,
+        })
+    }
+
+    /// Both histograms' requests together, bucket by bucket.
+    pub fn plus(&self, other: &LatencyHistogram) -> LatencyHistogram {
+        LatencyHistogram {
+            within: self
+                .bounds_with(other)
+                .into_iter()
+                .map(|bound| (bound, self.within(bound) + other.within(bound)))
+                .collect(),
+            all: self.all + other.all,
+        }
+    }
+
+    /// The bucket holding the 99th percentile: the smallest bound within which at least 99% of
+    /// the requests were answered, or "over the largest bound". `None` when no request was
+    /// counted.
+    pub fn p99(&self) -> Option<LatencyBound> {
+        if self.all == 0 {
+            return None;
+        }
+        // ceil(0.99 * all), in integers so that no rounding moves a request across a bucket.
+        let rank = (u128::from(self.all) * 99).div_ceil(100);
+        match self
+            .within
+            .iter()
+            .find(|(_, count)| u128::from(*count) >= rank)
+        {
+            Some((bound, _)) => Some(LatencyBound::AtMost(*bound)),
+            None => self
+                .within
+                .last()
+                .map(|(bound, _)| LatencyBound::Over(*bound)),
+        }
+    }
+}
+
+/// Where a latency percentile lies, as far as histogram buckets tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyBound {
+    /// Within this many microseconds (the bucket's upper bound).
+    AtMost(u64),
+    /// Over this many microseconds (the largest bound: the bucket without an upper bound).
+    Over(u64),
+}
+
+impl std::fmt::Display for LatencyBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LatencyBound::AtMost(us) => write!(f, "<={}", micros_text(*us)),
+            LatencyBound::Over(us) => write!(f, ">{}", micros_text(*us)),
+        }
+    }
+}
+
+/// Microseconds in the largest unit that keeps them at least 1: `250us`, `2.5ms`, `1s`.
+fn micros_text(us: u64) -> String {
+    let (value, unit) = if us < 1_000 {
+        return format!("{us}us");
+    } else if us < 1_000_000 {
+        (us as f64 / 1e3, "ms")
+    } else {
+        (us as f64 / 1e6, "s")
+    };
+    let digits = format!("{value:.3}");
+    format!(
+        "{}{unit}",
+        digits.trim_end_matches('0').trim_end_matches('.')
+    )
+}
+
+/// One row of `kvcli top`: what a node did between two STATS answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopRow {
+    /// The node's address, or `total`.
+    pub node: String,
+    /// The status and message of a node that did not answer the later STATS.
+    pub failure: Option<String>,
+    /// Requests handled per second (counter `requests`); `None` when the node is not in both
+    /// answers with the counter, or the counter went down (it restarted).
+    pub ops_per_sec: Option<f64>,
+    /// Keys and bytes it holds as the head of their chains, at the later answer.
+    pub keys: u64,
+    pub bytes: u64,
+    /// Error answers it sent in the interval (counter `errors`), `None` as for `ops_per_sec`.
+    pub errors: Option<u64>,
+    /// The bucket of its 99th-percentile latency over the interval; `None` when it exports no
+    /// latency counters or answered no request.
+    pub p99: Option<LatencyBound>,
+}
+
+/// What `kvcli top` shows for one interval: a row per node and the total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopTable {
+    /// Seconds between the two STATS answers.
+    pub seconds: f64,
+    pub nodes: Vec<TopRow>,
+    /// The nodes' figures summed (p99 over their requests together); nodes without figures
+    /// are left out.
+    pub total: TopRow,
+}
+
+impl TopTable {
+    /// The rows of nodes that did not answer the later STATS.
+    pub fn missing(&self) -> impl Iterator<Item = &TopRow> {
+        self.nodes.iter().filter(|row| row.failure.is_some())
+    }
+}
+
+/// The value of counter `name` in `report`, if the report has it.
+fn counter_in(report: &NodeReport, name: &str) -> Option<u64> {
+    report
+        .counters
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| *value)
+}
+
+/// The `kvcli top` table from two STATS answers (per-node reports, a `total` report last or
+/// not) taken `seconds` apart. Nodes are matched by address and listed as in `later`.
+pub fn top_table(earlier: &[NodeReport], later: &[NodeReport], seconds: f64) -> TopTable {
+    let (earlier_nodes, _) = split_total(earlier);
+    let (later_nodes, _) = split_total(later);
+    let seconds = seconds.max(1e-9);
+    let mut nodes = Vec::with_capacity(later_nodes.len());
+    let mut latency_total: Option<LatencyHistogram> = None;
+    let mut total = TopRow {
+        node: "total".to_string(),
+        failure: None,
+        ops_per_sec: None,
+        keys: 0,
+        bytes: 0,
+        errors: None,
+        p99: None,
+    };
+    for report in later_nodes {
+        if report.status != Status::OK {
+            nodes.push(TopRow {
+                node: report.addr.clone(),
+                failure: Some(format!("{}: {}", report.status, report.message)),
+                ops_per_sec: None,
+                keys: 0,
+                bytes: 0,
+                errors: None,
+                p99: None,
+            });
+            continue;
+        }
+        let before = earlier_nodes
+            .iter()
+            .find(|r| r.addr == report.addr && r.status == Status::OK);
+        let delta = |name: &str| counter_in(report, name)?.checked_sub(counter_in(before?, name)?);
+        let requests = delta("requests");
+        let errors = delta("errors");
+        let latency = before.and_then(|before| {
+            LatencyHistogram::from_report(report)?.since(&LatencyHistogram::from_report(before)?)
+        });
+        let row = TopRow {
+            node: report.addr.clone(),
+            failure: None,
+            ops_per_sec: requests.map(|n| n as f64 / seconds),
+            keys: report.counter("keys"),
+            bytes: report.counter("bytes"),
+            errors,
+            p99: latency.as_ref().and_then(LatencyHistogram::p99),
+        };
+        total.keys += row.keys;
+        total.bytes += row.bytes;
+        if let Some(rate) = row.ops_per_sec {
+            total.ops_per_sec = Some(total.ops_per_sec.unwrap_or(0.0) + rate);
+        }
+        if let Some(errors) = row.errors {
+            total.errors = Some(total.errors.unwrap_or(0) + errors);
+        }
+        if let Some(latency) = latency {
+            latency_total = Some(match latency_total {
+                Some(sum) => sum.plus(&latency),
+                None => latency,
+            });
+        }
+        nodes.push(row);
+    }
+    total.p99 = latency_total.as_ref().and_then(LatencyHistogram::p99);
+    TopTable {
+        seconds,
+        nodes,
+        total,
+    }
+}
+
+/// Requests per second with one decimal and grouped digits: `1,234.5`.
+fn rate_text(rate: f64) -> String {
+    let tenths = (rate * 10.0).round().max(0.0) as u64;
+    format!("{}.{}", thousands(tenths / 10), tenths % 10)
+}
+
+/// The `kvcli top` table as text: a row per node (its error instead of figures if it did not
+/// answer), the total, and a note when some nodes are not counted in it.
+pub fn render_top(table: &TopTable) -> String {
+    let width = table
+        .nodes
+        .iter()
+        .map(|row| row.node.len())
+        .max()
+        .unwrap_or(4)
+        .max(5);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>12}  {:>12}  {:>14}  {:>8}  {:>8}",
+        "node", "ops/s", "keys", "bytes", "errors", "p99"
+    );
+    let dash = || "-".to_string();
+    for row in table.nodes.iter().chain(std::iter::once(&table.total)) {
+        if let Some(failure) = &row.failure {
+            let _ = writeln!(out, "{:<width$}  {failure}", row.node);
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>12}  {:>12}  {:>14}  {:>8}  {:>8}",
+            row.node,
+            row.ops_per_sec.map_or_else(dash, rate_text),
+            thousands(row.keys),
+            thousands(row.bytes),
+            row.errors.map_or_else(dash, thousands),
+            row.p99.map_or_else(dash, |p99| p99.to_string()),
+        );
+    }
+    let missing = table.missing().count();
+    if missing > 0 {
+        let _ = writeln!(
+            out,
+            "note: {missing} node(s) did not answer and are not counted in the total"
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,6 +1200,338 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn version_is_answered_only_as_the_first_argument() {
+        let words = |list: &[&str]| list.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            version_request(&words(&["/usr/local/bin/kvcli", "--version"])),
+            Some(format!("kvcli {version}"))
+        );
+        assert_eq!(
+            version_request(&words(&["target/release/ringkv", "--version", "local"])),
+            Some(format!("ringkv {version}"))
+        );
+        assert_eq!(
+            version_request(&words(&["kvcli", "get", "--version"])),
+            None
+        );
+        assert_eq!(version_request(&words(&["kvcli"])), None);
+        assert_eq!(version_request(&words(&["kvcli", "ping"])), None);
+    }
+
+    /// A STATS report of a backend with `requests` and `errors`, and, given `latency`, the
+    /// cumulative latency buckets: `(bound_us, count)` pairs then the `inf` count.
+    fn stats_report(
+        addr: &str,
+        requests: u64,
+        errors: u64,
+        latency: Option<(&[(u64, u64)], u64)>,
+    ) -> NodeReport {
+        let mut counters = vec![
+            ("keys".to_string(), 10),
+            ("bytes".to_string(), 200),
+            ("requests".to_string(), requests),
+            ("errors".to_string(), errors),
+        ];
+        if let Some((buckets, all)) = latency {
+            for (bound, count) in buckets {
+                counters.push((format!("latency_us_le_{bound}"), *count));
+            }
+            counters.push(("latency_us_le_inf".to_string(), all));
+        }
+        NodeReport {
+            addr: addr.into(),
+            status: Status::OK,
+            message: String::new(),
+            counters,
+        }
+    }
+
+    /// The buckets the backends export, cumulative, for `counts[i]` requests answered in the
+    /// i-th bucket (the last one being over 1 s).
+    fn cumulative(counts: &[u64; 15]) -> (Vec<(u64, u64)>, u64) {
+        let bounds = [
+            50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+            1000000,
+        ];
+        let mut running = 0;
+        let buckets = bounds
+            .iter()
+            .zip(counts)
+            .map(|(bound, count)| {
+                running += count;
+                (*bound, running)
+            })
+            .collect();
+        (buckets, running + counts[14])
+    }
+
+    #[test]
+    fn p99_is_the_bound_of_the_bucket_holding_the_99th_percentile() {
+        let histogram = |counts: &[u64; 15]| {
+            let (within, all) = cumulative(counts);
+            LatencyHistogram { within, all }
+        };
+        // 100 requests: 98 within 50us, 1 within 250us, 1 within 2.5ms: the 99th is at 250us.
+        let mut counts = [0; 15];
+        counts[0] = 98;
+        counts[2] = 1;
+        counts[5] = 1;
+        assert_eq!(histogram(&counts).p99(), Some(LatencyBound::AtMost(250)));
+        // One more slow one: 2 of 101 over 250us, so the 99th (ceil(99.99) = 100th) is slower.
+        counts[5] = 2;
+        assert_eq!(histogram(&counts).p99(), Some(LatencyBound::AtMost(2500)));
+        // Exactly 99 of 100 within 100us.
+        let mut counts = [0; 15];
+        counts[1] = 99;
+        counts[14] = 1;
+        assert_eq!(histogram(&counts).p99(), Some(LatencyBound::AtMost(100)));
+        // Most of them over the largest bound.
+        let mut counts = [0; 15];
+        counts[0] = 5;
+        counts[14] = 95;
+        assert_eq!(
+            histogram(&counts).p99(),
+            Some(LatencyBound::Over(1_000_000))
+        );
+        // No request, no percentile.
+        assert_eq!(histogram(&[0; 15]).p99(), None);
+
+        assert_eq!(LatencyBound::AtMost(250).to_string(), "<=250us");
+        assert_eq!(LatencyBound::AtMost(2500).to_string(), "<=2.5ms");
+        assert_eq!(LatencyBound::AtMost(10000).to_string(), "<=10ms");
+        assert_eq!(LatencyBound::AtMost(1_000_000).to_string(), "<=1s");
+        assert_eq!(LatencyBound::Over(1_000_000).to_string(), ">1s");
+    }
+
+    #[test]
+    fn top_rates_come_from_the_deltas_over_the_interval() {
+        let earlier_counts = {
+            let mut counts = [0; 15];
+            counts[0] = 1_000;
+            counts[6] = 1_000;
+            counts
+        };
+        // In the interval: 390 within 50us, 8 within 500us, 2 within 5ms (400 requests).
+        let mut later_counts = earlier_counts;
+        later_counts[0] += 390;
+        later_counts[3] += 8;
+        later_counts[6] += 2;
+        let (earlier_a, earlier_a_all) = cumulative(&earlier_counts);
+        let (later_a, later_a_all) = cumulative(&later_counts);
+        let earlier = vec![
+            stats_report("a:1", 5_000, 7, Some((&earlier_a, earlier_a_all))),
+            stats_report("b:1", 100, 0, None),
+            stats_report("total", 5_100, 7, None),
+        ];
+        let later = vec![
+            stats_report("a:1", 5_400, 9, Some((&later_a, later_a_all))),
+            stats_report("b:1", 300, 0, None),
+            stats_report("total", 5_700, 9, None),
+        ];
+        let table = top_table(&earlier, &later, 2.0);
+        assert_eq!(table.nodes.len(), 2, "the total report is not a node");
+        let a = &table.nodes[0];
+        assert_eq!(a.node, "a:1");
+        assert_eq!(a.ops_per_sec, Some(200.0));
+        assert_eq!(a.errors, Some(2));
+        assert_eq!((a.keys, a.bytes), (10, 200));
+        // 396 of 400 within 500us: the 99th percentile, the earlier 2,000 left out.
+        assert_eq!(a.p99, Some(LatencyBound::AtMost(500)));
+        let b = &table.nodes[1];
+        assert_eq!(b.ops_per_sec, Some(100.0));
+        assert_eq!(b.p99, None, "b exports no latency counters");
+        assert_eq!(table.total.ops_per_sec, Some(300.0));
+        assert_eq!(table.total.errors, Some(2));
+        assert_eq!((table.total.keys, table.total.bytes), (20, 400));
+        assert_eq!(table.total.p99, Some(LatencyBound::AtMost(500)));
+        assert_eq!(table.missing().count(), 0);
+
+        let text = render_top(&table);
+        let row = |name: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .find(|columns| columns.first().map(String::as_str) == Some(name))
+                .unwrap_or_else(|| panic!("no row {name}:\n{text}"))
+        };
+        assert_eq!(
+            text.lines()
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["node", "ops/s", "keys", "bytes", "errors", "p99"],
+            "{text}"
+        );
+        assert_eq!(row("a:1"), ["a:1", "200.0", "10", "200", "2", "<=500us"]);
+        assert_eq!(row("b:1"), ["b:1", "100.0", "10", "200", "0", "-"]);
+        assert_eq!(
+            row("total"),
+            ["total", "300.0", "20", "400", "2", "<=500us"]
+        );
+    }
+
+    #[test]
+    fn top_total_p99_is_over_every_nodes_requests_together() {
+        // a: 1,000 fast requests; b: 20 slow ones (within 50ms). Together 20 of 1,020 are slow,
+        // more than 1%, so the total's 99th percentile is b's bucket, not a's.
+        let mut fast = [0; 15];
+        fast[0] = 1_000;
+        let mut slow = [0; 15];
+        slow[9] = 20;
+        let (a, a_all) = cumulative(&fast);
+        let (b, b_all) = cumulative(&slow);
+        let zero = cumulative(&[0; 15]);
+        let earlier = vec![
+            stats_report("a:1", 0, 0, Some((&zero.0, zero.1))),
+            stats_report("b:1", 0, 0, Some((&zero.0, zero.1))),
+        ];
+        let later = vec![
+            stats_report("a:1", 1_000, 0, Some((&a, a_all))),
+            stats_report("b:1", 20, 0, Some((&b, b_all))),
+        ];
+        let table = top_table(&earlier, &later, 1.0);
+        assert_eq!(table.nodes[0].p99, Some(LatencyBound::AtMost(50)));
+        assert_eq!(table.nodes[1].p99, Some(LatencyBound::AtMost(50_000)));
+        assert_eq!(table.total.p99, Some(LatencyBound::AtMost(50_000)));
+    }
+
+    #[test]
+    fn top_shows_dashes_where_a_node_has_no_interval_and_its_error_where_it_did_not_answer() {
+        let (restarted_before, restarted_before_all) = cumulative(&[100; 15]);
+        let (restarted_after, restarted_after_all) = cumulative(&[1; 15]);
+        let earlier = vec![
+            stats_report(
+                "restarted:1",
+                9_000,
+                50,
+                Some((&restarted_before, restarted_before_all)),
+            ),
+            stats_report("dies:1", 10, 0, None),
+            NodeReport::failed("comes-back:1", Status::UNAVAILABLE, "refused"),
+            stats_report("total", 9_010, 50, None),
+        ];
+        let later = vec![
+            stats_report(
+                "restarted:1",
+                40,
+                0,
+                Some((&restarted_after, restarted_after_all)),
+            ),
+            NodeReport::failed(
+                "dies:1",
+                Status::UNAVAILABLE,
+                "backend dies:1 is unavailable",
+            ),
+            stats_report("comes-back:1", 30, 1, None),
+            stats_report("joined:1", 5, 0, None),
+            stats_report("total", 75, 1, None),
+        ];
+        let table = top_table(&earlier, &later, 1.0);
+        let restarted = &table.nodes[0];
+        assert_eq!(
+            (restarted.ops_per_sec, restarted.errors, restarted.p99),
+            (None, None, None),
+            "counters that went down say nothing about the interval"
+        );
+        assert_eq!(restarted.keys, 10, "the keys it holds now are still known");
+        let missing: Vec<&TopRow> = table.missing().collect();
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].node, "dies:1");
+        assert_eq!(
+            missing[0].failure.as_deref(),
+            Some("UNAVAILABLE: backend dies:1 is unavailable")
+        );
+        for name in ["comes-back:1", "joined:1"] {
+            let row = table.nodes.iter().find(|r| r.node == name).unwrap();
+            assert_eq!(row.ops_per_sec, None, "{name} has no earlier figure");
+        }
+        assert_eq!(table.total.ops_per_sec, None, "no node has a rate");
+        assert_eq!((table.total.keys, table.total.bytes), (30, 600));
+
+        let text = render_top(&table);
+        assert!(
+            text.lines().any(|l| l.starts_with("dies:1")
+                && l.ends_with("UNAVAILABLE: backend dies:1 is unavailable")),
+            "{text}"
+        );
+        let restarted_line = text.lines().find(|l| l.starts_with("restarted:1")).unwrap();
+        assert_eq!(
+            restarted_line.split_whitespace().collect::<Vec<_>>(),
+            ["restarted:1", "-", "10", "200", "-", "-"],
+            "{text}"
+        );
+        assert!(
+            text.contains("note: 1 node(s) did not answer and are not counted in the total"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn latency_buckets_a_node_leaves_out_count_as_the_next_smaller_one() {
+        // Only the non-empty buckets listed: le_250 = 0 is left out, le_100 absent too.
+        let report = |within_500: u64, all: u64| NodeReport {
+            addr: "a:1".into(),
+            status: Status::OK,
+            message: String::new(),
+            counters: vec![
+                ("latency_us_le_500".into(), within_500),
+                ("latency_us_le_inf".into(), all),
+            ],
+        };
+        let earlier = LatencyHistogram::from_report(&report(10, 10)).unwrap();
+        let later = LatencyHistogram::from_report(&report(110, 110)).unwrap();
+        assert_eq!(later.within(250), 0);
+        assert_eq!(later.within(1000), 110);
+        let interval = later.since(&earlier).unwrap();
+        assert_eq!(interval.all, 100);
+        assert_eq!(interval.p99(), Some(LatencyBound::AtMost(500)));
+        assert_eq!(earlier.since(&later), None, "a count that went down");
+        let no_latency = NodeReport::failed("b:1", Status::OK, "");
+        assert_eq!(LatencyHistogram::from_report(&no_latency), None);
+    }
+
+    #[test]
+    fn stats_shows_the_latency_histogram_apart_with_the_p99() {
+        let mut counts = [0; 15];
+        counts[0] = 90;
+        counts[4] = 10;
+        let (buckets, all) = cumulative(&counts);
+        let reports = vec![
+            stats_report("a:1", 100, 0, Some((&buckets, all))),
+            stats_report("total", 100, 0, Some((&buckets, all))),
+        ];
+        let text = render_stats(&reports);
+        let counter_header = text
+            .lines()
+            .find(|l| l.contains(" requests "))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(!counter_header.contains("latency"), "{text}");
+        let section = text
+            .split("\n\n")
+            .find(|s| s.starts_with("key requests answered within each latency"))
+            .unwrap_or_else(|| panic!("no latency section:\n{text}"));
+        let header: Vec<&str> = section.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(header.len(), 16, "{section}");
+        assert_eq!(
+            (header[1], header[5], header[14], header[15]),
+            ("<=50us", "<=1ms", "<=1s", "all")
+        );
+        let a: Vec<&str> = section
+            .lines()
+            .find(|l| l.starts_with("a:1"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!((a[1], a[4], a[5], a[15]), ("90", "90", "100", "100"));
+        // 10 of 100 took up to 1 ms: the 99th is among them.
+        assert!(
+            text.contains("p99 latency of the nodes' key requests: <=1ms"),
+            "{text}"
+        );
     }
 
     #[test]

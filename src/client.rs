@@ -8,7 +8,7 @@ use crate::cluster::token::ClusterToken;
 use crate::connection::{Connection, Timeouts};
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport, WriteTag};
-use crate::protocol::{Frame, Limits, Opcode, Status};
+use crate::protocol::{Frame, FrameError, Limits, Opcode, Status};
 use crate::ring::View;
 
 /// Timeouts, limits and password of a client connection.
@@ -161,6 +161,89 @@ pub struct ChangeProgress {
 /// How many times [`Client::put`] and [`Client::delete`] send a write at most.
 pub const WRITE_ATTEMPTS: u32 = 3;
 
+/// Whether a write that failed with `error` may succeed when sent again: the connection broke
+/// or timed out, or the server was at its connection limit. Not when the peer answered
+/// something else than the request's answer, or bytes that are not a frame (it is not a
+/// ringkv server, or a broken one: another try only waits on a new connection), or refused us.
+fn is_worth_sending_again(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Connect { .. } | Error::Io { .. } | Error::Closed { .. } | Error::Busy { .. }
+    )
+}
+
+/// An answer with opcode 0: the server's refusal of the connection or of a malformed or
+/// oversized frame, after which it closes the connection (PROTOCOL.md section 9).
+fn is_connection_level(answer: &Frame) -> bool {
+    answer.opcode.0 == 0 && !answer.status.is_success()
+}
+
+/// After writing `request` failed with `write_failed`: the server's answer refusing it, if the
+/// server sent one before it closed the connection (PROTOCOL.md section 9: a client whose
+/// write fails "SHOULD then still read, because the error answer may be waiting"). Only a
+/// closed or reset connection is read from; one that timed out is not waited on again.
+fn refusal_after_failed_write(
+    conn: &mut Connection,
+    request: &Frame,
+    write_failed: &Error,
+) -> Option<Frame> {
+    let Error::Io { source, .. } = write_failed else {
+        return None;
+    };
+    let closed_by_peer = matches!(
+        source.kind(),
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+    );
+    if !closed_by_peer {
+        return None;
+    }
+    let answer = conn.recv().ok()?;
+    // The refusal names the request when the server had read its header, else request 0.
+    let refuses_this_request = answer.request_id == request.request_id || answer.request_id == 0;
+    (is_connection_level(&answer) && refuses_this_request).then_some(answer)
+}
+
+/// A sentence saying that the peer behind `error` is not a ringkv server, when the bytes it
+/// sent cannot begin any ringkv frame: another protocol's greeting or error (an SSH banner, an
+/// HTTP status line, a Redis `-ERR`) or another version of this one. `None` for every other
+/// error, a corrupted frame or an answer over the client's frame limit among them.
+pub fn not_a_ringkv_server(error: &Error) -> Option<String> {
+    let Error::Frame { addr, source } = error else {
+        return None;
+    };
+    match source {
+        // A length prefix of printable text is at least 0x20202020 bytes (512 MiB): far over any
+        // client's limit, and what a text protocol's first four characters read as.
+        FrameError::TooLarge { len, .. } => {
+            let prefix = len
+                .checked_sub(crate::protocol::LEN_PREFIX as u64)
+                .and_then(|prefix| u32::try_from(prefix).ok())?
+                .to_be_bytes();
+            let is_text = prefix
+                .iter()
+                .all(|b| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+            is_text.then(|| {
+                format!(
+                    "{addr} is not a ringkv server: it answered with text beginning {:?}, not a \
+                     ringkv frame",
+                    String::from_utf8_lossy(&prefix)
+                )
+            })
+        }
+        FrameError::TooShort { .. } | FrameError::BadMagic { .. } | FrameError::BadKind { .. } => {
+            Some(format!(
+                "{addr} is not a ringkv server: its answer is not a ringkv frame ({source})"
+            ))
+        }
+        FrameError::BadVersion { .. } => Some(format!(
+            "{addr} is not a ringkv server of this version: {source}"
+        )),
+        FrameError::LengthMismatch { .. } | FrameError::BadCrc { .. } => None,
+    }
+}
+
 impl Client {
     /// Connects with default timeouts.
     pub fn connect(addr: &str) -> Result<Client> {
@@ -223,9 +306,26 @@ impl Client {
 
     /// Sends `request` and reads its answer; a failed connection is dropped, so the next
     /// request opens a new one.
+    ///
+    /// A server that refuses a frame before reading all of it (over its frame limit, out of
+    /// in-flight budget) answers and closes the connection while the rest is still being
+    /// written, so the write fails. Its answer is waiting then, and says more than "broken
+    /// pipe": it is returned as the answer (the connection is dropped all the same).
     fn exchange(&mut self, request: &Frame) -> Result<Frame> {
-        let result = self.conn()?.call(request);
-        if result.is_err() {
+        let conn = self.conn()?;
+        conn.send(request);
+        let result = match conn.flush() {
+            Ok(()) => conn.recv_answer(request),
+            Err(write_failed) => match refusal_after_failed_write(conn, request, &write_failed) {
+                Some(answer) => Ok(answer),
+                None => Err(write_failed),
+            },
+        };
+        let answered_and_open = match &result {
+            Ok(answer) => !is_connection_level(answer),
+            Err(_) => false,
+        };
+        if !answered_and_open {
             self.conn = None;
         }
         result
@@ -267,7 +367,7 @@ impl Client {
             let result = self.exchange(&request);
             let again = match &result {
                 Ok(answer) => matches!(answer.status, Status::UNAVAILABLE | Status::BUSY),
-                Err(e) => !matches!(e, Error::Mismatch { .. }),
+                Err(e) => is_worth_sending_again(e),
             };
             let pause = Duration::from_millis(100) * tag.attempt;
             if !again
@@ -317,6 +417,86 @@ impl Client {
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
         let answer = Client::expect_success(self.tagged_write(Opcode::DELETE_ONCE, key, &[])?)?;
         Ok(answer.status == Status::OK)
+    }
+
+    /// Sends `update` of `key` (an UPDATE, sent once: an error answer may mean it took
+    /// effect, as PROTOCOL.md says) and returns the answer's value.
+    fn update(&mut self, key: &[u8], update: &crate::update::Update) -> Result<Vec<u8>> {
+        let answer = Client::expect_success(self.call(Opcode::UPDATE, key, &update.encode())?)?;
+        Ok(answer.value)
+    }
+
+    /// Adds `by` to the decimal integer stored under `key` (absent: 0), atomically at the
+    /// key's head, and returns the sum (Redis's INCRBY).
+    pub fn incr_by(&mut self, key: &[u8], by: i64) -> Result<i64> {
+        let answer = self.update(key, &crate::update::Update::IncrBy(by))?;
+        crate::update::decode_sum(&answer)
+    }
+
+    /// Stores `value` only if `key` is absent; true if it did (Redis's SETNX).
+    pub fn put_if_absent(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
+        let answer = self.update(key, &crate::update::Update::SetIfAbsent(value.to_vec()))?;
+        crate::update::decode_stored(&answer)
+    }
+
+    /// Stores `value` only if `key` is present; true if it did (Redis's SET ... XX).
+    pub fn put_if_present(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
+        let answer = self.update(key, &crate::update::Update::SetIfPresent(value.to_vec()))?;
+        crate::update::decode_stored(&answer)
+    }
+
+    /// Stores `value` and returns what it replaced (Redis's GETSET).
+    pub fn get_and_put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        let answer = self.update(key, &crate::update::Update::GetSet(value.to_vec()))?;
+        crate::update::decode_old(&answer)
+    }
+
+    /// Removes `key` and returns what it held (Redis's GETDEL).
+    pub fn get_and_delete(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let answer = self.update(key, &crate::update::Update::GetDelete)?;
+        crate::update::decode_old(&answer)
+    }
+
+    /// Appends `suffix` to the value under `key` (absent: empty); returns the new length.
+    pub fn append(&mut self, key: &[u8], suffix: &[u8]) -> Result<u64> {
+        let answer = self.update(key, &crate::update::Update::Append(suffix.to_vec()))?;
+        crate::update::decode_len(&answer)
+    }
+
+    /// One step of a walk over every key (SCAN): the keys after `cursor` (0 to start) that
+    /// match `pattern` (Redis glob; empty for all), about `count` of them, and the cursor to
+    /// go on from (0 when the walk is done). A cursor is good only in the view it was made in:
+    /// after a view change the step is refused STALE_VIEW, and the walk starts again.
+    pub fn scan(&mut self, cursor: u64, count: u32, pattern: &[u8]) -> Result<(u64, Vec<Vec<u8>>)> {
+        let value = crate::scan::encode_scan(cursor, count, pattern);
+        let answer = Client::expect_success(self.call(Opcode::SCAN, &[], &value)?)?;
+        crate::scan::decode_keys(&answer.value)
+    }
+
+    /// Every key that matches `pattern`, by SCAN steps of `count`; a walk cut short by a view
+    /// change starts again (at most three times), so a key is never listed twice.
+    pub fn scan_all(&mut self, pattern: &[u8], count: u32) -> Result<Vec<Vec<u8>>> {
+        let mut restarts = 0;
+        'walk: loop {
+            let mut keys = Vec::new();
+            let mut cursor = 0;
+            loop {
+                match self.scan(cursor, count, pattern) {
+                    Ok((next, found)) => {
+                        keys.extend(found);
+                        if next == 0 {
+                            return Ok(keys);
+                        }
+                        cursor = next;
+                    }
+                    Err(e) if e.status() == Status::STALE_VIEW && restarts < 3 => {
+                        restarts += 1;
+                        continue 'walk;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
 
     fn reports(&mut self, opcode: Opcode) -> Result<Vec<NodeReport>> {

@@ -564,6 +564,14 @@ impl Engine for DurableStore {
         self.inner.mem.for_each(visit)
     }
 
+    fn parts(&self) -> usize {
+        self.inner.mem.parts()
+    }
+
+    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8])) {
+        self.inner.mem.for_each_key_in(part, visit)
+    }
+
     fn put_unsettled(&self, key: &[u8], value: &[u8]) -> Result<Unsettled, StoreError> {
         let inner = &*self.inner;
         self.write(|compactable| {

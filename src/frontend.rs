@@ -15,6 +15,7 @@ use crate::cluster::membership::{Change, Changes};
 use crate::cluster::resume;
 use crate::cluster::token::ClusterToken;
 use crate::error::{Error, Result};
+use crate::metrics::{self, Collect, Exposition, MetricsServer, RequestMetrics, Sources};
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
@@ -101,6 +102,13 @@ pub struct FrontendConfig {
     /// anything else is answered ([`crate::auth`]); `None` serves anyone. Also presented to the
     /// backends, which may require it too.
     pub password: Option<Password>,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`, [`crate::metrics`]);
+    /// `None` serves none. A [`crate::LocalCluster`] serves its one endpoint for all its parts
+    /// here.
+    pub metrics_listen: Option<String>,
+    /// Answer FLUSH (Redis's FLUSHALL) by deleting every key; off by default, so that one
+    /// mistyped command cannot empty a cluster.
+    pub allow_flush: bool,
 }
 
 impl FrontendConfig {
@@ -137,6 +145,8 @@ impl Default for FrontendConfig {
             follow: false,
             cluster_token: None,
             password: None,
+            metrics_listen: None,
+            allow_flush: false,
         }
     }
 }
@@ -153,11 +163,15 @@ struct FrontendState {
     /// Whether this frontend gives its view to a backend that has none (only a view keeper,
     /// and only with one copy per key: with more, the keeper judges a node without a view).
     installs_views: bool,
+    /// Whether FLUSH is answered (see [`FrontendConfig::allow_flush`]).
+    allow_flush: bool,
     /// Where joins and leaves go to this frontend's view keeper; `None` when it has none.
     changes: Option<Arc<Changes>>,
     /// Asked of whoever sends a join or leave, as of the backends' peers.
     cluster_token: Option<ClusterToken>,
     password: Option<Password>,
+    /// Requests by opcode and status, and key request latency (`/metrics`), both doors'.
+    requests: RequestMetrics,
 }
 
 /// Times a key request is sent at most: a first try and two more under newer views.
@@ -238,6 +252,10 @@ pub struct Frontend {
     state: Arc<FrontendState>,
     server: ServerHandle,
     resp: Option<RespServer>,
+    /// What a metrics scrape reads of this frontend.
+    collector: Arc<FrontendCollector>,
+    /// Its own metrics endpoint, with [`FrontendConfig::metrics_listen`].
+    metrics: Option<MetricsServer>,
     /// What keeps the view current: its own keeper, or a follower of another frontend's.
     _keeper: Option<Keeper>,
     _follower: Option<Follower>,
@@ -343,10 +361,12 @@ impl Frontend {
             safe_retries: config.safe_retries,
             writers: Writers::default(),
             installs_views: !config.follow && replicas == 1,
+            allow_flush: config.allow_flush,
             changes: (config.keeper.is_some() && !config.follow)
                 .then(|| Arc::new(Changes::default())),
             cluster_token: config.cluster_token.clone(),
             password: config.password.clone(),
+            requests: RequestMetrics::default(),
         });
         let server = server::serve(
             "frontend",
@@ -390,13 +410,39 @@ impl Frontend {
             }
             None => (None, None),
         };
+        let collector = Arc::new(FrontendCollector {
+            state: Arc::clone(&state),
+            connections: server.connections(),
+            node: server.local_addr().to_string(),
+        });
+        let metrics = match &config.metrics_listen {
+            Some(addr) => {
+                let sources = Arc::new(Sources::default());
+                sources.add(Arc::clone(&collector) as Arc<dyn Collect>);
+                Some(MetricsServer::start(addr, sources)?)
+            }
+            None => None,
+        };
         Ok(Frontend {
             state,
             server,
             resp,
+            collector,
+            metrics,
             _keeper: keeper,
             _follower: follower,
         })
+    }
+
+    /// The address of its metrics endpoint, when it serves one.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// What a metrics scrape reads of this frontend, for an endpoint that reports several
+    /// parts of a process (`ringkv local`'s).
+    pub(crate) fn metrics_source(&self) -> Arc<dyn Collect> {
+        Arc::clone(&self.collector) as Arc<dyn Collect>
     }
 
     /// The address of the Redis-protocol door, when it is open.
@@ -416,9 +462,49 @@ impl Frontend {
 
     /// Stops listening and closes every client connection.
     pub fn shutdown(&mut self) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.shutdown();
+        }
         self.server.shutdown();
         if let Some(resp) = &mut self.resp {
             resp.shutdown();
+        }
+    }
+}
+
+/// What a metrics scrape reads of a frontend: its request counts, its binary door's open
+/// connections and the view it routes by.
+struct FrontendCollector {
+    state: Arc<FrontendState>,
+    connections: Arc<server::Registry>,
+    /// The address clients reach it at.
+    node: String,
+}
+
+impl Collect for FrontendCollector {
+    fn collect(&self, out: &mut Exposition) {
+        let labels = [("role", "frontend"), ("node", self.node.as_str())];
+        let ring = self.state.view.get();
+        let view = ring.view();
+        metrics::common(
+            out,
+            &labels,
+            &self.state.requests,
+            self.connections.len(),
+            view.epoch,
+        );
+        for (state, name) in [
+            (crate::ring::NodeState::Up, "up"),
+            (crate::ring::NodeState::Down, "down"),
+            (crate::ring::NodeState::Syncing, "syncing"),
+        ] {
+            let count = view.states.iter().filter(|&&s| s == state).count();
+            out.gauge(
+                "ringkv_view_backends",
+                "Backends in the view this frontend routes by, by state.",
+                &[labels[0], labels[1], ("state", name)],
+                count as u64,
+            );
         }
     }
 }
@@ -783,12 +869,39 @@ impl Handler for FrontendState {
     /// Runs of key requests go to the backends in batches; any other request is answered in
     /// its place in the order, after the key requests before it.
     fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
+        let started = Instant::now();
+        let answers = self.answer_batch(&requests);
+        // Every answer of the batch leaves together, so each key request waited this long.
+        let elapsed = started.elapsed();
+        for (request, answer) in requests.iter().zip(&answers) {
+            self.requests.count(request.opcode, answer.status);
+        }
+        let key_requests = requests.iter().filter(|r| is_key_request(r.opcode)).count();
+        self.requests.latency.observe(key_requests as u64, elapsed);
+        answers
+    }
+
+    fn handle(&self, request: Frame) -> Frame {
+        let started = Instant::now();
+        let opcode = request.opcode;
+        let answer = self.answer(request);
+        self.requests.count(opcode, answer.status);
+        if is_key_request(opcode) {
+            self.requests.latency.observe(1, started.elapsed());
+        }
+        answer
+    }
+}
+
+impl FrontendState {
+    /// The answers to a batch, in order (see [`Handler::handle_batch`]).
+    fn answer_batch(&self, requests: &[Frame]) -> Vec<Frame> {
         let is_batched = |r: &Frame| is_key_request(r.opcode) && !r.key.is_empty();
         let mut answers = Vec::with_capacity(requests.len());
-        let mut rest = requests.as_slice();
+        let mut rest = requests;
         while let Some(first) = rest.first() {
             if !is_batched(first) {
-                answers.push(self.handle(first.clone()));
+                answers.push(self.answer(first.clone()));
                 rest = &rest[1..];
                 continue;
             }
@@ -803,7 +916,8 @@ impl Handler for FrontendState {
         answers
     }
 
-    fn handle(&self, request: Frame) -> Frame {
+    /// The answer to one request.
+    fn answer(&self, request: Frame) -> Frame {
         match request.opcode {
             opcode if is_key_request(opcode) => {
                 if request.key.is_empty() {
@@ -813,6 +927,8 @@ impl Handler for FrontendState {
                 }
             }
             Opcode::SIZE | Opcode::STATS => self.gather(&request),
+            Opcode::SCAN => self.scan(&self.view.get(), &request),
+            Opcode::FLUSH => self.flush(&request),
             Opcode::PING => request.reply(Status::OK, Vec::new()),
             Opcode::VIEW_GET => view_answer(&request, self.view.get().view()),
             Opcode::VIEW_INSTALL => request.error_reply(
@@ -829,6 +945,86 @@ impl Handler for FrontendState {
 }
 
 impl FrontendState {
+    /// One step of a SCAN over the backends ([`crate::scan`]).
+    fn scan(&self, ring: &Ring, request: &Frame) -> Frame {
+        crate::scan::serve_scan(ring, request, &|addr, step| {
+            let answer = self.peers.call(addr, step);
+            if answer.is_err() {
+                self.peers.forget(addr);
+            }
+            answer
+        })
+    }
+
+    /// FLUSH: walks every key and deletes it, a step at a time (not atomic: a key written
+    /// meanwhile may stay). A walk cut short by a view change starts again. Answers the count
+    /// of keys deleted (u64).
+    fn flush(&self, request: &Frame) -> Frame {
+        const STEP: u32 = 1_000;
+        const FLUSH_BATCH: usize = 64;
+        if !self.allow_flush {
+            return request.error_reply(
+                Status::BAD_REQUEST,
+                "FLUSH is off at this frontend (start it with --allow-flushall); nothing deleted",
+            );
+        }
+        let mut deleted: u64 = 0;
+        let mut restarts = 0;
+        let mut cursor = 0;
+        loop {
+            let value = crate::scan::encode_scan(cursor, STEP, b"");
+            let step = Frame::request(Opcode::SCAN, request.request_id, Vec::new(), value);
+            let answer = self.scan(&self.view.get(), &step);
+            if answer.status == Status::STALE_VIEW && restarts < 3 {
+                restarts += 1;
+                cursor = 0;
+                continue;
+            }
+            let listed = if answer.status == Status::OK {
+                crate::scan::decode_keys(&answer.value).map_err(|e| e.to_string())
+            } else {
+                Err(format!("{}: {}", answer.status, answer.message()))
+            };
+            let (next, keys) = match listed {
+                Ok(listed) => listed,
+                Err(why) => {
+                    return request.error_reply(
+                        Status::UNAVAILABLE,
+                        format!("FLUSH stopped after deleting {deleted} keys: {why}"),
+                    )
+                }
+            };
+            let deletes: Vec<Frame> = keys
+                .into_iter()
+                .map(|key| Frame::request(Opcode::DELETE, request.request_id, key, Vec::new()))
+                .collect();
+            // In batches no larger than a client's pipeline, which the backends' memory of
+            // tagged writes is sized for.
+            let answers = deletes
+                .chunks(FLUSH_BATCH)
+                .flat_map(|batch| self.forward_batch(batch));
+            for answer in answers {
+                match answer.status {
+                    Status::OK => deleted += 1,
+                    Status::NOT_FOUND => {}
+                    status => {
+                        return request.error_reply(
+                            status,
+                            format!(
+                                "FLUSH stopped after deleting {deleted} keys: {}",
+                                answer.message()
+                            ),
+                        )
+                    }
+                }
+            }
+            if next == 0 {
+                return request.reply(Status::OK, deleted.to_be_bytes().to_vec());
+            }
+            cursor = next;
+        }
+    }
+
     /// MEMBER_JOIN or MEMBER_LEAVE: handed to the view keeper, answered once the change has
     /// begun (with the epoch of the view that began it) or was refused.
     fn change_membership(&self, request: &Frame) -> Frame {
@@ -861,11 +1057,16 @@ impl FrontendState {
 /// How long a join or leave waits for the keeper to begin it.
 const CHANGE_WAIT: Duration = Duration::from_secs(5);
 
-/// The key requests a client may send: PUT, GET, DELETE and the tagged writes.
+/// The key requests a client may send: PUT, GET, DELETE, the tagged writes and UPDATE.
 fn is_key_request(opcode: Opcode) -> bool {
     matches!(
         opcode,
-        Opcode::PUT | Opcode::GET | Opcode::DELETE | Opcode::PUT_ONCE | Opcode::DELETE_ONCE
+        Opcode::PUT
+            | Opcode::GET
+            | Opcode::DELETE
+            | Opcode::PUT_ONCE
+            | Opcode::DELETE_ONCE
+            | Opcode::UPDATE
     )
 }
 

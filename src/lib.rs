@@ -27,6 +27,7 @@
 //! - [`resp`]: the frontend's Redis-protocol (RESP2) door, for redis-cli and Redis clients.
 //! - [`client`]: the library clients use, with pipelining; [`cli`] holds what `kvcli` prints.
 //! - [`loadgen`]: `kvcli bench`, a load generator with HDR latency percentiles.
+//! - [`metrics`]: the Prometheus endpoint (`--metrics-listen`) and the latency histogram.
 //!
 //! One PUT, hop by hop: [`Client::put`] sends a frame; the frontend's `FrontendState::forward`
 //! picks an entry backend (the head of the key's chain, [`Ring::chain`], unless the paper's
@@ -51,14 +52,17 @@ pub mod error;
 pub mod frontend;
 pub mod loadgen;
 pub mod local;
+pub mod metrics;
 pub mod peers;
 pub mod pool;
 pub mod protocol;
 pub mod resp;
 pub mod ring;
 pub mod rng;
+pub mod scan;
 pub mod server;
 pub mod store;
+pub mod update;
 pub mod wal;
 
 pub use auth::{Credentials, Password};

@@ -2,15 +2,23 @@
 //! (`ringkv local`) and the fixture of the integration tests.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::backend::{Backend, BackendConfig};
 use crate::error::Result;
 use crate::frontend::{Frontend, FrontendConfig};
+use crate::metrics::{MetricsServer, Sources};
 
 /// A running local cluster. Dropping it stops every server.
 pub struct LocalCluster {
     frontend: Frontend,
     backends: Vec<Option<Backend>>,
+    /// The parts its metrics endpoint reports, and each backend's id there (a stopped backend
+    /// is taken out).
+    metrics_sources: Arc<Sources>,
+    backend_sources: Vec<u64>,
+    /// The one endpoint for every part, with the frontend template's `metrics_listen`.
+    metrics: Option<MetricsServer>,
 }
 
 impl LocalCluster {
@@ -22,6 +30,10 @@ impl LocalCluster {
     /// the same directory it listens there again, so the ring, and with it which backend owns
     /// which key, is the same as before.
     ///
+    /// With a `metrics_listen` in the frontend template, one metrics endpoint there reports the
+    /// frontend and every backend (told apart by their `role` and `node` labels); the parts
+    /// serve none of their own, and the backend template's `metrics_listen` is not used.
+    ///
     /// ```
     /// use ringkv::{BackendConfig, FrontendConfig, LocalCluster};
     /// let cluster = LocalCluster::start(3, BackendConfig::default(), FrontendConfig::default()).unwrap();
@@ -32,12 +44,14 @@ impl LocalCluster {
     pub fn start(
         backends: usize,
         backend: BackendConfig,
-        frontend: FrontendConfig,
+        mut frontend: FrontendConfig,
     ) -> Result<LocalCluster> {
+        let metrics_listen = frontend.metrics_listen.take();
         let mut started = Vec::with_capacity(backends);
         for index in 0..backends {
             let config = BackendConfig {
                 listen: "127.0.0.1:0".into(),
+                metrics_listen: None,
                 ..backend.clone()
             };
             started.push(match &backend.data_dir {
@@ -49,10 +63,28 @@ impl LocalCluster {
             backends: started.iter().map(|b| b.local_addr().to_string()).collect(),
             ..frontend
         })?;
+        let metrics_sources = Arc::new(Sources::default());
+        metrics_sources.add(frontend.metrics_source());
+        let backend_sources = started
+            .iter()
+            .map(|backend| metrics_sources.add(backend.metrics_source()))
+            .collect();
+        let metrics = match metrics_listen {
+            Some(addr) => Some(MetricsServer::start(&addr, Arc::clone(&metrics_sources))?),
+            None => None,
+        };
         Ok(LocalCluster {
             frontend,
             backends: started.into_iter().map(Some).collect(),
+            metrics_sources,
+            backend_sources,
+            metrics,
         })
+    }
+
+    /// The address of the metrics endpoint, when the frontend template asked for one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The frontend's address.
@@ -80,12 +112,16 @@ impl LocalCluster {
     /// close at once.
     pub fn kill_backend(&mut self, index: usize) {
         if let Some(mut backend) = self.backends.get_mut(index).and_then(Option::take) {
+            self.metrics_sources.remove(self.backend_sources[index]);
             backend.shutdown();
         }
     }
 
     /// Stops everything.
     pub fn shutdown(&mut self) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.shutdown();
+        }
         self.frontend.shutdown();
         for backend in self.backends.iter_mut().flatten() {
             backend.shutdown();

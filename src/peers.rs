@@ -61,6 +61,11 @@ pub struct Peers {
 }
 
 impl Peers {
+    /// The key and value limits its connections accept (the server's own).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// An empty pool whose connections use `timeouts` and accept answers within `limits`.
     pub fn new(timeouts: Timeouts, limits: Limits) -> Peers {
         Peers {

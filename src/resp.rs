@@ -34,6 +34,10 @@ use crate::server::{
     value_reads_per_batch, write_all_within, Activity, Handler, RecentLargest, Registry,
     ServerHandle, ServerOptions,
 };
+use crate::update::Update;
+
+/// Most keys KEYS lists; past it, it is refused (SCAN walks any number).
+const KEYS_LIMIT: usize = 100_000;
 
 /// Longest inline request line, and longest `*N` or `$N` line, that is waited for (Redis's
 /// PROTO_INLINE_MAX_SIZE): past it, the bytes cannot be a request.
@@ -534,6 +538,29 @@ const COMMANDS: &[CommandSpec] = &[
     spec("config", -2, &["admin", "stale"], 0, 0, 0),
     spec("select", 2, &["fast", "stale"], 0, 0, 0),
     spec("quit", -1, &["fast", "stale"], 0, 0, 0),
+    spec("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    spec("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    spec("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    spec("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    spec("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    spec("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    spec("getdel", 2, &["write", "fast"], 1, 1, 1),
+    spec("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    spec("strlen", 2, &["readonly", "fast"], 1, 1, 1),
+    spec("type", 2, &["readonly", "fast"], 1, 1, 1),
+    spec("time", 1, &["random", "loading", "stale", "fast"], 0, 0, 0),
+    spec(
+        "client",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+    ),
+    spec("scan", -2, &["readonly"], 0, 0, 0),
+    spec("keys", 2, &["readonly"], 0, 0, 0),
+    spec("flushall", -1, &["write"], 0, 0, 0),
+    spec("flushdb", -1, &["write"], 0, 0, 0),
     spec(
         "auth",
         -2,
@@ -648,6 +675,18 @@ fn status_error(out: &mut Vec<u8>, answer: &Frame) {
     }
 }
 
+/// An update's error as Redis words it where Redis has words for it.
+fn update_error(out: &mut Vec<u8>, answer: &Frame) {
+    let message = answer.message();
+    if answer.status == Status::BAD_REQUEST && message.contains("not an integer") {
+        return reply::error(out, "ERR value is not an integer or out of range");
+    }
+    if answer.status == Status::TOO_LARGE {
+        return reply::error(out, &format!("ERR TOO_LARGE: {message}"));
+    }
+    status_error(out, answer)
+}
+
 fn wrong_arity(out: &mut Vec<u8>, name: &str) {
     reply::error(
         out,
@@ -680,6 +719,26 @@ fn unknown_command(out: &mut Vec<u8>, args: &[Vec<u8>]) {
 enum Finish {
     Get,
     Set,
+    /// SET ... NX or XX: +OK if it stored the value, else nil.
+    SetIf,
+    /// An increment: the sum.
+    Sum,
+    /// SETNX: 1 if it stored the value, else 0.
+    Stored,
+    /// GETSET, GETDEL, SET ... GET: what the key held, or nil.
+    Old,
+    /// APPEND: the new length.
+    Len,
+    /// STRLEN: the value's length, 0 for an absent key.
+    Strlen,
+    /// TYPE: string or none.
+    Type,
+    /// SCAN: the next cursor and the keys.
+    Scan,
+    /// KEYS: every key, if they fit the bound.
+    Keys,
+    /// FLUSHALL: +OK once every key is deleted.
+    Flush,
     Del,
     Exists,
     Mget,
@@ -867,8 +926,12 @@ impl<'a> Batch<'a> {
                 let frame = self.request(Opcode::GET, rest.next().unwrap_or_default(), Vec::new());
                 self.frames(vec![frame], Finish::Get);
             }
-            "set" if rest.len() > 2 => self
-                .ready(|out| reply::error(out, "ERR syntax error (ringkv's SET takes no options)")),
+            "set" if rest.len() > 2 => {
+                let key = rest.next().unwrap_or_default();
+                let value = rest.next().unwrap_or_default();
+                let options: Vec<Vec<u8>> = rest.collect();
+                self.set_with_options(key, value, &options);
+            }
             "set" => {
                 let key = rest.next().unwrap_or_default();
                 let value = rest.next().unwrap_or_default();
@@ -898,6 +961,85 @@ impl<'a> Batch<'a> {
                     frames.push(self.request(Opcode::PUT, key, value));
                 }
                 self.frames(frames, Finish::Mset);
+            }
+            "incr" | "decr" | "incrby" | "decrby" => {
+                let key = rest.next().unwrap_or_default();
+                let by = match rest.next() {
+                    None => Some(1),
+                    Some(digits) => parse_integer(&digits),
+                };
+                let by = match (by, spec.name.starts_with("decr")) {
+                    (Some(by), false) => Some(by),
+                    (Some(by), true) => by.checked_neg(),
+                    (None, _) => None,
+                };
+                match by {
+                    Some(by) => self.update(key, Update::IncrBy(by), Finish::Sum),
+                    None => self.ready(|out| {
+                        reply::error(out, "ERR value is not an integer or out of range")
+                    }),
+                }
+            }
+            "setnx" | "getset" | "append" => {
+                let key = rest.next().unwrap_or_default();
+                let value = rest.next().unwrap_or_default();
+                let (update, finish) = match spec.name {
+                    "setnx" => (Update::SetIfAbsent(value), Finish::Stored),
+                    "getset" => (Update::GetSet(value), Finish::Old),
+                    _ => (Update::Append(value), Finish::Len),
+                };
+                self.update(key, update, finish);
+            }
+            "getdel" => {
+                let key = rest.next().unwrap_or_default();
+                self.update(key, Update::GetDelete, Finish::Old);
+            }
+            "strlen" | "type" => {
+                let key = rest.next().unwrap_or_default();
+                let frame = self.request(Opcode::GET, key, Vec::new());
+                let finish = if spec.name == "strlen" {
+                    Finish::Strlen
+                } else {
+                    Finish::Type
+                };
+                self.frames(vec![frame], finish);
+            }
+            "time" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.ready(|out| {
+                    reply::array(out, 2);
+                    reply::bulk(out, now.as_secs().to_string().as_bytes());
+                    reply::bulk(out, now.subsec_micros().to_string().as_bytes());
+                });
+            }
+            "client" => {
+                let rest: Vec<Vec<u8>> = rest.collect();
+                self.client_command(&rest);
+            }
+            "scan" => {
+                let rest: Vec<Vec<u8>> = rest.collect();
+                self.scan(&rest);
+            }
+            "flushall" | "flushdb" => {
+                // ASYNC and SYNC both wait: the reply comes once every key is deleted.
+                let mode_ok = rest.len() <= 1
+                    && rest.as_slice().iter().all(|m| {
+                        m.eq_ignore_ascii_case(b"ASYNC") || m.eq_ignore_ascii_case(b"SYNC")
+                    });
+                if mode_ok {
+                    let frame = self.request(Opcode::FLUSH, Vec::new(), Vec::new());
+                    self.frames(vec![frame], Finish::Flush);
+                } else {
+                    self.ready(|out| reply::error(out, "ERR syntax error"));
+                }
+            }
+            "keys" => {
+                let pattern = rest.next().unwrap_or_default();
+                let value = crate::scan::encode_scan(0, KEYS_LIMIT as u32 + 1, &pattern);
+                let frame = self.request(Opcode::SCAN, Vec::new(), value);
+                self.frames(vec![frame], Finish::Keys);
             }
             "dbsize" => {
                 let frame = self.request(Opcode::SIZE, Vec::new(), Vec::new());
@@ -957,6 +1099,147 @@ impl<'a> Batch<'a> {
             }
         }
         true
+    }
+
+    /// Plans an UPDATE of `key` whose answer `finish` turns into the reply.
+    fn update(&mut self, key: Vec<u8>, update: Update, finish: Finish) {
+        let frame = self.request(Opcode::UPDATE, key, update.encode());
+        self.frames(vec![frame], finish);
+    }
+
+    /// SET key value [NX | XX] [GET]: a conditional or swapping set is an UPDATE at the key's
+    /// head. Expiry options are refused: ringkv keeps keys until they are deleted.
+    fn set_with_options(&mut self, key: Vec<u8>, value: Vec<u8>, options: &[Vec<u8>]) {
+        let (mut nx, mut xx, mut get) = (false, false, false);
+        for option in options {
+            let option = option.to_ascii_uppercase();
+            match option.as_slice() {
+                b"NX" => nx = true,
+                b"XX" => xx = true,
+                b"GET" => get = true,
+                b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" => {
+                    return self.ready(|out| {
+                        reply::error(
+                            out,
+                            "ERR ringkv keeps keys until they are deleted: SET's EX, PX, EXAT, \
+                             PXAT and KEEPTTL are not supported",
+                        )
+                    })
+                }
+                _ => return self.ready(|out| reply::error(out, "ERR syntax error")),
+            }
+        }
+        match (nx, xx, get) {
+            (true, true, _) | (true, _, true) | (_, true, true) => {
+                self.ready(|out| reply::error(out, "ERR syntax error"))
+            }
+            (true, false, false) => self.update(key, Update::SetIfAbsent(value), Finish::SetIf),
+            (false, true, false) => self.update(key, Update::SetIfPresent(value), Finish::SetIf),
+            (false, false, true) => self.update(key, Update::GetSet(value), Finish::Old),
+            (false, false, false) => {
+                let frame = self.request(Opcode::PUT, key, value);
+                self.frames(vec![frame], Finish::Set);
+            }
+        }
+    }
+
+    /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]: one SCAN request.
+    fn scan(&mut self, args: &[Vec<u8>]) {
+        let syntax = |out: &mut Vec<u8>| reply::error(out, "ERR syntax error");
+        let Some(cursor) = args
+            .first()
+            .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok())
+        else {
+            return self.ready(|out| reply::error(out, "ERR invalid cursor"));
+        };
+        let (mut pattern, mut count, mut strings) = (Vec::new(), crate::scan::DEFAULT_COUNT, true);
+        let mut options = args[1..].iter();
+        while let Some(option) = options.next() {
+            let Some(operand) = options.next() else {
+                return self.ready(syntax);
+            };
+            match option.to_ascii_uppercase().as_slice() {
+                b"MATCH" => pattern = operand.clone(),
+                b"COUNT" => match parse_integer(operand) {
+                    Some(n) if n >= 1 => count = n.min(i64::from(u32::MAX)) as u32,
+                    Some(_) => return self.ready(syntax),
+                    None => {
+                        return self.ready(|out| {
+                            reply::error(out, "ERR value is not an integer or out of range")
+                        })
+                    }
+                },
+                // Every value is a string.
+                b"TYPE" => strings = operand.eq_ignore_ascii_case(b"string"),
+                _ => return self.ready(syntax),
+            }
+        }
+        if !strings {
+            return self.ready(|out| {
+                reply::array(out, 2);
+                reply::bulk(out, b"0");
+                reply::array(out, 0);
+            });
+        }
+        let value = crate::scan::encode_scan(cursor, count, &pattern);
+        let frame = self.request(Opcode::SCAN, Vec::new(), value);
+        self.frames(vec![frame], Finish::Scan);
+    }
+
+    /// CLIENT SETNAME name, GETNAME, ID.
+    fn client_command(&mut self, args: &[Vec<u8>]) {
+        let sub = args
+            .first()
+            .map(|a| a.to_ascii_uppercase())
+            .unwrap_or_default();
+        match (sub.as_slice(), &args[1..]) {
+            (b"SETNAME", [name]) => {
+                if name.iter().any(|b| *b <= b' ' || *b >= 0x7f) {
+                    return self.ready(|out| {
+                        reply::error(
+                            out,
+                            "ERR Client names cannot contain spaces, newlines or special \
+                             characters.",
+                        )
+                    });
+                }
+                // An empty name removes it, as in Redis.
+                self.client.name = (!name.is_empty()).then(|| name.clone());
+                self.ready(|out| reply::simple(out, "OK"));
+            }
+            (b"GETNAME", []) => {
+                let name = self.client.name.clone();
+                self.ready(|out| match name {
+                    Some(name) => reply::bulk(out, &name),
+                    None => reply::nil(out),
+                });
+            }
+            (b"ID", []) => {
+                let id = self.client.id;
+                self.ready(|out| reply::integer(out, id as i64));
+            }
+            (b"SETNAME" | b"GETNAME" | b"ID", _) => {
+                let sub = String::from_utf8_lossy(&sub).to_ascii_lowercase();
+                self.ready(|out| {
+                    reply::error(
+                        out,
+                        &format!("ERR wrong number of arguments for 'client|{sub}' command"),
+                    )
+                });
+            }
+            _ => {
+                let sub = String::from_utf8_lossy(&sub).into_owned();
+                self.ready(|out| {
+                    reply::error(
+                        out,
+                        &format!(
+                            "ERR unknown subcommand '{sub}'. ringkv's CLIENT knows SETNAME, \
+                             GETNAME and ID."
+                        ),
+                    )
+                });
+            }
+        }
     }
 
     /// AUTH password, or AUTH username password (the only user is `default`, as in Redis
@@ -1194,6 +1477,84 @@ fn finish_reply(door: &Door, finish: Finish, answers: &[Frame], out: &mut Vec<u8
                 } else {
                     reply::nil(out);
                 }
+            }
+        }
+        Finish::Sum | Finish::Stored | Finish::SetIf | Finish::Old | Finish::Len => {
+            let Some(answer) = answers.first() else {
+                return reply::error(out, "ERR INTERNAL: no answer");
+            };
+            if answer.status != Status::OK {
+                return update_error(out, answer);
+            }
+            let value = &answer.value;
+            let decoded = match finish {
+                Finish::Sum => crate::update::decode_sum(value).map(|n| reply::integer(out, n)),
+                Finish::Stored => crate::update::decode_stored(value)
+                    .map(|stored| reply::integer(out, i64::from(stored))),
+                Finish::SetIf => crate::update::decode_stored(value).map(|stored| {
+                    if stored {
+                        reply::simple(out, "OK")
+                    } else {
+                        reply::nil(out)
+                    }
+                }),
+                Finish::Old => crate::update::decode_old(value).map(|old| match old {
+                    Some(old) => reply::bulk(out, &old),
+                    None => reply::nil(out),
+                }),
+                _ => crate::update::decode_len(value)
+                    .map(|len| reply::integer(out, i64::try_from(len).unwrap_or(i64::MAX))),
+            };
+            if let Err(e) = decoded {
+                reply::error(out, &format!("ERR INTERNAL: {e}"));
+            }
+        }
+        Finish::Flush => match answers.first() {
+            Some(answer) if answer.status == Status::OK => reply::simple(out, "OK"),
+            Some(answer) => status_error(out, answer),
+            None => reply::error(out, "ERR INTERNAL: no answer"),
+        },
+        Finish::Scan | Finish::Keys => {
+            let Some(answer) = answers.first() else {
+                return reply::error(out, "ERR INTERNAL: no answer");
+            };
+            if answer.status != Status::OK {
+                return status_error(out, answer);
+            }
+            let (next, keys) = match crate::scan::decode_keys(&answer.value) {
+                Ok(decoded) => decoded,
+                Err(e) => return reply::error(out, &format!("ERR INTERNAL: {e}")),
+            };
+            if matches!(finish, Finish::Keys) {
+                if next != 0 || keys.len() > KEYS_LIMIT {
+                    return reply::error(
+                        out,
+                        &format!(
+                            "ERR KEYS lists at most {KEYS_LIMIT} keys and 4 MiB of them; use \
+                             SCAN to walk more"
+                        ),
+                    );
+                }
+            } else {
+                reply::array(out, 2);
+                reply::bulk(out, next.to_string().as_bytes());
+            }
+            reply::array(out, keys.len());
+            for key in &keys {
+                reply::bulk(out, key);
+            }
+        }
+        Finish::Strlen | Finish::Type => {
+            if let Some(failure) = failed(ok_or_missing) {
+                return status_error(out, failure);
+            }
+            let found = answers.first().filter(|a| a.status == Status::OK);
+            match (finish, found) {
+                (Finish::Strlen, found) => {
+                    reply::integer(out, found.map_or(0, |a| a.value.len() as i64))
+                }
+                (_, Some(_)) => reply::simple(out, "string"),
+                (_, None) => reply::simple(out, "none"),
             }
         }
         Finish::Set | Finish::Mset => match failed(ok_only) {

@@ -792,6 +792,12 @@ impl ServerHandle {
         self.local_addr
     }
 
+    /// The server's open connections, shared, so that a metrics scrape can count them while
+    /// the server runs.
+    pub(crate) fn connections(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+
     /// Stops accepting, closes every open connection and waits for the acceptor to end.
     pub fn shutdown(&mut self) {
         if self.shutdown.swap(true, Ordering::SeqCst) {

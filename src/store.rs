@@ -103,6 +103,18 @@ pub trait Engine: Send + Sync {
     /// Calls `visit` with every key and its value, a part of the store at a time (writers of
     /// that part wait meanwhile).
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8]));
+    /// How many parts [`for_each_key_in`](Engine::for_each_key_in) cuts the store into: a
+    /// scan walks them one at a time, so that one step costs one part, not the whole store.
+    fn parts(&self) -> usize {
+        1
+    }
+    /// Calls `visit` with every key of part `part` (below [`parts`](Engine::parts)); the same
+    /// key is always in the same part.
+    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8])) {
+        if part == 0 {
+            self.for_each(&mut |key, _| visit(key));
+        }
+    }
     /// Damaged last records found in the store's log when it opened: 0 or 1 (a whole record
     /// that failed its checks, cut off and saved beside the log). 0 for a store without a log.
     fn damaged_records(&self) -> u64 {
@@ -439,6 +451,18 @@ impl Engine for MemStore {
             visit(key, value);
             Ok::<(), ()>(())
         });
+    }
+
+    fn parts(&self) -> usize {
+        SHARDS
+    }
+
+    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8])) {
+        if let Some(shard) = self.shards.get(part) {
+            for entry in lock!(shard, read).iter() {
+                visit(entry.key());
+            }
+        }
     }
 }
 

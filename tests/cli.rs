@@ -628,3 +628,165 @@ fn kvcli_join_and_leave_grow_and_shrink_a_local_cluster() {
         assert_eq!(got.code(), Some(0), "grow-{i}: {}", got.text());
     }
 }
+
+#[test]
+fn version_prints_the_name_and_version_of_either_binary() {
+    let version = env!("CARGO_PKG_VERSION");
+    for (program, name) in [(KVCLI, "kvcli"), (env!("CARGO_BIN_EXE_ringkv"), "ringkv")] {
+        let out = run_bounded(Command::new(program).arg("--version"), b"", BOUND);
+        assert_eq!(out.code(), Some(0), "{name}: {out:?}");
+        assert_eq!(out.text(), format!("{name} {version}\n"), "{out:?}");
+        assert!(out.stderr.is_empty(), "{name}: {out:?}");
+    }
+    // Only as the first argument: elsewhere it is an unknown flag.
+    let out = kvcli(&["ping", "--version"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn ping_exits_2_when_the_frontend_answers_but_no_backend_does() {
+    let first = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+    let second = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+    let backends = [first.listening("backend"), second.listening("backend")];
+    let frontend = Server::start(&[
+        "frontend",
+        "--listen",
+        "127.0.0.1:0",
+        &backends[0],
+        &backends[1],
+    ]);
+    let addr = frontend.listening("frontend");
+    let out = kvcli_at(&addr, &["ping"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+
+    // One backend left: the cluster still answers, and the silent one is named.
+    second.kill();
+    let out = kvcli_at(&addr, &["ping"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.text().starts_with(&format!("PONG from {addr} in ")),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("1 of 2 backends did not answer") && out.stderr.contains(&backends[1]),
+        "{out:?}"
+    );
+
+    first.kill();
+    let out = kvcli_at(&addr, &["ping"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "{addr} answers, but none of its 2 backend(s) does"
+        )),
+        "{out:?}"
+    );
+    for backend in &backends {
+        assert!(out.stderr.contains(backend.as_str()), "{out:?}");
+    }
+}
+
+#[test]
+fn a_value_over_the_limits_gets_the_too_large_answer_not_a_broken_pipe() {
+    let (_server, frontend, _) = local_cluster();
+    let dir = common::TempDir::new("cli", "too-large");
+    // Over the value limit (4 MiB) and within the frame limit (8 MiB): refused politely.
+    // Over the frame limit too: the server answers and closes while kvcli is still writing.
+    for (mib, limit) in [(5, "4194304"), (9, "8388608")] {
+        let path = dir.path().join(format!("{mib}-MiB"));
+        std::fs::write(&path, vec![b'v'; mib << 20]).unwrap();
+        let out = kvcli_at(&frontend, &["put", "big", "--file", path.to_str().unwrap()]);
+        assert_eq!(out.code(), Some(2), "{mib} MiB: {out:?}");
+        assert!(
+            out.stderr.starts_with("kvcli: TOO_LARGE: ") && out.stderr.contains(limit),
+            "{mib} MiB: {out:?}"
+        );
+        assert!(out.elapsed < Duration::from_secs(5), "{mib} MiB: {out:?}");
+        assert_eq!(kvcli_at(&frontend, &["get", "big"]).code(), Some(1));
+    }
+    // The frontend still serves.
+    assert_eq!(kvcli_at(&frontend, &["put", "small", "v"]).code(), Some(0));
+}
+
+#[test]
+fn a_port_that_is_not_ringkv_fails_fast_with_a_clear_message() {
+    let greetings: [&[u8]; 4] = [
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        b"-ERR unknown command\r\n",
+        // Binary, and too short for a frame's header.
+        b"\x00\x00\x00\x05hello",
+    ];
+    for greeting in greetings {
+        for stays_open in [false, true] {
+            for args in [
+                &["ping"][..],
+                &["get", "k"],
+                &["put", "k", "v"],
+                &["size"],
+                &["top", "--once", "--interval", "0.1"],
+            ] {
+                // One connection only: a kvcli that tried again on a second one would wait for
+                // an answer that never comes.
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap().to_string();
+                let impostor = std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let (mut stream, _) = listener.accept().unwrap();
+                    let _ = stream.write_all(greeting);
+                    if stays_open {
+                        // Until kvcli hangs up.
+                        let _ = stream.read_to_end(&mut Vec::new());
+                    }
+                });
+                let what = format!(
+                    "{:?}, open: {stays_open}, {args:?}",
+                    String::from_utf8_lossy(greeting)
+                );
+                let out = kvcli_at(&addr, args);
+                assert_eq!(out.code(), Some(2), "{what}: {out:?}");
+                assert!(
+                    out.stderr
+                        .starts_with(&format!("kvcli: {addr} is not a ringkv server: ")),
+                    "{what}: {out:?}"
+                );
+                assert!(out.elapsed < Duration::from_secs(2), "{what}: {out:?}");
+                impostor.join().unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn kvcli_scan_prints_every_key_or_those_matching() {
+    let (_server, addr, _) = local_cluster();
+    for i in 0..40 {
+        let key = if i % 2 == 0 {
+            format!("user:{i}")
+        } else {
+            format!("item:{i}")
+        };
+        assert_eq!(kvcli_at(&addr, &["put", &key, "v"]).code(), Some(0));
+    }
+    let all = kvcli_at(&addr, &["scan", "--count", "3"]);
+    assert_eq!(all.code(), Some(0), "{all:?}");
+    let mut keys: Vec<String> = all.text().lines().map(str::to_string).collect();
+    keys.sort();
+    let mut expected: Vec<String> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("user:{i}")
+            } else {
+                format!("item:{i}")
+            }
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    let users = kvcli_at(&addr, &["scan", "--match", "user:*"]);
+    assert_eq!(users.code(), Some(0), "{users:?}");
+    assert_eq!(users.text().lines().count(), 20);
+    assert!(users.text().lines().all(|k| k.starts_with("user:")));
+    assert_eq!(kvcli_at(&addr, &["scan", "--match", "none*"]).text(), "");
+}

@@ -309,7 +309,7 @@ fn errors_keep_the_connection_usable() {
     );
     let mut conn = Conn::open(resp_addr(&cluster));
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (multibulk(&[b"FLUSHALL"]), "ERR unknown command 'FLUSHALL'"),
+        (multibulk(&[b"LPUSH"]), "ERR unknown command 'LPUSH'"),
         (
             multibulk(&[b"GET"]),
             "ERR wrong number of arguments for 'get' command",
@@ -328,6 +328,10 @@ fn errors_keep_the_connection_usable() {
         ),
         (
             multibulk(&[b"SET", b"a", b"1", b"EX", b"10"]),
+            "ERR ringkv keeps keys until they are deleted",
+        ),
+        (
+            multibulk(&[b"SET", b"a", b"1", b"NOPE"]),
             "ERR syntax error",
         ),
         (multibulk(&[b"SET", b"", b"1"]), "ERR BAD_REQUEST: "),
@@ -960,4 +964,130 @@ fn ringkv_local_opens_the_door_unless_told_off() {
     ]);
     assert!(next(&rx).starts_with("frontend listening on "));
     assert!(next(&rx).starts_with("backend listening on "));
+}
+
+fn int(n: i64) -> Resp {
+    Resp::Int(n)
+}
+
+/// The commands a Redis user types first: increments, conditional sets, swaps and appends run
+/// at the key's head (UPDATE), STRLEN and TYPE read it, TIME and CLIENT answer at the door.
+#[test]
+fn the_commands_people_type_first_answer_like_redis() {
+    let cluster = cluster();
+    let mut conn = Conn::open(resp_addr(&cluster));
+    let not_integer = Resp::Error("ERR value is not an integer or out of range".into());
+    assert_eq!(conn.call(&[b"INCR", b"n"]), int(1));
+    assert_eq!(conn.call(&[b"INCRBY", b"n", b"10"]), int(11));
+    assert_eq!(conn.call(&[b"DECR", b"n"]), int(10));
+    assert_eq!(conn.call(&[b"DECRBY", b"n", b"20"]), int(-10));
+    assert_eq!(conn.call(&[b"GET", b"n"]), bulk(b"-10"));
+    assert_eq!(conn.call(&[b"INCRBY", b"n", b"ten"]), not_integer);
+    assert_eq!(
+        conn.call(&[b"DECRBY", b"n", b"-9223372036854775808"]),
+        not_integer
+    );
+    assert_eq!(conn.call(&[b"SET", b"text", b"abc"]), ok());
+    assert_eq!(conn.call(&[b"INCR", b"text"]), not_integer);
+    assert_eq!(conn.call(&[b"GET", b"text"]), bulk(b"abc"));
+
+    assert_eq!(conn.call(&[b"SETNX", b"k", b"v1"]), int(1));
+    assert_eq!(conn.call(&[b"SETNX", b"k", b"v2"]), int(0));
+    assert_eq!(conn.call(&[b"SET", b"k", b"v3", b"NX"]), Resp::Nil);
+    assert_eq!(conn.call(&[b"SET", b"k", b"v3", b"xx"]), ok());
+    assert_eq!(conn.call(&[b"SET", b"absent", b"v", b"XX"]), Resp::Nil);
+    assert_eq!(conn.call(&[b"SET", b"fresh", b"v", b"NX"]), ok());
+    assert_eq!(conn.call(&[b"SET", b"k", b"v4", b"GET"]), bulk(b"v3"));
+    assert_eq!(conn.call(&[b"GETSET", b"k", b"v5"]), bulk(b"v4"));
+    assert_eq!(conn.call(&[b"GETSET", b"new", b"v"]), Resp::Nil);
+    assert_eq!(conn.call(&[b"GETDEL", b"k"]), bulk(b"v5"));
+    assert_eq!(conn.call(&[b"GETDEL", b"k"]), Resp::Nil);
+    assert_eq!(conn.call(&[b"GET", b"k"]), Resp::Nil);
+    assert!(error_starting(
+        &conn.call(&[b"SET", b"k", b"v", b"NX", b"XX"]),
+        "ERR syntax error"
+    ));
+    assert!(error_starting(
+        &conn.call(&[b"SET", b"k", b"v", b"EX", b"10"]),
+        "ERR ringkv keeps keys"
+    ));
+
+    assert_eq!(conn.call(&[b"APPEND", b"a", b"hello"]), int(5));
+    assert_eq!(conn.call(&[b"APPEND", b"a", b" world"]), int(11));
+    assert_eq!(conn.call(&[b"GET", b"a"]), bulk(b"hello world"));
+    assert_eq!(conn.call(&[b"STRLEN", b"a"]), int(11));
+    assert_eq!(conn.call(&[b"STRLEN", b"absent"]), int(0));
+    assert_eq!(conn.call(&[b"TYPE", b"a"]), Resp::Simple("string".into()));
+    assert_eq!(
+        conn.call(&[b"TYPE", b"absent"]),
+        Resp::Simple("none".into())
+    );
+    assert_eq!(conn.call(&[b"EXISTS", b"a", b"absent", b"a"]), int(2));
+
+    match conn.call(&[b"TIME"]) {
+        Resp::Array(parts) => {
+            let numbers: Vec<u64> = parts
+                .iter()
+                .map(|p| match p {
+                    Resp::Bulk(b) => String::from_utf8_lossy(b).parse().unwrap(),
+                    other => panic!("TIME part {other:?}"),
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            assert!(
+                numbers[0].abs_diff(now) < 60 && numbers[1] < 1_000_000,
+                "{numbers:?}"
+            );
+        }
+        other => panic!("TIME answered {other:?}"),
+    }
+    assert_eq!(conn.call(&[b"CLIENT", b"GETNAME"]), Resp::Nil);
+    assert_eq!(conn.call(&[b"CLIENT", b"SETNAME", b"worker-1"]), ok());
+    assert_eq!(conn.call(&[b"CLIENT", b"GETNAME"]), bulk(b"worker-1"));
+    assert!(matches!(conn.call(&[b"CLIENT", b"ID"]), Resp::Int(id) if id > 0));
+    assert!(error_starting(
+        &conn.call(&[b"CLIENT", b"SETNAME", b"two words"]),
+        "ERR Client names cannot contain spaces"
+    ));
+    assert!(error_starting(
+        &conn.call(&[b"CLIENT", b"KILL"]),
+        "ERR unknown subcommand"
+    ));
+    // What the door wrote, the binary protocol reads.
+    let mut native = client(cluster.frontend_addr());
+    assert_eq!(
+        native.get(b"a").unwrap().as_deref(),
+        Some(&b"hello world"[..])
+    );
+    assert_eq!(native.incr_by(b"n", 10).unwrap(), 0);
+}
+
+#[test]
+fn redis_cli_increments_and_swaps() {
+    if !redis_tools_present() {
+        return;
+    }
+    let cluster = cluster();
+    let addr = resp_addr(&cluster);
+    assert_eq!(redis_cli(addr, &["incr", "hits"]).text(), "1\n");
+    assert_eq!(redis_cli(addr, &["incrby", "hits", "41"]).text(), "42\n");
+    assert_eq!(redis_cli(addr, &["setnx", "lock", "me"]).text(), "1\n");
+    assert_eq!(redis_cli(addr, &["setnx", "lock", "you"]).text(), "0\n");
+    assert_eq!(redis_cli(addr, &["getdel", "lock"]).text(), "me\n");
+    assert_eq!(redis_cli(addr, &["append", "log", "a"]).text(), "1\n");
+    assert_eq!(redis_cli(addr, &["type", "log"]).text(), "string\n");
+    // redis-cli walks SCAN's cursor to the end.
+    for i in 0..30 {
+        redis_cli(addr, &["set", &format!("scan:{i}"), "v"]);
+    }
+    let scanned = redis_cli(addr, &["--scan", "--pattern", "scan:*"]).text();
+    let mut keys: Vec<&str> = scanned.lines().collect();
+    keys.sort_unstable();
+    let mut expected: Vec<String> = (0..30).map(|i| format!("scan:{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    assert_eq!(redis_cli(addr, &["keys", "lo*"]).text(), "log\n");
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use ringkv::cli::{
-    render_distribution, render_paper_test, render_ring, render_stats, run_paper_test, PaperTest,
+    render_distribution, render_paper_test, render_ring, render_stats, render_top, run_paper_test,
+    top_table, PaperTest,
 };
 use ringkv::cluster::membership::Change;
 use ringkv::protocol::Status;
@@ -19,7 +20,7 @@ use ringkv::{Client, ClientOptions, Password};
 const EXIT_NOT_FOUND: u8 = 1;
 const EXIT_ERROR: u8 = 2;
 
-/// kvcli: talk to a ringkv frontend.
+/// kvcli: talk to a ringkv frontend. `kvcli --version` prints its version.
 #[derive(FromArgs)]
 struct Args {
     /// frontend address (default 127.0.0.1:7000, or $RINGKV_FRONTEND)
@@ -44,7 +45,9 @@ enum Command {
     Delete(DeleteArgs),
     Size(SizeArgs),
     Stats(StatsArgs),
+    Top(TopArgs),
     Ping(PingArgs),
+    Scan(ScanArgs),
     Ring(RingArgs),
     Test(TestArgs),
     Bench(BenchArgs),
@@ -127,10 +130,40 @@ struct SizeArgs {}
 #[argh(subcommand, name = "stats")]
 struct StatsArgs {}
 
-/// Check that the frontend answers, and how fast.
+/// Check that the frontend answers, and how fast, and that a backend answers behind it (exit 2
+/// if none does).
 #[derive(FromArgs)]
 #[argh(subcommand, name = "ping")]
 struct PingArgs {}
+
+/// Print every key (one per line), or those matching --match, walking the cluster with SCAN.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "scan")]
+struct ScanArgs {
+    /// only keys matching this Redis glob pattern: `*`, `?`, `[abc]`, `[a-z]`; a backslash
+    /// escapes
+    #[argh(option, long = "match")]
+    pattern: Option<String>,
+    /// keys to aim for per step (default 1000)
+    #[argh(option, default = "1000")]
+    count: u32,
+}
+
+/// A live view of the cluster: per node (and in total) requests per second, keys, bytes,
+/// errors and p99 latency over each interval, redrawn in place in a terminal (Ctrl-C quits).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "top")]
+struct TopArgs {
+    /// seconds between refreshes (default 1; fractions such as 0.2 too)
+    #[argh(option, default = "1.0")]
+    interval: f64,
+    /// take two samples one interval apart, print one table and exit
+    #[argh(switch)]
+    once: bool,
+    /// stop after this many refreshes
+    #[argh(option)]
+    count: Option<u64>,
+}
 
 /// Show the ring: nodes, their positions or partitions, and the share of the key space each owns.
 #[derive(FromArgs)]
@@ -361,6 +394,147 @@ fn move_in_progress(client: &mut Client) -> Result<String, Box<dyn std::error::E
     ))
 }
 
+/// The ANSI sequences of `kvcli top`'s view in a terminal.
+const CLEAR_SCREEN: &str = "\x1b[2J";
+const CURSOR_HOME: &str = "\x1b[H";
+const CLEAR_TO_END_OF_LINE: &str = "\x1b[K";
+const CLEAR_BELOW: &str = "\x1b[J";
+const HIDE_CURSOR: &str = "\x1b[?25l";
+const SHOW_CURSOR: &str = "\x1b[?25h";
+
+/// Where `kvcli top` shows its tables.
+enum TopOutput {
+    /// A terminal: each table drawn over the last, the cursor hidden meanwhile and shown again
+    /// when this is dropped or on Ctrl-C.
+    Redrawn,
+    /// Anything else: the tables one after the other, a blank line between two.
+    Appended { tables: u64 },
+}
+
+impl TopOutput {
+    /// Takes over the terminal: hides the cursor and clears the screen, and makes Ctrl-C
+    /// give the cursor back and exit 0.
+    fn redrawn() -> Result<TopOutput, Box<dyn std::error::Error>> {
+        // The handler ends kvcli itself: Ctrl-C may come while the main thread waits on the
+        // cluster for up to --timeout seconds, and should not have to wait for it.
+        ctrlc::set_handler(|| {
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "{SHOW_CURSOR}");
+            let _ = stdout.flush();
+            std::process::exit(0);
+        })
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
+        let mut stdout = std::io::stdout().lock();
+        write!(stdout, "{HIDE_CURSOR}{CLEAR_SCREEN}")?;
+        stdout.flush()?;
+        Ok(TopOutput::Redrawn)
+    }
+
+    fn show(&mut self, text: &str) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        match self {
+            TopOutput::Redrawn => {
+                // Over the last table line by line, rather than clearing first, so that the
+                // view does not flicker.
+                write!(stdout, "{CURSOR_HOME}")?;
+                for line in text.lines() {
+                    writeln!(stdout, "{line}{CLEAR_TO_END_OF_LINE}")?;
+                }
+                write!(stdout, "{CLEAR_BELOW}")?;
+            }
+            TopOutput::Appended { tables } => {
+                if *tables > 0 {
+                    writeln!(stdout)?;
+                }
+                write!(stdout, "{text}")?;
+                *tables += 1;
+            }
+        }
+        stdout.flush()
+    }
+}
+
+impl Drop for TopOutput {
+    fn drop(&mut self) {
+        if let TopOutput::Redrawn = self {
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "{SHOW_CURSOR}");
+            let _ = stdout.flush();
+        }
+    }
+}
+
+/// `kvcli top`: a STATS every interval, and the table of what each node did in between.
+fn top(addr: &str, options: ClientOptions, t: TopArgs) -> Result<u8, Box<dyn std::error::Error>> {
+    let interval = Duration::try_from_secs_f64(t.interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "--interval must be a positive number of seconds, not {}",
+                t.interval
+            )
+        })?;
+    let refreshes = match (t.once, t.count) {
+        (true, Some(_)) => return Err("give --once or --count, not both".into()),
+        (_, Some(0)) => return Err("--count must be at least 1".into()),
+        (true, None) => Some(1),
+        (false, count) => count,
+    };
+    let mut client = Client::connect_with(addr, options)?;
+    let redraw = !t.once && std::io::stdout().is_terminal();
+    let mut output = if redraw {
+        TopOutput::redrawn()?
+    } else {
+        TopOutput::Appended { tables: 0 }
+    };
+    let quit = if redraw { " (Ctrl-C quits)" } else { "" };
+    if redraw {
+        output.show(&format!(
+            "kvcli top: {addr}{quit}: the first figures come in {}s",
+            t.interval
+        ))?;
+    }
+    let mut earlier = client.stats()?;
+    let mut earlier_at = Instant::now();
+    // Each node that did not answer at some refresh, with why, to name when kvcli ends.
+    let mut did_not_answer: Vec<(String, String)> = Vec::new();
+    let mut shown = 0u64;
+    loop {
+        std::thread::sleep((earlier_at + interval).saturating_duration_since(Instant::now()));
+        let later = client.stats()?;
+        let later_at = Instant::now();
+        let seconds = later_at.duration_since(earlier_at).as_secs_f64();
+        let table = top_table(&earlier, &later, seconds);
+        for row in table.missing() {
+            if !did_not_answer.iter().any(|(node, _)| *node == row.node) {
+                let why = row.failure.clone().unwrap_or_default();
+                did_not_answer.push((row.node.clone(), why));
+            }
+        }
+        output.show(&format!(
+            "kvcli top: {addr}{quit}: the last {seconds:.2}s\n{}",
+            render_top(&table)
+        ))?;
+        shown += 1;
+        if refreshes.is_some_and(|n| shown >= n) {
+            break;
+        }
+        earlier = later;
+        earlier_at = later_at;
+    }
+    drop(output);
+    // A table with a node missing is not the cluster's figure.
+    for (node, why) in &did_not_answer {
+        eprintln!("kvcli: node {node} did not answer: {why}");
+    }
+    Ok(if did_not_answer.is_empty() {
+        0
+    } else {
+        EXIT_ERROR
+    })
+}
+
 /// Bytes in B, KiB, MiB or GiB.
 fn human_bytes(bytes: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB"];
@@ -392,7 +566,11 @@ fn main() -> ExitCode {
     match run(&addr, options, args.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("kvcli: {e}");
+            // Bytes of another protocol are worth saying so, not "bad frame".
+            let foreign = e
+                .downcast_ref::<ringkv::Error>()
+                .and_then(ringkv::client::not_a_ringkv_server);
+            eprintln!("kvcli: {}", foreign.unwrap_or_else(|| e.to_string()));
             ExitCode::from(EXIT_ERROR)
         }
     }
@@ -418,6 +596,9 @@ fn run(
         let outcome = run_paper_test(addr, &test, options)?;
         print!("{}", render_paper_test(&outcome));
         return Ok(if outcome.passed() { 0 } else { EXIT_ERROR });
+    }
+    if let Command::Top(t) = command {
+        return top(addr, options, t);
     }
     if let Command::Join(j) = command {
         let change = Change::Join(j.addr);
@@ -501,8 +682,54 @@ fn run(
         Command::Ping(_) => {
             let rtt = client.ping()?;
             writeln!(stdout, "PONG from {addr} in {rtt:.2?}")?;
+            stdout.flush()?;
+            // A frontend answers PING itself, backends or none: a SIZE asks every backend.
+            let reports = client.size()?;
+            let backends: Vec<_> = reports.iter().filter(|r| r.addr != "total").collect();
+            let silent: Vec<String> = backends
+                .iter()
+                .filter(|r| r.status != Status::OK)
+                .map(|r| format!("{}: {}: {}", r.addr, r.status, r.message))
+                .collect();
+            if !silent.is_empty() && silent.len() == backends.len() {
+                eprintln!(
+                    "kvcli: {addr} answers, but none of its {} backend(s) does: {}",
+                    backends.len(),
+                    silent.join("; ")
+                );
+                return Ok(EXIT_ERROR);
+            }
+            if !silent.is_empty() {
+                eprintln!(
+                    "kvcli: note: {} of {} backends did not answer: {}",
+                    silent.len(),
+                    backends.len(),
+                    silent.join("; ")
+                );
+            }
         }
-        Command::Test(_) | Command::Bench(_) | Command::Join(_) | Command::Leave(_) => {
+        Command::Scan(s) => {
+            let pattern = s.pattern.unwrap_or_default();
+            // Step by step, so that keys are printed as they come; a view change restarts
+            // the walk, which would print keys twice: refuse instead.
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = client.scan(cursor, s.count.max(1), pattern.as_bytes())?;
+                for key in keys {
+                    stdout.write_all(&key)?;
+                    stdout.write_all(b"\n")?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Command::Test(_)
+        | Command::Bench(_)
+        | Command::Join(_)
+        | Command::Leave(_)
+        | Command::Top(_) => {
             unreachable!("handled above")
         }
     }

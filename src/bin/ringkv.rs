@@ -12,7 +12,8 @@ use ringkv::{
     Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Password, Routing,
 };
 
-/// ringkv: a distributed key-value store (frontend + ring of backends).
+/// ringkv: a distributed key-value store (frontend + ring of backends). `ringkv --version`
+/// prints its version.
 #[derive(FromArgs)]
 struct Args {
     #[argh(subcommand)]
@@ -59,6 +60,10 @@ struct BackendArgs {
     /// (default: none needed)
     #[argh(option)]
     require_auth: Option<std::path::PathBuf>,
+    /// address to serve Prometheus metrics on over HTTP (GET /metrics), e.g. 127.0.0.1:9100;
+    /// port 0 picks one (default: off)
+    #[argh(option)]
+    metrics_listen: Option<String>,
     /// open connections allowed at once; more get BUSY (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
@@ -164,6 +169,13 @@ struct FrontendArgs {
     /// needed)
     #[argh(option)]
     require_auth: Option<std::path::PathBuf>,
+    /// address to serve Prometheus metrics on over HTTP (GET /metrics), e.g. 127.0.0.1:9100;
+    /// port 0 picks one (default: off)
+    #[argh(option)]
+    metrics_listen: Option<String>,
+    /// answer Redis's FLUSHALL (and FLUSH) by deleting every key (default: refused)
+    #[argh(switch)]
+    allow_flushall: bool,
     /// file of settings (TOML): any flag of this command under its own name, e.g.
     /// `max-connections = 2048`; flags given here override it
     #[argh(option)]
@@ -246,6 +258,13 @@ struct LocalArgs {
     /// AUTH) to the frontend, the Redis door and the backends (default: none needed)
     #[argh(option)]
     require_auth: Option<std::path::PathBuf>,
+    /// address to serve Prometheus metrics on over HTTP (GET /metrics) for the frontend and
+    /// every backend, e.g. 127.0.0.1:9100; port 0 picks one (default: off)
+    #[argh(option)]
+    metrics_listen: Option<String>,
+    /// answer Redis's FLUSHALL (and FLUSH) by deleting every key (default: refused)
+    #[argh(switch)]
+    allow_flushall: bool,
     /// file of settings (TOML): any flag of this command under its own name, e.g.
     /// `max-connections = 2048`; flags given here override it
     #[argh(option)]
@@ -328,6 +347,11 @@ fn local_config(a: &LocalArgs) -> String {
         ("ping-timeout", int(a.ping_timeout)),
         ("cluster-token-file", path(&a.cluster_token_file)),
         ("require-auth", path(&a.require_auth)),
+        (
+            "metrics-listen",
+            a.metrics_listen.as_ref().and_then(|m| text(m)),
+        ),
+        ("allow-flushall", Some(Value::Boolean(a.allow_flushall))),
     ];
     let (set, unset): (Vec<_>, Vec<_>) = settings.into_iter().partition(|(_, v)| v.is_some());
     let mut out = ringkv::config::render(
@@ -418,8 +442,12 @@ fn run_backend(a: BackendArgs) -> ringkv::Result<()> {
         repair: a.repair_log,
         cluster_token: ClusterToken::load(a.cluster_token_file.as_deref())?,
         password: required_password(a.require_auth.as_deref())?,
+        metrics_listen: a.metrics_listen,
     })?;
     announce(format!("backend listening on {}", backend.local_addr()));
+    if let Some(addr) = backend.metrics_addr() {
+        announce(format!("metrics listening on {addr}"));
+    }
     wait_for_signal()?;
     backend.shutdown();
     Ok(())
@@ -454,10 +482,15 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         follow: a.follow,
         cluster_token: ClusterToken::load(a.cluster_token_file.as_deref())?,
         password: required_password(a.require_auth.as_deref())?,
+        metrics_listen: a.metrics_listen,
+        allow_flush: a.allow_flushall,
     })?;
     announce(format!("frontend listening on {}", frontend.local_addr()));
     if let Some(addr) = frontend.resp_addr() {
         announce(format!("resp listening on {addr}"));
+    }
+    if let Some(addr) = frontend.metrics_addr() {
+        announce(format!("metrics listening on {addr}"));
     }
     wait_for_signal()?;
     frontend.shutdown();
@@ -494,6 +527,9 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         safe_retries: !a.paper,
         cluster_token: Some(token.clone()),
         password: password.clone(),
+        // One endpoint for the frontend and every backend (see LocalCluster::start).
+        metrics_listen: a.metrics_listen,
+        allow_flush: a.allow_flushall,
         ..FrontendConfig::default()
     };
     disk_budget_needs_a_log(a.max_disk_bytes, a.data_dir.as_deref())?;
@@ -513,6 +549,9 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
     }
     for addr in cluster.backend_addrs() {
         announce(format!("backend listening on {addr}"));
+    }
+    if let Some(addr) = cluster.metrics_addr() {
+        announce(format!("metrics listening on {addr}"));
     }
     wait_for_signal()?;
     cluster.shutdown();

@@ -100,6 +100,9 @@ impl Limits {
             frame.value.len().saturating_sub(payload::WriteTag::LEN)
         } else if frame.opcode == Opcode::VIEW_INSTALL {
             0
+        } else if frame.opcode == Opcode::UPDATE {
+            // The operation's byte before its operand.
+            frame.value.len().saturating_sub(1)
         } else {
             frame.value.len()
         };
@@ -205,6 +208,16 @@ named_codes!(
         /// The client presents the password of a server started with `--require-auth`; until
         /// it has, the server answers every other request (but PEER_AUTH) UNAUTHORIZED.
         AUTH = 0x1e,
+        /// A read-modify-write of the key at its head ([`crate::update::Update`] in the value):
+        /// increment, set if absent or present, swap, get and delete, append.
+        UPDATE = 0x20,
+        /// The next keys of a walk over every key of the cluster, from a cursor
+        /// ([`crate::scan`]).
+        SCAN = 0x21,
+        /// Internal: one step of a SCAN at a backend, the keys of one part of its store.
+        SCAN_PART = 0x22,
+        /// Deletes every key, at a frontend started to allow it (Redis's FLUSHALL).
+        FLUSH = 0x23,
     }
 );
 
