@@ -1085,7 +1085,6 @@ fn a_backend_at_its_connection_limit_is_reported_busy_not_unavailable() {
 /// stall, instead of holding the connection for as long as it keeps taking a few bytes.
 #[test]
 fn a_client_that_reads_a_trickle_is_cut_off_after_the_write_timeout() {
-    use std::io::Read;
     let io = Duration::from_secs(1);
     let cluster = LocalCluster::start(
         1,
@@ -1117,31 +1116,7 @@ fn a_client_that_reads_a_trickle_is_cut_off_after_the_write_timeout() {
         requests.extend(request_bytes(Opcode::GET, id, b"big", b""));
     }
     slow.write_all(&requests).unwrap();
-    slow.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let started = Instant::now();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut taken = 0usize;
-    let closed_after = loop {
-        match slow.read(&mut chunk) {
-            Ok(0) | Err(_) if taken > 0 => break started.elapsed(),
-            Ok(n) => taken += n,
-            // A loaded machine may take a while to make the first answers.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) && started.elapsed() < Duration::from_secs(10) => {}
-            Err(e) => panic!("no answer at all: {e}"),
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(25),
-            "still served after {:?} ({taken} bytes taken)",
-            started.elapsed()
-        );
-        // About 1.3 MB/s: 64 MiB would take almost a minute.
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (closed_after, taken) = common::read_a_trickle_until_closed(&mut slow);
     assert!(taken < 64 << 20, "every answer was taken ({taken} bytes)");
     eprintln!("cut off after {closed_after:?}, {taken} bytes taken");
     // The socket buffers fill at once; from then on the stalled batch has one timeout, and the
@@ -1190,6 +1165,38 @@ fn at_its_connection_limit_a_server_closes_the_connection_idle_longest() {
         raw_call(&mut active, Opcode::PING, 4, b"", b"").status,
         Status::OK
     );
+}
+
+/// The peak resident memory of process `pid` over `watch`, while `client` keeps making small
+/// PUTs and GETs each answered within `bound`.
+fn peak_while_served(
+    client: &mut ringkv::Client,
+    pid: u32,
+    watch: Duration,
+    bound: Duration,
+) -> u64 {
+    let mut peak = 0;
+    let started = Instant::now();
+    let mut step = 0u32;
+    while started.elapsed() < watch {
+        let asked = Instant::now();
+        let key = format!("small-{step}");
+        client.put(key.as_bytes(), b"v").unwrap();
+        assert_eq!(
+            client.get(key.as_bytes()).unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        assert!(
+            asked.elapsed() < bound,
+            "a small PUT and GET took {:?} beside the hostile clients",
+            asked.elapsed()
+        );
+        peak = peak.max(resident(pid));
+        step += 1;
+        // Sampling, not synchronisation: the memory is read between requests.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peak
 }
 
 /// Resident memory of process `pid`, in bytes (VmRSS).
@@ -1312,26 +1319,12 @@ fn clients_that_never_read_big_answers_hold_a_bounded_share_of_memory() {
         greedy.push(stream);
     }
     // The peak over two seconds, while a well-behaved client keeps being served.
-    let mut peak = 0;
-    let started = Instant::now();
-    let mut step = 0u32;
-    while started.elapsed() < Duration::from_secs(2) {
-        let asked = Instant::now();
-        let key = format!("small-{step}");
-        client.put(key.as_bytes(), b"v").unwrap();
-        assert_eq!(
-            client.get(key.as_bytes()).unwrap().as_deref(),
-            Some(&b"v"[..])
-        );
-        assert!(
-            asked.elapsed() < Duration::from_secs(2),
-            "a small PUT and GET took {:?} beside the greedy clients",
-            asked.elapsed()
-        );
-        peak = peak.max(resident(server.pid()));
-        step += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let peak = peak_while_served(
+        &mut client,
+        server.pid(),
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    );
     let grown = peak.saturating_sub(before);
     eprintln!(
         "{GREEDY} clients not reading {GETS} GETs of 4 MiB each: resident memory grew by {} MiB",
@@ -1423,26 +1416,12 @@ fn the_in_flight_budget_bounds_what_many_large_requests_hold_together() {
         })
         .collect();
     // Served throughout, while the senders' bytes arrive.
-    let mut peak = 0;
-    let started = Instant::now();
-    let mut step = 0u32;
-    while started.elapsed() < Duration::from_millis(1500) {
-        let asked = Instant::now();
-        let key = format!("small-{step}");
-        client.put(key.as_bytes(), b"v").unwrap();
-        assert_eq!(
-            client.get(key.as_bytes()).unwrap().as_deref(),
-            Some(&b"v"[..])
-        );
-        assert!(
-            asked.elapsed() < Duration::from_secs(1),
-            "a small PUT and GET took {:?} beside the large senders",
-            asked.elapsed()
-        );
-        peak = peak.max(resident(server.pid()));
-        step += 1;
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let peak = peak_while_served(
+        &mut client,
+        server.pid(),
+        Duration::from_millis(1500),
+        Duration::from_secs(1),
+    );
     let grown = peak.saturating_sub(before);
     eprintln!(
         "{SENDERS} connections each sending 7/8 of a 4 MiB request under a budget of {} MiB: \

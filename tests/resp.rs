@@ -637,29 +637,7 @@ fn a_client_that_reads_a_trickle_is_cut_off_after_the_write_timeout() {
     let mut slow = TcpStream::connect(addr).unwrap();
     let requests: Vec<u8> = (0..64).flat_map(|_| multibulk(&[b"GET", b"big"])).collect();
     slow.write_all(&requests).unwrap();
-    slow.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let started = Instant::now();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut taken = 0usize;
-    let closed_after = loop {
-        match slow.read(&mut chunk) {
-            Ok(0) | Err(_) if taken > 0 => break started.elapsed(),
-            Ok(n) => taken += n,
-            // A loaded machine may take a while to make the first replies.
-            Err(e)
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-                    && started.elapsed() < Duration::from_secs(10) => {}
-            Err(e) => panic!("no reply at all: {e}"),
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(25),
-            "still served after {:?} ({taken} bytes taken)",
-            started.elapsed()
-        );
-        // About 1.3 MB/s: 64 MiB would take almost a minute.
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (closed_after, taken) = common::read_a_trickle_until_closed(&mut slow);
     assert!(taken < 64 << 20, "every reply was taken ({taken} bytes)");
     eprintln!("cut off after {closed_after:?}, {taken} bytes taken");
     // The socket buffers fill at once; from then on the stalled batch has one timeout, and what

@@ -201,3 +201,33 @@ pub fn split_total(reports: &[NodeReport]) -> (&[NodeReport], &NodeReport) {
 pub fn sum(nodes: &[NodeReport], name: &str) -> u64 {
     nodes.iter().map(|r| r.counter(name)).sum()
 }
+
+/// Reads what `stream` is sent at about 1.3 MB/s (a client that takes its answers a trickle at
+/// a time) until the server closes it; returns how long that took from the first read, and the
+/// bytes taken. Panics if nothing comes within 10 s or the server still serves after 25 s.
+pub fn read_a_trickle_until_closed(stream: &mut TcpStream) -> (Duration, usize) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut taken = 0usize;
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) if taken > 0 => return (started.elapsed(), taken),
+            Ok(n) => taken += n,
+            // A loaded machine may take a while to make the first answers.
+            Err(e)
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+                    && started.elapsed() < Duration::from_secs(10) => {}
+            Err(e) => panic!("no answer at all: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "still served after {:?} ({taken} bytes taken)",
+            started.elapsed()
+        );
+        // About 1.3 MB/s: 64 MiB would take almost a minute.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
