@@ -533,17 +533,10 @@ fn kvcli_ring_shows_equal_partitions_by_default() {
 
 #[test]
 fn size_and_stats_exit_2_when_a_backend_does_not_answer() {
-    let first = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
-    let second = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
-    let backends = [first.listening("backend"), second.listening("backend")];
-    let frontend = Server::start(&[
-        "frontend",
-        "--listen",
-        "127.0.0.1:0",
-        &backends[0],
-        &backends[1],
-    ]);
-    let addr = frontend.listening("frontend");
+    let cluster = common::process::TwoBackends::start();
+    let [_first, second] = cluster.backends;
+    let (backends, addr) = (cluster.backend_addrs, cluster.addr);
+    let _frontend = cluster.frontend;
     for command in ["size", "stats"] {
         let out = kvcli_at(&addr, &[command]);
         assert_eq!(out.code(), Some(0), "{command}: {out:?}");
@@ -645,17 +638,10 @@ fn version_prints_the_name_and_version_of_either_binary() {
 
 #[test]
 fn ping_exits_2_when_the_frontend_answers_but_no_backend_does() {
-    let first = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
-    let second = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
-    let backends = [first.listening("backend"), second.listening("backend")];
-    let frontend = Server::start(&[
-        "frontend",
-        "--listen",
-        "127.0.0.1:0",
-        &backends[0],
-        &backends[1],
-    ]);
-    let addr = frontend.listening("frontend");
+    let cluster = common::process::TwoBackends::start();
+    let [first, second] = cluster.backends;
+    let (backends, addr) = (cluster.backend_addrs, cluster.addr);
+    let _frontend = cluster.frontend;
     let out = kvcli_at(&addr, &["ping"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(out.stderr.is_empty(), "{out:?}");

@@ -157,17 +157,10 @@ fn top_refuses_a_bad_interval_and_once_with_count() {
 
 #[test]
 fn top_exits_2_naming_a_backend_that_does_not_answer() {
-    let first = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
-    let second = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
-    let backends = [first.listening("backend"), second.listening("backend")];
-    let frontend = Server::start(&[
-        "frontend",
-        "--listen",
-        "127.0.0.1:0",
-        &backends[0],
-        &backends[1],
-    ]);
-    let addr = frontend.listening("frontend");
+    let cluster = common::process::TwoBackends::start();
+    let [_first, second] = cluster.backends;
+    let (backends, addr) = (cluster.backend_addrs, cluster.addr);
+    let _frontend = cluster.frontend;
     let out = kvcli_at(&addr, &["top", "--once", "--interval", "0.2"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
 

@@ -258,3 +258,35 @@ impl Server {
         self.child.0.wait().unwrap();
     }
 }
+
+/// Two `ringkv backend` processes and a `ringkv frontend` process in front of them, each its
+/// own process so that a test can kill one backend.
+pub struct TwoBackends {
+    pub backends: [Server; 2],
+    pub backend_addrs: [String; 2],
+    pub frontend: Server,
+    /// The frontend's address.
+    pub addr: String,
+}
+
+impl TwoBackends {
+    pub fn start() -> TwoBackends {
+        let first = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+        let second = Server::start(&["backend", "--listen", "127.0.0.1:0"]);
+        let backend_addrs = [first.listening("backend"), second.listening("backend")];
+        let frontend = Server::start(&[
+            "frontend",
+            "--listen",
+            "127.0.0.1:0",
+            &backend_addrs[0],
+            &backend_addrs[1],
+        ]);
+        let addr = frontend.listening("frontend");
+        TwoBackends {
+            backends: [first, second],
+            backend_addrs,
+            frontend,
+            addr,
+        }
+    }
+}
