@@ -12,7 +12,7 @@ use crate::cluster::token::ClusterToken;
 use crate::cluster::transfer::{self, Receiver, Trackers};
 use crate::cluster::view_file::{self, SavedView};
 use crate::error::Result;
-use crate::metrics::{self, Collect, Exposition, MetricsServer, RequestMetrics, Sources};
+use crate::metrics::{self, Collect, Exposition, MetricsServer, RequestMetrics};
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
@@ -271,14 +271,10 @@ impl Backend {
             state: Arc::clone(&state),
             connections: server.connections(),
         });
-        let metrics = match &config.metrics_listen {
-            Some(addr) => {
-                let sources = Arc::new(Sources::default());
-                sources.add(Arc::clone(&collector) as Arc<dyn Collect>);
-                Some(MetricsServer::start(addr, sources)?)
-            }
-            None => None,
-        };
+        let metrics = MetricsServer::start_for(
+            config.metrics_listen.as_deref(),
+            Arc::clone(&collector) as Arc<dyn Collect>,
+        )?;
         if let Some(m) = state.membership() {
             state
                 .receiver

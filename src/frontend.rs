@@ -15,7 +15,7 @@ use crate::cluster::membership::{Change, Changes};
 use crate::cluster::resume;
 use crate::cluster::token::ClusterToken;
 use crate::error::{Error, Result};
-use crate::metrics::{self, Collect, Exposition, MetricsServer, RequestMetrics, Sources};
+use crate::metrics::{self, Collect, Exposition, MetricsServer, RequestMetrics};
 use crate::peers::Peers;
 use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
@@ -415,14 +415,10 @@ impl Frontend {
             connections: server.connections(),
             node: server.local_addr().to_string(),
         });
-        let metrics = match &config.metrics_listen {
-            Some(addr) => {
-                let sources = Arc::new(Sources::default());
-                sources.add(Arc::clone(&collector) as Arc<dyn Collect>);
-                Some(MetricsServer::start(addr, sources)?)
-            }
-            None => None,
-        };
+        let metrics = MetricsServer::start_for(
+            config.metrics_listen.as_deref(),
+            Arc::clone(&collector) as Arc<dyn Collect>,
+        )?;
         Ok(Frontend {
             state,
             server,

@@ -580,6 +580,19 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
+    /// A server on `listen`, if one is asked for, answering scrapes of `collector` alone.
+    pub fn start_for(
+        listen: Option<&str>,
+        collector: Arc<dyn Collect>,
+    ) -> Result<Option<MetricsServer>> {
+        let Some(addr) = listen else {
+            return Ok(None);
+        };
+        let sources = Arc::new(Sources::default());
+        sources.add(collector);
+        MetricsServer::start(addr, sources).map(Some)
+    }
+
     /// Listens on `addr` (port 0 picks a free one) and answers scrapes of `sources` from
     /// [`SCRAPE_THREADS`] threads.
     pub fn start(addr: &str, sources: Arc<Sources>) -> Result<MetricsServer> {
