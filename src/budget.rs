@@ -17,7 +17,8 @@
 //! counted: a frontend's requests to its backends must never wait behind the very clients
 //! whose bytes fill the budget.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Bytes of buffers a connection may hold without counting them against the budget: ordinary
@@ -28,10 +29,19 @@ pub const FREE_PER_CONNECTION: usize = 128 * 1024;
 const LEAST_DEFAULT: u64 = 256 << 20;
 
 /// A limit on bytes in flight, shared by every connection that counts against it.
+///
+/// The count is an atomic, so that the checks every batch makes ([`MemoryBudget::exhausted`])
+/// and the common case of taking room that is there cost no lock; only a buffer that has to
+/// wait for room takes the mutex, to sleep on the condition variable.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,
-    used: Mutex<u64>,
+    used: AtomicU64,
+    /// Buffers waiting for room; room given back wakes them only if there are any. It and
+    /// `used` are read and written in one total order (SeqCst), so a waiter that found no room
+    /// is seen by the give_back that makes room.
+    waiting: AtomicUsize,
+    sleep: Mutex<()>,
     freed: Condvar,
 }
 
@@ -40,7 +50,9 @@ impl MemoryBudget {
     pub fn new(limit: u64) -> Arc<MemoryBudget> {
         Arc::new(MemoryBudget {
             limit,
-            used: Mutex::new(0),
+            used: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
             freed: Condvar::new(),
         })
     }
@@ -58,7 +70,7 @@ impl MemoryBudget {
 
     /// Bytes counted now.
     pub fn used(&self) -> u64 {
-        *self.lock()
+        self.used.load(Ordering::SeqCst)
     }
 
     /// True when what is counted has reached the limit.
@@ -66,45 +78,65 @@ impl MemoryBudget {
         self.used() >= self.limit
     }
 
-    fn lock(&self) -> MutexGuard<'_, u64> {
-        // The counter is changed in single steps; a panic elsewhere leaves it consistent.
-        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes `bytes` if they fit now.
+    fn try_take(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                let after = used.saturating_add(bytes);
+                (after <= self.limit).then_some(after)
+            })
+            .is_ok()
     }
 
     /// Takes `bytes` if they fit, waiting for room until `deadline` (`None`: not at all).
     fn take(&self, bytes: u64, deadline: Option<Instant>) -> bool {
-        let mut used = self.lock();
-        loop {
-            if used.saturating_add(bytes) <= self.limit {
-                *used += bytes;
-                return true;
+        if self.try_take(bytes) {
+            return true;
+        }
+        let Some(deadline) = deadline else {
+            return false;
+        };
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        // The mutex orders this check against a give_back's wake-up: room given back after
+        // the check below finds this thread asleep, and wakes it.
+        let mut guard = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = loop {
+            if self.try_take(bytes) {
+                break true;
             }
-            let Some(left) = deadline.and_then(|d| d.checked_duration_since(Instant::now())) else {
-                return false;
-            };
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                break false;
             }
-            used = match self.freed.wait_timeout(used, left) {
+            guard = match self.freed.wait_timeout(guard, left) {
                 Ok((guard, _)) => guard,
                 Err(p) => p.into_inner().0,
             };
-        }
+        };
+        drop(guard);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        taken
     }
 
     /// Counts `bytes` that are already in memory, over the limit if need be.
     fn force(&self, bytes: u64) {
-        *self.lock() += bytes;
+        self.used.fetch_add(bytes, Ordering::SeqCst);
     }
 
     fn give_back(&self, bytes: u64) {
         if bytes == 0 {
             return;
         }
-        let mut used = self.lock();
-        *used = used.saturating_sub(bytes);
-        drop(used);
-        self.freed.notify_all();
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            // Taken so that a waiter between its check and its sleep is not missed.
+            drop(self.sleep.lock().unwrap_or_else(|p| p.into_inner()));
+            self.freed.notify_all();
+        }
     }
 }
 
