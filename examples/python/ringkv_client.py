@@ -61,7 +61,17 @@ OPCODES = {
     "PING": 0x06,
     "VIEW_INSTALL": 0x10,
     "AUTH": 0x1E,
+    "UPDATE": 0x20,
+    "SCAN": 0x21,
 }
+
+# The operations of an UPDATE (section 7.7 of PROTOCOL.md).
+UPDATE_INCR_BY = 1
+UPDATE_SET_IF_ABSENT = 2
+UPDATE_SET_IF_PRESENT = 3
+UPDATE_GET_SET = 4
+UPDATE_GET_DELETE = 5
+UPDATE_APPEND = 6
 
 STATUSES = {
     0x00: "OK",
@@ -199,7 +209,8 @@ def decode_frame(data: bytes) -> Frame:
 
 
 class _Reader:
-    """Reads the u8, u16, u64 and string fields of a payload (section 7), with bounds checks."""
+    """Reads the u8, u16, u32, u64 and string fields of a payload (section 7), with bounds
+    checks."""
 
     def __init__(self, data: bytes):
         self.data = data
@@ -217,6 +228,9 @@ class _Reader:
 
     def u16(self) -> int:
         return struct.unpack(">H", self.take(2))[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self.take(4))[0]
 
     def u64(self) -> int:
         return struct.unpack(">Q", self.take(8))[0]
@@ -427,6 +441,48 @@ class Client:
     def delete(self, key: bytes) -> bool:
         """Removes `key`; True if it was stored."""
         return self._check(self.call(OPCODES["DELETE"], key)).status == OK
+
+    def _update(self, key: bytes, operation: int, operand: bytes = b"") -> bytes:
+        """An UPDATE of `key` at its head; the answer's value. Sent once: an error other than
+        BAD_REQUEST or TOO_LARGE may mean it took effect."""
+        return self._check(self.call(OPCODES["UPDATE"], key, bytes([operation]) + operand)).value
+
+    def incr_by(self, key: bytes, by: int) -> int:
+        """Adds `by` to the decimal integer under `key` (absent: 0); returns the sum."""
+        answer = self._update(key, UPDATE_INCR_BY, struct.pack(">q", by))
+        return struct.unpack(">q", answer)[0]
+
+    def put_if_absent(self, key: bytes, value: bytes) -> bool:
+        """Stores `value` only if `key` is absent; True if it did."""
+        return self._update(key, UPDATE_SET_IF_ABSENT, value) == b"\x01"
+
+    def get_and_delete(self, key: bytes) -> Optional[bytes]:
+        """Removes `key`; returns what it held, or None."""
+        answer = self._update(key, UPDATE_GET_DELETE)
+        return answer[1:] if answer[:1] == b"\x01" else None
+
+    def append(self, key: bytes, suffix: bytes) -> int:
+        """Appends `suffix` to the value under `key`; returns the new length."""
+        return struct.unpack(">Q", self._update(key, UPDATE_APPEND, suffix))[0]
+
+    def scan(self, cursor: int, count: int = 10, pattern: bytes = b"") -> Tuple[int, List[bytes]]:
+        """One SCAN step (section 7.8): the next cursor (0: done) and some keys."""
+        value = struct.pack(">QI", cursor, count) + pattern
+        reader = _Reader(self._check(self.call(OPCODES["SCAN"], b"", value)).value)
+        cursor = reader.u64()
+        keys = [reader.take(reader.u32()) for _ in range(reader.u32())]
+        return cursor, keys
+
+    def scan_all(self, pattern: bytes = b"", count: int = 100) -> List[bytes]:
+        """Every key that matches `pattern`, walking SCAN to its end (a view change during the
+        walk is a STALE_VIEW error: start again)."""
+        keys: List[bytes] = []
+        cursor = 0
+        while True:
+            cursor, found = self.scan(cursor, count, pattern)
+            keys.extend(found)
+            if cursor == 0:
+                return keys
 
     def size(self) -> List[NodeReport]:
         """Keys and bytes per backend, then a report addressed 'total'."""
@@ -652,6 +708,33 @@ def run_self_check(addr: str) -> int:
             raise AssertionError("a GET with an empty key succeeded")
         client.ping()
 
+    def increments():
+        key = check.key("counter")
+        sums = [client.incr_by(key, 5), client.incr_by(key, -2)]
+        expect(sums == [5, 3], "increments answered %r" % (sums,))
+        expect(client.get(key) == b"3", "the counter holds %r" % (client.get(key),))
+        try:
+            client.incr_by(check.key("plain"), 1)
+        except StatusError as e:
+            expect(e.name == "BAD_REQUEST", "incrementing text got %s" % e.name)
+        else:
+            raise AssertionError("incrementing a value that is not a number succeeded")
+
+    def conditional_and_append():
+        key = check.key("once")
+        expect(client.put_if_absent(key, b"first"), "the first put_if_absent did not store")
+        expect(not client.put_if_absent(key, b"second"), "the second put_if_absent stored")
+        expect(client.append(key, b"+more") == len(b"first+more"), "append's length")
+        expect(client.get_and_delete(key) == b"first+more", "get_and_delete's value")
+        expect(client.get_and_delete(key) is None, "a second get_and_delete found something")
+
+    def scan():
+        names = [check.key("scan-%d" % i) for i in range(30)]
+        for name in names:
+            client.put(name, b"v")
+        listed = client.scan_all(check.key("scan-*"), count=7)
+        expect(sorted(listed) == sorted(names), "scan listed %d of 30 keys" % len(listed))
+
     def second_connection():
         with check.client() as other:
             got = other.get(check.key("plain"))
@@ -672,6 +755,9 @@ def run_self_check(addr: str) -> int:
         ("key over the limit is TOO_LARGE", key_too_large),
         ("unknown opcode is UNKNOWN_OPCODE", unknown_opcode),
         ("empty key is BAD_REQUEST", empty_key),
+        ("UPDATE increments at the head", increments),
+        ("UPDATE set-if-absent, append, get-and-delete", conditional_and_append),
+        ("SCAN lists every matching key once", scan),
         ("second connection sees the data", second_connection),
     ]:
         check.run(name, step)
