@@ -239,6 +239,10 @@ const HANDLER_BATCH: usize = 32;
 /// large ([`value_reads_per_batch`]).
 pub(crate) const ANSWER_BUDGET: usize = 16 << 20;
 
+/// The smallest answer [`RecentLargest`] takes note of: a batch of even the Redis door's most
+/// frames (1,024) of smaller ones stays within [`ANSWER_BUDGET`].
+const NOTEWORTHY_ANSWER: usize = ANSWER_BUDGET / 1024;
+
 /// How long the largest answer a server made keeps its batches small.
 const LARGE_ANSWERS_REMEMBERED: Duration = Duration::from_secs(10);
 
@@ -255,6 +259,11 @@ pub(crate) struct RecentLargest {
 impl RecentLargest {
     /// An answer of `bytes` was made.
     pub(crate) fn note(&self, bytes: usize) {
+        // Answers this small never limit a batch: nothing to remember, no clock to read and no
+        // shared line to write on the path of every small GET.
+        if bytes < NOTEWORTHY_ANSWER {
+            return;
+        }
         let now = Activity::now();
         let stale = now.saturating_sub(self.at_ms.load(Ordering::Relaxed))
             > LARGE_ANSWERS_REMEMBERED.as_millis() as u64;
@@ -266,6 +275,9 @@ impl RecentLargest {
 
     /// The largest answer made within [`LARGE_ANSWERS_REMEMBERED`] (0 if none).
     pub(crate) fn get(&self) -> usize {
+        if self.bytes.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
         let age = Activity::now().saturating_sub(self.at_ms.load(Ordering::Relaxed));
         if age > LARGE_ANSWERS_REMEMBERED.as_millis() as u64 {
             0
