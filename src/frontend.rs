@@ -413,6 +413,7 @@ impl Frontend {
         let collector = Arc::new(FrontendCollector {
             state: Arc::clone(&state),
             connections: server.connections(),
+            resp_connections: resp.as_ref().map(RespServer::connections),
             node: server.local_addr().to_string(),
         });
         let metrics = MetricsServer::start_for(
@@ -473,6 +474,8 @@ impl Frontend {
 struct FrontendCollector {
     state: Arc<FrontendState>,
     connections: Arc<server::Registry>,
+    /// The Redis door's connections, when it is open.
+    resp_connections: Option<Arc<server::Registry>>,
     /// The address clients reach it at.
     node: String,
 }
@@ -489,6 +492,14 @@ impl Collect for FrontendCollector {
             self.connections.len(),
             view.epoch,
         );
+        if let Some(resp) = &self.resp_connections {
+            out.gauge(
+                "ringkv_resp_open_connections",
+                "Open connections on the Redis-protocol door.",
+                &labels,
+                resp.len() as u64,
+            );
+        }
         for (state, name) in [
             (crate::ring::NodeState::Up, "up"),
             (crate::ring::NodeState::Down, "down"),

@@ -514,3 +514,47 @@ fn local_as_a_process_exposes_the_frontend_and_every_backend() {
     let mut server = server;
     assert!(server.terminate().success(), "{}", server.log());
 }
+
+#[test]
+fn the_redis_doors_connections_are_counted_apart() {
+    let cluster = LocalCluster::start(
+        1,
+        BackendConfig::default(),
+        FrontendConfig {
+            metrics_listen: Some("127.0.0.1:0".into()),
+            resp_listen: Some("127.0.0.1:0".into()),
+            startup_timeout: Duration::from_secs(5),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap();
+    let door = cluster.resp_addr().expect("the Redis door is open");
+    // Each answered PING shows its connection registered.
+    let doors: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut conn = TcpStream::connect(door).unwrap();
+            conn.set_read_timeout(Some(BOUND)).unwrap();
+            conn.write_all(b"PING\r\n").unwrap();
+            let mut pong = [0u8; 7];
+            conn.read_exact(&mut pong).unwrap();
+            assert_eq!(&pong, b"+PONG\r\n");
+            conn
+        })
+        .collect();
+    let frontend_addr = cluster.frontend_addr().to_string();
+    let frontend = [("role", "frontend"), ("node", frontend_addr.as_str())];
+    let scraped = scrape(cluster.metrics_addr().unwrap());
+    assert_eq!(
+        total(&scraped, "ringkv_resp_open_connections", &frontend),
+        3.0
+    );
+    drop(doors);
+    retry(
+        BOUND,
+        "the closed door connections are no longer counted",
+        || {
+            let scraped = scrape(cluster.metrics_addr().unwrap());
+            (total(&scraped, "ringkv_resp_open_connections", &frontend) == 0.0).then_some(())
+        },
+    );
+}
