@@ -216,6 +216,12 @@ impl Held {
         }
     }
 
+    /// True if what it holds already covers a buffer of `len` bytes (always, when it counts
+    /// against nothing): growing to `len` needs no room.
+    pub fn covers(&self, len: usize) -> bool {
+        self.budget.is_none() || len.saturating_sub(FREE_PER_CONNECTION) as u64 <= self.bytes
+    }
+
     /// Like [`Held::cover`] for bytes that are already in memory: counted at once, over the
     /// limit if need be.
     pub fn cover_now(&mut self, len: usize) {

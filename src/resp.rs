@@ -152,9 +152,8 @@ pub struct Parser {
     pos: usize,
     partial: Option<Multibulk>,
     /// What the buffer and the arguments of a half-read request count against the in-flight
-    /// budget, if they count ([`crate::budget`]), and how many bytes that covers.
+    /// budget, if they count ([`crate::budget`]).
     held: Held,
-    covered: usize,
 }
 
 /// Memory an argument takes besides its bytes, counted against [`RequestLimits::max_request`].
@@ -169,7 +168,6 @@ impl Parser {
             pos: 0,
             partial: None,
             held: Held::exempt(),
-            covered: 0,
         }
     }
 
@@ -218,7 +216,7 @@ impl Parser {
         let partial = self.holding() - self.buf.capacity();
         let needed = partial + self.buf.capacity().max(start + room);
         // Only growth waits: an idle connection whose buffer stayed large is never refused.
-        if needed <= self.covered {
+        if self.held.covers(needed) {
             self.held.cover_now(needed);
         } else if !self.held.cover(needed, deadline) {
             return Err(io::Error::new(
@@ -226,7 +224,6 @@ impl Parser {
                 "the in-flight budget stayed taken",
             ));
         }
-        self.covered = needed;
         self.buf.resize(start + room, 0);
         let result = src.read(&mut self.buf[start..]);
         let read = *result.as_ref().unwrap_or(&0);
@@ -810,6 +807,8 @@ struct Door {
     started: Instant,
     /// The largest value answered lately, which bounds the GETs of a batch.
     largest_answer: RecentLargest,
+    /// The process's in-flight budget ([`crate::budget`]).
+    budget: Arc<MemoryBudget>,
 }
 
 /// What one Redis connection has said of itself.
@@ -858,7 +857,7 @@ impl<'a> Batch<'a> {
             // While the in-flight budget is taken, one large value at a time.
             most_value_reads: value_reads_per_batch(
                 door.largest_answer.get(),
-                if MemoryBudget::process().exhausted() {
+                if door.budget.exhausted() {
                     1
                 } else {
                     MAX_BATCH_FRAMES
@@ -1805,6 +1804,7 @@ pub fn serve(addr: &str, options: ServerOptions, handler: Arc<dyn Handler>) -> R
         local_addr,
         started: Instant::now(),
         largest_answer: RecentLargest::default(),
+        budget: MemoryBudget::process(),
     });
     let acceptor = std::thread::Builder::new()
         .name("resp-acceptor".into())
@@ -1887,9 +1887,8 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
     }
     let _ = stream.set_nodelay(true);
     let mut parser = Parser::new(door.request_limits);
-    let budget = MemoryBudget::process();
-    parser.count_against(Arc::clone(&budget));
-    let mut out_held = Held::in_budget(budget);
+    parser.count_against(Arc::clone(&door.budget));
+    let mut out_held = Held::in_budget(Arc::clone(&door.budget));
     let mut client = Client::new(door);
     let mut idle_since = Instant::now();
     // When the request now arriving was first seen incomplete; reset by every whole request.
@@ -1956,7 +1955,7 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
             Ok(0) => return,
             Ok(_) => idle_since = Instant::now(),
             Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                let limit = MemoryBudget::process().limit();
+                let limit = door.budget.limit();
                 log::warn!(
                     "resp: connection from {peer}: refused a request: the {limit} bytes of the \
                      in-flight budget stayed taken for the frame timeout"

@@ -202,7 +202,7 @@ pub fn serve_part(store: &dyn Engine, heads: &dyn Fn(&[u8]) -> bool, request: &F
             continue;
         }
         keys.extend(found);
-        if subs > 1 && sub + 1 < subs {
+        if subs > 1 && sub.saturating_add(1) < subs {
             sub += 1;
         } else {
             part += 1;
@@ -331,83 +331,78 @@ pub fn serve_scan(
 /// Redis's glob matching (`stringmatchlen`): `*` any run, `?` any byte, `[abc]`, `[^a]` and
 /// `[a-z]` sets, `\` to take the next byte as it is. An empty pattern matches every key.
 pub fn glob_match(pattern: &[u8], key: &[u8]) -> bool {
-    pattern.is_empty() || matches_from(pattern, key)
-}
-
-fn matches_from(mut pattern: &[u8], mut key: &[u8]) -> bool {
-    while let Some(&p) = pattern.first() {
-        match p {
-            b'*' => {
-                while pattern.first() == Some(&b'*') {
-                    pattern = &pattern[1..];
-                }
-                if pattern.is_empty() {
-                    return true;
-                }
-                return (0..=key.len()).any(|skip| matches_from(pattern, &key[skip..]));
+    if pattern.is_empty() {
+        return true;
+    }
+    // The classic single-star backtrack: on a mismatch, only the last `*` seen takes one more
+    // byte, so the work is at most pattern × key however many stars a (hostile) pattern holds,
+    // where a recursive match would be exponential in them.
+    let (mut p, mut k) = (0, 0);
+    // The pattern position after the last `*`, and the key position it has taken up to.
+    let mut star: Option<(usize, usize)> = None;
+    while k < key.len() {
+        if pattern.get(p) == Some(&b'*') {
+            p += 1;
+            star = Some((p, k));
+            continue;
+        }
+        if let Some(used) = match_one(&pattern[p..], key[k]) {
+            p += used;
+            k += 1;
+            continue;
+        }
+        match star {
+            Some((after, taken)) => {
+                p = after;
+                k = taken + 1;
+                star = Some((after, taken + 1));
             }
-            b'?' => {
-                if key.is_empty() {
-                    return false;
-                }
-                key = &key[1..];
-                pattern = &pattern[1..];
-            }
-            b'[' => {
-                let Some(&k) = key.first() else {
-                    return false;
-                };
-                let mut rest = &pattern[1..];
-                let negate = rest.first() == Some(&b'^');
-                if negate {
-                    rest = &rest[1..];
-                }
-                let mut matched = false;
-                loop {
-                    match rest {
-                        [] => break,
-                        [b']', ..] => {
-                            rest = &rest[1..];
-                            break;
-                        }
-                        [b'\\', c, ..] => {
-                            matched |= *c == k;
-                            rest = &rest[2..];
-                        }
-                        [a, b'-', b, ..] if *b != b']' => {
-                            let (lo, hi) = if a <= b { (*a, *b) } else { (*b, *a) };
-                            matched |= (lo..=hi).contains(&k);
-                            rest = &rest[3..];
-                        }
-                        [c, ..] => {
-                            matched |= *c == k;
-                            rest = &rest[1..];
-                        }
-                    }
-                }
-                if matched == negate {
-                    return false;
-                }
-                pattern = rest;
-                key = &key[1..];
-            }
-            b'\\' if pattern.len() >= 2 => {
-                if key.first() != Some(&pattern[1]) {
-                    return false;
-                }
-                key = &key[1..];
-                pattern = &pattern[2..];
-            }
-            _ => {
-                if key.first() != Some(&p) {
-                    return false;
-                }
-                key = &key[1..];
-                pattern = &pattern[1..];
-            }
+            None => return false,
         }
     }
-    key.is_empty()
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
+/// Whether the pattern element at the start of `pattern` (not `*`) matches `byte`, and if so
+/// how many pattern bytes it takes: `?`, a `[...]` set (ending at `]` or the pattern's end), a
+/// `\`-escaped byte, or a literal byte.
+fn match_one(pattern: &[u8], byte: u8) -> Option<usize> {
+    match pattern {
+        [] => None,
+        [b'?', ..] => Some(1),
+        [b'\\', escaped, ..] => (*escaped == byte).then_some(2),
+        [b'[', rest @ ..] => {
+            let (negate, mut set) = match rest {
+                [b'^', set @ ..] => (true, set),
+                set => (false, set),
+            };
+            let mut matched = false;
+            loop {
+                match set {
+                    [] => break,
+                    [b']', tail @ ..] => {
+                        set = tail;
+                        break;
+                    }
+                    [b'\\', c, tail @ ..] => {
+                        matched |= *c == byte;
+                        set = tail;
+                    }
+                    [a, b'-', b, tail @ ..] if *b != b']' => {
+                        let (lo, hi) = if a <= b { (*a, *b) } else { (*b, *a) };
+                        matched |= (lo..=hi).contains(&byte);
+                        set = tail;
+                    }
+                    [c, tail @ ..] => {
+                        matched |= *c == byte;
+                        set = tail;
+                    }
+                }
+            }
+            (matched != negate).then_some(pattern.len() - set.len())
+        }
+        [literal, ..] => (*literal == byte).then_some(1),
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +431,13 @@ mod tests {
             ("a\\*b", "axb", false),
             ("*a*b*c*", "xaybzc", true),
             ("k[0-9]", "k10", false),
+            ("*", "anything", true),
+            ("a*", "a", true),
+            ("*b", "ab", true),
+            ("a?*", "a", false),
+            ("[abc", "b", true),
+            ("\\", "\\", true),
+            ("x\\", "x\\", true),
         ];
         for (pattern, key, expected) in cases {
             assert_eq!(
@@ -444,6 +446,17 @@ mod tests {
                 "{pattern} against {key}"
             );
         }
+    }
+
+    #[test]
+    fn a_pattern_of_many_stars_is_matched_in_linear_steps() {
+        // Exponential for a recursive matcher: this would not finish.
+        let pattern = "*a".repeat(30) + "*b";
+        let key = vec![b'a'; 16 * 1024];
+        assert!(!glob_match(pattern.as_bytes(), &key));
+        let mut with_b = key.clone();
+        with_b.push(b'b');
+        assert!(glob_match(pattern.as_bytes(), &with_b));
     }
 
     #[test]

@@ -230,15 +230,16 @@ pub fn parse_integer(value: &[u8]) -> Option<i64> {
     text.parse().ok()
 }
 
+/// The 8 bytes of an answer that is one integer, or why not.
+fn eight_bytes(answer: &[u8], what: &str) -> Result<[u8; 8]> {
+    answer
+        .try_into()
+        .map_err(|_| Error::Payload(format!("{what}'s answer is 8 bytes, got {}", answer.len())))
+}
+
 /// The sum an increment answered.
 pub fn decode_sum(answer: &[u8]) -> Result<i64> {
-    match answer.try_into() {
-        Ok(bytes) => Ok(i64::from_be_bytes(bytes)),
-        Err(_) => Err(Error::Payload(format!(
-            "an increment's answer is 8 bytes, got {}",
-            answer.len()
-        ))),
-    }
+    eight_bytes(answer, "an increment").map(i64::from_be_bytes)
 }
 
 /// Whether a conditional set stored its value.
@@ -265,13 +266,7 @@ pub fn decode_old(answer: &[u8]) -> Result<Option<Vec<u8>>> {
 
 /// The length an append answered.
 pub fn decode_len(answer: &[u8]) -> Result<u64> {
-    match answer.try_into() {
-        Ok(bytes) => Ok(u64::from_be_bytes(bytes)),
-        Err(_) => Err(Error::Payload(format!(
-            "an append's answer is 8 bytes, got {}",
-            answer.len()
-        ))),
-    }
+    eight_bytes(answer, "an append").map(u64::from_be_bytes)
 }
 
 #[cfg(test)]
