@@ -7,19 +7,11 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::{run_bounded, Finished, Server};
+use common::process::{local_cluster, run_bounded, Finished, Server};
 use common::BOUND;
+use common::{number, table_row as row};
 
 const KVCLI: &str = env!("CARGO_BIN_EXE_kvcli");
-
-/// `ringkv local` with three backends: the server, the frontend's address and the backends'.
-fn local_cluster() -> (Server, String, Vec<String>) {
-    let server = Server::start(&["local", "--backends", "3", "--listen", "127.0.0.1:0"]);
-    let frontend = server.listening("frontend");
-    server.listening("resp");
-    let backends = (0..3).map(|_| server.listening("backend")).collect();
-    (server, frontend, backends)
-}
 
 /// Runs kvcli with `args` and `stdin` as its input, and waits for it, at most [`BOUND`].
 fn kvcli_with(args: &[&str], stdin: &[u8], env: Option<(&str, &str)>) -> Finished {
@@ -40,22 +32,6 @@ fn kvcli_at(addr: &str, args: &[&str]) -> Finished {
     let mut all = vec!["--frontend", addr];
     all.extend_from_slice(args);
     kvcli(&all)
-}
-
-/// A number as kvcli prints it, digits grouped with commas.
-fn number(text: &str) -> u64 {
-    text.replace(',', "")
-        .parse()
-        .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
-}
-
-/// The row of a table whose first column is `name`, split into columns.
-fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
-    table
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|columns| columns.first() == Some(&name))
-        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
 }
 
 /// The `most-loaded / mean (bytes): X` figure of a distribution table.
@@ -90,22 +66,22 @@ fn paper_test_passes_and_prints_a_bar_per_node() {
     );
 
     let rows: Vec<Vec<&str>> = backends.iter().map(|b| row(&table, b)).collect();
-    let keys: u64 = rows.iter().map(|r| number(r[1])).sum();
-    let bytes: u64 = rows.iter().map(|r| number(r[2])).sum();
+    let keys: u64 = rows.iter().map(|r| number::<u64>(r[1])).sum();
+    let bytes: u64 = rows.iter().map(|r| number::<u64>(r[2])).sum();
     assert_eq!(keys, 10_000, "{out:?}");
     let total = row(&table, "total");
-    assert_eq!(number(total[1]), 10_000, "{out:?}");
-    assert_eq!(number(total[2]), bytes, "{out:?}");
+    assert_eq!(number::<u64>(total[1]), 10_000, "{out:?}");
+    assert_eq!(number::<u64>(total[2]), bytes, "{out:?}");
 
     // The bar is scaled to the most-loaded node, which gets the full width.
     let bar = |r: &Vec<&str>| r.get(4).map_or(0, |bar| bar.len());
-    let most = rows.iter().max_by_key(|r| number(r[2])).unwrap();
+    let most = rows.iter().max_by_key(|r| number::<u64>(r[2])).unwrap();
     assert!(bar(most) > 0, "{out:?}");
     assert!(rows.iter().all(|r| bar(r) <= bar(most)), "{out:?}");
     let mean = bytes as f64 / backends.len() as f64;
     let ratio = most_loaded_over_mean(&table);
     assert!(
-        (ratio - number(most[2]) as f64 / mean).abs() < 0.01,
+        (ratio - number::<u64>(most[2]) as f64 / mean).abs() < 0.01,
         "{out:?}"
     );
 }
@@ -209,12 +185,15 @@ fn size_stats_and_ping_describe_the_cluster() {
     let out = kvcli_at(&frontend, &["size"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     let table = out.text();
-    let per_node: u64 = backends.iter().map(|b| number(row(&table, b)[1])).sum();
+    let per_node: u64 = backends
+        .iter()
+        .map(|b| number::<u64>(row(&table, b)[1]))
+        .sum();
     assert_eq!(per_node, keys.len() as u64, "{out:?}");
     let total = row(&table, "total");
-    assert_eq!(number(total[1]), keys.len() as u64, "{out:?}");
+    assert_eq!(number::<u64>(total[1]), keys.len() as u64, "{out:?}");
     let stored_bytes: usize = keys.iter().map(|k| k.len() + 10).sum();
-    assert_eq!(number(total[2]), stored_bytes as u64, "{out:?}");
+    assert_eq!(number::<u64>(total[2]), stored_bytes as u64, "{out:?}");
     assert!(most_loaded_over_mean(&table) >= 1.0, "{out:?}");
 
     let out = kvcli_at(&frontend, &["stats"]);
@@ -223,7 +202,7 @@ fn size_stats_and_ping_describe_the_cluster() {
     let text = out.text();
     let sections: Vec<&str> = text.split("\n\n").collect();
     assert_eq!(
-        number(row(sections[0], "total")[1]),
+        number::<u64>(row(sections[0], "total")[1]),
         keys.len() as u64,
         "{out:?}"
     );
@@ -233,7 +212,7 @@ fn size_stats_and_ping_describe_the_cluster() {
         .find(|s| s.starts_with("replica copies"))
         .unwrap_or_else(|| panic!("no replica copies: {out:?}"));
     assert_eq!(
-        number(row(replicas, "total")[1]),
+        number::<u64>(row(replicas, "total")[1]),
         2 * keys.len() as u64,
         "{out:?}"
     );
@@ -249,10 +228,14 @@ fn size_stats_and_ping_describe_the_cluster() {
             .unwrap_or_else(|| panic!("no {name} column:\n{table}"))
     };
     let total = row(table, "total");
-    assert_eq!(number(total[column("puts")]), keys.len() as u64, "{out:?}");
+    assert_eq!(
+        number::<u64>(total[column("puts")]),
+        keys.len() as u64,
+        "{out:?}"
+    );
     let served: u64 = backends
         .iter()
-        .map(|b| number(row(table, b)[column("served")]))
+        .map(|b| number::<u64>(row(table, b)[column("served")]))
         .sum();
     assert_eq!(served, keys.len() as u64, "{out:?}");
 
@@ -337,9 +320,12 @@ fn separate_backend_and_frontend_processes_serve_requests() {
     let out = kvcli_at(&addr, &["size"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     let table = out.text();
-    let per_node: u64 = backends.iter().map(|b| number(row(&table, b)[1])).sum();
+    let per_node: u64 = backends
+        .iter()
+        .map(|b| number::<u64>(row(&table, b)[1]))
+        .sum();
     assert_eq!(per_node, 1, "{out:?}");
-    assert_eq!(number(row(&table, "total")[1]), 1, "{out:?}");
+    assert_eq!(number::<u64>(row(&table, "total")[1]), 1, "{out:?}");
 
     for server in [&mut frontend, &mut first, &mut second] {
         let status = server.terminate();
@@ -380,7 +366,7 @@ fn kvcli_test_fails_with_exit_2_when_a_backend_is_down() {
         .and_then(|rest| rest.split(", ").nth(1))
         .and_then(|part| part.strip_suffix(" errors"))
         .unwrap_or_else(|| panic!("no FAIL line: {out:?}"));
-    assert!(number(errors) > 0, "{out:?}");
+    assert!(number::<u64>(errors) > 0, "{out:?}");
     // Named as unreachable, or (once the keeper has marked it down) as the keys' owner.
     assert!(
         text.contains(&format!("{} is unavailable", backends[1]))
@@ -503,7 +489,7 @@ fn kvcli_ring_shows_equal_partitions_by_default() {
         assert_eq!(columns[2], "0", "up since the first view: {out:?}");
         let share: f64 = columns[3].trim_end_matches('%').parse().unwrap();
         assert!((share - 100.0 / 3.0).abs() < 0.05, "{out:?}");
-        let count = number(columns[4]);
+        let count = number::<u64>(columns[4]);
         assert!(count == 1365 || count == 1366, "{out:?}");
         assert_eq!(columns[5], "partitions", "{out:?}");
     }
@@ -519,7 +505,7 @@ fn kvcli_ring_shows_equal_partitions_by_default() {
     let mut share = 0.0;
     for line in &chains {
         let words: Vec<&str> = line.split_whitespace().collect();
-        spans += number(words[0]);
+        spans += number::<u64>(words[0]);
         share += words[2].trim_end_matches('%').parse::<f64>().unwrap();
         let members: Vec<&str> = words[3..].iter().copied().filter(|w| *w != "->").collect();
         assert_eq!(members.len(), 3, "{line}");

@@ -1217,17 +1217,9 @@ fn resident(pid: u32) -> u64 {
 /// client keeps being served meanwhile.
 #[test]
 fn announced_lengths_cost_no_memory_until_the_bytes_arrive() {
-    use common::process::Server;
+    use common::process::one_backend_local;
     const CONNECTIONS: usize = 200;
-    let server = Server::start(&[
-        "local",
-        "--backends",
-        "1",
-        "--listen",
-        "127.0.0.1:0",
-        "--replicas",
-        "1",
-    ]);
+    let server = one_backend_local(&[]);
     let frontend = server.listening("frontend");
     let resp: SocketAddr = server.listening("resp").parse().unwrap();
     let backend: SocketAddr = server.listening("backend").parse().unwrap();
@@ -1276,20 +1268,10 @@ fn announced_lengths_cost_no_memory_until_the_bytes_arrive() {
 /// well-behaved client is served throughout.
 #[test]
 fn clients_that_never_read_big_answers_hold_a_bounded_share_of_memory() {
-    use common::process::Server;
+    use common::process::one_backend_local;
     const GREEDY: usize = 6;
     const GETS: usize = 96;
-    let server = Server::start(&[
-        "local",
-        "--backends",
-        "1",
-        "--listen",
-        "127.0.0.1:0",
-        "--replicas",
-        "1",
-        "--resp-listen",
-        "off",
-    ]);
+    let server = one_backend_local(&["--resp-listen", "off"]);
     let frontend: SocketAddr = server.listening("frontend").parse().unwrap();
     let mut client = ringkv::Client::connect(&frontend.to_string()).unwrap();
     let big = vec![7u8; protocol::Limits::default().max_value];
@@ -1348,21 +1330,11 @@ fn clients_that_never_read_big_answers_hold_a_bounded_share_of_memory() {
 /// wait for the budget.
 #[test]
 fn the_in_flight_budget_bounds_what_many_large_requests_hold_together() {
-    use common::process::Server;
+    use common::process::one_backend_local;
     const SENDERS: usize = 48;
     const BUDGET: u64 = 32 << 20;
     let budget = BUDGET.to_string();
-    let server = Server::start(&[
-        "local",
-        "--backends",
-        "1",
-        "--listen",
-        "127.0.0.1:0",
-        "--replicas",
-        "1",
-        "--max-inflight-bytes",
-        &budget,
-    ]);
+    let server = one_backend_local(&["--max-inflight-bytes", &budget]);
     let frontend: SocketAddr = server.listening("frontend").parse().unwrap();
     let resp: SocketAddr = server.listening("resp").parse().unwrap();
     let mut client = ringkv::Client::connect(&frontend.to_string()).unwrap();

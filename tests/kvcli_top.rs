@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::process::{run_bounded, wait_bounded, ChildGuard, Finished, Server};
+use common::process::{local_cluster, run_bounded, wait_bounded, ChildGuard, Finished};
 use common::BOUND;
+use common::{number, table_row as row};
 
 const KVCLI: &str = env!("CARGO_BIN_EXE_kvcli");
 
@@ -20,31 +21,6 @@ fn kvcli_at(addr: &str, args: &[&str]) -> Finished {
     let mut command = Command::new(KVCLI);
     command.args(["--frontend", addr]).args(args);
     run_bounded(&mut command, b"", BOUND)
-}
-
-/// `ringkv local` with three backends: the server, the frontend's address and the backends'.
-fn local_cluster() -> (Server, String, Vec<String>) {
-    let server = Server::start(&["local", "--backends", "3", "--listen", "127.0.0.1:0"]);
-    let frontend = server.listening("frontend");
-    server.listening("resp");
-    let backends = (0..3).map(|_| server.listening("backend")).collect();
-    (server, frontend, backends)
-}
-
-/// The columns of the row of `table` whose first column is `name`.
-fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
-    table
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|columns| columns.first() == Some(&name))
-        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
-}
-
-/// A number as kvcli prints it, digits grouped with commas.
-fn number(text: &str) -> f64 {
-    text.replace(',', "")
-        .parse()
-        .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
 }
 
 /// A p99 cell: `-` (no latency counters, or no request), or a bucket bound such as `<=250us`.
@@ -95,22 +71,22 @@ fn top_once_prints_one_table_of_every_backend_and_the_total() {
     for columns in rows.iter().chain([&total]) {
         assert_eq!(columns.len(), 6, "{out:?}");
         assert!(is_p99(columns[5]), "{out:?}");
-        assert_eq!(number(columns[4]), 0.0, "no errors: {out:?}");
+        assert_eq!(number::<f64>(columns[4]), 0.0, "no errors: {out:?}");
     }
     // The writer kept every backend busy: each is a member of every chain of three.
     for columns in &rows {
-        assert!(number(columns[1]) > 0.0, "{out:?}");
+        assert!(number::<f64>(columns[1]) > 0.0, "{out:?}");
     }
-    let sum = |column: usize| rows.iter().map(|r| number(r[column])).sum::<f64>();
+    let sum = |column: usize| rows.iter().map(|r| number::<f64>(r[column])).sum::<f64>();
     // Rates are printed to a tenth each: the total may differ from the sum by rounding.
     assert!(
-        (sum(1) - number(total[1])).abs() <= 0.1 * rows.len() as f64,
+        (sum(1) - number::<f64>(total[1])).abs() <= 0.1 * rows.len() as f64,
         "{out:?}"
     );
-    assert_eq!(sum(2), number(total[2]), "{out:?}");
-    assert_eq!(sum(3), number(total[3]), "{out:?}");
+    assert_eq!(sum(2), number::<f64>(total[2]), "{out:?}");
+    assert_eq!(sum(3), number::<f64>(total[3]), "{out:?}");
     assert!(
-        number(total[2]) > 0.0,
+        number::<f64>(total[2]) > 0.0,
         "the keys written are counted: {out:?}"
     );
     // Two samples half a second apart, and nothing more.

@@ -231,3 +231,22 @@ pub fn read_a_trickle_until_closed(stream: &mut TcpStream) -> (Duration, usize) 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The columns of the row of a printed `table` whose first column is `name`.
+pub fn table_row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|columns| columns.first() == Some(&name))
+        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+}
+
+/// A number as kvcli prints it, digits grouped with commas.
+pub fn number<T: std::str::FromStr>(text: &str) -> T
+where
+    T::Err: std::fmt::Display,
+{
+    text.replace(',', "")
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
+}

@@ -290,3 +290,29 @@ impl TwoBackends {
         }
     }
 }
+
+/// `ringkv local` with three backends, as a process: the server, the frontend's address and
+/// the backends'.
+pub fn local_cluster() -> (Server, String, Vec<String>) {
+    let server = Server::start(&["local", "--backends", "3", "--listen", "127.0.0.1:0"]);
+    let frontend = server.listening("frontend");
+    server.listening("resp");
+    let backends = (0..3).map(|_| server.listening("backend")).collect();
+    (server, frontend, backends)
+}
+
+/// `ringkv local` with one backend holding one copy of each key, as a process, with `extra`
+/// arguments.
+pub fn one_backend_local(extra: &[&str]) -> Server {
+    let mut args = vec![
+        "local",
+        "--backends",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--replicas",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
