@@ -769,7 +769,16 @@ impl BackendState {
                 | Opcode::CHAIN_DELETE
                 | Opcode::CHAIN_PUT_ONCE
                 | Opcode::CHAIN_DELETE_ONCE
+                | Opcode::CHAIN_PUT_EXPIRING
         );
+        if request.opcode == Opcode::CHAIN_PUT_EXPIRING
+            && chain::split_expiring(&request.value).is_none()
+        {
+            return Route::Answered(request.error_reply(
+                Status::BAD_REQUEST,
+                "CHAIN_PUT_EXPIRING's value is shorter than its 8-byte expiry time",
+            ));
+        }
         // Requests from clients may carry no epoch (0: debugging by hand); chain writes must
         // carry this node's.
         if (request.epoch != 0 || is_chain_write) && request.epoch != epoch {
@@ -910,13 +919,15 @@ impl BackendState {
                 return Route::Answered(request.error_reply(Status::BAD_REQUEST, e.to_string()))
             }
         };
-        let current = self.store.get(&request.key);
-        let outcome = match update.apply(current.as_deref(), self.peers.limits().max_value) {
+        let current = self.store.get_expiring(&request.key);
+        let current = current.as_ref().map(|(value, at)| (value.as_slice(), *at));
+        let now = crate::expiry::now_ms();
+        let outcome = match update.apply(current, now, self.peers.limits().max_value) {
             Ok(outcome) => outcome,
             Err(refusal) => {
                 let status = match refusal {
                     Refusal::TooLarge { .. } => Status::TOO_LARGE,
-                    Refusal::NotAnInteger => Status::BAD_REQUEST,
+                    Refusal::NotAnInteger | Refusal::BadExpiry => Status::BAD_REQUEST,
                 };
                 return Route::Answered(request.error_reply(status, refusal.to_string()));
             }
@@ -926,7 +937,17 @@ impl BackendState {
                 bump(&self.counters.served);
                 return Route::Answered(request.reply(Status::OK, outcome.answer));
             }
-            UpdateWrite::Put(value) => (Opcode::PUT, value),
+            UpdateWrite::Put {
+                value,
+                expires_at: None,
+            } => (Opcode::PUT, value),
+            UpdateWrite::Put {
+                value,
+                expires_at: Some(at),
+            } => (
+                Opcode::CHAIN_PUT_EXPIRING,
+                chain::expiring_value(at, &value),
+            ),
             UpdateWrite::Delete => (Opcode::DELETE, Vec::new()),
         };
         let mut write = Frame::request(opcode, request.request_id, request.key.clone(), value);
@@ -935,7 +956,12 @@ impl BackendState {
         write.hop_limit = request.hop_limit;
         let applied = self.serve_locally(ring, position, &write, writes);
         let answer = if applied.status.is_success() {
-            request.reply(Status::OK, outcome.answer)
+            let answer = match update {
+                // The sweep counts what it removed.
+                Update::DeleteIfExpired => vec![u8::from(applied.status == Status::OK)],
+                _ => outcome.answer,
+            };
+            request.reply(Status::OK, answer)
         } else {
             let mut refused = applied;
             refused.opcode = Opcode::UPDATE;
@@ -1421,7 +1447,7 @@ impl BackendState {
         request: &Frame,
     ) -> std::result::Result<(Status, Unsettled), crate::store::StoreError> {
         let is_delete = request.opcode.is_delete();
-        let value = stored_value(request);
+        let (value, expires_at) = stored_value(request);
         let result = self.incoming.intake.write(&request.key, || {
             self.receiver.write(&request.key, || {
                 if is_delete {
@@ -1432,7 +1458,7 @@ impl BackendState {
                         })
                 } else {
                     self.store
-                        .put_unsettled(&request.key, value)
+                        .put_expiring_unsettled(&request.key, value, expires_at)
                         .map(|written| (Status::OK, written))
                 }
             })
@@ -1467,7 +1493,10 @@ impl BackendState {
                 }
             }
             _ => {
-                if matches!(request.opcode, Opcode::PUT | Opcode::PUT_ONCE) {
+                if matches!(
+                    request.opcode,
+                    Opcode::PUT | Opcode::PUT_ONCE | Opcode::CHAIN_PUT_EXPIRING
+                ) {
                     bump(&self.counters.puts);
                 } else {
                     bump(&self.counters.deletes);
@@ -1694,6 +1723,7 @@ fn is_write(opcode: Opcode) -> bool {
                 | Opcode::CHAIN_DELETE
                 | Opcode::CHAIN_PUT_ONCE
                 | Opcode::CHAIN_DELETE_ONCE
+                | Opcode::CHAIN_PUT_EXPIRING
         )
 }
 
@@ -1706,12 +1736,19 @@ fn tag_of(request: &Frame) -> Option<WriteTag> {
     }
 }
 
-/// The bytes a PUT stores: its value, after the tag of a tagged one.
-fn stored_value(request: &Frame) -> &[u8] {
+/// The bytes a PUT stores (its value, after the tag of a tagged one or the expiry time of an
+/// expiring one) and when they expire.
+fn stored_value(request: &Frame) -> (&[u8], Option<u64>) {
     if request.opcode.is_tagged() {
-        request.value.get(WriteTag::LEN..).unwrap_or_default()
+        (request.value.get(WriteTag::LEN..).unwrap_or_default(), None)
+    } else if request.opcode == Opcode::CHAIN_PUT_EXPIRING {
+        // Checked when it was routed.
+        match chain::split_expiring(&request.value) {
+            Some((at, value)) => (value, Some(at)),
+            None => (&[], Some(0)),
+        }
     } else {
-        &request.value
+        (&request.value, None)
     }
 }
 

@@ -209,7 +209,7 @@ impl DurableStore {
                 crash_at: options.crash_at,
             },
             &mut |record| match record {
-                Record::Put { key, value } => mem.load(key, value),
+                Record::Put { key, value } => mem.load(key, value, None),
                 Record::Delete { key } => {
                     let _ = mem.delete_logged(key, |_| Ok(()));
                 }
@@ -465,7 +465,7 @@ impl Inner {
         let mem = &self.mem;
         let result = self
             .wal
-            .compact(&mut |emit| mem.try_for_each(|key, value| emit(key, value)));
+            .compact(&mut |emit| mem.try_for_each(|key, _, value| emit(key, value)));
         self.compactions.fetch_add(1, Ordering::AcqRel);
         match &result {
             Ok(Some(_)) => backoff.succeeded(),
@@ -545,6 +545,10 @@ impl Engine for DurableStore {
         self.inner.mem.get(key)
     }
 
+    fn get_expiring(&self, key: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
+        self.inner.mem.get_expiring(key)
+    }
+
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         let writes = self.put_unsettled(key, value)?;
         self.settle(writes)
@@ -568,14 +572,14 @@ impl Engine for DurableStore {
         self.inner.mem.parts()
     }
 
-    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8])) {
+    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8], Option<u64>)) {
         self.inner.mem.for_each_key_in(part, visit)
     }
 
     fn put_unsettled(&self, key: &[u8], value: &[u8]) -> Result<Unsettled, StoreError> {
         let inner = &*self.inner;
         self.write(|compactable| {
-            inner.mem.put_logged(key, value, |change| {
+            inner.mem.put_logged(key, value, None, |change| {
                 inner.append(Record::Put { key, value }, change, compactable)
             })
         })

@@ -49,6 +49,7 @@ pub mod config;
 pub mod connection;
 pub mod durable;
 pub mod error;
+pub mod expiry;
 pub mod frontend;
 pub mod loadgen;
 pub mod local;

@@ -186,8 +186,10 @@ pub fn serve_part(store: &dyn Engine, heads: &dyn Fn(&[u8]) -> bool, request: &F
     while part < parts && keys.len() < count {
         let mut found: Vec<Vec<u8>> = Vec::new();
         let mut matching = 0usize;
-        store.for_each_key_in(part, &mut |key| {
-            if heads(key) && glob_match(pattern, key) {
+        let now = crate::expiry::now_ms();
+        store.for_each_key_in(part, &mut |key, expires_at| {
+            let live = expires_at.map_or(true, |at| at > now);
+            if live && heads(key) && glob_match(pattern, key) {
                 matching += 1;
                 let in_sub = subs <= 1 || (sub_hash(key) % u64::from(subs)) as u8 == sub;
                 if in_sub && found.len() <= MOST_KEYS_PER_STEP {

@@ -78,8 +78,10 @@ impl std::error::Error for StoreError {}
 
 /// What a backend needs of its storage. Implementations are shared by every connection thread.
 pub trait Engine: Send + Sync {
-    /// The value stored under `key`.
+    /// The value stored under `key`, unless it has expired.
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+    /// The value stored under `key` and when it expires (`None`: never), unless it has expired.
+    fn get_expiring(&self, key: &[u8]) -> Option<(Vec<u8>, Option<u64>)>;
     /// Stores `value` under `key`, replacing what was there.
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Removes `key`; true if it was stored.
@@ -92,6 +94,22 @@ pub trait Engine: Send + Sync {
     fn put_unsettled(&self, key: &[u8], value: &[u8]) -> Result<Unsettled, StoreError> {
         self.put(key, value).map(|()| Unsettled::NONE)
     }
+    /// Like [`put_unsettled`](Engine::put_unsettled), for a value that expires at
+    /// `expires_at` (Unix time in milliseconds; `None`: never, as a plain put). A store that
+    /// cannot keep the time refuses the write rather than keep the key for ever.
+    fn put_expiring_unsettled(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at: Option<u64>,
+    ) -> Result<Unsettled, StoreError> {
+        match expires_at {
+            None => self.put_unsettled(key, value),
+            Some(_) => Err(StoreError::Io(
+                "this store cannot keep a key's time to live".into(),
+            )),
+        }
+    }
     /// Like [`delete`](Engine::delete), but settled later, as [`put_unsettled`](Engine::put_unsettled).
     fn delete_unsettled(&self, key: &[u8]) -> Result<(bool, Unsettled), StoreError> {
         self.delete(key).map(|found| (found, Unsettled::NONE))
@@ -100,19 +118,19 @@ pub trait Engine: Send + Sync {
     fn settle(&self, _writes: Unsettled) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Calls `visit` with every key and its value, a part of the store at a time (writers of
-    /// that part wait meanwhile).
+    /// Calls `visit` with every key and its value, expired or not, a part of the store at a
+    /// time (writers of that part wait meanwhile).
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8]));
     /// How many parts [`for_each_key_in`](Engine::for_each_key_in) cuts the store into: a
     /// scan walks them one at a time, so that one step costs one part, not the whole store.
     fn parts(&self) -> usize {
         1
     }
-    /// Calls `visit` with every key of part `part` (below [`parts`](Engine::parts)); the same
-    /// key is always in the same part.
-    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8])) {
+    /// Calls `visit` with every key of part `part` (below [`parts`](Engine::parts)) and when
+    /// it expires, expired or not; the same key is always in the same part.
+    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8], Option<u64>)) {
         if part == 0 {
-            self.for_each(&mut |key, _| visit(key));
+            self.for_each(&mut |key, _| visit(key, None));
         }
     }
     /// Damaged last records found in the store's log when it opened: 0 or 1 (a whole record
@@ -132,38 +150,69 @@ impl Unsettled {
     pub const NONE: Unsettled = Unsettled(0);
 }
 
-/// A key and its value in one allocation: the key's length as a LEB128 varint, the key, then the
-/// value. One allocation per key instead of two halves what malloc adds in headers and rounding,
-/// and a table slot holds one fat pointer instead of two.
+/// A key and its value in one allocation: a LEB128 varint of the key's length shifted left by
+/// one, its low bit set when the key expires; the key; for an expiring key the time it expires
+/// (Unix milliseconds, u64 little-endian); then the value. One allocation per key instead of two
+/// halves what malloc adds in headers and rounding, and a table slot holds one fat pointer
+/// instead of two; a key that never expires pays nothing for the keys that do.
 ///
 /// An entry hashes and compares as its key alone, and borrows as its key, so that a shard is a
 /// set of entries that can be searched with a plain `&[u8]` key.
 struct Entry(Box<[u8]>);
 
 impl Entry {
-    fn new(key: &[u8], value: &[u8]) -> Entry {
-        let mut bytes = Vec::with_capacity(varint_len(key.len()) + key.len() + value.len());
-        put_varint(&mut bytes, key.len());
+    fn new(key: &[u8], value: &[u8], expires_at: Option<u64>) -> Entry {
+        let tag = (key.len() << 1) | usize::from(expires_at.is_some());
+        let expiry_len = if expires_at.is_some() { EXPIRY_LEN } else { 0 };
+        let mut bytes = Vec::with_capacity(varint_len(tag) + key.len() + expiry_len + value.len());
+        put_varint(&mut bytes, tag);
         bytes.extend_from_slice(key);
+        if let Some(at) = expires_at {
+            bytes.extend_from_slice(&at.to_le_bytes());
+        }
         bytes.extend_from_slice(value);
         // The capacity is exact, so this does not reallocate.
         Entry(bytes.into_boxed_slice())
     }
 
+    /// The key, when it expires, and the value.
+    #[inline]
+    fn parts(&self) -> (&[u8], Option<u64>, &[u8]) {
+        let (tag, header) = get_varint(&self.0);
+        let (key, rest) = self.0[header..].split_at(tag >> 1);
+        if tag & 1 == 0 {
+            return (key, None, rest);
+        }
+        let (at, value) = rest.split_at(EXPIRY_LEN);
+        let at = u64::from_le_bytes(at.try_into().expect("eight bytes"));
+        (key, Some(at), value)
+    }
+
     #[inline]
     fn key_and_value(&self) -> (&[u8], &[u8]) {
-        let (key_len, header) = get_varint(&self.0);
-        self.0[header..].split_at(key_len)
+        let (key, _, value) = self.parts();
+        (key, value)
     }
 
     #[inline]
     fn key(&self) -> &[u8] {
-        self.key_and_value().0
+        let (tag, header) = get_varint(&self.0);
+        &self.0[header..header + (tag >> 1)]
     }
 
     #[inline]
-    fn value(&self) -> &[u8] {
-        self.key_and_value().1
+    fn expires_at(&self) -> Option<u64> {
+        self.parts().1
+    }
+
+    /// The value, unless the key expired at or before `now` (which is read only for a key that
+    /// expires).
+    #[inline]
+    fn live_value(&self, now: impl FnOnce() -> u64) -> Option<&[u8]> {
+        match self.parts() {
+            (_, Some(at), _) if at <= now() => None,
+            (_, _, value) => Some(value),
+        }
     }
 
     /// Bytes of key plus value, as the store counts them.
@@ -197,6 +246,9 @@ impl Borrow<[u8]> for Entry {
         self.key()
     }
 }
+
+/// Bytes of an expiring entry's expiry time.
+const EXPIRY_LEN: usize = 8;
 
 fn varint_len(mut n: usize) -> usize {
     let mut len = 1;
@@ -332,6 +384,7 @@ impl MemStore {
         &self,
         key: &[u8],
         value: &[u8],
+        expires_at: Option<u64>,
         log: impl FnOnce(SizeChange) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut shard = lock!(self.shard(key), write);
@@ -363,7 +416,7 @@ impl MemStore {
                 return Err(e);
             }
         };
-        if shard.replace(Entry::new(key, value)).is_none() {
+        if shard.replace(Entry::new(key, value, expires_at)).is_none() {
             self.keys.fetch_add(1, Ordering::Relaxed);
         }
         Ok(logged)
@@ -391,12 +444,13 @@ impl MemStore {
         Ok(Some(logged))
     }
 
-    /// Stores `value` under `key` whatever the byte limit: replaying a log must restore what
-    /// was acknowledged even if the limit has since been lowered.
-    pub fn load(&self, key: &[u8], value: &[u8]) {
+    /// Stores `value` under `key`, expiring at `expires_at`, whatever the byte limit:
+    /// replaying a log must restore what was acknowledged even if the limit has since been
+    /// lowered.
+    pub fn load(&self, key: &[u8], value: &[u8], expires_at: Option<u64>) {
         let mut shard = lock!(self.shard(key), write);
         let added = (key.len() + value.len()) as u64;
-        match shard.replace(Entry::new(key, value)) {
+        match shard.replace(Entry::new(key, value, expires_at)) {
             Some(old) => {
                 self.bytes.fetch_add(added, Ordering::Relaxed);
                 self.bytes.fetch_sub(old.payload_len(), Ordering::Relaxed);
@@ -408,16 +462,16 @@ impl MemStore {
         }
     }
 
-    /// Calls `visit` with every key and value, one shard at a time; a shard's writers wait
-    /// while it is visited. Stops at the first error.
+    /// Calls `visit` with every key, when it expires and its value, expired or not, one shard
+    /// at a time; a shard's writers wait while it is visited. Stops at the first error.
     pub fn try_for_each<E>(
         &self,
-        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+        mut visit: impl FnMut(&[u8], Option<u64>, &[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         for shard in self.shards.iter() {
             for entry in lock!(shard, read).iter() {
-                let (key, value) = entry.key_and_value();
-                visit(key, value)?;
+                let (key, expires_at, value) = entry.parts();
+                visit(key, expires_at, value)?;
             }
         }
         Ok(())
@@ -428,11 +482,28 @@ impl Engine for MemStore {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         lock!(self.shard(key), read)
             .get(key)
-            .map(|entry| entry.value().to_vec())
+            .and_then(|entry| entry.live_value(crate::expiry::now_ms))
+            .map(<[u8]>::to_vec)
+    }
+
+    fn get_expiring(&self, key: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
+        let shard = lock!(self.shard(key), read);
+        let entry = shard.get(key)?;
+        let value = entry.live_value(crate::expiry::now_ms)?;
+        Some((value.to_vec(), entry.expires_at()))
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.put_logged(key, value, |_| Ok(()))
+        self.put_logged(key, value, None, |_| Ok(()))
+    }
+
+    fn put_expiring_unsettled(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at: Option<u64>,
+    ) -> Result<Unsettled, StoreError> {
+        self.put_logged(key, value, expires_at, |_| Ok(Unsettled::NONE))
     }
 
     fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
@@ -447,7 +518,7 @@ impl Engine for MemStore {
     }
 
     fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) {
-        let _ = self.try_for_each(|key, value| {
+        let _ = self.try_for_each(|key, _, value| {
             visit(key, value);
             Ok::<(), ()>(())
         });
@@ -457,10 +528,11 @@ impl Engine for MemStore {
         SHARDS
     }
 
-    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8])) {
+    fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8], Option<u64>)) {
         if let Some(shard) = self.shards.get(part) {
             for entry in lock!(shard, read).iter() {
-                visit(entry.key());
+                let (key, expires_at, _) = entry.parts();
+                visit(key, expires_at);
             }
         }
     }
@@ -507,7 +579,7 @@ mod tests {
         }
         let mut visited = 0;
         store
-            .try_for_each(|key, value| {
+            .try_for_each(|key, _, value| {
                 visited += 1;
                 assert_eq!(
                     value,
@@ -522,11 +594,12 @@ mod tests {
     #[test]
     fn an_entry_hashes_and_compares_as_its_key() {
         let hasher = RandomState::new();
-        let entry = Entry::new(b"key", b"value");
-        let same_key = Entry::new(b"key", b"another value");
+        let entry = Entry::new(b"key", b"value", None);
+        let same_key = Entry::new(b"key", b"another value", Some(7));
         assert_eq!(hasher.hash_one(&entry), hasher.hash_one(&b"key"[..]));
         assert!(entry == same_key);
-        assert!(entry != Entry::new(b"ke", b"yvalue"));
+        assert!(entry != Entry::new(b"ke", b"yvalue", None));
+        assert_eq!(hasher.hash_one(&same_key), hasher.hash_one(&b"key"[..]));
         assert_eq!(entry.key_and_value(), (&b"key"[..], &b"value"[..]));
         assert_eq!(entry.payload_len(), 8);
     }
@@ -615,7 +688,7 @@ mod tests {
         store.put(b"k", b"old").unwrap();
         let refused = StoreError::Io("the disk went away".into());
         let err = store
-            .put_logged(b"k", b"new value", |_| Err::<(), _>(refused.clone()))
+            .put_logged(b"k", b"new value", None, |_| Err::<(), _>(refused.clone()))
             .unwrap_err();
         assert_eq!(err, refused);
         assert_eq!(store.get(b"k").as_deref(), Some(&b"old"[..]));
@@ -642,10 +715,10 @@ mod tests {
             changes.push(change);
             Ok::<(), StoreError>(())
         };
-        store.put_logged(b"key", b"value", &mut note).unwrap();
-        store.put_logged(b"key", b"v", &mut note).unwrap();
+        store.put_logged(b"key", b"value", None, &mut note).unwrap();
+        store.put_logged(b"key", b"v", Some(1), &mut note).unwrap();
         store
-            .put_logged(b"key", b"longer value", &mut note)
+            .put_logged(b"key", b"longer value", None, &mut note)
             .unwrap();
         store.delete_logged(b"key", &mut note).unwrap();
         store.delete_logged(b"key", &mut note).unwrap();
@@ -660,13 +733,13 @@ mod tests {
     #[test]
     fn load_ignores_the_limit_and_keeps_counts() {
         let store = MemStore::new(Some(4));
-        store.load(b"key", b"long value");
-        store.load(b"key", b"v");
-        store.load(b"other", b"xy");
+        store.load(b"key", b"long value", None);
+        store.load(b"key", b"v", None);
+        store.load(b"other", b"xy", Some(u64::MAX));
         assert_eq!(store.size(), StoreSize { keys: 2, bytes: 11 });
         let mut seen = Vec::new();
         store
-            .try_for_each(|k, v| {
+            .try_for_each(|k, _, v| {
                 seen.push((k.to_vec(), v.to_vec()));
                 Ok::<(), ()>(())
             })
@@ -679,5 +752,77 @@ mod tests {
                 (b"other".to_vec(), b"xy".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn an_expired_key_reads_as_absent_and_is_still_counted_until_removed() {
+        let store = MemStore::default();
+        let now = crate::expiry::now_ms();
+        store
+            .put_expiring_unsettled(b"gone", b"old", Some(now - 1))
+            .unwrap();
+        store
+            .put_expiring_unsettled(b"later", b"soon", Some(now + 60_000))
+            .unwrap();
+        store.put(b"kept", b"for ever").unwrap();
+        assert_eq!(store.get(b"gone"), None);
+        assert_eq!(store.get_expiring(b"gone"), None);
+        assert_eq!(
+            store.get_expiring(b"later"),
+            Some((b"soon".to_vec(), Some(now + 60_000)))
+        );
+        assert_eq!(
+            store.get_expiring(b"kept"),
+            Some((b"for ever".to_vec(), None))
+        );
+        // Bytes are keys plus values: the expiry time is not counted.
+        assert_eq!(
+            store.size(),
+            StoreSize {
+                keys: 3,
+                bytes: 4 + 3 + 5 + 4 + 4 + 8
+            }
+        );
+        let mut seen = Vec::new();
+        for part in 0..store.parts() {
+            store.for_each_key_in(part, &mut |key, at| seen.push((key.to_vec(), at)));
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (b"gone".to_vec(), Some(now - 1)),
+                (b"kept".to_vec(), None),
+                (b"later".to_vec(), Some(now + 60_000))
+            ]
+        );
+        // A plain put of an expiring key makes it persistent, as SET does.
+        store.put(b"later", b"now kept").unwrap();
+        assert_eq!(
+            store.get_expiring(b"later"),
+            Some((b"now kept".to_vec(), None))
+        );
+        assert_eq!(store.delete(b"gone"), Ok(true));
+    }
+
+    #[test]
+    fn expiring_keys_of_every_varint_length_round_trip() {
+        let store = MemStore::default();
+        // The flag takes the tag's low bit: 63 and 64 straddle its one-byte form.
+        for len in [1usize, 63, 64, 8_191, 8_192, 70_000] {
+            let key = vec![len as u8 ^ 0x33; len];
+            store
+                .put_expiring_unsettled(&key, b"v", Some(u64::MAX - len as u64))
+                .unwrap();
+            assert_eq!(
+                store.get_expiring(&key),
+                Some((b"v".to_vec(), Some(u64::MAX - len as u64))),
+                "key of {len} bytes"
+            );
+            let entry = Entry::new(&key, b"value", Some(5));
+            assert_eq!(entry.parts(), (&key[..], Some(5), &b"value"[..]));
+            assert_eq!(entry.key(), &key[..]);
+            assert_eq!(entry.payload_len(), len as u64 + 5);
+        }
     }
 }

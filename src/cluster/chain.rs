@@ -132,12 +132,36 @@ pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
 
 /// The opcode that carries a write (a client's, or a chain member's) down a chain.
 pub fn chain_opcode(write: Opcode) -> Opcode {
+    if write == Opcode::CHAIN_PUT_EXPIRING {
+        return write;
+    }
     match (write.is_delete(), write.is_tagged()) {
         (true, false) => Opcode::CHAIN_DELETE,
         (false, false) => Opcode::CHAIN_PUT,
         (true, true) => Opcode::CHAIN_DELETE_ONCE,
         (false, true) => Opcode::CHAIN_PUT_ONCE,
     }
+}
+
+/// Bytes of the expiry time before a CHAIN_PUT_EXPIRING's value.
+pub const EXPIRY_LEN: usize = 8;
+
+/// A CHAIN_PUT_EXPIRING's value: `value`, expiring at `expires_at` (Unix milliseconds).
+pub fn expiring_value(expires_at: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(EXPIRY_LEN + value.len());
+    out.extend_from_slice(&expires_at.to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// The expiry time and the value a CHAIN_PUT_EXPIRING carries; `None` if it is too short to
+/// hold a time.
+pub fn split_expiring(value: &[u8]) -> Option<(u64, &[u8])> {
+    let at = value.get(..EXPIRY_LEN)?;
+    Some((
+        u64::from_be_bytes(at.try_into().ok()?),
+        &value[EXPIRY_LEN..],
+    ))
 }
 
 /// Whether a member's answer to a chain write means every member after it applied the write:
@@ -184,6 +208,16 @@ mod tests {
         assert_eq!(chain_opcode(Opcode::DELETE_ONCE), Opcode::CHAIN_DELETE_ONCE);
         assert_eq!(chain_opcode(Opcode::PUT_ONCE), Opcode::CHAIN_PUT_ONCE);
         assert_eq!(chain_opcode(Opcode::CHAIN_PUT_ONCE), Opcode::CHAIN_PUT_ONCE);
+        assert_eq!(
+            chain_opcode(Opcode::CHAIN_PUT_EXPIRING),
+            Opcode::CHAIN_PUT_EXPIRING
+        );
+        let value = expiring_value(0x0102_0304_0506_0708, b"v");
+        assert_eq!(
+            split_expiring(&value),
+            Some((0x0102_0304_0506_0708, &b"v"[..]))
+        );
+        assert_eq!(split_expiring(&value[..7]), None);
     }
 
     #[test]

@@ -311,12 +311,14 @@ impl Trackers {
         };
         let mut bytes = 0;
         for key in keys {
-            let Some(value) = store.get(&key) else {
+            // Expired keys are left out like deleted ones: the receiver dropped its own copies
+            // of these partitions before the copy began.
+            let Some((value, expires_at)) = store.get_expiring(&key) else {
                 // Deleted since: the delete is recorded.
                 batch.next += 1;
                 continue;
             };
-            let len = TransferBatch::entry_len(&key, Some(&value));
+            let len = TransferBatch::entry_len(&key, Some(&value), expires_at);
             if !batch.entries.is_empty() && bytes + len > BATCH_BYTES {
                 break;
             }
@@ -325,6 +327,7 @@ impl Trackers {
             batch.entries.push(TransferEntry {
                 key,
                 value: Some(value),
+                expires_at,
             });
         }
         if batch.entries.is_empty() && batch.next == from {
@@ -376,15 +379,23 @@ impl Trackers {
         let mut bytes = 0;
         let mut keys = keys.into_iter();
         for key in keys.by_ref() {
-            let value = store.get(&key);
-            let len = TransferBatch::entry_len(&key, value.as_deref());
+            // An expired key goes as deleted: the receiver must not keep an older copy.
+            let (value, expires_at) = match store.get_expiring(&key) {
+                Some((value, at)) => (Some(value), at),
+                None => (None, None),
+            };
+            let len = TransferBatch::entry_len(&key, value.as_deref(), expires_at);
             if !batch.entries.is_empty() && bytes + len > BATCH_BYTES {
                 // Too much for this batch: back into the record for the next one.
                 self.rerecord(node, session, key);
                 break;
             }
             bytes += len;
-            batch.entries.push(TransferEntry { key, value });
+            batch.entries.push(TransferEntry {
+                key,
+                value,
+                expires_at,
+            });
         }
         for key in keys {
             self.rerecord(node, session, key);
@@ -963,7 +974,7 @@ fn apply_batch(
     for entry in entries {
         let bytes = entry.key.len() + entry.value.as_ref().map_or(0, Vec::len);
         let write = || match &entry.value {
-            Some(value) => store.put_unsettled(&entry.key, value),
+            Some(value) => store.put_expiring_unsettled(&entry.key, value, entry.expires_at),
             None => store.delete_unsettled(&entry.key).map(|(_, w)| w),
         };
         let written = if final_delta {
@@ -1189,11 +1200,13 @@ mod tests {
             vec![
                 TransferEntry {
                     key: key.to_vec(),
-                    value: Some(b"new".to_vec())
+                    value: Some(b"new".to_vec()),
+                    expires_at: None,
                 },
                 TransferEntry {
                     key: 8u32.to_be_bytes().to_vec(),
-                    value: None
+                    value: None,
+                    expires_at: None,
                 },
             ]
         );

@@ -98,11 +98,14 @@ impl Limits {
         // (with its owner table it may outgrow a small value limit: the frame limit bounds it).
         let value_len = if frame.opcode.is_tagged() {
             frame.value.len().saturating_sub(payload::WriteTag::LEN)
+        } else if frame.opcode == Opcode::CHAIN_PUT_EXPIRING {
+            frame.value.len().saturating_sub(crate::cluster::chain::EXPIRY_LEN)
         } else if frame.opcode == Opcode::VIEW_INSTALL {
             0
         } else if frame.opcode == Opcode::UPDATE {
-            // The operation's byte before its operand.
-            frame.value.len().saturating_sub(1)
+            // The operation's header before its value; the head checks the value it would
+            // store against the limit itself.
+            frame.value.len().saturating_sub(crate::update::LONGEST_HEADER)
         } else {
             frame.value.len()
         };
@@ -200,6 +203,9 @@ named_codes!(
         CHAIN_DELETE_ONCE = 0x1a,
         /// Internal: a server that opened the connection presents the cluster token.
         PEER_AUTH = 0x1b,
+        /// Internal: CHAIN_PUT of a value that expires: the value starts with the Unix time
+        /// in milliseconds it expires at (u64), the value to store follows.
+        CHAIN_PUT_EXPIRING = 0x1f,
         /// Asks the view keeper to add the backend at the key's address to the cluster.
         MEMBER_JOIN = 0x1c,
         /// Asks the view keeper to hand off the partitions of the backend at the key's address

@@ -323,8 +323,10 @@ pub fn decode_view(epoch: u64, buf: &[u8]) -> Result<View> {
 pub struct TransferEntry {
     /// The key.
     pub key: Vec<u8>,
-    /// Its value at the source when the batch was made; `None`: deleted there.
+    /// Its value at the source when the batch was made; `None`: deleted (or expired) there.
     pub value: Option<Vec<u8>>,
+    /// When the value expires, Unix milliseconds; `None`: never (or no value).
+    pub expires_at: Option<u64>,
 }
 
 /// The value of a SYNC_COPY or SYNC_DELTA answer.
@@ -338,25 +340,33 @@ pub struct TransferBatch {
 }
 
 impl TransferBatch {
-    /// Bytes the entries take on the wire.
-    pub fn entry_len(key: &[u8], value: Option<&[u8]>) -> usize {
-        9 + key.len() + value.map_or(0, <[u8]>::len)
+    /// Bytes an entry takes on the wire.
+    pub fn entry_len(key: &[u8], value: Option<&[u8]>, expires_at: Option<u64>) -> usize {
+        9 + key.len() + value.map_or(0, <[u8]>::len) + if expires_at.is_some() { 8 } else { 0 }
     }
 }
 
-/// Encodes a transfer batch: u64 next, u32 count, then per entry u8 present (1) or deleted (0),
-/// u32 key length, key, u32 value length, value.
+/// Encodes a transfer batch: u64 next, u32 count, then per entry u8 deleted (0), present (1)
+/// or present and expiring (2, followed by the u64 Unix time in milliseconds it expires at), u32
+/// key length, key, u32 value length, value.
 pub fn encode_transfer_batch(batch: &TransferBatch) -> Vec<u8> {
     let size: usize = batch
         .entries
         .iter()
-        .map(|e| TransferBatch::entry_len(&e.key, e.value.as_deref()))
+        .map(|e| TransferBatch::entry_len(&e.key, e.value.as_deref(), e.expires_at))
         .sum();
     let mut out = Vec::with_capacity(12 + size);
     out.extend_from_slice(&batch.next.to_be_bytes());
     out.extend_from_slice(&(batch.entries.len() as u32).to_be_bytes());
     for entry in &batch.entries {
-        out.push(u8::from(entry.value.is_some()));
+        match (&entry.value, entry.expires_at) {
+            (None, _) => out.push(0),
+            (Some(_), None) => out.push(1),
+            (Some(_), Some(at)) => {
+                out.push(2);
+                out.extend_from_slice(&at.to_be_bytes());
+            }
+        }
         out.extend_from_slice(&(entry.key.len() as u32).to_be_bytes());
         out.extend_from_slice(&entry.key);
         let value = entry.value.as_deref().unwrap_or_default();
@@ -376,12 +386,13 @@ pub fn decode_transfer_batch(buf: &[u8]) -> Result<TransferBatch> {
     let count = r.u32()?;
     let mut entries = Vec::new();
     for _ in 0..count {
-        let present = match r.u8()? {
-            0 => false,
-            1 => true,
+        let (present, expires_at) = match r.u8()? {
+            0 => (false, None),
+            1 => (true, None),
+            2 => (true, Some(r.u64()?)),
             other => {
                 return Err(Error::Payload(format!(
-                    "transfer entry flag {other} is neither 0 nor 1"
+                    "transfer entry flag {other} is not 0, 1 or 2"
                 )))
             }
         };
@@ -397,6 +408,7 @@ pub fn decode_transfer_batch(buf: &[u8]) -> Result<TransferBatch> {
         entries.push(TransferEntry {
             key,
             value: present.then_some(value),
+            expires_at,
         });
     }
     r.finish()?;
@@ -502,14 +514,22 @@ mod tests {
                 TransferEntry {
                     key: b"k1".to_vec(),
                     value: Some(b"value".to_vec()),
+                    expires_at: None,
                 },
                 TransferEntry {
                     key: b"gone".to_vec(),
                     value: None,
+                    expires_at: None,
                 },
                 TransferEntry {
                     key: b"empty".to_vec(),
                     value: Some(Vec::new()),
+                    expires_at: None,
+                },
+                TransferEntry {
+                    key: b"cached".to_vec(),
+                    value: Some(b"for a while".to_vec()),
+                    expires_at: Some(1_700_000_000_123),
                 },
             ],
         };
