@@ -177,6 +177,8 @@ struct BackendState {
     receiver: Receiver,
     /// The partitions a join or leave brings this node.
     incoming: Incoming,
+    /// The sweep that deletes the expired keys this node heads.
+    sweeper: crate::expiry::Sweeper,
     /// Where the view is kept across restarts (with a data directory).
     data_dir: Option<std::path::PathBuf>,
     peers: Peers,
@@ -245,6 +247,7 @@ impl Backend {
             trackers: Trackers::default(),
             receiver: Receiver::default(),
             incoming: Incoming::default(),
+            sweeper: crate::expiry::Sweeper::default(),
             data_dir: config.data_dir.clone(),
             peers: Peers::new(config.server.timeouts, config.server.limits).with_credentials(
                 Credentials {
@@ -291,6 +294,7 @@ impl Backend {
         let drivers = vec![
             spawn("state-transfer", |s| transfer::run(s))?,
             spawn("handoff", |s| handoff::run(s))?,
+            spawn("expiry-sweep", |s| crate::expiry::run(s, &s.sweeper))?,
         ];
         Ok(Backend {
             state,
@@ -334,6 +338,7 @@ impl Backend {
     fn stop_drivers(&mut self) {
         self.state.receiver.stop();
         self.state.incoming.stop();
+        self.state.sweeper.stop();
         for driver in self.drivers.drain(..) {
             let _ = driver.join();
         }
@@ -431,6 +436,37 @@ impl handoff::Host for BackendState {
 
     fn sources_open(&self) -> usize {
         self.trackers.open_count()
+    }
+}
+
+impl crate::expiry::SweepHost for BackendState {
+    fn store(&self) -> &dyn Engine {
+        &*self.store
+    }
+
+    fn heads(&self) -> Option<crate::expiry::HeadTest<'_>> {
+        let membership = self.membership().filter(|m| m.confirmed)?;
+        Some(Box::new(move |key| membership.heads(key)))
+    }
+
+    fn delete_expired(&self, keys: Vec<Vec<u8>>) -> u64 {
+        let Some(epoch) = self.membership().map(|m| m.ring.view().epoch) else {
+            return 0;
+        };
+        let operation = Update::DeleteIfExpired.encode();
+        let requests = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let mut request = Frame::request(Opcode::UPDATE, i as u64, key, operation.clone());
+                request.epoch = epoch;
+                request
+            })
+            .collect();
+        self.key_batch(requests)
+            .iter()
+            .filter(|answer| answer.status == Status::OK && answer.value == [1])
+            .count() as u64
     }
 }
 
@@ -1609,6 +1645,7 @@ impl BackendState {
                 &self.incoming.partitions_copied,
             ),
             ("handoff_keys_dropped", &self.incoming.keys_dropped),
+            ("expired_removed", &self.sweeper.removed),
         ]
         .into_iter()
         .map(|(name, counter)| (name, counter.load(Ordering::Relaxed)))

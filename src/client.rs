@@ -463,6 +463,43 @@ impl Client {
         crate::update::decode_len(&answer)
     }
 
+    /// Stores `value` under `key` for `ttl` (rounded up to a millisecond), after which the
+    /// key reads as absent and is removed: a PUT with a time to live (UPDATE set, section 7.7).
+    /// A zero `ttl` is refused BAD_REQUEST.
+    pub fn put_with_ttl(&mut self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        let set = crate::update::Update::Set {
+            value: value.to_vec(),
+            condition: crate::update::Condition::Always,
+            ttl: crate::update::Ttl::Expires(crate::update::When::In(millis(ttl))),
+            get_old: false,
+        };
+        let answer = self.update(key, &set)?;
+        crate::update::decode_set(&answer, false).map(|_| ())
+    }
+
+    /// Gives `key` a time to live of `ttl` (Redis's PEXPIRE; zero deletes it); false if the
+    /// key is absent.
+    pub fn expire(&mut self, key: &[u8], ttl: Duration) -> Result<bool> {
+        let expire = crate::update::Update::Expire {
+            at: crate::update::When::In(millis(ttl)),
+            condition: crate::update::ExpireCondition::Always,
+        };
+        let answer = self.update(key, &expire)?;
+        crate::update::decode_stored(&answer)
+    }
+
+    /// Takes `key`'s time to live away; false if it had none or is absent (Redis's PERSIST).
+    pub fn persist(&mut self, key: &[u8]) -> Result<bool> {
+        let answer = self.update(key, &crate::update::Update::Persist)?;
+        crate::update::decode_stored(&answer)
+    }
+
+    /// `key`'s time to live, as its head's clock reads it (Redis's PTTL).
+    pub fn ttl(&mut self, key: &[u8]) -> Result<crate::update::TimeToLive> {
+        let answer = self.update(key, &crate::update::Update::Ttl)?;
+        crate::update::decode_ttl(&answer)
+    }
+
     /// One step of a walk over every key (SCAN): the keys after `cursor` (0 to start) that
     /// match `pattern` (Redis glob; empty for all), about `count` of them, and the cursor to
     /// go on from (0 when the walk is done). A cursor is good only in the view it was made in:
@@ -631,4 +668,10 @@ impl Client {
     pub fn raw_call(&mut self, request: &Frame) -> Result<Frame> {
         self.exchange(request)
     }
+}
+
+/// `ttl` in whole milliseconds, rounded up (so that only zero is zero), within i64.
+fn millis(ttl: Duration) -> i64 {
+    let nanos = ttl.as_nanos().div_ceil(1_000_000);
+    i64::try_from(nanos).unwrap_or(i64::MAX)
 }

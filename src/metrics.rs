@@ -292,6 +292,11 @@ pub const STATS_METRICS: &[(&str, Kind, &str)] = &[
         "Tagged writes refused as older than their client's window (TOO_OLD).",
     ),
     (
+        "expired_removed",
+        Kind::Counter,
+        "Expired keys this head's sweep deleted through their chains.",
+    ),
+    (
         "unauthorized",
         Kind::Counter,
         "Requests refused for a missing or wrong cluster token or password.",

@@ -762,3 +762,49 @@ fn kvcli_scan_prints_every_key_or_those_matching() {
     assert!(users.text().lines().all(|k| k.starts_with("user:")));
     assert_eq!(kvcli_at(&addr, &["scan", "--match", "none*"]).text(), "");
 }
+
+#[test]
+fn kvcli_puts_with_a_ttl_and_reads_sets_and_takes_away_times_to_live() {
+    let (_server, addr, _) = local_cluster();
+    let put = kvcli_at(&addr, &["put", "session", "token", "--ttl", "30"]);
+    assert_eq!(
+        (put.code(), put.text()),
+        (Some(0), "OK\n".into()),
+        "{put:?}"
+    );
+    let ttl = kvcli_at(&addr, &["ttl", "session"]);
+    assert_eq!(ttl.code(), Some(0), "{ttl:?}");
+    let left: f64 = number(ttl.text().trim().trim_end_matches(" s"));
+    assert!(left > 25.0 && left <= 30.0, "{ttl:?}");
+    assert_eq!(kvcli_at(&addr, &["persist", "session"]).code(), Some(0));
+    assert_eq!(
+        kvcli_at(&addr, &["ttl", "session"]).text(),
+        "never expires\n"
+    );
+    let again = kvcli_at(&addr, &["persist", "session"]);
+    assert_eq!(again.code(), Some(1), "{again:?}");
+    assert!(again.stderr.contains("has no time to live"), "{again:?}");
+    assert_eq!(
+        kvcli_at(&addr, &["expire", "session", "0.2"]).code(),
+        Some(0)
+    );
+    common::retry(BOUND, "the key expires", || {
+        (kvcli_at(&addr, &["get", "session"]).code() == Some(1)).then_some(())
+    });
+    let gone = kvcli_at(&addr, &["ttl", "session"]);
+    assert_eq!(gone.code(), Some(1), "{gone:?}");
+    assert!(gone.stderr.contains("not found"), "{gone:?}");
+    assert_eq!(kvcli_at(&addr, &["expire", "absent", "10"]).code(), Some(1));
+    for bad in [
+        &["put", "k", "v", "--ttl", "0"][..],
+        &["put", "k", "v", "--ttl", "-1"],
+    ] {
+        let refused = kvcli_at(&addr, bad);
+        assert_eq!(refused.code(), Some(2), "{refused:?}");
+    }
+    assert_eq!(
+        kvcli_at(&addr, &["get", "k"]).code(),
+        Some(1),
+        "nothing was stored"
+    );
+}

@@ -1139,8 +1139,14 @@ fn arb_batch() -> impl Strategy<Value = TransferBatch> {
     let entry = (
         vec(any::<u8>(), 0..12),
         proptest::option::of(vec(any::<u8>(), 0..12)),
+        proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(key, value)| TransferEntry { key, value });
+        .prop_map(|(key, value, expires_at)| TransferEntry {
+            key,
+            // Only a present key has an expiry time to carry.
+            expires_at: expires_at.filter(|_| value.is_some()),
+            value,
+        });
     (any::<u64>(), vec(entry, 0..5)).prop_map(|(next, entries)| TransferBatch { next, entries })
 }
 

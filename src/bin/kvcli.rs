@@ -15,6 +15,7 @@ use ringkv::cli::{
 };
 use ringkv::cluster::membership::Change;
 use ringkv::protocol::Status;
+use ringkv::update::TimeToLive;
 use ringkv::{Client, ClientOptions, Password};
 
 const EXIT_NOT_FOUND: u8 = 1;
@@ -43,6 +44,9 @@ enum Command {
     Put(PutArgs),
     Get(GetArgs),
     Delete(DeleteArgs),
+    Ttl(TtlArgs),
+    Expire(ExpireArgs),
+    Persist(PersistArgs),
     Size(SizeArgs),
     Stats(StatsArgs),
     Top(TopArgs),
@@ -100,6 +104,41 @@ struct PutArgs {
     /// read the value from this file
     #[argh(option)]
     file: Option<String>,
+    /// seconds the key lives (fractions such as 0.5 too); then it reads as not found and is
+    /// removed (default: for ever)
+    #[argh(option)]
+    ttl: Option<f64>,
+}
+
+/// Print how long a key has left to live, in seconds (exit 1 if it is not stored).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "ttl")]
+struct TtlArgs {
+    /// the key
+    #[argh(positional)]
+    key: String,
+}
+
+/// Give a key a time to live (exit 1 if it is not stored); 0 deletes it.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "expire")]
+struct ExpireArgs {
+    /// the key
+    #[argh(positional)]
+    key: String,
+    /// seconds it has left (fractions such as 0.5 too)
+    #[argh(positional)]
+    seconds: f64,
+}
+
+/// Take a key's time to live away, so that it is kept until deleted (exit 1 if it is not
+/// stored or had none).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "persist")]
+struct PersistArgs {
+    /// the key
+    #[argh(positional)]
+    key: String,
 }
 
 /// Print the value of a key (raw bytes; exit 1 if not found).
@@ -547,6 +586,16 @@ fn human_bytes(bytes: f64) -> String {
     format!("{value:.1} {}", units[unit])
 }
 
+/// A count of seconds given on the command line, as a duration; `what` names it in the error.
+fn seconds_arg(seconds: f64, what: &str) -> Result<Duration, String> {
+    if !seconds.is_finite() || !(0.0..=1e12).contains(&seconds) {
+        return Err(format!(
+            "{what} must be a number of seconds from 0 on, got {seconds}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 fn main() -> ExitCode {
     let args: Args = ringkv::cli::parse_args();
     let addr = ringkv::cli::frontend_address(args.frontend);
@@ -630,8 +679,42 @@ fn run(
                     value
                 }
             };
-            client.put(p.key.as_bytes(), &value)?;
+            match p.ttl {
+                Some(seconds) => {
+                    let ttl = seconds_arg(seconds, "--ttl")?;
+                    if ttl.is_zero() {
+                        return Err("--ttl must be above 0".into());
+                    }
+                    client.put_with_ttl(p.key.as_bytes(), &value, ttl)?
+                }
+                None => client.put(p.key.as_bytes(), &value)?,
+            }
             writeln!(stdout, "OK")?;
+        }
+        Command::Ttl(t) => match client.ttl(t.key.as_bytes())? {
+            TimeToLive::Absent => {
+                eprintln!("kvcli: {} not found", t.key);
+                return Ok(EXIT_NOT_FOUND);
+            }
+            TimeToLive::Forever => writeln!(stdout, "never expires")?,
+            TimeToLive::Left { ms, .. } => writeln!(stdout, "{:.3} s", ms as f64 / 1000.0)?,
+        },
+        Command::Expire(e) => {
+            let ttl = seconds_arg(e.seconds, "the seconds")?;
+            if client.expire(e.key.as_bytes(), ttl)? {
+                writeln!(stdout, "OK")?;
+            } else {
+                eprintln!("kvcli: {} not found", e.key);
+                return Ok(EXIT_NOT_FOUND);
+            }
+        }
+        Command::Persist(p) => {
+            if client.persist(p.key.as_bytes())? {
+                writeln!(stdout, "OK")?;
+            } else {
+                eprintln!("kvcli: {} is not stored or has no time to live", p.key);
+                return Ok(EXIT_NOT_FOUND);
+            }
         }
         Command::Get(g) => match client.get(g.key.as_bytes())? {
             Some(value) => {
