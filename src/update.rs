@@ -487,14 +487,15 @@ impl Update {
                 }
             }
             // `current` is `None` for an expired key as for an absent one: either way there is
-            // nothing live to keep, and deleting an absent key changes nothing.
+            // nothing live to keep, and deleting an absent key changes nothing. The head answers
+            // whether its delete found the key; a live key is kept and answered 0.
             Update::DeleteIfExpired => Outcome {
                 write: if current.is_none() {
                     Write::Delete
                 } else {
                     Write::Nothing
                 },
-                answer: Vec::new(),
+                answer: vec![0],
             },
         })
     }
@@ -990,9 +991,7 @@ mod tests {
             apply_with(Update::DeleteIfExpired, None).unwrap().write,
             Write::Delete
         );
-        assert_eq!(
-            apply_with(Update::DeleteIfExpired, soon).unwrap().write,
-            Write::Nothing
-        );
+        let kept = apply_with(Update::DeleteIfExpired, soon).unwrap();
+        assert_eq!((kept.write, kept.answer), (Write::Nothing, vec![0]));
     }
 }

@@ -280,3 +280,41 @@ fn a_join_and_a_leave_move_keys_with_their_expiry_times() {
     wait(&mut c, &ringkv::Change::Leave(leaver), begun);
     check(&mut c);
 }
+
+#[test]
+fn delete_if_expired_removes_only_an_expired_key() {
+    let cluster = cluster(3, 3);
+    let mut c = client(cluster.frontend_addr());
+    c.put_with_ttl(b"live", b"v", Duration::from_secs(60))
+        .unwrap();
+    c.put(b"forever", b"v").unwrap();
+    c.put_with_ttl(b"brief", b"v", Duration::from_millis(1))
+        .unwrap();
+    retry(BOUND, "the brief key expires", || {
+        c.get(b"brief").unwrap().is_none().then_some(())
+    });
+    let mut frontend = raw(cluster.frontend_addr());
+    let operation = Update::DeleteIfExpired.encode();
+    for (id, key, answer) in [
+        (1, &b"live"[..], 0u8),
+        (2, b"forever", 0),
+        (3, b"absent", 0),
+    ] {
+        let reply = raw_call(&mut frontend, Opcode::UPDATE, id, key, &operation);
+        assert_eq!((reply.status, reply.value), (Status::OK, vec![answer]));
+    }
+    // The sweep may have removed it first; either way it is gone and nothing else is.
+    let reply = raw_call(&mut frontend, Opcode::UPDATE, 4, b"brief", &operation);
+    assert_eq!(reply.status, Status::OK);
+    assert!(
+        reply.value == [0] || reply.value == [1],
+        "{:?}",
+        reply.value
+    );
+    assert_eq!(c.get(b"live").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(c.get(b"forever").unwrap().as_deref(), Some(&b"v"[..]));
+    retry(BOUND, "only the two live keys are left", || {
+        let reports = c.size().unwrap();
+        (split_total(&reports).1.counter("keys") == 2).then_some(())
+    });
+}
