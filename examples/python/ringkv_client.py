@@ -72,6 +72,13 @@ UPDATE_SET_IF_PRESENT = 3
 UPDATE_GET_SET = 4
 UPDATE_GET_DELETE = 5
 UPDATE_APPEND = 6
+UPDATE_SET = 7
+UPDATE_EXPIRE = 8
+UPDATE_PERSIST = 9
+UPDATE_TTL = 10
+# A time in an UPDATE: milliseconds from now, or a Unix time in milliseconds.
+TIME_IN = 2
+TIME_AT = 3
 
 STATUSES = {
     0x00: "OK",
@@ -465,6 +472,24 @@ class Client:
         """Appends `suffix` to the value under `key`; returns the new length."""
         return struct.unpack(">Q", self._update(key, UPDATE_APPEND, suffix))[0]
 
+    def put_with_ttl(self, key: bytes, value: bytes, ttl_ms: int) -> None:
+        """Stores `value` under `key` for `ttl_ms` milliseconds (an UPDATE set, section 7.7)."""
+        # Flags 0: store whether or not the key is present, no old value back.
+        self._update(key, UPDATE_SET, bytes([0, TIME_IN]) + struct.pack(">q", ttl_ms) + value)
+
+    def expire(self, key: bytes, ttl_ms: int) -> bool:
+        """Gives `key` a time to live of `ttl_ms`; False if it is absent."""
+        return self._update(key, UPDATE_EXPIRE, bytes([0, TIME_IN]) + struct.pack(">q", ttl_ms)) == b"\x01"
+
+    def persist(self, key: bytes) -> bool:
+        """Takes `key`'s time to live away; False if it had none or is absent."""
+        return self._update(key, UPDATE_PERSIST) == b"\x01"
+
+    def ttl(self, key: bytes) -> Tuple[int, int]:
+        """Milliseconds left and the Unix time in milliseconds `key` expires at; (-1, -1) for a
+        key that never expires, (-2, -2) for an absent one."""
+        return struct.unpack(">qq", self._update(key, UPDATE_TTL))
+
     def scan(self, cursor: int, count: int = 10, pattern: bytes = b"") -> Tuple[int, List[bytes]]:
         """One SCAN step (section 7.8): the next cursor (0: done) and some keys."""
         value = struct.pack(">QI", cursor, count) + pattern
@@ -728,6 +753,29 @@ def run_self_check(addr: str) -> int:
         expect(client.get_and_delete(key) == b"first+more", "get_and_delete's value")
         expect(client.get_and_delete(key) is None, "a second get_and_delete found something")
 
+    def expiry():
+        key = check.key("cached")
+        client.put_with_ttl(key, b"for a while", 60_000)
+        left, at = client.ttl(key)
+        expect(0 < left <= 60_000, "%d ms left of 60,000" % left)
+        expect(abs(at - (time.time() * 1000 + left)) < 10_000, "it expires at %d" % at)
+        expect(client.persist(key), "persist found no time to live")
+        expect(client.ttl(key) == (-1, -1), "after persist: %r" % (client.ttl(key),))
+        expect(client.ttl(check.key("never")) == (-2, -2), "an absent key's time to live")
+        expect(client.expire(key, 150), "expire did not find the key")
+        deadline = time.time() + 10
+        while client.get(key) is not None:
+            expect(time.time() < deadline, "the key did not expire")
+            time.sleep(0.02)
+        expect(client.ttl(key) == (-2, -2), "an expired key's time to live")
+        try:
+            client.put_with_ttl(key, b"v", 0)
+        except StatusError as e:
+            expect(e.name == "BAD_REQUEST", "a zero time to live got %s" % e.name)
+        else:
+            raise AssertionError("a zero time to live was taken")
+        return "expired after 150 ms"
+
     def scan():
         names = [check.key("scan-%d" % i) for i in range(30)]
         for name in names:
@@ -757,6 +805,7 @@ def run_self_check(addr: str) -> int:
         ("empty key is BAD_REQUEST", empty_key),
         ("UPDATE increments at the head", increments),
         ("UPDATE set-if-absent, append, get-and-delete", conditional_and_append),
+        ("UPDATE times to live: set, ttl, persist, expire", expiry),
         ("SCAN lists every matching key once", scan),
         ("second connection sees the data", second_connection),
     ]:
