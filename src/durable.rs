@@ -11,8 +11,11 @@
 //!
 //! Compaction rewrites the live set into a new file beside the log and renames it over the log
 //! ([`crate::wal`] has the steps), so while it runs the disk holds the old log *and* a copy of
-//! the live set. "Live" below is what that copy takes: a header and one put record per key. A
-//! compaction is started in the background, after a write or when the store is opened, when
+//! the live set. "Live" below is what that copy takes: a header and one put record per key, which
+//! for a key that expires carries its time (8 bytes more). Expired keys are copied too, with
+//! their time: a node's clock can go back, and an expired key is removed by the delete its
+//! head's sweep sends down the chain, so that every copy and log agree. A compaction is started
+//! in the background, after a write or when the store is opened, when
 //!
 //! - dead records dominate: the log is at least twice the live set and at least
 //!   [`DurableOptions::compact_min_bytes`] long (1 MiB by default, so a small store that is
@@ -209,14 +212,18 @@ impl DurableStore {
                 crash_at: options.crash_at,
             },
             &mut |record| match record {
-                Record::Put { key, value } => mem.load(key, value, None),
+                Record::Put {
+                    key,
+                    value,
+                    expires_at,
+                } => mem.load(key, value, expires_at),
                 Record::Delete { key } => {
                     let _ = mem.delete_logged(key, |_| Ok(()));
                 }
             },
         )?;
         let size = mem.size();
-        wal.set_live_bytes(live_log_bytes(size));
+        wal.set_live_bytes(live_log_bytes(size, mem.expiring_keys()));
         log::info!(
             "{}: replayed {} records in {:.2?}: {} keys, {} bytes of keys and values{}",
             wal.path().display(),
@@ -443,9 +450,10 @@ impl DurableStore {
     }
 }
 
-/// Bytes a live set of `size` takes rewritten as a log.
-fn live_log_bytes(size: StoreSize) -> u64 {
-    wal::HEADER_LEN + size.bytes + size.keys * wal::RECORD_OVERHEAD
+/// Bytes a live set of `size`, `expiring` of whose keys have an expiry time, takes rewritten as
+/// a log.
+fn live_log_bytes(size: StoreSize, expiring: u64) -> u64 {
+    wal::HEADER_LEN + size.bytes + size.keys * wal::RECORD_OVERHEAD + expiring * wal::EXPIRY_LEN
 }
 
 impl Inner {
@@ -463,9 +471,8 @@ impl Inner {
     /// Compacts now; the caller holds the gate, whose `backoff` this updates.
     fn compact(&self, backoff: &mut Backoff) -> io::Result<Option<Compaction>> {
         let mem = &self.mem;
-        let result = self
-            .wal
-            .compact(&mut |emit| mem.try_for_each(|key, _, value| emit(key, value)));
+        // Expired keys are written too, with their time (see the module doc).
+        let result = self.wal.compact(&mut |emit| mem.try_for_each(emit));
         self.compactions.fetch_add(1, Ordering::AcqRel);
         match &result {
             Ok(Some(_)) => backoff.succeeded(),
@@ -518,7 +525,9 @@ impl Inner {
         change: SizeChange,
         compactable: &mut bool,
     ) -> Result<u64, StoreError> {
-        let live_change = change.keys * wal::RECORD_OVERHEAD as i64 + change.bytes;
+        let live_change = change.keys * wal::RECORD_OVERHEAD as i64
+            + change.bytes
+            + change.expiring * wal::EXPIRY_LEN as i64;
         self.wal.append(record, live_change).map_err(|e| match e {
             AppendError::OverBudget {
                 needed,
@@ -577,10 +586,24 @@ impl Engine for DurableStore {
     }
 
     fn put_unsettled(&self, key: &[u8], value: &[u8]) -> Result<Unsettled, StoreError> {
+        self.put_expiring_unsettled(key, value, None)
+    }
+
+    fn put_expiring_unsettled(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires_at: Option<u64>,
+    ) -> Result<Unsettled, StoreError> {
         let inner = &*self.inner;
+        let record = Record::Put {
+            key,
+            value,
+            expires_at,
+        };
         self.write(|compactable| {
-            inner.mem.put_logged(key, value, None, |change| {
-                inner.append(Record::Put { key, value }, change, compactable)
+            inner.mem.put_logged(key, value, expires_at, |change| {
+                inner.append(record, change, compactable)
             })
         })
         .map(Unsettled)
@@ -638,28 +661,166 @@ mod tests {
         assert_eq!(backoff.retry_at, Some(start + RETRY_FIRST));
     }
 
+    /// A directory for one test, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "ringkv-durable-{}-{}-{name}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn open(dir: &TempDir) -> DurableStore {
+        DurableStore::open(&dir.0, DurableOptions::default()).unwrap()
+    }
+
+    fn put_expiring(store: &DurableStore, key: &[u8], value: &[u8], at: Option<u64>) {
+        let writes = store.put_expiring_unsettled(key, value, at).unwrap();
+        store.settle(writes).unwrap();
+    }
+
+    /// Every key of `store`, when it expires (expired or not) and its value, sorted.
+    fn contents(store: &DurableStore) -> Vec<(Vec<u8>, Option<u64>, Vec<u8>)> {
+        let mut all = Vec::new();
+        store
+            .inner
+            .mem
+            .try_for_each(|key, at, value| {
+                all.push((key.to_vec(), at, value.to_vec()));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        all.sort();
+        all
+    }
+
+    /// Asserts that the live set the log counts is what a compaction of `store` writes, and
+    /// leaves the log compacted.
+    fn assert_live_is_what_compaction_writes(store: &DurableStore, what: &str) {
+        let live = store.live_log_bytes();
+        let mem = &store.inner.mem;
+        assert_eq!(
+            live,
+            live_log_bytes(mem.size(), mem.expiring_keys()),
+            "{what}"
+        );
+        let done = store.compact().unwrap().expect("no other compaction runs");
+        assert_eq!(done.bytes_after, live, "{what}: what the compaction wrote");
+        assert_eq!(store.log_bytes(), live, "{what}: the compacted log");
+        assert_eq!(store.live_log_bytes(), live, "{what}: after compacting");
+    }
+
     #[test]
     fn the_live_set_the_log_counts_follows_every_kind_of_write() {
-        let dir = std::env::temp_dir().join(format!("ringkv-durable-live-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = DurableStore::open(&dir, DurableOptions::default()).unwrap();
-        let expect = |store: &DurableStore| {
-            assert_eq!(store.live_log_bytes(), live_log_bytes(store.size()));
-        };
-        expect(&store);
+        let dir = TempDir::new("live");
+        let store = open(&dir);
+        let now = crate::expiry::now_ms();
+        let (soon, later) = (Some(now + 60_000), Some(now + 120_000));
+        assert_live_is_what_compaction_writes(&store, "empty");
         store.put(b"a", b"one").unwrap();
         store.put(b"b", &[1; 100]).unwrap();
-        expect(&store);
+        assert_live_is_what_compaction_writes(&store, "puts");
         store.put(b"a", b"a longer value").unwrap();
         store.put(b"b", b"").unwrap();
-        expect(&store);
+        assert_live_is_what_compaction_writes(&store, "overwrites");
+        // A key that gains an expiry time, a new expiring key, one that keeps expiring at
+        // another time, one that loses its time, one that gains it with a shorter value.
+        put_expiring(&store, b"a", b"one", soon);
+        put_expiring(&store, b"c", &[2; 40], soon);
+        assert_live_is_what_compaction_writes(&store, "expiring puts");
+        put_expiring(&store, b"a", b"a longer value", later);
+        store.put(b"c", b"kept").unwrap();
+        put_expiring(&store, b"b", b"x", later);
+        assert_live_is_what_compaction_writes(&store, "overwrites switching kind");
+        // An expired key is still in the live set until it is deleted.
+        put_expiring(&store, b"d", b"gone", Some(now - 1));
+        assert_eq!(store.get(b"d"), None);
+        assert_live_is_what_compaction_writes(&store, "an expired key");
         assert!(store.delete(b"a").unwrap());
+        assert!(store.delete(b"c").unwrap());
         assert!(!store.delete(b"a").unwrap());
-        expect(&store);
+        assert_live_is_what_compaction_writes(&store, "deletes");
+        // Uncompacted records over the compacted log, counted again from scratch on open.
+        put_expiring(&store, b"e", b"five", soon);
+        store.put(b"b", b"plain again").unwrap();
+        let before = contents(&store);
         drop(store);
-        let reopened = DurableStore::open(&dir, DurableOptions::default()).unwrap();
-        expect(&reopened);
+        let reopened = open(&dir);
+        assert_eq!(contents(&reopened), before);
+        assert_eq!(reopened.inner.mem.expiring_keys(), 2);
+        assert_live_is_what_compaction_writes(&reopened, "reopened");
         drop(reopened);
-        let _ = std::fs::remove_dir_all(&dir);
+        let compacted = open(&dir);
+        assert_eq!(contents(&compacted), before);
+        assert_live_is_what_compaction_writes(&compacted, "reopened after compaction");
+    }
+
+    #[test]
+    fn an_expiry_time_survives_reopen_and_compaction_and_an_expired_key_stays_expired() {
+        let dir = TempDir::new("expiry");
+        let now = crate::expiry::now_ms();
+        let at = now + 3_600_000;
+        let store = open(&dir);
+        put_expiring(&store, b"later", b"value", Some(at));
+        put_expiring(&store, b"gone", b"old", Some(now - 1));
+        store.put(b"kept", b"for ever").unwrap();
+        let expect = |store: &DurableStore, what: &str| {
+            assert_eq!(
+                store.get_expiring(b"later"),
+                Some((b"value".to_vec(), Some(at))),
+                "{what}"
+            );
+            assert_eq!(
+                store.get_expiring(b"kept"),
+                Some((b"for ever".to_vec(), None)),
+                "{what}"
+            );
+            assert_eq!(store.get(b"gone"), None, "{what}");
+            assert_eq!(store.get_expiring(b"gone"), None, "{what}");
+            // Kept, with its time, until a delete removes it.
+            assert_eq!(
+                contents(store),
+                [
+                    (b"gone".to_vec(), Some(now - 1), b"old".to_vec()),
+                    (b"kept".to_vec(), None, b"for ever".to_vec()),
+                    (b"later".to_vec(), Some(at), b"value".to_vec()),
+                ],
+                "{what}"
+            );
+        };
+        expect(&store, "written");
+        drop(store);
+        let reopened = open(&dir);
+        expect(&reopened, "reopened");
+        reopened
+            .compact()
+            .unwrap()
+            .expect("no other compaction runs");
+        expect(&reopened, "compacted");
+        drop(reopened);
+        let compacted = open(&dir);
+        assert_eq!(compacted.recovery().records, 3);
+        expect(&compacted, "reopened after compaction");
+        // A plain put makes the key persistent, and the log says so.
+        compacted.put(b"later", b"value").unwrap();
+        drop(compacted);
+        let persistent = open(&dir);
+        assert_eq!(
+            persistent.get_expiring(b"later"),
+            Some((b"value".to_vec(), None))
+        );
     }
 }

@@ -26,6 +26,10 @@ pub struct SizeChange {
     pub keys: i64,
     /// Bytes of keys plus values gained (or, negative, freed).
     pub bytes: i64,
+    /// 1 when the key gains an expiry time (a new expiring key, or an expiring overwrite of a
+    /// key that had none), -1 when it loses one (a delete of an expiring key, or an overwrite
+    /// that never expires), 0 otherwise: a log keeps an expiring key's time beside it.
+    pub expiring: i64,
 }
 
 /// Why a write failed. After `Full`, `DiskBudget` and `DiskFull` nothing was changed.
@@ -303,6 +307,8 @@ pub struct MemStore {
     slice_owners: Box<[u8; SLICES]>,
     keys: AtomicU64,
     bytes: AtomicU64,
+    /// Keys that have an expiry time, expired or not.
+    expiring: AtomicU64,
     max_bytes: Option<u64>,
 }
 
@@ -368,6 +374,7 @@ impl MemStore {
             slice_owners: slice_owners(),
             keys: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            expiring: AtomicU64::new(0),
             max_bytes,
         }
     }
@@ -389,8 +396,11 @@ impl MemStore {
     ) -> Result<T, StoreError> {
         let mut shard = lock!(self.shard(key), write);
         let added = (key.len() + value.len()) as u64;
-        let existing = shard.get(key).map(Entry::payload_len);
-        let removed = existing.unwrap_or(0);
+        let existing = shard
+            .get(key)
+            .map(|entry| (entry.payload_len(), entry.expires_at().is_some()));
+        let removed = existing.map_or(0, |(payload, _)| payload);
+        let was_expiring = existing.is_some_and(|(_, expiring)| expiring);
         // The shard lock keeps `removed` stable; the byte count is shared by all shards, so the
         // limit is checked and the new total reserved in one atomic step.
         let limit = self.max_bytes.unwrap_or(u64::MAX);
@@ -407,6 +417,7 @@ impl MemStore {
         let change = SizeChange {
             keys: i64::from(existing.is_none()),
             bytes: added as i64 - removed as i64,
+            expiring: i64::from(expires_at.is_some()) - i64::from(was_expiring),
         };
         let logged = match log(change) {
             Ok(logged) => logged,
@@ -419,6 +430,7 @@ impl MemStore {
         if shard.replace(Entry::new(key, value, expires_at)).is_none() {
             self.keys.fetch_add(1, Ordering::Relaxed);
         }
+        self.count_expiring(was_expiring, expires_at.is_some());
         Ok(logged)
     }
 
@@ -430,16 +442,21 @@ impl MemStore {
         log: impl FnOnce(SizeChange) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         let mut shard = lock!(self.shard(key), write);
-        let Some(freed) = shard.get(key).map(Entry::payload_len) else {
+        let Some((freed, expiring)) = shard
+            .get(key)
+            .map(|entry| (entry.payload_len(), entry.expires_at().is_some()))
+        else {
             return Ok(None);
         };
         let logged = log(SizeChange {
             keys: -1,
             bytes: -(freed as i64),
+            expiring: -i64::from(expiring),
         })?;
         if let Some(entry) = shard.take(key) {
             self.keys.fetch_sub(1, Ordering::Relaxed);
             self.bytes.fetch_sub(entry.payload_len(), Ordering::Relaxed);
+            self.count_expiring(expiring, false);
         }
         Ok(Some(logged))
     }
@@ -450,15 +467,38 @@ impl MemStore {
     pub fn load(&self, key: &[u8], value: &[u8], expires_at: Option<u64>) {
         let mut shard = lock!(self.shard(key), write);
         let added = (key.len() + value.len()) as u64;
-        match shard.replace(Entry::new(key, value, expires_at)) {
+        let was_expiring = match shard.replace(Entry::new(key, value, expires_at)) {
             Some(old) => {
                 self.bytes.fetch_add(added, Ordering::Relaxed);
                 self.bytes.fetch_sub(old.payload_len(), Ordering::Relaxed);
+                old.expires_at().is_some()
             }
             None => {
                 self.keys.fetch_add(1, Ordering::Relaxed);
                 self.bytes.fetch_add(added, Ordering::Relaxed);
+                false
             }
+        };
+        self.count_expiring(was_expiring, expires_at.is_some());
+    }
+
+    /// Keys that have an expiry time, expired or not: a log that keeps each key's time needs
+    /// the count to know what its live set takes.
+    pub fn expiring_keys(&self) -> u64 {
+        self.expiring.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the count of expiring keys as a key goes from expiring (`before`) or not to
+    /// expiring (`after`) or not; the caller holds the key's shard.
+    fn count_expiring(&self, before: bool, after: bool) {
+        match (before, after) {
+            (false, true) => {
+                self.expiring.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.expiring.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 
@@ -717,17 +757,68 @@ mod tests {
         };
         store.put_logged(b"key", b"value", None, &mut note).unwrap();
         store.put_logged(b"key", b"v", Some(1), &mut note).unwrap();
+        store.put_logged(b"key", b"vv", Some(2), &mut note).unwrap();
         store
             .put_logged(b"key", b"longer value", None, &mut note)
             .unwrap();
         store.delete_logged(b"key", &mut note).unwrap();
         store.delete_logged(b"key", &mut note).unwrap();
-        let change = |keys, bytes| SizeChange { keys, bytes };
+        store.put_logged(b"new", b"v", Some(3), &mut note).unwrap();
+        store.delete_logged(b"new", &mut note).unwrap();
+        let change = |keys, bytes, expiring| SizeChange {
+            keys,
+            bytes,
+            expiring,
+        };
         assert_eq!(
             changes,
-            [change(1, 8), change(0, -4), change(0, 11), change(-1, -15)]
+            [
+                change(1, 8, 0),
+                change(0, -4, 1),
+                change(0, 1, 0),
+                change(0, 10, -1),
+                change(-1, -15, 0),
+                change(1, 4, 1),
+                change(-1, -4, -1)
+            ]
         );
         assert_eq!(store.size(), StoreSize::default());
+        assert_eq!(store.expiring_keys(), 0);
+    }
+
+    #[test]
+    fn the_expiring_key_count_follows_puts_loads_deletes_and_refused_writes() {
+        let store = MemStore::new(Some(20));
+        store.load(b"a", b"1", Some(5));
+        store.load(b"a", b"2", Some(6));
+        store.load(b"b", b"3", None);
+        assert_eq!(store.expiring_keys(), 1);
+        store.load(b"b", b"4", Some(7));
+        assert_eq!(store.expiring_keys(), 2);
+        store.load(b"a", b"5", None);
+        assert_eq!(store.expiring_keys(), 1);
+        store.put_expiring_unsettled(b"c", b"6", Some(8)).unwrap();
+        assert_eq!(store.expiring_keys(), 2);
+        // A write its log refuses, or one over the byte limit, changes no count.
+        let refused = StoreError::Io("the disk went away".into());
+        let err = store
+            .put_logged(b"a", b"7", Some(9), |_| Err::<(), _>(refused.clone()))
+            .unwrap_err();
+        assert_eq!(err, refused);
+        assert!(matches!(
+            store.put_expiring_unsettled(b"d", &[0; 30], Some(9)),
+            Err(StoreError::Full { .. })
+        ));
+        assert_eq!(
+            store.delete_logged(b"b", |_| Err::<(), _>(refused.clone())),
+            Err(refused)
+        );
+        assert_eq!(store.expiring_keys(), 2);
+        assert_eq!(store.delete(b"b"), Ok(true));
+        assert_eq!(store.delete(b"a"), Ok(true));
+        assert_eq!(store.expiring_keys(), 1);
+        store.put(b"c", b"kept").unwrap();
+        assert_eq!(store.expiring_keys(), 0);
     }
 
     #[test]

@@ -11,13 +11,26 @@
 //! Then come records, each self-checking:
 //!
 //! ```text
-//! len: u32 LE | type: u8 (1 put, 2 delete) | key_len: u32 LE | key | value | crc: u32 LE
-//!               \________________ body: len bytes _____________/
+//! len: u32 LE | type: u8 | key_len: u32 LE | key | [expires_at: u64 LE] | value | crc: u32 LE
+//!               \__________________________ body: len bytes ____________________/
 //! ```
 //!
+//! The types:
+//!
+//! - 1, put: the key's value, which never expires.
+//! - 2, delete: no value.
+//! - 3, put expiring: the key's value, and right after the key the time it expires, in Unix
+//!   milliseconds (u64, little-endian): body = type, key_len, key, expires_at, value. Its body is
+//!   at least 1 + 4 + key_len + 8 bytes; a shorter one fails its checks like any bad record.
+//!
 //! The CRC-32 covers the length field and the body, so a damaged length is caught as surely as a
-//! damaged key or value. A delete has no value. A record costs [`RECORD_OVERHEAD`] bytes beyond
-//! its key and value.
+//! damaged key or value. A record costs [`RECORD_OVERHEAD`] bytes beyond its key and value, and
+//! a put expiring [`EXPIRY_LEN`] more: `RECORD_OVERHEAD + 8`.
+//!
+//! Version 1 knew types 1 and 2 only; version 2 added type 3. A build that reads only version 1
+//! refuses a version-2 log, so it cannot replay a put expiring as unknown or drop its time. A
+//! version-1 log is still read: on open, before any record is appended to it, its header's
+//! version field is rewritten to 2 in place and fsynced. Compaction and new logs write version 2.
 //!
 //! # Writing and fsync policies
 //!
@@ -40,8 +53,8 @@
 //! # Recovery
 //!
 //! On open the records are replayed in order. The first record that fails its checks (too short,
-//! a length out of range, a bad CRC, a bad type or key length) at offset X is judged by what
-//! follows it:
+//! a length out of range, a bad CRC, a bad type or key length, a put expiring with no room for
+//! its time) at offset X is judged by what follows it:
 //!
 //! - no whole valid record starts anywhere after X: this is a torn tail, what a crash in the
 //!   middle of an append leaves (a partial record, or zeros or stale bytes where the file grew but
@@ -73,8 +86,10 @@
 //! When dead records dominate, the live set is rewritten (see [`Wal::compact`]):
 //!
 //! 1. note the current end P of the log; write a put record for every live key into
-//!    `wal.log.compact`. Writes go on meanwhile, so this snapshot is fuzzy: each key holds its
-//!    value at P or a later one.
+//!    `wal.log.compact` (a put expiring for a key with an expiry time, even one already past:
+//!    a clock can go back, and expired keys are removed by deletes that go down their chain).
+//!    Writes go on meanwhile, so this snapshot is fuzzy: each key holds its value at P or a
+//!    later one.
 //! 2. copy the log's bytes from P on to the new file (catch-up), fsync it, and catch up again.
 //!    Replaying, in order, every record written after P over a fuzzy snapshot gives each key the
 //!    value of its last record, the same as replaying the whole old log, so nothing is lost or
@@ -93,7 +108,8 @@
 //!
 //! While a compaction runs the disk holds the old log and the new file, so the peak is the log
 //! plus a copy of the live set (plus the records the catch-up copies). The log keeps count of
-//! what its live set takes rewritten (each append says by how much it changes it), and under
+//! what its live set takes rewritten, one put per key, [`EXPIRY_LEN`] more for a key that
+//! expires (each append says by how much it changes it), and under
 //! [`WalOptions::max_disk_bytes`] it admits a record only if, once the record is written,
 //!
 //! ```text
@@ -105,10 +121,10 @@
 //! The second form bounds what the running compaction may still write: its fuzzy snapshot
 //! holds at most the live set at P plus every put since, and it copies every record since P.
 //! So the peak stays within the budget and a compaction always has room. A record that does
-//! not raise log plus live set (a delete, or a put that shrinks a value by at least its record's
-//! size) is admitted even over the budget when no compaction runs: it leaves compaction as much
-//! room as before. A refused record is not written at all ([`AppendError::OverBudget`], which
-//! says whether it would fit once the log is compacted).
+//! not raise log plus live set (a delete, or a put that shrinks its key's record by at least the
+//! new record's size) is admitted even over the budget when no compaction runs: it leaves
+//! compaction as much room as before. A refused record is not written at all
+//! ([`AppendError::OverBudget`], which says whether it would fit once the log is compacted).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -124,11 +140,13 @@ use std::time::Duration;
 /// The first bytes of every log.
 pub const MAGIC: &[u8; 8] = b"RINGKVWL";
 /// The format version this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of the file header.
 pub const HEADER_LEN: u64 = 16;
 /// Bytes a record costs beyond its key and value: length, type, key length, CRC.
 pub const RECORD_OVERHEAD: u64 = 4 + 1 + 4 + 4;
+/// Bytes a put expiring (type 3) costs beyond [`RECORD_OVERHEAD`]: its expiry time.
+pub const EXPIRY_LEN: u64 = 8;
 /// The log's file name inside the data directory.
 pub const LOG_FILE: &str = "wal.log";
 /// The file a compaction writes before it is renamed over the log.
@@ -136,6 +154,11 @@ pub const COMPACT_FILE: &str = "wal.log.compact";
 
 const TYPE_PUT: u8 = 1;
 const TYPE_DELETE: u8 = 2;
+const TYPE_PUT_EXPIRING: u8 = 3;
+/// The oldest format version this build reads (and upgrades on open).
+const OLDEST_FORMAT_VERSION: u32 = 1;
+/// Where the header keeps the format version.
+const VERSION_OFFSET: u64 = 8;
 /// The smallest body: type and key length.
 const MIN_BODY: u32 = 1 + 4;
 /// A body longer than this is taken as a damaged length rather than a record.
@@ -225,11 +248,19 @@ pub struct WalOptions {
     pub crash_at: Option<CrashPoint>,
 }
 
-/// One mutation, as replayed from the log.
+/// One mutation, as appended to the log and replayed from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record<'a> {
-    Put { key: &'a [u8], value: &'a [u8] },
-    Delete { key: &'a [u8] },
+    /// `key` holds `value`, until `expires_at` (Unix milliseconds) if that is set: a put
+    /// (type 1) without it, a put expiring (type 3) with it.
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+        expires_at: Option<u64>,
+    },
+    Delete {
+        key: &'a [u8],
+    },
 }
 
 /// Why a log could not be opened.
@@ -311,12 +342,15 @@ pub struct Recovery {
     pub log_bytes: u64,
     /// A compaction's temporary file was left by a crash and deleted.
     pub removed_partial_compaction: bool,
+    /// The log was written in this older format version, and its header now says
+    /// [`FORMAT_VERSION`].
+    pub upgraded_from: Option<u32>,
 }
 
-/// What [`Wal::compact`] calls with an `emit` to hand it the live set: `emit(key, value)`
-/// once per live key.
+/// What [`Wal::compact`] calls with an `emit` to hand it the live set:
+/// `emit(key, expires_at, value)` once per live key.
 pub type LiveSet<'a> =
-    dyn FnMut(&mut dyn FnMut(&[u8], &[u8]) -> io::Result<()>) -> io::Result<()> + 'a;
+    dyn FnMut(&mut dyn FnMut(&[u8], Option<u64>, &[u8]) -> io::Result<()>) -> io::Result<()> + 'a;
 
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,16 +504,29 @@ fn admit(
 }
 
 fn encode(out: &mut Vec<u8>, record: Record<'_>) {
-    let (kind, key, value): (u8, &[u8], &[u8]) = match record {
-        Record::Put { key, value } => (TYPE_PUT, key, value),
-        Record::Delete { key } => (TYPE_DELETE, key, &[]),
+    let (kind, key, expires_at, value): (u8, &[u8], Option<u64>, &[u8]) = match record {
+        Record::Put {
+            key,
+            value,
+            expires_at: None,
+        } => (TYPE_PUT, key, None, value),
+        Record::Put {
+            key,
+            value,
+            expires_at: Some(at),
+        } => (TYPE_PUT_EXPIRING, key, Some(at), value),
+        Record::Delete { key } => (TYPE_DELETE, key, None, &[]),
     };
-    let body = MIN_BODY as usize + key.len() + value.len();
+    let expiry_len = if expires_at.is_some() { EXPIRY_LEN } else { 0 };
+    let body = MIN_BODY as usize + key.len() + expiry_len as usize + value.len();
     let start = out.len();
     out.extend_from_slice(&(body as u32).to_le_bytes());
     out.push(kind);
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key);
+    if let Some(at) = expires_at {
+        out.extend_from_slice(&at.to_le_bytes());
+    }
     out.extend_from_slice(value);
     let crc = crc32fast::hash(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -503,10 +550,26 @@ fn decode<'a>(len_bytes: [u8; 4], rest: &'a [u8]) -> Result<Record<'a>, String> 
         return Err(format!("key length {key_len} exceeds the record"));
     }
     let key = &body[5..5 + key_len];
-    let value = &body[5 + key_len..];
+    let rest = &body[5 + key_len..];
     match body[0] {
-        TYPE_PUT => Ok(Record::Put { key, value }),
-        TYPE_DELETE if value.is_empty() => Ok(Record::Delete { key }),
+        TYPE_PUT => Ok(Record::Put {
+            key,
+            value: rest,
+            expires_at: None,
+        }),
+        TYPE_PUT_EXPIRING if rest.len() < EXPIRY_LEN as usize => Err(format!(
+            "a put-expiring record has {} byte(s) after its key, too few for its expiry time",
+            rest.len()
+        )),
+        TYPE_PUT_EXPIRING => {
+            let (at, value) = rest.split_at(EXPIRY_LEN as usize);
+            Ok(Record::Put {
+                key,
+                value,
+                expires_at: Some(u64::from_le_bytes(at.try_into().expect("eight bytes"))),
+            })
+        }
+        TYPE_DELETE if rest.is_empty() => Ok(Record::Delete { key }),
         TYPE_DELETE => Err("a delete record carries a value".into()),
         other => Err(format!("unknown record type {other}")),
     }
@@ -536,8 +599,33 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
 fn header() -> [u8; HEADER_LEN as usize] {
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(MAGIC);
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let version = VERSION_OFFSET as usize;
+    header[version..version + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     header
+}
+
+/// Rewrites the version in the header of the log at `path`, an older version's log whose
+/// records this build has just replayed, to [`FORMAT_VERSION`], and fsyncs it. This must reach
+/// the disk before a put expiring is appended, or a build that knows only the older version
+/// would take the log for its own and meet a record type it does not know. The write is four
+/// bytes within the first sector, of which only the low byte changes, so a crash leaves either
+/// version, never a mix; either way the records that follow are read as before.
+fn upgrade_header(path: &Path, from: u32) -> Result<(), OpenError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all_at(&FORMAT_VERSION.to_le_bytes(), VERSION_OFFSET)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| {
+            let what = format!("upgrading its header from format version {from}: {e}");
+            io_err(path)(io::Error::new(e.kind(), what))
+        })?;
+    log::info!(
+        "{}: upgraded from log format version {from} to {FORMAT_VERSION}",
+        path.display()
+    );
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -589,13 +677,13 @@ fn save_damaged_tail(path: &Path, offset: u64, tail: &[u8]) -> Result<PathBuf, O
 }
 
 /// Reads the header and replays every whole record into `apply`; decides what to do with a bad
-/// record (see the module doc). Returns the length of the intact log.
+/// record (see the module doc). Returns the length of the intact log and its format version.
 fn replay(
     path: &Path,
     repair: bool,
     apply: &mut dyn FnMut(Record<'_>),
     recovery: &mut Recovery,
-) -> Result<u64, OpenError> {
+) -> Result<(u64, u32), OpenError> {
     let file = File::open(path).map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -605,7 +693,8 @@ fn replay(
             path: path.to_path_buf(),
         });
     }
-    let version = u32::from_le_bytes(head[8..12].try_into().expect("four bytes"));
+    let at = VERSION_OFFSET as usize;
+    let version = u32::from_le_bytes(head[at..at + 4].try_into().expect("four bytes"));
     if version > FORMAT_VERSION {
         return Err(OpenError::NewerVersion {
             path: path.to_path_buf(),
@@ -613,7 +702,7 @@ fn replay(
             supported: FORMAT_VERSION,
         });
     }
-    if version == 0 {
+    if version < OLDEST_FORMAT_VERSION {
         return Err(OpenError::NotALog {
             path: path.to_path_buf(),
         });
@@ -624,7 +713,7 @@ fn replay(
     // file, so it was written whole and then damaged, or torn in a way no length check sees.
     let (damage, complete) = loop {
         if offset == file_len {
-            return Ok(offset);
+            return Ok((offset, version));
         }
         let remaining = file_len - offset;
         if remaining < 4 {
@@ -711,7 +800,7 @@ fn replay(
     file.set_len(offset).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))?;
     recovery.dropped_bytes = file_len - offset;
-    Ok(offset)
+    Ok((offset, version))
 }
 
 impl Wal {
@@ -737,7 +826,11 @@ impl Wal {
         if !path.exists() {
             create_log(dir, &path)?;
         }
-        let len = replay(&path, options.repair, apply, &mut recovery)?;
+        let (len, version) = replay(&path, options.repair, apply, &mut recovery)?;
+        if version < FORMAT_VERSION {
+            upgrade_header(&path, version)?;
+            recovery.upgraded_from = Some(version);
+        }
         recovery.log_bytes = len;
         let file = OpenOptions::new()
             .read(true)
@@ -1091,9 +1184,16 @@ impl Shared {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header())?;
         let mut record = Vec::new();
-        live(&mut |key, value| {
+        live(&mut |key, expires_at, value| {
             record.clear();
-            encode(&mut record, Record::Put { key, value });
+            encode(
+                &mut record,
+                Record::Put {
+                    key,
+                    value,
+                    expires_at,
+                },
+            );
             out.write_all(&record)
         })?;
         self.crash_point(CrashPoint::AfterSnapshot, &mut lock(&self.state))?;
@@ -1313,44 +1413,69 @@ mod tests {
         (result, lines)
     }
 
-    /// A replayed record, owned: its key, and its value (`None` for a delete).
-    type Replayed = (Vec<u8>, Option<Vec<u8>>);
+    fn put<'a>(key: &'a [u8], value: &'a [u8]) -> Record<'a> {
+        Record::Put {
+            key,
+            value,
+            expires_at: None,
+        }
+    }
+
+    fn put_expiring<'a>(key: &'a [u8], value: &'a [u8], at: u64) -> Record<'a> {
+        Record::Put {
+            key,
+            value,
+            expires_at: Some(at),
+        }
+    }
+
+    /// A replayed record, owned.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Replayed {
+        Put(Vec<u8>, Vec<u8>, Option<u64>),
+        Delete(Vec<u8>),
+    }
+
+    impl From<Record<'_>> for Replayed {
+        fn from(record: Record<'_>) -> Replayed {
+            match record {
+                Record::Put {
+                    key,
+                    value,
+                    expires_at,
+                } => Replayed::Put(key.to_vec(), value.to_vec(), expires_at),
+                Record::Delete { key } => Replayed::Delete(key.to_vec()),
+            }
+        }
+    }
 
     /// Opens the log in `dir`; returns what recovery found and the records replayed.
     fn reopen(dir: &Path) -> (Recovery, Vec<Replayed>) {
         let mut records = Vec::new();
         let (_wal, recovery) = Wal::open(dir, WalOptions::default(), &mut |record| {
-            records.push(match record {
-                Record::Put { key, value } => (key.to_vec(), Some(value.to_vec())),
-                Record::Delete { key } => (key.to_vec(), None),
-            })
+            records.push(Replayed::from(record))
         })
         .unwrap();
         (recovery, records)
     }
 
-    /// Writes three records to a new log in `dir`; returns the log's bytes and where the last
-    /// record starts.
-    fn three_records(dir: &Path) -> (Vec<u8>, u64) {
+    /// The expiry times the last record of [`three_records`] is tried with: a plain put, and
+    /// a put expiring.
+    const LAST_EXPIRY: [Option<u64>; 2] = [None, Some(0x0102_0304_0506_0708)];
+
+    /// Writes three records to a new log in `dir`, the last a put of key `b` expiring at
+    /// `last_expires_at`; returns the log's bytes and where the last record starts.
+    fn three_records(dir: &Path, last_expires_at: Option<u64>) -> (Vec<u8>, u64) {
         let (wal, _) = Wal::open(dir, WalOptions::default(), &mut |_| {}).unwrap();
-        wal.append(
-            Record::Put {
-                key: b"a",
-                value: b"one",
-            },
-            0,
-        )
-        .unwrap();
+        wal.append(put(b"a", b"one"), 0).unwrap();
         wal.append(Record::Delete { key: b"a" }, 0).unwrap();
         let last = wal.len();
-        wal.append(
-            Record::Put {
-                key: b"b",
-                value: &[9; 30],
-            },
-            0,
-        )
-        .unwrap();
+        let last_record = Record::Put {
+            key: b"b",
+            value: &[9; 30],
+            expires_at: last_expires_at,
+        };
+        wal.append(last_record, 0).unwrap();
         drop(wal);
         (fs::read(dir.join(LOG_FILE)).unwrap(), last)
     }
@@ -1369,106 +1494,169 @@ mod tests {
     /// The two records before the last one that [`three_records`] writes.
     fn the_first_two() -> Vec<Replayed> {
         vec![
-            (b"a".to_vec(), Some(b"one".to_vec())),
-            (b"a".to_vec(), None),
+            Replayed::Put(b"a".to_vec(), b"one".to_vec(), None),
+            Replayed::Delete(b"a".to_vec()),
         ]
     }
 
     #[test]
     fn a_partial_last_record_is_cut_with_a_warning_and_nothing_saved() {
-        let source = TempDir::new("partial-source");
-        let (bytes, last) = three_records(&source.0);
-        let last = last as usize;
-        let mut zeros = bytes.clone();
-        zeros.extend_from_slice(&[0; 100]);
-        let tails = [
-            // Cut inside the length field, inside the body, one byte short of the CRC's end.
-            bytes[..last + 2].to_vec(),
-            bytes[..last + 10].to_vec(),
-            bytes[..bytes.len() - 1].to_vec(),
-            // The file grew but the data never reached the disk.
-            zeros,
-        ];
-        for (case, log) in tails.iter().enumerate() {
-            let dir = TempDir::new("partial");
-            fs::write(dir.0.join(LOG_FILE), log).unwrap();
-            let ((recovery, _), lines) = logged(|| reopen(&dir.0));
-            let expected_records = if case == 3 { 3 } else { 2 };
-            assert_eq!(recovery.records, expected_records, "case {case}");
-            assert_eq!(recovery.damaged_last_record, None, "case {case}");
-            assert!(damaged_copies(&dir.0).is_empty(), "case {case}");
-            assert!(
-                lines
-                    .iter()
-                    .any(|(level, line)| *level == log::Level::Warn && line.contains("torn tail")),
-                "case {case}: {lines:?}"
-            );
-            assert!(
-                lines.iter().all(|(level, _)| *level != log::Level::Error),
-                "case {case}: {lines:?}"
-            );
+        for last_expires_at in LAST_EXPIRY {
+            let source = TempDir::new("partial-source");
+            let (bytes, last) = three_records(&source.0, last_expires_at);
+            let last = last as usize;
+            let mut zeros = bytes.clone();
+            zeros.extend_from_slice(&[0; 100]);
+            let tails = [
+                // Cut inside the length field, inside the key length, inside the expiry time
+                // of a put expiring (the value of a put), one byte short of the CRC's end.
+                bytes[..last + 2].to_vec(),
+                bytes[..last + 7].to_vec(),
+                bytes[..last + 13].to_vec(),
+                bytes[..bytes.len() - 1].to_vec(),
+                // The file grew but the data never reached the disk.
+                zeros,
+            ];
+            let whole = tails.len() - 1;
+            for (case, log) in tails.iter().enumerate() {
+                let what = format!("expiry {last_expires_at:?}, case {case}");
+                let dir = TempDir::new("partial");
+                fs::write(dir.0.join(LOG_FILE), log).unwrap();
+                let ((recovery, records), lines) = logged(|| reopen(&dir.0));
+                let mut expected = the_first_two();
+                if case == whole {
+                    expected.push(Replayed::Put(b"b".to_vec(), vec![9; 30], last_expires_at));
+                }
+                assert_eq!(records, expected, "{what}");
+                assert_eq!(recovery.records, expected.len() as u64, "{what}");
+                assert_eq!(recovery.damaged_last_record, None, "{what}");
+                assert!(damaged_copies(&dir.0).is_empty(), "{what}");
+                assert!(
+                    lines
+                        .iter()
+                        .any(|(level, line)| *level == log::Level::Warn
+                            && line.contains("torn tail")),
+                    "{what}: {lines:?}"
+                );
+                assert!(
+                    lines.iter().all(|(level, _)| *level != log::Level::Error),
+                    "{what}: {lines:?}"
+                );
+            }
         }
     }
 
     #[test]
     fn a_whole_last_record_that_fails_its_checks_is_cut_saved_and_logged_as_an_error() {
-        let source = TempDir::new("whole-source");
-        let (bytes, last) = three_records(&source.0);
-        let start = last as usize;
-        // A byte flipped in the type, the key length, the value, the CRC; and one in the value
-        // with zeros after the record, which are saved with it.
-        for (case, (flip, extra)) in [
-            (4, 0),
-            (6, 0),
-            (20, 0),
-            (bytes.len() - 1 - start, 0),
-            (20, 7),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let dir = TempDir::new("whole");
-            let path = dir.0.join(LOG_FILE);
-            let mut damaged = bytes.clone();
-            damaged[start + flip] ^= 0x20;
-            damaged.resize(damaged.len() + extra, 0);
-            fs::write(&path, &damaged).unwrap();
+        for last_expires_at in LAST_EXPIRY {
+            let source = TempDir::new("whole-source");
+            let (bytes, last) = three_records(&source.0, last_expires_at);
+            let start = last as usize;
+            // A byte flipped in the type, the key length, the expiry time of a put expiring
+            // (the value of a put), the value, the CRC; and one in the value with zeros after
+            // the record, which are saved with it.
+            for (case, (flip, extra)) in [
+                (4, 0),
+                (6, 0),
+                (12, 0),
+                (20, 0),
+                (bytes.len() - 1 - start, 0),
+                (20, 7),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let what = format!("expiry {last_expires_at:?}, case {case}");
+                let dir = TempDir::new("whole");
+                let path = dir.0.join(LOG_FILE);
+                let mut damaged = bytes.clone();
+                damaged[start + flip] ^= 0x20;
+                damaged.resize(damaged.len() + extra, 0);
+                fs::write(&path, &damaged).unwrap();
 
-            let ((recovery, records), lines) = logged(|| reopen(&dir.0));
-            let saved = dir.0.join(format!("wal.log.damaged-{start}"));
-            assert_eq!(recovery.records, 2, "case {case}");
-            assert_eq!(records, the_first_two(), "case {case}");
-            assert_eq!(recovery.dropped_bytes, (damaged.len() - start) as u64);
-            assert_eq!(recovery.damaged_last_record.as_ref(), Some(&saved));
-            assert_eq!(fs::read(&saved).unwrap(), &damaged[start..], "case {case}");
-            assert_eq!(fs::read(&path).unwrap(), &bytes[..start], "case {case}");
-            let error = lines
-                .iter()
-                .find(|(level, _)| *level == log::Level::Error)
-                .map(|(_, line)| line.clone())
-                .unwrap_or_else(|| panic!("case {case}: no error logged: {lines:?}"));
-            for part in [
-                path.display().to_string(),
-                format!("offset {start}"),
-                "CRC mismatch".to_string(),
-                saved.display().to_string(),
-            ] {
-                assert!(error.contains(&part), "case {case}: {part:?} in {error}");
+                let ((recovery, records), lines) = logged(|| reopen(&dir.0));
+                let saved = dir.0.join(format!("wal.log.damaged-{start}"));
+                assert_eq!(recovery.records, 2, "{what}");
+                assert_eq!(records, the_first_two(), "{what}");
+                assert_eq!(recovery.dropped_bytes, (damaged.len() - start) as u64);
+                assert_eq!(recovery.damaged_last_record.as_ref(), Some(&saved));
+                assert_eq!(fs::read(&saved).unwrap(), &damaged[start..], "{what}");
+                assert_eq!(fs::read(&path).unwrap(), &bytes[..start], "{what}");
+                let error = lines
+                    .iter()
+                    .find(|(level, _)| *level == log::Level::Error)
+                    .map(|(_, line)| line.clone())
+                    .unwrap_or_else(|| panic!("{what}: no error logged: {lines:?}"));
+                for part in [
+                    path.display().to_string(),
+                    format!("offset {start}"),
+                    "CRC mismatch".to_string(),
+                    saved.display().to_string(),
+                ] {
+                    assert!(error.contains(&part), "{what}: {part:?} in {error}");
+                }
+
+                // The cut log is whole: it reopens with the same records and nothing to report.
+                let (again, records) = reopen(&dir.0);
+                assert_eq!(records, the_first_two(), "{what}, reopened");
+                assert_eq!(again.dropped_bytes, 0, "{what}, reopened");
+                assert_eq!(again.damaged_last_record, None, "{what}, reopened");
+                assert_eq!(damaged_copies(&dir.0).len(), 1, "{what}");
             }
-
-            // The cut log is whole: it reopens with the same records and nothing to report.
-            let (again, records) = reopen(&dir.0);
-            assert_eq!(records, the_first_two(), "case {case}, reopened");
-            assert_eq!(again.dropped_bytes, 0, "case {case}, reopened");
-            assert_eq!(again.damaged_last_record, None, "case {case}, reopened");
-            assert_eq!(damaged_copies(&dir.0).len(), 1, "case {case}");
         }
+    }
+
+    /// A record of type `kind` whose body after the type and key length is `rest`, with the
+    /// key length `key_len` whatever `rest` holds, and a correct CRC.
+    fn raw_record(kind: u8, key_len: u32, rest: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(MIN_BODY + rest.len() as u32).to_le_bytes());
+        bytes.push(kind);
+        bytes.extend_from_slice(&key_len.to_le_bytes());
+        bytes.extend_from_slice(rest);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_put_expiring_too_short_for_its_time_fails_its_checks_even_with_a_good_crc() {
+        // Key "k" and 7 bytes: one short of an expiry time.
+        let short = raw_record(TYPE_PUT_EXPIRING, 1, b"k1234567");
+        let len_bytes: [u8; 4] = short[..4].try_into().unwrap();
+        let err = decode(len_bytes, &short[4..]).unwrap_err();
+        assert!(err.contains("too few for its expiry time"), "{err}");
+        // Exactly an expiry time and no value is a put expiring of an empty value.
+        let empty = raw_record(TYPE_PUT_EXPIRING, 1, b"k\x01\0\0\0\0\0\0\0");
+        let len_bytes: [u8; 4] = empty[..4].try_into().unwrap();
+        assert_eq!(
+            decode(len_bytes, &empty[4..]),
+            Ok(put_expiring(b"k", b"", 1))
+        );
+
+        // As the last record of a log it is whole but damaged: cut, saved and named.
+        let dir = TempDir::new("short-expiring");
+        let (mut bytes, _) = three_records(&dir.0, None);
+        let start = bytes.len();
+        bytes.extend_from_slice(&short);
+        let path = dir.0.join(LOG_FILE);
+        fs::write(&path, &bytes).unwrap();
+        let ((recovery, records), lines) = logged(|| reopen(&dir.0));
+        assert_eq!(records.len(), 3);
+        let saved = dir.0.join(format!("wal.log.damaged-{start}"));
+        assert_eq!(recovery.damaged_last_record.as_ref(), Some(&saved));
+        assert_eq!(fs::read(&path).unwrap(), &bytes[..start]);
+        assert!(
+            lines.iter().any(|(level, line)| *level == log::Level::Error
+                && line.contains("too few for its expiry time")),
+            "{lines:?}"
+        );
     }
 
     #[test]
     fn a_second_damaged_last_record_at_the_same_offset_does_not_overwrite_the_first_copy() {
         let dir = TempDir::new("twice");
-        let (bytes, last) = three_records(&dir.0);
+        let (bytes, last) = three_records(&dir.0, LAST_EXPIRY[1]);
         let start = last as usize;
         let path = dir.0.join(LOG_FILE);
         let mut first = bytes.clone();
@@ -1489,33 +1677,176 @@ mod tests {
     }
 
     #[test]
-    fn a_record_round_trips_and_any_flipped_bit_is_caught() {
-        let mut bytes = Vec::new();
-        encode(
-            &mut bytes,
-            Record::Put {
-                key: b"key",
-                value: b"value",
-            },
-        );
-        assert_eq!(bytes.len() as u64, RECORD_OVERHEAD + 8);
-        let len_bytes: [u8; 4] = bytes[..4].try_into().unwrap();
-        assert_eq!(
-            decode(len_bytes, &bytes[4..]),
-            Ok(Record::Put {
-                key: b"key",
-                value: b"value"
-            })
-        );
-        for bit in 0..bytes.len() * 8 {
-            let mut damaged = bytes.clone();
-            damaged[bit / 8] ^= 1 << (bit % 8);
-            let len_bytes: [u8; 4] = damaged[..4].try_into().unwrap();
-            let len = u32::from_le_bytes(len_bytes) as usize;
-            if len + 8 == damaged.len() {
-                assert!(decode(len_bytes, &damaged[4..]).is_err(), "bit {bit}");
+    fn every_record_type_round_trips_and_any_flipped_bit_is_caught() {
+        let at = 1_700_000_000_123u64;
+        for (record, kind, extra) in [
+            (put(b"key", b"value"), TYPE_PUT, 0),
+            (
+                put_expiring(b"key", b"value", at),
+                TYPE_PUT_EXPIRING,
+                EXPIRY_LEN,
+            ),
+            (put_expiring(b"key", b"", 0), TYPE_PUT_EXPIRING, EXPIRY_LEN),
+            (Record::Delete { key: b"key" }, TYPE_DELETE, 0),
+        ] {
+            let mut bytes = Vec::new();
+            encode(&mut bytes, record);
+            let payload = match record {
+                Record::Put { key, value, .. } => key.len() + value.len(),
+                Record::Delete { key } => key.len(),
+            };
+            assert_eq!(
+                bytes.len() as u64,
+                RECORD_OVERHEAD + extra + payload as u64,
+                "{record:?}"
+            );
+            assert_eq!(bytes[4], kind, "{record:?}");
+            assert_eq!(&bytes[5..9], &3u32.to_le_bytes(), "{record:?}");
+            assert_eq!(&bytes[9..12], b"key", "{record:?}");
+            if let Record::Put {
+                value,
+                expires_at: Some(expires_at),
+                ..
+            } = record
+            {
+                // The time right after the key, then the value.
+                assert_eq!(&bytes[12..20], &expires_at.to_le_bytes());
+                assert_eq!(&bytes[20..bytes.len() - 4], value);
+            }
+            let len_bytes: [u8; 4] = bytes[..4].try_into().unwrap();
+            assert_eq!(decode(len_bytes, &bytes[4..]), Ok(record));
+            for bit in 0..bytes.len() * 8 {
+                let mut damaged = bytes.clone();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                let len_bytes: [u8; 4] = damaged[..4].try_into().unwrap();
+                let len = u32::from_le_bytes(len_bytes) as usize;
+                if len + 8 == damaged.len() {
+                    assert!(
+                        decode(len_bytes, &damaged[4..]).is_err(),
+                        "{record:?}, bit {bit}"
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn puts_expiring_are_replayed_with_their_time_among_other_records() {
+        let dir = TempDir::new("expiring-replay");
+        let appended = [
+            put_expiring(b"a", b"one", 5),
+            put(b"b", b"two"),
+            put_expiring(b"b", b"", u64::MAX),
+            Record::Delete { key: b"a" },
+            put_expiring(b"", b"empty key", 0),
+            put(b"a", b"for ever"),
+        ];
+        let (wal, recovery) = Wal::open(&dir.0, WalOptions::default(), &mut |_| {}).unwrap();
+        assert_eq!(recovery.upgraded_from, None, "a new log is of this version");
+        for record in appended {
+            wal.append(record, 0).unwrap();
+        }
+        let len = wal.len();
+        drop(wal);
+        let (recovery, records) = reopen(&dir.0);
+        let expected: Vec<Replayed> = appended.into_iter().map(Replayed::from).collect();
+        assert_eq!(records, expected);
+        assert_eq!(recovery.records, appended.len() as u64);
+        assert_eq!(recovery.log_bytes, len);
+        assert_eq!(recovery.dropped_bytes, 0);
+    }
+
+    #[test]
+    fn a_compaction_writes_an_expiring_key_as_a_put_expiring() {
+        let dir = TempDir::new("expiring-compact");
+        let (wal, _) = Wal::open(&dir.0, WalOptions::default(), &mut |_| {}).unwrap();
+        wal.append(put(b"k", b"old"), 0).unwrap();
+        wal.append(put_expiring(b"k", b"new", 42), 0).unwrap();
+        wal.append(put(b"p", b"kept"), 0).unwrap();
+        let done = wal
+            .compact(&mut |emit| {
+                emit(b"k", Some(42), b"new")?;
+                emit(b"p", None, b"kept")
+            })
+            .unwrap()
+            .unwrap();
+        let expected_len = HEADER_LEN + (RECORD_OVERHEAD + EXPIRY_LEN + 4) + (RECORD_OVERHEAD + 5);
+        assert_eq!(done.bytes_after, expected_len);
+        drop(wal);
+        let bytes = fs::read(dir.0.join(LOG_FILE)).unwrap();
+        assert_eq!(&bytes[..HEADER_LEN as usize], &header());
+        let (_, records) = reopen(&dir.0);
+        assert_eq!(
+            records,
+            [
+                Replayed::Put(b"k".to_vec(), b"new".to_vec(), Some(42)),
+                Replayed::Put(b"p".to_vec(), b"kept".to_vec(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_version_1_log_is_replayed_and_upgraded_before_a_put_expiring_is_appended() {
+        let dir = TempDir::new("upgrade");
+        let path = dir.0.join(LOG_FILE);
+        // What a version-1 build wrote: its header, and records of types 1 and 2, whose layout
+        // version 2 keeps.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC);
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&[0; 4]);
+        v1.extend_from_slice(&raw_record(TYPE_PUT, 1, b"aone"));
+        v1.extend_from_slice(&raw_record(TYPE_PUT, 1, b"btwo"));
+        v1.extend_from_slice(&raw_record(TYPE_DELETE, 1, b"a"));
+        fs::write(&path, &v1).unwrap();
+
+        let mut records = Vec::new();
+        let (wal, recovery) = Wal::open(&dir.0, WalOptions::default(), &mut |record| {
+            records.push(Replayed::from(record))
+        })
+        .unwrap();
+        assert_eq!(
+            records,
+            [
+                Replayed::Put(b"a".to_vec(), b"one".to_vec(), None),
+                Replayed::Put(b"b".to_vec(), b"two".to_vec(), None),
+                Replayed::Delete(b"a".to_vec()),
+            ]
+        );
+        assert_eq!(recovery.upgraded_from, Some(1));
+        assert_eq!(recovery.dropped_bytes, 0);
+        // Only the version changed, in place, and before anything was appended.
+        let upgraded = fs::read(&path).unwrap();
+        assert_eq!(&upgraded[8..12], &2u32.to_le_bytes());
+        assert_eq!(&upgraded[..8], &v1[..8]);
+        assert_eq!(&upgraded[12..], &v1[12..]);
+
+        wal.append(put_expiring(b"b", b"three", 77), 0).unwrap();
+        drop(wal);
+        let (recovery, records) = reopen(&dir.0);
+        assert_eq!(recovery.upgraded_from, None, "already upgraded");
+        assert_eq!(
+            records.last(),
+            Some(&Replayed::Put(b"b".to_vec(), b"three".to_vec(), Some(77)))
+        );
+        assert_eq!(records.len(), 4);
+
+        // A version-1 build would refuse the log now, as this one refuses the next version.
+        let mut newer = fs::read(&path).unwrap();
+        newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        fs::write(&path, &newer).unwrap();
+        match Wal::open(&dir.0, WalOptions::default(), &mut |_| {}) {
+            Err(OpenError::NewerVersion {
+                found, supported, ..
+            }) => assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION)),
+            Err(other) => panic!("expected NewerVersion, got {other}"),
+            Ok(_) => panic!("a log of a newer version was opened"),
+        }
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            newer,
+            "a refused log is left as it was"
+        );
     }
 
     #[test]
@@ -1550,17 +1881,14 @@ mod tests {
         let dir = TempDir::new("budget");
         let value = [7u8; 30];
         let r = put_len(b"k", &value) as i64;
-        let put = Record::Put {
-            key: b"k",
-            value: &value,
-        };
+        let overwrite = put(b"k", &value);
         // Room for the log and the live set after two records, not after three.
         let budget = HEADER_LEN + 3 * r as u64 + (HEADER_LEN + r as u64) - 1;
         let wal = budgeted(&dir.0, budget);
-        wal.append(put, r).unwrap();
-        wal.append(put, 0).unwrap();
+        wal.append(overwrite, r).unwrap();
+        wal.append(overwrite, 0).unwrap();
         let before = wal.len();
-        match wal.append(put, 0) {
+        match wal.append(overwrite, 0) {
             Err(AppendError::OverBudget {
                 needed,
                 limit,
@@ -1577,13 +1905,7 @@ mod tests {
         // A put that could not fit even in a compacted log says so.
         let big = [1u8; 60];
         let big_len = put_len(b"b", &big) as i64;
-        match wal.append(
-            Record::Put {
-                key: b"b",
-                value: &big,
-            },
-            big_len,
-        ) {
+        match wal.append(put(b"b", &big), big_len) {
             Err(AppendError::OverBudget {
                 fits_once_compacted: false,
                 ..
@@ -1604,23 +1926,20 @@ mod tests {
         let dir = TempDir::new("budget-compacting");
         let value = [3u8; 40];
         let r = put_len(b"k", &value);
-        let put = Record::Put {
-            key: b"k",
-            value: &value,
-        };
+        let overwrite = put(b"k", &value);
         let live = HEADER_LEN + r;
         // Without a compaction, three more overwrites fit; while one runs, each also counts
         // twice towards what it copies, so only one does.
         let budget = (HEADER_LEN + 5 * r) + live;
         let wal = budgeted(&dir.0, budget);
-        wal.append(put, r as i64).unwrap();
-        wal.append(put, 0).unwrap();
+        wal.append(overwrite, r as i64).unwrap();
+        wal.append(overwrite, 0).unwrap();
         let mut during = Vec::new();
         let done = wal
             .compact(&mut |emit| {
-                emit(b"k", &value)?;
-                during.push(wal.append(put, 0).is_ok());
-                during.push(wal.append(put, 0).is_ok());
+                emit(b"k", None, &value)?;
+                during.push(wal.append(overwrite, 0).is_ok());
+                during.push(wal.append(overwrite, 0).is_ok());
                 Ok(())
             })
             .unwrap()
@@ -1633,8 +1952,8 @@ mod tests {
             wal.peak_disk_bytes()
         );
         // Once it is done the reserve is the live set again.
-        wal.append(put, 0).unwrap();
-        wal.append(put, 0).unwrap();
+        wal.append(overwrite, 0).unwrap();
+        wal.append(overwrite, 0).unwrap();
     }
 
     #[test]
@@ -1650,19 +1969,12 @@ mod tests {
         };
         let (wal, _) = Wal::open(&dir.0, options, &mut |_| {}).unwrap();
         for _ in 0..4 {
-            wal.append(
-                Record::Put {
-                    key: b"k",
-                    value: &value,
-                },
-                0,
-            )
-            .unwrap();
+            wal.append(put(b"k", &value), 0).unwrap();
         }
         let err = wal
             .compact(&mut |emit| {
                 for key in [b"a", b"b", b"c"] {
-                    emit(key, &value)?;
+                    emit(key, None, &value)?;
                 }
                 Ok(())
             })
@@ -1674,17 +1986,10 @@ mod tests {
         );
         // What it had taken is free again: a record that fits beside the log is written, and
         // then exactly a copy of one key fits.
-        wal.append(
-            Record::Put {
-                key: b"k",
-                value: &value,
-            },
-            0,
-        )
-        .unwrap();
+        wal.append(put(b"k", &value), 0).unwrap();
         // And a compaction that fits succeeds and frees the dead records.
         let done = wal
-            .compact(&mut |emit| emit(b"k", &value))
+            .compact(&mut |emit| emit(b"k", None, &value))
             .unwrap()
             .unwrap();
         assert_eq!(done.bytes_after, HEADER_LEN + r);
@@ -1696,20 +2001,22 @@ mod tests {
 
     #[test]
     fn a_torn_record_is_not_taken_for_a_later_valid_one() {
-        let mut bytes = Vec::new();
-        encode(
-            &mut bytes,
-            Record::Put {
-                key: b"k",
-                value: &[7; 40],
-            },
-        );
-        for cut in 1..bytes.len() {
-            assert!(!valid_record_after(&bytes[..cut]), "cut at {cut}");
+        for record in [put(b"k", &[7; 40]), put_expiring(b"k", &[7; 40], 9)] {
+            let mut bytes = Vec::new();
+            encode(&mut bytes, record);
+            for cut in 1..bytes.len() {
+                assert!(
+                    !valid_record_after(&bytes[..cut]),
+                    "{record:?}, cut at {cut}"
+                );
+            }
+            // A damaged record followed by a whole one, of either kind.
+            for next in [Record::Delete { key: b"k" }, put_expiring(b"k", b"v", 1)] {
+                let mut two = bytes.clone();
+                encode(&mut two, next);
+                two[6] ^= 1;
+                assert!(valid_record_after(&two), "{record:?}, then {next:?}");
+            }
         }
-        let mut two = bytes.clone();
-        encode(&mut two, Record::Delete { key: b"k" });
-        two[6] ^= 1;
-        assert!(valid_record_after(&two));
     }
 }

@@ -17,7 +17,8 @@ use ringkv::durable::{DurableOptions, DurableStore};
 use ringkv::protocol::Status;
 use ringkv::store::{Engine, StoreError};
 use ringkv::wal::{
-    CrashPoint, FsyncPolicy, OpenError, COMPACT_FILE, HEADER_LEN, LOG_FILE, RECORD_OVERHEAD,
+    CrashPoint, FsyncPolicy, OpenError, COMPACT_FILE, EXPIRY_LEN, FORMAT_VERSION, HEADER_LEN,
+    LOG_FILE, RECORD_OVERHEAD,
 };
 use ringkv::{BackendConfig, Client, Error, FrontendConfig, LocalCluster};
 
@@ -358,17 +359,15 @@ fn a_log_from_a_newer_format_version_or_of_another_kind_is_refused() {
     let dir = TempDir::new("version");
     write_log(dir.path(), &history(5));
     let mut bytes = std::fs::read(dir.log()).unwrap();
-    bytes[8] = 2;
+    assert_eq!(bytes[8..12], FORMAT_VERSION.to_le_bytes());
+    bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     std::fs::write(dir.log(), &bytes).unwrap();
     let err = DurableStore::open(dir.path(), DurableOptions::default()).err();
     assert!(
         matches!(
             err,
-            Some(OpenError::NewerVersion {
-                found: 2,
-                supported: 1,
-                ..
-            })
+            Some(OpenError::NewerVersion { found, supported, .. })
+                if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION
         ),
         "{err:?}"
     );
@@ -471,6 +470,115 @@ fn a_crash_at_any_step_of_compaction_loses_nothing() {
             &open(dir.path()),
             &model,
             &universe(),
+            &format!("{point:?}, compacted again"),
+        );
+    }
+}
+
+/// Each key's value and expiry time.
+type ExpiringModel = BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+
+/// Puts, some expiring (one, k7, already expired), overwrites that switch keys between expiring and
+/// not, and deletes of both kinds.
+fn expiring_churn(store: &DurableStore, model: &mut ExpiringModel, now: u64) {
+    for round in 0..4u64 {
+        for i in 0..40u64 {
+            let key = format!("k{i}").into_bytes();
+            let value = vec![b'a' + round as u8; (i % 9) as usize];
+            let at = match (i + round) % 3 {
+                _ if i == 7 => Some(now - 1),
+                0 => None,
+                1 => Some(now + 3_600_000 + i),
+                _ => Some(now + 60_000 * (round + 1)),
+            };
+            let writes = store.put_expiring_unsettled(&key, &value, at).unwrap();
+            store.settle(writes).unwrap();
+            model.insert(key, (value, at));
+        }
+    }
+    for i in (0..40).step_by(5) {
+        let key = format!("k{i}").into_bytes();
+        assert!(store.delete(&key).unwrap());
+        model.remove(&key);
+    }
+}
+
+/// Asserts that `store` holds exactly `model`, expiry times and expired keys included.
+fn assert_holds_expiring(store: &DurableStore, model: &ExpiringModel, now: u64, what: &str) {
+    for i in 0..40 {
+        let key = format!("k{i}").into_bytes();
+        let expected = model
+            .get(&key)
+            .filter(|(_, at)| at.map_or(true, |at| at > now))
+            .cloned();
+        assert_eq!(store.get_expiring(&key), expected, "{what}: key k{i}");
+    }
+    let mut held = BTreeMap::new();
+    for part in 0..store.parts() {
+        store.for_each_key_in(part, &mut |key, at| {
+            held.insert(key.to_vec(), at);
+        });
+    }
+    let expected: BTreeMap<Vec<u8>, Option<u64>> =
+        model.iter().map(|(k, (_, at))| (k.clone(), *at)).collect();
+    assert_eq!(
+        held, expected,
+        "{what}: every key and its time, expired ones too"
+    );
+}
+
+fn expiring_live_log_bytes(model: &ExpiringModel) -> u64 {
+    HEADER_LEN
+        + model
+            .iter()
+            .map(|(k, (v, at))| {
+                RECORD_OVERHEAD
+                    + (k.len() + v.len()) as u64
+                    + if at.is_some() { EXPIRY_LEN } else { 0 }
+            })
+            .sum::<u64>()
+}
+
+#[test]
+fn expiry_times_survive_compaction_and_a_crash_at_any_step_of_it() {
+    let now = ringkv::expiry::now_ms();
+    for point in CrashPoint::ALL {
+        let dir = TempDir::new("expiring-compact-crash");
+        let store = DurableStore::open(
+            dir.path(),
+            DurableOptions {
+                fsync: FsyncPolicy::EverySec,
+                crash_at: Some(point),
+                ..DurableOptions::default()
+            },
+        )
+        .unwrap();
+        let mut model = ExpiringModel::new();
+        expiring_churn(&store, &mut model, now);
+        assert!(
+            store.compact().is_err(),
+            "{point:?}: the crash was injected"
+        );
+        drop(store);
+
+        let reopened = open(dir.path());
+        assert_holds_expiring(&reopened, &model, now, &format!("{point:?}"));
+        let done = reopened
+            .compact()
+            .unwrap()
+            .expect("no other compaction runs");
+        assert_eq!(
+            done.bytes_after,
+            expiring_live_log_bytes(&model),
+            "{point:?}: a compaction writes each expiring key's time"
+        );
+        drop(reopened);
+        let compacted = open(dir.path());
+        assert_eq!(compacted.recovery().records, model.len() as u64);
+        assert_holds_expiring(
+            &compacted,
+            &model,
+            now,
             &format!("{point:?}, compacted again"),
         );
     }
