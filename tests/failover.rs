@@ -1235,3 +1235,64 @@ fn a_damaged_last_record_is_caught_up_from_the_chain() {
         );
     }
 }
+
+/// Keys with a time to live, through kill -9, a restart over the log and the state transfer
+/// that catches the restarted node up: the one node left at the end holds every key, those
+/// written while it was down too, with the very instant its head first computed, and the keys
+/// that expired meanwhile stay expired. (The log's own keeping of the times is in
+/// tests/durability.rs and the wal and durable unit tests.)
+#[test]
+fn times_to_live_survive_kill_9_the_log_and_the_catch_up() {
+    let mut cluster = Cluster::start(3, &["--replicas", "3"]);
+    let mut client = cluster.client();
+    let expiry_of = |client: &mut Client, key: &[u8]| match client.ttl(key).unwrap() {
+        ringkv::update::TimeToLive::Left { at, .. } => at,
+        other => panic!("{}: {other:?}", String::from_utf8_lossy(key)),
+    };
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let key = format!("logged-{i}").into_bytes();
+        client
+            .put_with_ttl(&key, b"v", Duration::from_secs(300))
+            .unwrap();
+        times.push((key.clone(), expiry_of(&mut client, &key)));
+    }
+    client
+        .put_with_ttl(b"brief-before", b"v", Duration::from_millis(400))
+        .unwrap();
+    let returning = 1;
+    cluster.kill(returning);
+    cluster.wait_for_view("the killed backend is down", |v| !v.is_up(returning));
+    for i in 0..20 {
+        let key = format!("missed-{i}").into_bytes();
+        client
+            .put_with_ttl(&key, b"v", Duration::from_secs(300))
+            .unwrap();
+        times.push((key.clone(), expiry_of(&mut client, &key)));
+    }
+    client
+        .put_with_ttl(b"brief-while-down", b"v", Duration::from_millis(400))
+        .unwrap();
+    cluster.restart(returning);
+    cluster.wait_for_view("the restarted backend is up", |v| v.is_up(returning));
+    for other in [0, 2] {
+        cluster.kill(other);
+    }
+    cluster.wait_for_view("only the restarted backend is up", |v| {
+        v.is_up(returning) && !v.is_up(0) && !v.is_up(2)
+    });
+    let mut client = cluster.client();
+    for (key, at) in &times {
+        assert_eq!(client.get(key).unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            expiry_of(&mut client, key),
+            *at,
+            "{}",
+            String::from_utf8_lossy(key)
+        );
+    }
+    common::retry(common::BOUND, "the brief keys expire", || {
+        let mut gone = |key: &[u8]| matches!(client.get(key), Ok(None));
+        (gone(b"brief-before") && gone(b"brief-while-down")).then_some(())
+    });
+}
