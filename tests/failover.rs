@@ -1296,3 +1296,43 @@ fn times_to_live_survive_kill_9_the_log_and_the_catch_up() {
         (gone(b"brief-before") && gone(b"brief-while-down")).then_some(())
     });
 }
+
+/// With one copy per key the log is all there is: every backend killed with SIGKILL and started
+/// again over its data directory gives each key back with its expiry instant.
+#[test]
+fn with_one_copy_the_log_alone_keeps_times_to_live_through_kill_9() {
+    let mut cluster = Cluster::start(3, &["--replicas", "1"]);
+    let mut client = cluster.client();
+    let mut times = Vec::new();
+    for i in 0..30 {
+        let key = format!("single-{i}").into_bytes();
+        client
+            .put_with_ttl(&key, b"v", Duration::from_secs(300))
+            .unwrap();
+        match client.ttl(&key).unwrap() {
+            ringkv::update::TimeToLive::Left { at, .. } => times.push((key, at)),
+            other => panic!("{other:?}"),
+        }
+    }
+    client.put(b"forever", b"v").unwrap();
+    for node in 0..3 {
+        cluster.kill(node);
+    }
+    cluster.wait_for_view("every backend is down", |v| (0..3).all(|n| !v.is_up(n)));
+    for node in 0..3 {
+        cluster.restart(node);
+    }
+    cluster.wait_for_view("every backend is up again", |v| (0..3).all(|n| v.is_up(n)));
+    let mut client = cluster.client();
+    for (key, at) in &times {
+        let ttl = common::retry(common::BOUND, "the key is served", || client.ttl(key).ok());
+        assert!(
+            matches!(ttl, ringkv::update::TimeToLive::Left { at: read, .. } if read == *at),
+            "{ttl:?}, expected to expire at {at}"
+        );
+    }
+    assert_eq!(
+        client.ttl(b"forever").unwrap(),
+        ringkv::update::TimeToLive::Forever
+    );
+}
