@@ -99,13 +99,19 @@ impl Limits {
         let value_len = if frame.opcode.is_tagged() {
             frame.value.len().saturating_sub(payload::WriteTag::LEN)
         } else if frame.opcode == Opcode::CHAIN_PUT_EXPIRING {
-            frame.value.len().saturating_sub(crate::cluster::chain::EXPIRY_LEN)
+            frame
+                .value
+                .len()
+                .saturating_sub(crate::cluster::chain::EXPIRY_LEN)
         } else if frame.opcode == Opcode::VIEW_INSTALL {
             0
         } else if frame.opcode == Opcode::UPDATE {
             // The operation's header before its value; the head checks the value it would
             // store against the limit itself.
-            frame.value.len().saturating_sub(crate::update::LONGEST_HEADER)
+            frame
+                .value
+                .len()
+                .saturating_sub(crate::update::LONGEST_HEADER)
         } else {
             frame.value.len()
         };
