@@ -1,9 +1,10 @@
 //! The frontend's Redis-protocol door: RESP2 requests (multibulk and inline) turned into protocol
 //! frames for the frontend's [`Handler`], and its answers turned back into RESP replies.
 //!
-//! Commands: GET, SET, DEL, EXISTS, MGET, MSET, DBSIZE, PING, ECHO, INFO, COMMAND, CONFIG GET,
-//! SELECT 0 and QUIT; anything else is answered `-ERR unknown command`. Keys and values are the
-//! bytes the binary protocol sees, so either door reads what the other wrote.
+//! Commands: those of the table `COMMANDS` (GET, SET with its NX, XX, GET and expiry options,
+//! the INCR family, SETEX, EXPIRE, TTL and the other time-to-live commands, SCAN, INFO, ...);
+//! anything else is answered `-ERR unknown command`. Keys and values are the bytes the binary
+//! protocol sees, so either door reads what the other wrote.
 //!
 //! Every request already received on a connection is answered with one
 //! [`Handler::handle_batch`] call, so a pipeline of 16 SETs, or one MSET of 16 keys, is one batch
@@ -34,7 +35,7 @@ use crate::server::{
     value_reads_per_batch, write_all_within, Activity, Handler, RecentLargest, Registry,
     ServerHandle, ServerOptions,
 };
-use crate::update::Update;
+use crate::update::{self, Condition, ExpireCondition, TimeToLive, Ttl, Update, When};
 
 /// Most keys KEYS lists; past it, it is refused (SCAN walks any number).
 const KEYS_LIMIT: usize = 100_000;
@@ -545,6 +546,17 @@ const COMMANDS: &[CommandSpec] = &[
     spec("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     spec("strlen", 2, &["readonly", "fast"], 1, 1, 1),
     spec("type", 2, &["readonly", "fast"], 1, 1, 1),
+    spec("setex", 4, &["write", "denyoom"], 1, 1, 1),
+    spec("psetex", 4, &["write", "denyoom"], 1, 1, 1),
+    spec("expire", -3, &["write", "fast"], 1, 1, 1),
+    spec("pexpire", -3, &["write", "fast"], 1, 1, 1),
+    spec("expireat", -3, &["write", "fast"], 1, 1, 1),
+    spec("pexpireat", -3, &["write", "fast"], 1, 1, 1),
+    spec("ttl", 2, &["readonly", "fast"], 1, 1, 1),
+    spec("pttl", 2, &["readonly", "fast"], 1, 1, 1),
+    spec("expiretime", 2, &["readonly", "fast"], 1, 1, 1),
+    spec("pexpiretime", 2, &["readonly", "fast"], 1, 1, 1),
+    spec("persist", 2, &["write", "fast"], 1, 1, 1),
     spec("time", 1, &["random", "loading", "stale", "fast"], 0, 0, 0),
     spec(
         "client",
@@ -672,16 +684,34 @@ fn status_error(out: &mut Vec<u8>, answer: &Frame) {
     }
 }
 
-/// An update's error as Redis words it where Redis has words for it.
-fn update_error(out: &mut Vec<u8>, answer: &Frame) {
+/// An update's error as Redis words it where Redis has words for it; `command` names the
+/// command in the words for a refused expiry time.
+fn update_error(out: &mut Vec<u8>, answer: &Frame, command: Option<&str>) {
     let message = answer.message();
     if answer.status == Status::BAD_REQUEST && message.contains("not an integer") {
         return reply::error(out, "ERR value is not an integer or out of range");
+    }
+    if let (Some(command), true) = (
+        command,
+        answer.status == Status::BAD_REQUEST && message.contains("invalid expire time"),
+    ) {
+        return invalid_expire_time(out, command);
     }
     if answer.status == Status::TOO_LARGE {
         return reply::error(out, &format!("ERR TOO_LARGE: {message}"));
     }
     status_error(out, answer)
+}
+
+fn invalid_expire_time(out: &mut Vec<u8>, command: &str) {
+    reply::error(
+        out,
+        &format!("ERR invalid expire time in '{command}' command"),
+    );
+}
+
+fn not_an_integer(out: &mut Vec<u8>) {
+    reply::error(out, "ERR value is not an integer or out of range");
 }
 
 fn wrong_arity(out: &mut Vec<u8>, name: &str) {
@@ -716,14 +746,25 @@ fn unknown_command(out: &mut Vec<u8>, args: &[Vec<u8>]) {
 enum Finish {
     Get,
     Set,
-    /// SET ... NX or XX: +OK if it stored the value, else nil.
-    SetIf,
+    /// SET with options, SETEX, PSETEX (the command, for its errors): with GET what the key
+    /// held, or nil; without, +OK if it stored the value, else nil.
+    SetWith {
+        get_old: bool,
+        command: &'static str,
+    },
     /// An increment: the sum.
     Sum,
-    /// SETNX: 1 if it stored the value, else 0.
-    Stored,
-    /// GETSET, GETDEL, SET ... GET: what the key held, or nil.
+    /// SETNX, the EXPIRE family, PERSIST (the command, for its errors): 1 if it did, else 0.
+    Stored(&'static str),
+    /// GETSET, GETDEL: what the key held, or nil.
     Old,
+    /// TTL, PTTL, EXPIRETIME, PEXPIRETIME: the time left or the time it expires at (`absolute`),
+    /// in milliseconds or rounded to seconds; -2 for an absent key, -1 for one that never
+    /// expires.
+    Ttl {
+        millis: bool,
+        absolute: bool,
+    },
     /// APPEND: the new length.
     Len,
     /// STRLEN: the value's length, 0 for an absent key.
@@ -752,6 +793,78 @@ enum Planned {
         count: usize,
         finish: Finish,
     },
+}
+
+/// How a command gives a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeForm {
+    /// From now (EX, SETEX, EXPIRE).
+    Seconds,
+    /// From now (PX, PSETEX, PEXPIRE).
+    Millis,
+    /// Unix time (EXAT, EXPIREAT).
+    UnixSeconds,
+    /// Unix time (PXAT, PEXPIREAT).
+    UnixMillis,
+}
+
+impl TimeForm {
+    /// The form of a SETEX, PSETEX or EXPIRE-family command's time.
+    fn of(command: &str) -> TimeForm {
+        match (command.starts_with('p'), command.ends_with("at")) {
+            (false, false) => TimeForm::Seconds,
+            (true, false) => TimeForm::Millis,
+            (false, true) => TimeForm::UnixSeconds,
+            (true, true) => TimeForm::UnixMillis,
+        }
+    }
+}
+
+/// Why a time is refused at the door, before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeRefusal {
+    NotAnInteger,
+    /// Not positive where it must be, or past what an i64 of milliseconds holds.
+    Invalid,
+}
+
+impl TimeRefusal {
+    fn reply(self, out: &mut Vec<u8>, command: &str) {
+        match self {
+            TimeRefusal::NotAnInteger => not_an_integer(out),
+            TimeRefusal::Invalid => invalid_expire_time(out, command),
+        }
+    }
+}
+
+/// A command's time as the head takes it, checked as Redis checks it: a decimal integer,
+/// positive unless `past_allowed`, and in milliseconds (added to now, for a relative time)
+/// within i64. The head checks the sum again against its own clock.
+fn read_time(
+    time: &[u8],
+    form: TimeForm,
+    past_allowed: bool,
+) -> std::result::Result<When, TimeRefusal> {
+    let time = parse_integer(time).ok_or(TimeRefusal::NotAnInteger)?;
+    if time <= 0 && !past_allowed {
+        return Err(TimeRefusal::Invalid);
+    }
+    let ms = match form {
+        TimeForm::Seconds | TimeForm::UnixSeconds => {
+            time.checked_mul(1000).ok_or(TimeRefusal::Invalid)?
+        }
+        TimeForm::Millis | TimeForm::UnixMillis => time,
+    };
+    match form {
+        TimeForm::Seconds | TimeForm::Millis => {
+            let now = crate::expiry::now_ms().min(i64::MAX as u64) as i64;
+            if ms > i64::MAX - now {
+                return Err(TimeRefusal::Invalid);
+            }
+            Ok(When::In(ms))
+        }
+        TimeForm::UnixSeconds | TimeForm::UnixMillis => Ok(When::At(ms)),
+    }
 }
 
 /// The sections INFO can print.
@@ -983,7 +1096,7 @@ impl<'a> Batch<'a> {
                 let key = rest.next().unwrap_or_default();
                 let value = rest.next().unwrap_or_default();
                 let (update, finish) = match spec.name {
-                    "setnx" => (Update::SetIfAbsent(value), Finish::Stored),
+                    "setnx" => (Update::SetIfAbsent(value), Finish::Stored("setnx")),
                     "getset" => (Update::GetSet(value), Finish::Old),
                     _ => (Update::Append(value), Finish::Len),
                 };
@@ -992,6 +1105,45 @@ impl<'a> Batch<'a> {
             "getdel" => {
                 let key = rest.next().unwrap_or_default();
                 self.update(key, Update::GetDelete, Finish::Old);
+            }
+            "setex" | "psetex" => {
+                let key = rest.next().unwrap_or_default();
+                let time = rest.next().unwrap_or_default();
+                let value = rest.next().unwrap_or_default();
+                match read_time(&time, TimeForm::of(spec.name), false) {
+                    Ok(when) => self.update(
+                        key,
+                        Update::Set {
+                            value,
+                            condition: Condition::Always,
+                            ttl: Ttl::Expires(when),
+                            get_old: false,
+                        },
+                        Finish::SetWith {
+                            get_old: false,
+                            command: spec.name,
+                        },
+                    ),
+                    Err(refusal) => self.ready(|out| refusal.reply(out, spec.name)),
+                }
+            }
+            "expire" | "pexpire" | "expireat" | "pexpireat" => {
+                let key = rest.next().unwrap_or_default();
+                let time = rest.next().unwrap_or_default();
+                let options: Vec<Vec<u8>> = rest.collect();
+                self.expire(spec.name, key, &time, &options);
+            }
+            "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
+                let key = rest.next().unwrap_or_default();
+                let finish = Finish::Ttl {
+                    millis: spec.name.starts_with('p'),
+                    absolute: spec.name.ends_with("time"),
+                };
+                self.update(key, Update::Ttl, finish);
+            }
+            "persist" => {
+                let key = rest.next().unwrap_or_default();
+                self.update(key, Update::Persist, Finish::Stored("persist"));
             }
             "strlen" | "type" => {
                 let key = rest.next().unwrap_or_default();
@@ -1106,40 +1258,118 @@ impl<'a> Batch<'a> {
         self.frames(vec![frame], finish);
     }
 
-    /// SET key value [NX | XX] [GET]: a conditional or swapping set is an UPDATE at the key's
-    /// head. Expiry options are refused: ringkv keeps keys until they are deleted.
+    /// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT unix-s | PXAT unix-ms | KEEPTTL]: one
+    /// UPDATE at the key's head. Options are read as Redis 7 reads them: in any order, NX and
+    /// GET together allowed, an option repeated allowed (the last time wins), two different
+    /// expiry options or one with KEEPTTL a syntax error; the time is read only once every
+    /// option has been.
     fn set_with_options(&mut self, key: Vec<u8>, value: Vec<u8>, options: &[Vec<u8>]) {
-        let (mut nx, mut xx, mut get) = (false, false, false);
-        for option in options {
-            let option = option.to_ascii_uppercase();
-            match option.as_slice() {
-                b"NX" => nx = true,
-                b"XX" => xx = true,
-                b"GET" => get = true,
-                b"EX" | b"PX" | b"EXAT" | b"PXAT" | b"KEEPTTL" => {
-                    return self.ready(|out| {
-                        reply::error(
-                            out,
-                            "ERR ringkv keeps keys until they are deleted: SET's EX, PX, EXAT, \
-                             PXAT and KEEPTTL are not supported",
-                        )
-                    })
+        let (mut nx, mut xx, mut get, mut keep) = (false, false, false, false);
+        let mut expiry: Option<(TimeForm, &[u8])> = None;
+        let mut i = 0;
+        while i < options.len() {
+            let option = options[i].to_ascii_uppercase();
+            let form = match option.as_slice() {
+                b"EX" => Some(TimeForm::Seconds),
+                b"PX" => Some(TimeForm::Millis),
+                b"EXAT" => Some(TimeForm::UnixSeconds),
+                b"PXAT" => Some(TimeForm::UnixMillis),
+                _ => None,
+            };
+            match (option.as_slice(), form, options.get(i + 1)) {
+                (b"NX", ..) if !xx => nx = true,
+                (b"XX", ..) if !nx => xx = true,
+                (b"GET", ..) => get = true,
+                (b"KEEPTTL", ..) if expiry.is_none() => keep = true,
+                (_, Some(form), Some(time))
+                    if !keep && expiry.map_or(true, |(had, _)| had == form) =>
+                {
+                    expiry = Some((form, time));
+                    i += 1;
                 }
                 _ => return self.ready(|out| reply::error(out, "ERR syntax error")),
             }
+            i += 1;
         }
-        match (nx, xx, get) {
-            (true, true, _) | (true, _, true) | (_, true, true) => {
-                self.ready(|out| reply::error(out, "ERR syntax error"))
-            }
-            (true, false, false) => self.update(key, Update::SetIfAbsent(value), Finish::SetIf),
-            (false, true, false) => self.update(key, Update::SetIfPresent(value), Finish::SetIf),
-            (false, false, true) => self.update(key, Update::GetSet(value), Finish::Old),
-            (false, false, false) => {
-                let frame = self.request(Opcode::PUT, key, value);
-                self.frames(vec![frame], Finish::Set);
+        let ttl = match expiry {
+            None if keep => Ttl::Keep,
+            None => Ttl::Clear,
+            Some((form, time)) => match read_time(time, form, false) {
+                Ok(when) => Ttl::Expires(when),
+                Err(refusal) => return self.ready(|out| refusal.reply(out, "set")),
+            },
+        };
+        let condition = match (nx, xx) {
+            (true, _) => Condition::IfAbsent,
+            (_, true) => Condition::IfPresent,
+            _ => Condition::Always,
+        };
+        let update = Update::Set {
+            value,
+            condition,
+            ttl,
+            get_old: get,
+        };
+        let finish = Finish::SetWith {
+            get_old: get,
+            command: "set",
+        };
+        self.update(key, update, finish);
+    }
+
+    /// EXPIRE, PEXPIRE, EXPIREAT or PEXPIREAT (`command`) key time [NX | XX | GT | LT]: the
+    /// options are checked before the time, as Redis does.
+    fn expire(&mut self, command: &'static str, key: Vec<u8>, time: &[u8], options: &[Vec<u8>]) {
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for option in options {
+            match option.to_ascii_uppercase().as_slice() {
+                b"NX" => nx = true,
+                b"XX" => xx = true,
+                b"GT" => gt = true,
+                b"LT" => lt = true,
+                _ => {
+                    let option = String::from_utf8_lossy(option).into_owned();
+                    return self.ready(|out| {
+                        reply::error(out, &format!("ERR Unsupported option {option}"))
+                    });
+                }
             }
         }
+        if nx && (xx || gt || lt) {
+            return self.ready(|out| {
+                reply::error(
+                    out,
+                    "ERR NX and XX, GT or LT options at the same time are not compatible",
+                )
+            });
+        }
+        if gt && lt {
+            return self.ready(|out| {
+                reply::error(
+                    out,
+                    "ERR GT and LT options at the same time are not compatible",
+                )
+            });
+        }
+        // Unlike SET's, EXPIRE's time may be zero or negative: the key is deleted.
+        let at = match read_time(time, TimeForm::of(command), true) {
+            Ok(at) => at,
+            Err(refusal) => return self.ready(|out| refusal.reply(out, command)),
+        };
+        let condition = match (nx, xx, gt, lt) {
+            (true, ..) => ExpireCondition::IfNone,
+            // GT already leaves a key without a time to live alone, so XX adds nothing to it.
+            (_, _, true, _) => ExpireCondition::IfLater,
+            (_, true, _, true) => ExpireCondition::IfSomeAndSooner,
+            (_, false, _, true) => ExpireCondition::IfSooner,
+            (_, true, ..) => ExpireCondition::IfSome,
+            _ => ExpireCondition::Always,
+        };
+        self.update(
+            key,
+            Update::Expire { at, condition },
+            Finish::Stored(command),
+        );
     }
 
     /// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]: one SCAN request.
@@ -1478,30 +1708,42 @@ fn finish_reply(door: &Door, finish: Finish, answers: &[Frame], out: &mut Vec<u8
                 }
             }
         }
-        Finish::Sum | Finish::Stored | Finish::SetIf | Finish::Old | Finish::Len => {
+        Finish::Sum
+        | Finish::Stored(_)
+        | Finish::SetWith { .. }
+        | Finish::Old
+        | Finish::Len
+        | Finish::Ttl { .. } => {
             let Some(answer) = answers.first() else {
                 return reply::error(out, "ERR INTERNAL: no answer");
             };
             if answer.status != Status::OK {
-                return update_error(out, answer);
+                let command = match finish {
+                    Finish::Stored(command) | Finish::SetWith { command, .. } => Some(command),
+                    _ => None,
+                };
+                return update_error(out, answer, command);
             }
             let value = &answer.value;
             let decoded = match finish {
-                Finish::Sum => crate::update::decode_sum(value).map(|n| reply::integer(out, n)),
-                Finish::Stored => crate::update::decode_stored(value)
+                Finish::Sum => update::decode_sum(value).map(|n| reply::integer(out, n)),
+                Finish::Stored(_) => update::decode_stored(value)
                     .map(|stored| reply::integer(out, i64::from(stored))),
-                Finish::SetIf => crate::update::decode_stored(value).map(|stored| {
-                    if stored {
-                        reply::simple(out, "OK")
-                    } else {
-                        reply::nil(out)
-                    }
-                }),
-                Finish::Old => crate::update::decode_old(value).map(|old| match old {
+                // With GET, Redis answers what the key held, whether it stored or not.
+                Finish::SetWith { get_old, .. } => {
+                    update::decode_set(value, get_old).map(|(stored, old)| match (get_old, old) {
+                        (true, Some(old)) => reply::bulk(out, &old),
+                        (false, _) if stored => reply::simple(out, "OK"),
+                        _ => reply::nil(out),
+                    })
+                }
+                Finish::Ttl { millis, absolute } => update::decode_ttl(value)
+                    .map(|ttl| reply::integer(out, ttl_reply(ttl, millis, absolute))),
+                Finish::Old => update::decode_old(value).map(|old| match old {
                     Some(old) => reply::bulk(out, &old),
                     None => reply::nil(out),
                 }),
-                _ => crate::update::decode_len(value)
+                _ => update::decode_len(value)
                     .map(|len| reply::integer(out, i64::try_from(len).unwrap_or(i64::MAX))),
             };
             if let Err(e) = decoded {
@@ -1595,6 +1837,21 @@ fn finish_reply(door: &Door, finish: Finish, answers: &[Frame], out: &mut Vec<u8
     }
 }
 
+/// What TTL (neither flag), PTTL (`millis`), EXPIRETIME (`absolute`) or PEXPIRETIME (both)
+/// answers for a key's time to live.
+fn ttl_reply(ttl: TimeToLive, millis: bool, absolute: bool) -> i64 {
+    match ttl {
+        TimeToLive::Absent => -2,
+        TimeToLive::Forever => -1,
+        TimeToLive::Left { ms, at } => {
+            let time = if absolute { at } else { ms };
+            // Redis rounds to the nearest second, the Unix time as well as the time left.
+            let time = if millis { time } else { (time + 500) / 1000 };
+            i64::try_from(time).unwrap_or(i64::MAX)
+        }
+    }
+}
+
 /// Node reports, the total last, or why they could not be read.
 type Reports = std::result::Result<Vec<NodeReport>, String>;
 
@@ -1636,7 +1893,8 @@ fn info_text(door: &Door, sections: InfoSections, stats: Option<Reports>) -> Str
         match &stats {
             Ok(reports) => {
                 let keys = reports.last().map_or(0, |total| total.counter("keys"));
-                // Redis lists only databases that hold keys.
+                // Redis lists only databases that hold keys. The backends do not count the keys
+                // that expire, so `expires` and `avg_ttl` stay 0: clients parse all three fields.
                 if keys > 0 {
                     part.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
                 }

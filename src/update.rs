@@ -96,6 +96,9 @@ pub enum ExpireCondition {
     IfLater = 3,
     /// Only if the new time is sooner than the one it has; a key without one always (LT).
     IfSooner = 4,
+    /// Only if it has one and the new time is sooner (XX and LT together: unlike LT alone, a
+    /// key without a time to live is left alone).
+    IfSomeAndSooner = 5,
 }
 
 const INCR_BY: u8 = 1;
@@ -296,9 +299,10 @@ impl Update {
                     2 => ExpireCondition::IfSome,
                     3 => ExpireCondition::IfLater,
                     4 => ExpireCondition::IfSooner,
+                    5 => ExpireCondition::IfSomeAndSooner,
                     other => {
                         return Err(Error::Payload(format!(
-                            "UPDATE expire condition {other} is not 0 to 4"
+                            "UPDATE expire condition {other} is not 0 to 5"
                         )))
                     }
                 };
@@ -449,6 +453,7 @@ impl Update {
                         // A key without a time to live lives for ever: later than any time.
                         (ExpireCondition::IfLater, had) => had.is_some_and(|had| at > had),
                         (ExpireCondition::IfSooner, had) => had.map_or(true, |had| at < had),
+                        (ExpireCondition::IfSomeAndSooner, had) => had.is_some_and(|had| at < had),
                     };
                 let write = match current {
                     Some(_) if wanted && at <= now => Write::Delete,
@@ -697,6 +702,10 @@ mod tests {
                 at: When::At(-5),
                 condition: ExpireCondition::IfSooner,
             },
+            Update::Expire {
+                at: When::In(7),
+                condition: ExpireCondition::IfSomeAndSooner,
+            },
             Update::Persist,
             Update::Ttl,
             Update::DeleteIfExpired,
@@ -713,7 +722,7 @@ mod tests {
             &[SET, 8, TTL_CLEAR],
             &[SET, 0, WHEN_IN, 0, 0],
             &[SET, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1],
-            &[EXPIRE, 5, WHEN_IN, 0, 0, 0, 0, 0, 0, 0, 1],
+            &[EXPIRE, 6, WHEN_IN, 0, 0, 0, 0, 0, 0, 0, 1],
             &[EXPIRE, 0, WHEN_IN, 0, 0, 0, 0, 0, 0, 0, 1, 7],
             &[TTL, 1],
         ] {
@@ -945,6 +954,21 @@ mod tests {
                 expire(When::In(500), ExpireCondition::IfSooner),
                 forever,
                 Some(NOW + 500),
+            ),
+            (
+                expire(When::In(50), ExpireCondition::IfSomeAndSooner),
+                soon,
+                Some(NOW + 50),
+            ),
+            (
+                expire(When::In(500), ExpireCondition::IfSomeAndSooner),
+                soon,
+                None,
+            ),
+            (
+                expire(When::In(50), ExpireCondition::IfSomeAndSooner),
+                forever,
+                None,
             ),
             (
                 expire(When::At(NOW as i64 + 3), ExpireCondition::Always),
