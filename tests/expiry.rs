@@ -60,7 +60,10 @@ fn an_expired_key_reads_as_absent_and_the_sweep_removes_every_copy() {
 
     // Put one after another, each expires no later than the next: the last goes last.
     retry(BOUND, "the short keys expire", || {
-        c.get(short.last().unwrap()).unwrap().is_none().then_some(())
+        c.get(short.last().unwrap())
+            .unwrap()
+            .is_none()
+            .then_some(())
     });
     for key in &short {
         assert_eq!(c.get(key).unwrap(), None);
