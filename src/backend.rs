@@ -378,6 +378,13 @@ impl Collect for BackendCollector {
             &labels,
             size.bytes,
         );
+        out.gauge(
+            "ringkv_stored_expiring_keys",
+            "Keys held with an expiry time (expired ones the sweep has not yet deleted \
+             included), every copy counted.",
+            &labels,
+            state.store.expiring_keys(),
+        );
         for (relays, counter) in state.counters.relays.iter().enumerate() {
             let count = counter.load(Ordering::Relaxed);
             if count > 0 {
@@ -1554,30 +1561,33 @@ impl BackendState {
     }
 
     /// Keys and bytes this node holds as the head of their chain (each key is counted once
-    /// over the cluster), and the other copies it holds.
-    fn sizes(&self) -> (StoreSize, StoreSize) {
+    /// over the cluster), the other copies it holds, and how many of the first have an expiry
+    /// time.
+    fn sizes(&self) -> (StoreSize, StoreSize, u64) {
         let size = self.store.size();
         let membership = match self.membership() {
             Some(m) if m.ring.view().replicas > 1 => m,
             // One copy per key: every key here is this node's own.
-            _ => return (size, StoreSize::default()),
+            _ => return (size, StoreSize::default(), self.store.expiring_keys()),
         };
         let mut primary = StoreSize::default();
-        self.store.for_each(&mut |key, value| {
+        let mut expiring = 0;
+        self.store.for_each(&mut |key, expires_at, value| {
             if membership.heads(key) {
                 primary.keys += 1;
                 primary.bytes += (key.len() + value.len()) as u64;
+                expiring += u64::from(expires_at.is_some());
             }
         });
         let replica = StoreSize {
             keys: size.keys.saturating_sub(primary.keys),
             bytes: size.bytes.saturating_sub(primary.bytes),
         };
-        (primary, replica)
+        (primary, replica, expiring)
     }
 
     fn report(&self, opcode: Opcode) -> NodeReport {
-        let (primary, replica) = self.sizes();
+        let (primary, replica, expiring) = self.sizes();
         let mut counters = vec![
             ("keys".to_string(), primary.keys),
             ("bytes".to_string(), primary.bytes),
@@ -1585,6 +1595,7 @@ impl BackendState {
             ("replica_bytes".to_string(), replica.bytes),
         ];
         if opcode == Opcode::STATS {
+            counters.push(("expiring_keys".to_string(), expiring));
             counters.extend(
                 self.named_counters()
                     .into_iter()

@@ -573,8 +573,12 @@ impl Engine for DurableStore {
         self.inner.mem.size()
     }
 
-    fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) {
+    fn for_each(&self, visit: &mut crate::store::EntryVisitor<'_>) {
         self.inner.mem.for_each(visit)
+    }
+
+    fn expiring_keys(&self) -> u64 {
+        self.inner.mem.expiring_keys()
     }
 
     fn parts(&self) -> usize {

@@ -1892,11 +1892,13 @@ fn info_text(door: &Door, sections: InfoSections, stats: Option<Reports>) -> Str
         let mut part = String::from("# Keyspace\r\n");
         match &stats {
             Ok(reports) => {
-                let keys = reports.last().map_or(0, |total| total.counter("keys"));
-                // Redis lists only databases that hold keys. The backends do not count the keys
-                // that expire, so `expires` and `avg_ttl` stay 0: clients parse all three fields.
+                let total = |name| reports.last().map_or(0, |total| total.counter(name));
+                let (keys, expires) = (total("keys"), total("expiring_keys"));
+                // Redis lists only databases that hold keys. Nothing keeps the mean time left,
+                // so `avg_ttl` stays 0 (as Redis's does before it has sampled): clients parse
+                // all three fields.
                 if keys > 0 {
-                    part.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
+                    part.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
                 }
             }
             Err(message) => part.push_str(&format!("keyspace_error:{}\r\n", clean(message))),

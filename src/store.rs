@@ -80,6 +80,9 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// What [`Engine::for_each`] calls with each entry: its key, when it expires, its value.
+pub type EntryVisitor<'a> = dyn FnMut(&[u8], Option<u64>, &[u8]) + 'a;
+
 /// What a backend needs of its storage. Implementations are shared by every connection thread.
 pub trait Engine: Send + Sync {
     /// The value stored under `key`, unless it has expired.
@@ -122,9 +125,9 @@ pub trait Engine: Send + Sync {
     fn settle(&self, _writes: Unsettled) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Calls `visit` with every key and its value, expired or not, a part of the store at a
-    /// time (writers of that part wait meanwhile).
-    fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8]));
+    /// Calls `visit` with every key, when it expires and its value, expired or not, a part of
+    /// the store at a time (writers of that part wait meanwhile).
+    fn for_each(&self, visit: &mut EntryVisitor<'_>);
     /// How many parts [`for_each_key_in`](Engine::for_each_key_in) cuts the store into: a
     /// scan walks them one at a time, so that one step costs one part, not the whole store.
     fn parts(&self) -> usize {
@@ -134,8 +137,14 @@ pub trait Engine: Send + Sync {
     /// it expires, expired or not; the same key is always in the same part.
     fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8], Option<u64>)) {
         if part == 0 {
-            self.for_each(&mut |key, _| visit(key, None));
+            self.for_each(&mut |key, expires_at, _| visit(key, expires_at));
         }
+    }
+    /// Keys that have an expiry time, expired or not.
+    fn expiring_keys(&self) -> u64 {
+        let mut expiring = 0;
+        self.for_each(&mut |_, expires_at, _| expiring += u64::from(expires_at.is_some()));
+        expiring
     }
     /// Damaged last records found in the store's log when it opened: 0 or 1 (a whole record
     /// that failed its checks, cut off and saved beside the log). 0 for a store without a log.
@@ -557,15 +566,19 @@ impl Engine for MemStore {
         }
     }
 
-    fn for_each(&self, visit: &mut dyn FnMut(&[u8], &[u8])) {
-        let _ = self.try_for_each(|key, _, value| {
-            visit(key, value);
+    fn for_each(&self, visit: &mut EntryVisitor<'_>) {
+        let _ = self.try_for_each(|key, expires_at, value| {
+            visit(key, expires_at, value);
             Ok::<(), ()>(())
         });
     }
 
     fn parts(&self) -> usize {
         SHARDS
+    }
+
+    fn expiring_keys(&self) -> u64 {
+        MemStore::expiring_keys(self)
     }
 
     fn for_each_key_in(&self, part: usize, visit: &mut dyn FnMut(&[u8], Option<u64>)) {

@@ -57,6 +57,13 @@ fn an_expired_key_reads_as_absent_and_the_sweep_removes_every_copy() {
     }
     assert_eq!(c.ttl(b"kept").unwrap(), TimeToLive::Forever);
     assert_eq!(c.ttl(b"never stored").unwrap(), TimeToLive::Absent);
+    let stats = c.stats().unwrap();
+    let (nodes, _) = split_total(&stats);
+    assert_eq!(
+        sum(nodes, "expiring_keys"),
+        short.len() as u64 + 1,
+        "each counted once"
+    );
 
     // Put one after another, each expires no later than the next: the last goes last.
     retry(BOUND, "the short keys expire", || {
@@ -90,6 +97,7 @@ fn an_expired_key_reads_as_absent_and_the_sweep_removes_every_copy() {
     let stats = c.stats().unwrap();
     let (nodes, _) = split_total(&stats);
     assert_eq!(sum(nodes, "expired_removed"), short.len() as u64);
+    assert_eq!(sum(nodes, "expiring_keys"), 1, "the long one is left");
     assert_eq!(
         sum(nodes, "replica_keys"),
         4,

@@ -363,8 +363,15 @@ fn stats_carry_latency_buckets_and_per_opcode_counts_matching_the_metrics() {
     // form (sizes, relay and latency histograms, per-opcode requests).
     let families: HashSet<&str> = scraped.samples.iter().map(|s| s.metric.as_str()).collect();
     for (name, _) in &stats.counters {
-        let structured = ["requests", "keys", "bytes", "replica_keys", "replica_bytes"]
-            .contains(&name.as_str())
+        let structured = [
+            "requests",
+            "keys",
+            "bytes",
+            "replica_keys",
+            "replica_bytes",
+            "expiring_keys",
+        ]
+        .contains(&name.as_str())
             || ["relays_", "requests_", "latency_us_le_"]
                 .iter()
                 .any(|prefix| name.starts_with(prefix));
@@ -376,6 +383,7 @@ fn stats_carry_latency_buckets_and_per_opcode_counts_matching_the_metrics() {
         );
     }
     assert!(families.contains("ringkv_served_by_relays_total"));
+    assert!(families.contains("ringkv_stored_expiring_keys"));
 
     // Stopping a server stops its endpoint.
     backend.shutdown();

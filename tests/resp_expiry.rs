@@ -766,3 +766,26 @@ fn redis_cli_sets_reads_and_takes_away_a_time_to_live() {
     );
     assert_eq!(cli_int(addr, &["ttl", "cli:k"]), -1);
 }
+
+#[test]
+fn info_keyspace_counts_the_keys_with_a_time_to_live() {
+    let cluster = cluster();
+    let mut conn = Conn::open(resp_addr(&cluster));
+    for i in 0..5 {
+        assert_eq!(conn.cmd(&["SET", &format!("plain-{i}"), "v"]), ok());
+    }
+    for i in 0..3 {
+        assert_eq!(
+            conn.cmd(&["SET", &format!("ttl-{i}"), "v", "EX", "100"]),
+            ok()
+        );
+    }
+    let info = match conn.cmd(&["INFO", "keyspace"]) {
+        Resp::Bulk(text) => String::from_utf8(text).unwrap(),
+        other => panic!("INFO answered {other:?}"),
+    };
+    assert!(
+        info.contains("db0:keys=8,expires=3,avg_ttl=0\r\n"),
+        "{info:?}"
+    );
+}

@@ -435,7 +435,7 @@ fn sweep(host: &dyn Host, ring: &Ring, me: usize) {
     }
     let store = host.store();
     let mut foreign = Vec::new();
-    store.for_each(&mut |key, _| {
+    store.for_each(&mut |key, _, _| {
         let point = ring.point_index(&key_position(key));
         if !ring.natural_members(point).any(|m| m == me) {
             foreign.push(key.to_vec());

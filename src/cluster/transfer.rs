@@ -254,7 +254,7 @@ impl Trackers {
     ) -> Result<u64, TransferError> {
         let covered = self.with_session(node, session, |t| t.points.clone())?;
         let mut snapshot = Vec::new();
-        store.for_each(&mut |key, _| {
+        store.for_each(&mut |key, _, _| {
             let point = ring.point_index(&crate::ring::key_position(key));
             if covered.get(point).copied().unwrap_or(false) {
                 snapshot.push(key.to_vec());
@@ -920,7 +920,7 @@ pub(crate) fn begin(
 fn drop_points(store: &dyn Engine, ring: &Ring, points: &[u32]) {
     let covered: HashSet<u32> = points.iter().copied().collect();
     let mut stale = Vec::new();
-    store.for_each(&mut |key, _| {
+    store.for_each(&mut |key, _, _| {
         let point = ring.point_index(&crate::ring::key_position(key)) as u32;
         if covered.contains(&point) {
             stale.push(key.to_vec());
