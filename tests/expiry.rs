@@ -9,19 +9,10 @@ use std::time::Duration;
 use common::{client, raw, raw_call, retry, split_total, sum, BOUND};
 use ringkv::protocol::{Opcode, Status};
 use ringkv::update::{Condition, TimeToLive, Ttl, Update, When};
-use ringkv::{BackendConfig, Client, Error, FrontendConfig, LocalCluster};
+use ringkv::{BackendConfig, Client, Error, LocalCluster};
 
 fn cluster(backends: usize, replicas: usize) -> LocalCluster {
-    LocalCluster::start(
-        backends,
-        BackendConfig::default(),
-        FrontendConfig {
-            replicas: Some(replicas),
-            startup_timeout: Duration::from_secs(5),
-            ..FrontendConfig::default()
-        },
-    )
-    .unwrap()
+    common::replicated_cluster(backends, replicas)
 }
 
 /// The Unix time in milliseconds `key` expires at, as its head answers.

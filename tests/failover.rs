@@ -1236,6 +1236,28 @@ fn a_damaged_last_record_is_caught_up_from_the_chain() {
     }
 }
 
+/// The Unix time in milliseconds `key` expires at, as its head answers.
+fn expiry_of(client: &mut Client, key: &[u8]) -> u64 {
+    match client.ttl(key).unwrap() {
+        ringkv::update::TimeToLive::Left { at, .. } => at,
+        other => panic!("{}: {other:?}", String::from_utf8_lossy(key)),
+    }
+}
+
+/// `n` keys named after `prefix`, each put to live 300 s, and the instant each expires at.
+fn put_expiring(client: &mut Client, prefix: &str, n: usize) -> Vec<(Vec<u8>, u64)> {
+    (0..n)
+        .map(|i| {
+            let key = format!("{prefix}-{i}").into_bytes();
+            client
+                .put_with_ttl(&key, b"v", Duration::from_secs(300))
+                .unwrap();
+            let at = expiry_of(client, &key);
+            (key, at)
+        })
+        .collect()
+}
+
 /// Keys with a time to live, through kill -9, a restart over the log and the state transfer
 /// that catches the restarted node up: the one node left at the end holds every key, those
 /// written while it was down too, with the very instant its head first computed, and the keys
@@ -1245,31 +1267,14 @@ fn a_damaged_last_record_is_caught_up_from_the_chain() {
 fn times_to_live_survive_kill_9_the_log_and_the_catch_up() {
     let mut cluster = Cluster::start(3, &["--replicas", "3"]);
     let mut client = cluster.client();
-    let expiry_of = |client: &mut Client, key: &[u8]| match client.ttl(key).unwrap() {
-        ringkv::update::TimeToLive::Left { at, .. } => at,
-        other => panic!("{}: {other:?}", String::from_utf8_lossy(key)),
-    };
-    let mut times = Vec::new();
-    for i in 0..20 {
-        let key = format!("logged-{i}").into_bytes();
-        client
-            .put_with_ttl(&key, b"v", Duration::from_secs(300))
-            .unwrap();
-        times.push((key.clone(), expiry_of(&mut client, &key)));
-    }
+    let mut times = put_expiring(&mut client, "logged", 20);
     client
         .put_with_ttl(b"brief-before", b"v", Duration::from_millis(400))
         .unwrap();
     let returning = 1;
     cluster.kill(returning);
     cluster.wait_for_view("the killed backend is down", |v| !v.is_up(returning));
-    for i in 0..20 {
-        let key = format!("missed-{i}").into_bytes();
-        client
-            .put_with_ttl(&key, b"v", Duration::from_secs(300))
-            .unwrap();
-        times.push((key.clone(), expiry_of(&mut client, &key)));
-    }
+    times.extend(put_expiring(&mut client, "missed", 20));
     client
         .put_with_ttl(b"brief-while-down", b"v", Duration::from_millis(400))
         .unwrap();
@@ -1303,17 +1308,7 @@ fn times_to_live_survive_kill_9_the_log_and_the_catch_up() {
 fn with_one_copy_the_log_alone_keeps_times_to_live_through_kill_9() {
     let mut cluster = Cluster::start(3, &["--replicas", "1"]);
     let mut client = cluster.client();
-    let mut times = Vec::new();
-    for i in 0..30 {
-        let key = format!("single-{i}").into_bytes();
-        client
-            .put_with_ttl(&key, b"v", Duration::from_secs(300))
-            .unwrap();
-        match client.ttl(&key).unwrap() {
-            ringkv::update::TimeToLive::Left { at, .. } => times.push((key, at)),
-            other => panic!("{other:?}"),
-        }
-    }
+    let times = put_expiring(&mut client, "single", 30);
     client.put(b"forever", b"v").unwrap();
     for node in 0..3 {
         cluster.kill(node);

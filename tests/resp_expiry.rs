@@ -4,36 +4,16 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::process::{run_bounded, Finished};
-use common::{client, retry, BOUND};
+use common::resp::{bulk, ok, Conn, Resp};
+use common::{client, retry};
 use ringkv::protocol::{Frame, Opcode, Status};
 use ringkv::update::{decode_ttl, TimeToLive, Update};
 use ringkv::{BackendConfig, FrontendConfig, LocalCluster};
-
-/// One RESP2 reply, as a client sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Vec<u8>),
-    Nil,
-    Array(Vec<Resp>),
-    NilArray,
-}
-
-fn bulk(bytes: &[u8]) -> Resp {
-    Resp::Bulk(bytes.to_vec())
-}
-
-fn ok() -> Resp {
-    Resp::Simple("OK".into())
-}
 
 fn int(n: i64) -> Resp {
     Resp::Int(n)
@@ -41,111 +21,6 @@ fn int(n: i64) -> Resp {
 
 fn error(text: &str) -> Resp {
     Resp::Error(text.into())
-}
-
-/// The reply at the start of `buf` and the bytes it takes; `None` while it is incomplete.
-fn parse_reply(buf: &[u8]) -> Option<(Resp, usize)> {
-    let cr = buf.windows(2).position(|w| w == b"\r\n")?;
-    let line = std::str::from_utf8(&buf[1..cr]).expect("reply header is not text");
-    let after = cr + 2;
-    let number = || line.parse::<i64>().expect("reply length is not a number");
-    match buf[0] {
-        b'+' => Some((Resp::Simple(line.into()), after)),
-        b'-' => Some((Resp::Error(line.into()), after)),
-        b':' => Some((Resp::Int(number()), after)),
-        b'$' if number() < 0 => Some((Resp::Nil, after)),
-        b'$' => {
-            let len = number() as usize;
-            if buf.len() < after + len + 2 {
-                return None;
-            }
-            Some((
-                Resp::Bulk(buf[after..after + len].to_vec()),
-                after + len + 2,
-            ))
-        }
-        b'*' if number() < 0 => Some((Resp::NilArray, after)),
-        b'*' => {
-            let mut used = after;
-            let mut items = Vec::new();
-            for _ in 0..number() {
-                let (item, n) = parse_reply(&buf[used..])?;
-                items.push(item);
-                used += n;
-            }
-            Some((Resp::Array(items), used))
-        }
-        other => panic!("a reply cannot start with {:?}", other as char),
-    }
-}
-
-/// A raw RESP connection whose reads give up after [`BOUND`].
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect_timeout(&addr, BOUND).unwrap();
-        stream.set_read_timeout(Some(BOUND)).unwrap();
-        stream.set_write_timeout(Some(BOUND)).unwrap();
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// The next reply; panics when the server closes the connection or sends nothing in time.
-    fn reply(&mut self) -> Resp {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            if let Some((reply, used)) = parse_reply(&self.buf) {
-                self.buf.drain(..used);
-                return reply;
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("the server closed the connection instead of replying"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => panic!("no reply within {BOUND:?}: {e}"),
-            }
-        }
-    }
-
-    /// Sends one multibulk request and reads its reply.
-    fn call(&mut self, args: &[&[u8]]) -> Resp {
-        self.send(&multibulk(args));
-        self.reply()
-    }
-
-    /// Like [`Conn::call`], with the arguments as text.
-    fn cmd(&mut self, args: &[&str]) -> Resp {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.call(&args)
-    }
-
-    /// An integer reply, or a panic naming the command.
-    fn int(&mut self, args: &[&str]) -> i64 {
-        match self.cmd(args) {
-            Resp::Int(n) => n,
-            other => panic!("{args:?} answered {other:?}"),
-        }
-    }
-}
-
-fn multibulk(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// Three backends (so every key has a chain) behind a frontend with the RESP door open.

@@ -5,24 +5,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use common::{client, raw, raw_call};
 use ringkv::protocol::{Opcode, Status};
 use ringkv::update::Update;
-use ringkv::{BackendConfig, Error, FrontendConfig, LocalCluster};
+use ringkv::{Error, LocalCluster};
 
 fn cluster(backends: usize, replicas: usize) -> LocalCluster {
-    LocalCluster::start(
-        backends,
-        BackendConfig::default(),
-        FrontendConfig {
-            replicas: Some(replicas),
-            startup_timeout: Duration::from_secs(5),
-            ..FrontendConfig::default()
-        },
-    )
-    .unwrap()
+    common::replicated_cluster(backends, replicas)
 }
 
 /// Many clients incrementing one key at once: every increment counts once, and each answer is

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod resp;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -54,6 +55,21 @@ pub fn cluster(n: usize, entry: Entry, routing: Routing) -> LocalCluster {
             // One copy per key, as the paper: these tests count relays to a key's one owner.
             replicas: Some(1),
             threads: 8,
+            startup_timeout: Duration::from_secs(5),
+            ..FrontendConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A cluster of `backends` backends keeping `replicas` copies of each key, default everything
+/// else.
+pub fn replicated_cluster(backends: usize, replicas: usize) -> LocalCluster {
+    LocalCluster::start(
+        backends,
+        BackendConfig::default(),
+        FrontendConfig {
+            replicas: Some(replicas),
             startup_timeout: Duration::from_secs(5),
             ..FrontendConfig::default()
         },
