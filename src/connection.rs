@@ -291,6 +291,12 @@ impl Connection {
         self._registered = Some(registry.register(&self.stream));
     }
 
+    /// Its socket and reader, for a connection whose reads and writes go on in two threads
+    /// from now on ([`crate::mux`]).
+    pub(crate) fn into_parts(self) -> (TcpStream, FrameReader) {
+        (self.stream, self.reader)
+    }
+
     /// The address this connection was opened to.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -456,6 +462,31 @@ fn peer_is_quiet(stream: &TcpStream) -> bool {
         )
     };
     received < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// Whether the peer has closed `stream` (its end of file is already in), without reading or
+/// changing the socket's mode, so that a thread blocked reading it is not disturbed.
+#[cfg(unix)]
+pub(crate) fn peer_has_closed(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: as in `peer_is_quiet`: the descriptor belongs to `stream`, which outlives the
+    // call, and recv writes at most the one byte of the buffer on this stack frame.
+    let received = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    received == 0
+}
+
+/// Elsewhere a peek would need the socket made non-blocking, under a reader: never checked.
+#[cfg(not(unix))]
+pub(crate) fn peer_has_closed(_stream: &TcpStream) -> bool {
+    false
 }
 
 #[cfg(not(unix))]

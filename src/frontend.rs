@@ -55,6 +55,9 @@ impl std::fmt::Display for Entry {
     }
 }
 
+/// Shared connections per backend a frontend uses unless told otherwise.
+pub const DEFAULT_BACKEND_CONNECTIONS: usize = 1;
+
 /// How to run a frontend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrontendConfig {
@@ -68,6 +71,10 @@ pub struct FrontendConfig {
     pub threads: usize,
     /// Connections with requests that may wait for a free worker; past it, requests get BUSY.
     pub queue: usize,
+    /// Shared connections per backend that carry every worker's requests, written together
+    /// and matched back by request id ([`crate::mux`]); 0 gives each worker's call a pooled
+    /// connection of its own, as before.
+    pub backend_connections: usize,
     /// Limits, timeouts and the connection bound.
     pub server: ServerOptions,
     /// Which backend receives each request.
@@ -132,6 +139,7 @@ impl Default for FrontendConfig {
             listen: "127.0.0.1:0".into(),
             backends: Vec::new(),
             threads: 64,
+            backend_connections: DEFAULT_BACKEND_CONNECTIONS,
             queue: 128,
             server: ServerOptions::default(),
             entry: Entry::Owner,
@@ -288,12 +296,12 @@ impl Frontend {
         // Checked before anything is asked, so that a bad command line fails at once.
         Ring::new(configured.clone())?;
         let peers = Arc::new(
-            Peers::new(config.server.timeouts, config.server.limits).with_credentials(
-                Credentials {
+            Peers::new(config.server.timeouts, config.server.limits)
+                .with_credentials(Credentials {
                     token: config.cluster_token.clone(),
                     password: config.password.clone(),
-                },
-            ),
+                })
+                .multiplexed(config.backend_connections),
         );
         let held = resume::ask(&peers, &config.backends, config.startup_timeout);
         let start = resume::choose(

@@ -54,6 +54,7 @@ pub mod frontend;
 pub mod loadgen;
 pub mod local;
 pub mod metrics;
+pub mod mux;
 pub mod peers;
 pub mod pool;
 pub mod protocol;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::auth::Credentials;
 use crate::connection::{Connection, Timeouts};
 use crate::error::{Error, Result};
+use crate::mux::MuxPool;
 use crate::protocol::{Frame, Limits};
 use crate::server::Registry;
 
@@ -58,6 +59,8 @@ pub struct Peers {
     limits: Limits,
     /// Presented on every new connection, so that the peer takes its peer-only requests.
     credentials: Credentials,
+    /// With [`Peers::multiplexed`]: every call goes over a few shared links per peer instead.
+    mux: Option<MuxPool>,
 }
 
 impl Peers {
@@ -74,7 +77,16 @@ impl Peers {
             timeouts,
             limits,
             credentials: Credentials::default(),
+            mux: None,
         }
+    }
+
+    /// The same pool, carrying every call over `links` shared connections per peer
+    /// ([`crate::mux`]); 0 keeps a connection per call in flight.
+    pub fn multiplexed(self, links: usize) -> Peers {
+        let mux = (links > 0)
+            .then(|| MuxPool::new(links, self.timeouts, self.limits, self.credentials.clone()));
+        Peers { mux, ..self }
     }
 
     /// The same pool, presenting `credentials` (the cluster token, the password) on each
@@ -124,6 +136,14 @@ impl Peers {
     /// once more on a fresh connection. Once a request is written it is never sent again: the
     /// peer may have carried it out, and a repeated PUT or DELETE could undo a later one.
     pub fn call(&self, addr: &str, request: &Frame) -> Result<Frame> {
+        if let Some(mux) = &self.mux {
+            return mux.call_batch(&[(addr, request)]).pop().unwrap_or_else(|| {
+                Err(Error::Unanswered {
+                    addr: addr.to_string(),
+                    reason: "not sent".into(),
+                })
+            });
+        }
         if let Some(mut conn) = self.take(addr) {
             conn.send(request);
             match conn.flush() {
@@ -152,6 +172,9 @@ impl Peers {
     /// once more on a fresh one; once written, never again. A failure fails that peer's requests
     /// from the failed chunk on, each with its own error.
     pub fn call_batch(&self, calls: &[(&str, &Frame)]) -> Vec<Result<Frame>> {
+        if let Some(mux) = &self.mux {
+            return mux.call_batch(calls);
+        }
         let mut answers: Vec<Option<Result<Frame>>> = calls.iter().map(|_| None).collect();
         let mut groups: Vec<PeerBatch> = Vec::new();
         for (index, (addr, request)) in calls.iter().enumerate() {
@@ -280,6 +303,9 @@ impl Peers {
     /// Cuts every connection to `addr`, idle or in use: a call waiting on a peer that was
     /// declared dead or hung fails now instead of at the end of its timeout.
     pub fn sever(&self, addr: &str) {
+        if let Some(mux) = &self.mux {
+            mux.sever(addr);
+        }
         self.forget(addr);
         let registry = self.registry_of(addr);
         registry.close_all();

@@ -100,6 +100,10 @@ struct FrontendArgs {
     /// worker threads forwarding requests to the backends (default 64)
     #[argh(option, default = "64")]
     threads: usize,
+    /// shared connections per backend carrying every worker's requests together, matched
+    /// back by request id; 0: a pooled connection per request in flight (default 1)
+    #[argh(option, default = "ringkv::frontend::DEFAULT_BACKEND_CONNECTIONS")]
+    backend_connections: usize,
     /// connections with requests that may wait for a worker; past it requests get BUSY (default 128)
     #[argh(option, default = "128")]
     queue: usize,
@@ -198,6 +202,9 @@ struct LocalArgs {
     /// frontend worker threads forwarding requests (default 64)
     #[argh(option, default = "64")]
     threads: usize,
+    /// the frontend's shared connections per backend (see `ringkv frontend --help`) (default 1)
+    #[argh(option, default = "ringkv::frontend::DEFAULT_BACKEND_CONNECTIONS")]
+    backend_connections: usize,
     /// the paper's design: --entry random --routing successor --vnodes 1 (each can still be set)
     #[argh(switch)]
     paper: bool,
@@ -331,6 +338,7 @@ fn local_config(a: &LocalArgs) -> String {
         ("backends", int(a.backends as u64)),
         ("listen", text(&a.listen)),
         ("threads", int(a.threads as u64)),
+        ("backend-connections", int(a.backend_connections as u64)),
         ("paper", Some(Value::Boolean(a.paper))),
         ("entry", a.entry.as_ref().and_then(|e| text(e))),
         ("routing", a.routing.as_ref().and_then(|r| text(r))),
@@ -469,6 +477,7 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         listen: a.listen,
         backends: a.backends,
         threads: a.threads,
+        backend_connections: a.backend_connections,
         queue: a.queue,
         server,
         entry,
@@ -519,6 +528,7 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         listen: a.listen,
         resp_listen,
         threads: a.threads,
+        backend_connections: a.backend_connections,
         entry,
         routing,
         placement,

@@ -405,6 +405,15 @@ impl Frame {
     /// # Panics
     /// If the key or value is longer than `u32::MAX` bytes, which no limit allows.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_into_with_id(self.request_id, out)
+    }
+
+    /// Appends the frame's wire bytes to `out` as if its request id were `request_id`: a
+    /// connection that carries many callers' requests gives each an id of its own.
+    ///
+    /// # Panics
+    /// As [`Frame::encode_into`].
+    pub fn encode_into_with_id(&self, request_id: u64, out: &mut Vec<u8>) {
         let start = out.len();
         let total = self.encoded_len();
         let body_len = u32::try_from(total - LEN_PREFIX).expect("frame longer than 4 GiB");
@@ -417,7 +426,7 @@ impl Frame {
         header[9] = self.status.0;
         BigEndian::write_u16(&mut header[10..12], self.hops);
         BigEndian::write_u16(&mut header[12..14], self.hop_limit);
-        BigEndian::write_u64(&mut header[14..22], self.request_id);
+        BigEndian::write_u64(&mut header[14..22], request_id);
         BigEndian::write_u64(&mut header[22..30], self.epoch);
         BigEndian::write_u32(&mut header[30..34], self.key.len() as u32);
         BigEndian::write_u32(&mut header[34..38], self.value.len() as u32);

@@ -1,0 +1,759 @@
+//! Multiplexed connections to a peer: the requests of many callers share a few sockets.
+//!
+//! A pooled connection ([`crate::peers`]) carries one caller's batch at a time, so fifty client
+//! connections with a request each make fifty round trips to a backend, and the backend wakes
+//! once for each. Here every caller's frames go onto one of a small, fixed number of links per
+//! peer:
+//!
+//! - **Combining writer.** A caller encodes its frames with link-unique request ids (the
+//!   original ids are restored on the answers) and appends them to the link's pending bytes. If
+//!   no one is writing, it becomes the writer and writes whatever is pending, again and again,
+//!   until nothing is: callers that arrive meanwhile only append, and their frames go out in the
+//!   writer's next write, together. So the peer reads many callers' requests per wake-up and
+//!   answers them in one write.
+//! - **Answers matched by id.** Each link has a reader thread that takes the answers as they
+//!   come and hands each to the caller waiting for it; a caller with requests on several peers
+//!   waits once for all of them.
+//! - **Failures.** A link that fails (the peer closed it, a read or write error, a caller's
+//!   answers not back within the i/o timeout, [`MuxPool::sever`]) fails every request on it and
+//!   is replaced on next use. A request whose bytes no writer had yet handed to the socket is
+//!   sent once more on a fresh link, as [`crate::peers::Peers::call`] does for a pooled
+//!   connection found closed; once written, never again.
+//!
+//! A peer answers a link's requests in order, one batch after the other, so a request that waits
+//! long (a chain write whose successor is slow) holds up the ones behind it on its link. That is
+//! why only a frontend uses these, towards backends that never call it back: between backends,
+//! a request that went round the ring (entry, relays, head, chain) could come back to a link it
+//! is already waiting on, and wait for itself.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::auth::Credentials;
+use crate::connection::{Connection, FrameReader, ReadError, Timeouts};
+use crate::error::{Error, Result};
+use crate::protocol::{Frame, Limits, Status};
+
+/// Most bytes that may wait to be written on one link; a caller that finds more waits for the
+/// writer to take them.
+const MOST_PENDING: usize = 8 * 1024 * 1024;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// The links to every peer.
+pub struct MuxPool {
+    links_per_peer: usize,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    timeouts: Timeouts,
+    limits: Limits,
+    credentials: Credentials,
+}
+
+/// One peer's links, used in turn.
+struct Peer {
+    slots: Vec<Mutex<Option<Arc<Link>>>>,
+    turn: AtomicUsize,
+}
+
+/// One socket and what is in flight on it.
+struct Link {
+    addr: String,
+    stream: TcpStream,
+    out: Mutex<Outgoing>,
+    /// Signalled when the writer has taken the pending bytes.
+    taken: Condvar,
+    inflight: Mutex<Inflight>,
+}
+
+#[derive(Default)]
+struct Outgoing {
+    pending: Vec<u8>,
+    /// The link ids of the frames in `pending`.
+    ids: Vec<u64>,
+    /// Whether a caller is writing.
+    writing: bool,
+}
+
+struct Inflight {
+    next_id: u64,
+    /// When a request was last registered.
+    last_sent: Instant,
+    waiting: HashMap<u64, Waiter>,
+    /// Why the link failed, once it has.
+    failed: Option<String>,
+    /// Set when it failed because the peer was at its connection limit.
+    busy: bool,
+}
+
+/// A request on a link: whose it is and what id it had.
+struct Waiter {
+    ticket: Arc<Ticket>,
+    index: usize,
+    request_id: u64,
+    /// Whether its bytes were handed to the socket.
+    written: bool,
+}
+
+/// A caller's batch: its answers, filled in by the links' readers.
+struct Ticket {
+    state: Mutex<TicketState>,
+    done: Condvar,
+}
+
+struct TicketState {
+    answers: Vec<Option<Result<Frame>>>,
+    missing: usize,
+    /// Requests that failed before their bytes were written: they may be sent again.
+    unsent: Vec<usize>,
+}
+
+impl Ticket {
+    fn new(len: usize) -> Arc<Ticket> {
+        Arc::new(Ticket {
+            state: Mutex::new(TicketState {
+                answers: (0..len).map(|_| None).collect(),
+                missing: len,
+                unsent: Vec::new(),
+            }),
+            done: Condvar::new(),
+        })
+    }
+
+    fn fill(&self, index: usize, answer: Result<Frame>, unsent: bool) {
+        let mut state = lock(&self.state);
+        if state.answers[index].is_some() {
+            return;
+        }
+        state.answers[index] = Some(answer);
+        if unsent {
+            state.unsent.push(index);
+        }
+        state.missing -= 1;
+        if state.missing == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    /// Waits until every answer is in or `deadline` passes; whether they are all in.
+    fn wait(&self, deadline: Instant) -> bool {
+        let mut state = lock(&self.state);
+        while state.missing > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = match self.done.wait_timeout(state, deadline - now) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+impl MuxPool {
+    /// Links of `links_per_peer` sockets per peer (at least 1), with `timeouts`, accepting
+    /// answers within `limits`, presenting `credentials` on each new socket.
+    pub fn new(
+        links_per_peer: usize,
+        timeouts: Timeouts,
+        limits: Limits,
+        credentials: Credentials,
+    ) -> MuxPool {
+        MuxPool {
+            links_per_peer: links_per_peer.max(1),
+            peers: Mutex::new(HashMap::new()),
+            timeouts,
+            limits,
+            credentials,
+        }
+    }
+
+    /// Sends every `(addr, request)` and returns the answers in the same order; each peer's
+    /// share goes onto one of its links, and all peers work at once.
+    pub fn call_batch(&self, calls: &[(&str, &Frame)]) -> Vec<Result<Frame>> {
+        let ticket = Ticket::new(calls.len());
+        let everything: Vec<usize> = (0..calls.len()).collect();
+        let used = self.submit(calls, &everything, &ticket);
+        self.wait(&ticket, &used);
+        // Requests a link failed before writing them were never seen by the peer: once more,
+        // on fresh links.
+        let unsent = std::mem::take(&mut lock(&ticket.state).unsent);
+        if !unsent.is_empty() {
+            let again = Ticket::new(calls.len());
+            {
+                let mut state = lock(&again.state);
+                state.missing = unsent.len();
+                for (index, answer) in state.answers.iter_mut().enumerate() {
+                    if !unsent.contains(&index) {
+                        *answer = Some(Err(Error::Unanswered {
+                            addr: String::new(),
+                            reason: "answered on the first attempt".into(),
+                        }));
+                    }
+                }
+            }
+            let used = self.submit(calls, &unsent, &again);
+            self.wait(&again, &used);
+            let mut retried = lock(&again.state);
+            let mut first = lock(&ticket.state);
+            for &index in &unsent {
+                first.answers[index] = retried.answers[index].take();
+            }
+        }
+        let mut state = lock(&ticket.state);
+        std::mem::take(&mut state.answers)
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(Error::Unanswered {
+                        addr: String::new(),
+                        reason: "not sent".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Puts the requests at `indexes` onto their peers' links; the links used.
+    fn submit(
+        &self,
+        calls: &[(&str, &Frame)],
+        indexes: &[usize],
+        ticket: &Arc<Ticket>,
+    ) -> Vec<Arc<Link>> {
+        let mut by_peer: Vec<(&str, Vec<usize>)> = Vec::new();
+        for &index in indexes {
+            let addr = calls[index].0;
+            match by_peer.iter_mut().find(|(a, _)| *a == addr) {
+                Some((_, group)) => group.push(index),
+                None => by_peer.push((addr, vec![index])),
+            }
+        }
+        let mut used = Vec::with_capacity(by_peer.len());
+        for (addr, group) in by_peer {
+            match self.link(addr) {
+                Ok(link) => {
+                    link.send(calls, &group, ticket, &self.timeouts);
+                    used.push(link);
+                }
+                Err(e) => {
+                    let busy = matches!(e, Error::Busy { .. });
+                    let message = e.to_string();
+                    let mut first = Some(e);
+                    for &index in &group {
+                        let error = first
+                            .take()
+                            .unwrap_or_else(|| failure(addr, &message, busy));
+                        ticket.fill(index, Err(error), false);
+                    }
+                }
+            }
+        }
+        used
+    }
+
+    /// Waits for `ticket` up to the i/o timeout; a link whose answers are not all back by then
+    /// is failed, which fills in the rest.
+    fn wait(&self, ticket: &Ticket, used: &[Arc<Link>]) {
+        let deadline = Instant::now() + self.timeouts.io;
+        if ticket.wait(deadline) {
+            return;
+        }
+        for link in used {
+            if link.holds_any_of(ticket) {
+                link.fail(&format!(
+                    "no answer within the i/o timeout ({:?})",
+                    self.timeouts.io
+                ));
+            }
+        }
+    }
+
+    /// A live link to `addr`, opened if need be.
+    fn link(&self, addr: &str) -> Result<Arc<Link>> {
+        let peer = {
+            let mut peers = lock(&self.peers);
+            Arc::clone(peers.entry(addr.to_string()).or_insert_with(|| {
+                Arc::new(Peer {
+                    slots: (0..self.links_per_peer).map(|_| Mutex::new(None)).collect(),
+                    turn: AtomicUsize::new(0),
+                })
+            }))
+        };
+        let turn = peer.turn.fetch_add(1, Ordering::Relaxed) % peer.slots.len();
+        let mut slot = lock(&peer.slots[turn]);
+        if let Some(link) = slot.as_ref().filter(|link| !link.has_failed()) {
+            return Ok(Arc::clone(link));
+        }
+        let link = Link::open(addr, &self.timeouts, &self.limits, &self.credentials)?;
+        *slot = Some(Arc::clone(&link));
+        Ok(link)
+    }
+
+    /// Fails every link to `addr`: a call waiting on a peer declared dead or hung fails now
+    /// instead of at the end of its timeout.
+    pub fn sever(&self, addr: &str) {
+        let peer = lock(&self.peers).get(addr).cloned();
+        if let Some(peer) = peer {
+            for slot in &peer.slots {
+                if let Some(link) = lock(slot).take() {
+                    link.fail("the peer was declared down");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MuxPool {
+    fn drop(&mut self) {
+        // The readers hold their links; a closed socket ends them.
+        for peer in lock(&self.peers).values() {
+            for slot in &peer.slots {
+                if let Some(link) = lock(slot).take() {
+                    link.fail("the pool was closed");
+                }
+            }
+        }
+    }
+}
+
+/// The error a request on a failed link gets.
+fn failure(addr: &str, reason: &str, busy: bool) -> Error {
+    if busy {
+        Error::Busy {
+            addr: addr.to_string(),
+            message: reason.to_string(),
+        }
+    } else {
+        Error::Unanswered {
+            addr: addr.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Link {
+    /// Connects, presents the credentials, and starts the reader.
+    fn open(
+        addr: &str,
+        timeouts: &Timeouts,
+        limits: &Limits,
+        credentials: &Credentials,
+    ) -> Result<Arc<Link>> {
+        let mut conn = Connection::open(addr, timeouts, limits)?;
+        credentials.present(&mut conn, addr)?;
+        let (stream, reader) = conn.into_parts();
+        let link = Arc::new(Link {
+            addr: addr.to_string(),
+            stream,
+            out: Mutex::new(Outgoing::default()),
+            taken: Condvar::new(),
+            inflight: Mutex::new(Inflight {
+                next_id: 1,
+                last_sent: Instant::now(),
+                waiting: HashMap::new(),
+                failed: None,
+                busy: false,
+            }),
+        });
+        let reading = Arc::clone(&link);
+        // Well within the peer's own idle timeout (the same setting on every server).
+        let idle_for = timeouts.idle / 4;
+        std::thread::Builder::new()
+            .name(format!("mux-{addr}"))
+            .spawn(move || reading.read_answers(reader, idle_for))
+            .map_err(|e| Error::Config(format!("cannot start a thread: {e}")))?;
+        Ok(link)
+    }
+
+    fn has_failed(&self) -> bool {
+        lock(&self.inflight).failed.is_some()
+    }
+
+    fn holds_any_of(&self, ticket: &Ticket) -> bool {
+        lock(&self.inflight)
+            .waiting
+            .values()
+            .any(|w| std::ptr::eq(&*w.ticket, ticket))
+    }
+
+    /// Registers `calls[indexes]` under fresh ids and writes them (or leaves them to the
+    /// writer at work).
+    fn send(
+        &self,
+        calls: &[(&str, &Frame)],
+        indexes: &[usize],
+        ticket: &Arc<Ticket>,
+        timeouts: &Timeouts,
+    ) {
+        let first = {
+            let mut inflight = lock(&self.inflight);
+            // An idle link may have been closed by the peer a moment ago, before the reader
+            // noticed: found now, the requests go on a fresh link instead of being lost on
+            // this one.
+            if inflight.failed.is_none()
+                && inflight.waiting.is_empty()
+                && crate::connection::peer_has_closed(&self.stream)
+            {
+                inflight.failed = Some("the peer closed the connection".into());
+            }
+            if let Some(reason) = &inflight.failed {
+                let error = failure(&self.addr, reason, inflight.busy);
+                let reason = error.to_string();
+                for &index in indexes {
+                    ticket.fill(index, Err(failure(&self.addr, &reason, false)), true);
+                }
+                return;
+            }
+            let first = inflight.next_id;
+            inflight.next_id += indexes.len() as u64;
+            inflight.last_sent = Instant::now();
+            for (k, &index) in indexes.iter().enumerate() {
+                inflight.waiting.insert(
+                    first + k as u64,
+                    Waiter {
+                        ticket: Arc::clone(ticket),
+                        index,
+                        request_id: calls[index].1.request_id,
+                        written: false,
+                    },
+                );
+            }
+            first
+        };
+        let size: usize = indexes.iter().map(|&i| calls[i].1.encoded_len()).sum();
+        let mut bytes = Vec::with_capacity(size);
+        for (k, &index) in indexes.iter().enumerate() {
+            calls[index]
+                .1
+                .encode_into_with_id(first + k as u64, &mut bytes);
+        }
+        let ids = first..first + indexes.len() as u64;
+        self.write(bytes, ids, timeouts);
+    }
+
+    /// Appends `bytes` to what is pending and, if no one is writing, writes until nothing is.
+    fn write(&self, bytes: Vec<u8>, ids: std::ops::Range<u64>, timeouts: &Timeouts) {
+        let mut out = lock(&self.out);
+        let deadline = Instant::now() + timeouts.io;
+        while out.writing && out.pending.len() >= MOST_PENDING {
+            let now = Instant::now();
+            if now >= deadline {
+                drop(out);
+                self.fail("the link's writer made no room within the i/o timeout");
+                return;
+            }
+            out = match self.taken.wait_timeout(out, deadline - now) {
+                Ok((out, _)) => out,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        if out.pending.is_empty() {
+            out.pending = bytes;
+        } else {
+            out.pending.extend_from_slice(&bytes);
+        }
+        out.ids.extend(ids);
+        if out.writing {
+            return;
+        }
+        out.writing = true;
+        loop {
+            let bytes = std::mem::take(&mut out.pending);
+            let ids = std::mem::take(&mut out.ids);
+            drop(out);
+            self.taken.notify_all();
+            // Marked before the write, not after: bytes that reached the socket may be acted
+            // on, so a failure from here on must not send them again.
+            {
+                let mut inflight = lock(&self.inflight);
+                for id in ids {
+                    if let Some(waiter) = inflight.waiting.get_mut(&id) {
+                        waiter.written = true;
+                    }
+                }
+            }
+            if let Err(e) = (&self.stream).write_all(&bytes) {
+                self.fail(&format!("write failed: {e}"));
+            }
+            out = lock(&self.out);
+            if out.pending.is_empty() {
+                out.writing = false;
+                return;
+            }
+        }
+    }
+
+    /// The reader: hands each answer to its waiter until the link fails.
+    fn read_answers(&self, mut reader: FrameReader, idle_for: Duration) {
+        loop {
+            let reason = match reader.read_frame(&mut &self.stream) {
+                Ok(Some(answer)) => {
+                    // A server at its connection limit says so before reading anything.
+                    if answer.opcode.0 == 0
+                        && answer.status == Status::BUSY
+                        && answer.request_id == 0
+                    {
+                        lock(&self.inflight).busy = true;
+                        self.fail(&answer.message());
+                        return;
+                    }
+                    let waiter = lock(&self.inflight).waiting.remove(&answer.request_id);
+                    // No waiter: an answer to a request given up on.
+                    if let Some(waiter) = waiter {
+                        let mut answer = answer;
+                        answer.request_id = waiter.request_id;
+                        waiter.ticket.fill(waiter.index, Ok(answer), false);
+                    }
+                    continue;
+                }
+                Err(ReadError::Idle) => {
+                    if self.has_failed() || self.close_if_idle(idle_for) {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) | Err(ReadError::Truncated { .. }) => {
+                    "the peer closed the connection".to_string()
+                }
+                Err(ReadError::Frame { error, .. }) => format!("a malformed answer: {error}"),
+                Err(ReadError::Stalled { .. }) | Err(ReadError::OverBudget { .. }) => {
+                    "an answer stalled half-way".to_string()
+                }
+                Err(ReadError::Io(e)) => format!("read failed: {e}"),
+            };
+            self.fail(&reason);
+            return;
+        }
+    }
+
+    /// Closes the link if nothing has been sent on it for `idle_for` and nothing is waiting:
+    /// before the peer's own idle timeout closes it, which could cross a request on its way.
+    /// Checked and marked under one lock, so a request either finds the link closed (and
+    /// takes a fresh one) or keeps it open.
+    fn close_if_idle(&self, idle_for: Duration) -> bool {
+        {
+            let mut inflight = lock(&self.inflight);
+            if !inflight.waiting.is_empty() || inflight.last_sent.elapsed() < idle_for {
+                return false;
+            }
+            inflight.failed = Some("closed after being idle".into());
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        true
+    }
+
+    /// Fails the link and every request on it; the socket is closed, which ends the reader.
+    fn fail(&self, reason: &str) {
+        let (waiting, busy) = {
+            let mut inflight = lock(&self.inflight);
+            if inflight.failed.is_none() {
+                inflight.failed = Some(reason.to_string());
+            }
+            (std::mem::take(&mut inflight.waiting), inflight.busy)
+        };
+        let _ = self.stream.shutdown(Shutdown::Both);
+        {
+            let mut out = lock(&self.out);
+            out.pending.clear();
+            out.ids.clear();
+        }
+        self.taken.notify_all();
+        for waiter in waiting.into_values() {
+            let error = failure(&self.addr, reason, busy);
+            waiter
+                .ticket
+                .fill(waiter.index, Err(error), !waiter.written && !busy);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Opcode;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// How a fake peer treats its connections.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Peer {
+        /// Answers every request with its key as the value, a read's worth at a time.
+        Echo,
+        /// Reads and never answers.
+        Silent,
+        /// Answers BUSY (opcode 0, id 0) and closes, as a server at its limit does.
+        Busy,
+    }
+
+    struct FakePeer {
+        addr: String,
+        /// Open connections it accepted, to close them from the test.
+        accepted: Arc<Mutex<Vec<TcpStream>>>,
+    }
+
+    fn fake_peer(kind: Peer) -> FakePeer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                lock(&kept).push(stream.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    if kind == Peer::Busy {
+                        let busy = Frame::error_for_id(0, Status::BUSY, "at the limit");
+                        let _ = stream.write_all(&busy.encode());
+                        return;
+                    }
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 64 * 1024];
+                    loop {
+                        let n = match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        let mut out = Vec::new();
+                        while let Ok(Some((frame, used))) = crate::protocol::decode(&buf, 1 << 24) {
+                            buf.drain(..used);
+                            frame
+                                .reply(Status::OK, frame.key.clone())
+                                .encode_into(&mut out);
+                        }
+                        if kind == Peer::Echo && stream.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakePeer { addr, accepted }
+    }
+
+    fn pool(io: Duration) -> MuxPool {
+        let timeouts = Timeouts {
+            io,
+            ..Timeouts::default()
+        };
+        MuxPool::new(1, timeouts, Limits::default(), Credentials::default())
+    }
+
+    fn get(id: u64, key: &str) -> Frame {
+        Frame::request(Opcode::GET, id, key.as_bytes().to_vec(), Vec::new())
+    }
+
+    #[test]
+    fn many_callers_share_one_link_and_each_gets_its_own_answers() {
+        let peer = fake_peer(Peer::Echo);
+        let pool = Arc::new(pool(Duration::from_secs(10)));
+        let callers: Vec<_> = (0..16)
+            .map(|t| {
+                let (pool, addr) = (Arc::clone(&pool), peer.addr.clone());
+                std::thread::spawn(move || {
+                    for round in 0..50 {
+                        // Every caller uses the same request ids: the link gives them its own.
+                        let requests: Vec<Frame> = (0..3)
+                            .map(|i| get(i, &format!("{t}-{round}-{i}")))
+                            .collect();
+                        let calls: Vec<(&str, &Frame)> =
+                            requests.iter().map(|r| (addr.as_str(), r)).collect();
+                        for (request, answer) in requests.iter().zip(pool.call_batch(&calls)) {
+                            let answer = answer.unwrap();
+                            assert_eq!(answer.request_id, request.request_id);
+                            assert_eq!(answer.value, request.key);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.join().unwrap();
+        }
+        assert_eq!(lock(&peer.accepted).len(), 1, "one link carried them all");
+    }
+
+    #[test]
+    fn a_closed_link_fails_what_it_carried_and_the_next_call_opens_another() {
+        let peer = fake_peer(Peer::Echo);
+        let pool = pool(Duration::from_secs(10));
+        let request = get(7, "k");
+        let first = pool.call_batch(&[(&peer.addr, &request)]);
+        assert_eq!(first[0].as_ref().unwrap().value, b"k");
+        for stream in lock(&peer.accepted).drain(..) {
+            stream.shutdown(Shutdown::Both).unwrap();
+        }
+        // The reader sees the close and fails the link; a call finds it failed and opens
+        // another, or (crossing the close) is sent again on one.
+        let again = pool.call_batch(&[(&peer.addr, &request)]);
+        assert_eq!(again[0].as_ref().unwrap().value, b"k");
+        assert_eq!(lock(&peer.accepted).len(), 1, "a second link");
+    }
+
+    #[test]
+    fn a_silent_peer_fails_the_call_after_the_io_timeout_and_sever_fails_it_at_once() {
+        let peer = fake_peer(Peer::Silent);
+        let quick = pool(Duration::from_millis(300));
+        let request = get(1, "k");
+        let started = Instant::now();
+        let answer = quick.call_batch(&[(&peer.addr, &request)]);
+        let waited = started.elapsed();
+        assert!(
+            matches!(answer[0], Err(Error::Unanswered { .. })),
+            "{answer:?}"
+        );
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+
+        let slow = Arc::new(pool(Duration::from_secs(30)));
+        let waiting = {
+            let (slow, addr) = (Arc::clone(&slow), peer.addr.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let answer = slow.call_batch(&[(&addr, &get(2, "k"))]);
+                (started.elapsed(), answer)
+            })
+        };
+        // Sever once the call is in flight.
+        while lock(&peer.accepted).len() < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        slow.sever(&peer.addr);
+        let (waited, answer) = waiting.join().unwrap();
+        assert!(answer[0].is_err(), "{answer:?}");
+        assert!(waited < Duration::from_secs(10), "{waited:?}");
+    }
+
+    #[test]
+    fn a_peer_at_its_limit_is_busy() {
+        let peer = fake_peer(Peer::Busy);
+        let pool = pool(Duration::from_secs(5));
+        let answers = pool.call_batch(&[(&peer.addr, &get(1, "a")), (&peer.addr, &get(2, "b"))]);
+        for answer in &answers {
+            assert!(matches!(answer, Err(Error::Busy { .. })), "{answers:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_fails_each_call() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let pool = pool(Duration::from_secs(5));
+        let answers = pool.call_batch(&[(&addr, &get(1, "a")), (&addr, &get(2, "b"))]);
+        assert!(answers.iter().all(Result::is_err), "{answers:?}");
+    }
+}
