@@ -813,13 +813,16 @@ impl BackendState {
                 | Opcode::CHAIN_PUT_ONCE
                 | Opcode::CHAIN_DELETE_ONCE
                 | Opcode::CHAIN_PUT_EXPIRING
+                | Opcode::CHAIN_PUT_ONCE_EXPIRING
         );
-        if request.opcode == Opcode::CHAIN_PUT_EXPIRING
-            && chain::split_expiring(&request.value).is_none()
+        if is_expiring_put(request.opcode) && chain::split_expiring(stored_part(&request)).is_none()
         {
             return Route::Answered(request.error_reply(
                 Status::BAD_REQUEST,
-                "CHAIN_PUT_EXPIRING's value is shorter than its 8-byte expiry time",
+                format!(
+                    "{}'s value is shorter than its 8-byte expiry time",
+                    request.opcode
+                ),
             ));
         }
         // Requests from clients may carry no epoch (0: debugging by hand); chain writes must
@@ -1050,14 +1053,17 @@ impl BackendState {
                 // The members after this one may lack it. None of them holds anything newer
                 // of the key than this node, so its current value, sent down, completes it.
                 bump(&self.counters.retries_completed);
-                let current = self.store.get(&request.key);
                 let mut refresh = request.clone();
-                refresh.opcode = if current.is_some() {
-                    Opcode::PUT_ONCE
-                } else {
-                    Opcode::DELETE_ONCE
+                (refresh.opcode, refresh.value) = match self.store.get_expiring(&request.key) {
+                    // Its time to live goes too, or a member after it would keep the key for
+                    // ever.
+                    Some((value, Some(at))) => (
+                        Opcode::CHAIN_PUT_ONCE_EXPIRING,
+                        tag.prefix(&chain::expiring_value(at, &value)),
+                    ),
+                    Some((value, None)) => (Opcode::PUT_ONCE, tag.prefix(&value)),
+                    None => (Opcode::DELETE_ONCE, tag.prefix(&[])),
                 };
-                refresh.value = tag.prefix(current.as_deref().unwrap_or_default());
                 let answer = request.reply(status, Vec::new());
                 if chain.successor(me).is_none() {
                     self.windows.acknowledge(tag);
@@ -1772,6 +1778,7 @@ fn is_write(opcode: Opcode) -> bool {
                 | Opcode::CHAIN_PUT_ONCE
                 | Opcode::CHAIN_DELETE_ONCE
                 | Opcode::CHAIN_PUT_EXPIRING
+                | Opcode::CHAIN_PUT_ONCE_EXPIRING
         )
 }
 
@@ -1784,19 +1791,34 @@ fn tag_of(request: &Frame) -> Option<WriteTag> {
     }
 }
 
-/// The bytes a PUT stores (its value, after the tag of a tagged one or the expiry time of an
+/// A write's value after the tag of a tagged one.
+fn stored_part(request: &Frame) -> &[u8] {
+    if request.opcode.is_tagged() {
+        request.value.get(WriteTag::LEN..).unwrap_or_default()
+    } else {
+        &request.value
+    }
+}
+
+/// Whether a write carries an expiry time before its value.
+fn is_expiring_put(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::CHAIN_PUT_EXPIRING | Opcode::CHAIN_PUT_ONCE_EXPIRING
+    )
+}
+
+/// The bytes a PUT stores (its value, after the tag of a tagged one and the expiry time of an
 /// expiring one) and when they expire.
 fn stored_value(request: &Frame) -> (&[u8], Option<u64>) {
-    if request.opcode.is_tagged() {
-        (request.value.get(WriteTag::LEN..).unwrap_or_default(), None)
-    } else if request.opcode == Opcode::CHAIN_PUT_EXPIRING {
-        // Checked when it was routed.
-        match chain::split_expiring(&request.value) {
-            Some((at, value)) => (value, Some(at)),
-            None => (&[], Some(0)),
-        }
-    } else {
-        (&request.value, None)
+    let stored = stored_part(request);
+    if !is_expiring_put(request.opcode) {
+        return (stored, None);
+    }
+    // Checked when it was routed.
+    match chain::split_expiring(stored) {
+        Some((at, value)) => (value, Some(at)),
+        None => (&[], Some(0)),
     }
 }
 

@@ -1331,3 +1331,41 @@ fn with_one_copy_the_log_alone_keeps_times_to_live_through_kill_9() {
         ringkv::update::TimeToLive::Forever
     );
 }
+
+/// A retried write that its head applied but its chain never acknowledged is completed by
+/// sending the key's current value down the chain again; a key given a time to live since goes
+/// down with its expiry time, so the member that takes over from the head expires it at the
+/// same instant instead of keeping it for ever.
+#[test]
+fn a_completed_retry_carries_the_keys_time_to_live() {
+    use ringkv::protocol::{Opcode, Status};
+    let mut cluster = Cluster::start(3, &[]);
+    let key = b"retry-with-ttl".to_vec();
+    let chain: Vec<usize> = cluster.ring().chain_of_key(&key).members().collect();
+    let (head, tail) = (chain[0], chain[2]);
+    let mut c = cluster.client();
+    c.put(&key, b"before").unwrap();
+    cluster.backend(tail).signal("STOP");
+    // Straight to the head, so that no frontend sends it again: applied before the tail only.
+    let mut direct = Client::connect(&cluster.backend_addrs[head]).unwrap();
+    let write = |attempt| tagged(Opcode::PUT_ONCE, 0x5eed_0003, 1, attempt, &key, b"tagged");
+    let first = direct.raw_call(&write(1)).unwrap();
+    assert_eq!(first.status, Status::UNAVAILABLE, "{}", first.message());
+    cluster.wait_for_view("the tail is down", |v| !v.is_up(tail));
+    c.put_with_ttl(&key, b"expiring", Duration::from_secs(300))
+        .unwrap();
+    let at = expiry_of(&mut c, &key);
+    let again = direct.raw_call(&write(2)).unwrap();
+    assert_eq!(again.status, Status::OK, "{}", again.message());
+    assert_eq!(cluster.counter(head, "retries_completed"), 1);
+    cluster.kill(head);
+    cluster.wait_for_view("the head is down", |v| !v.is_up(head));
+    let mut c = cluster.client();
+    assert_eq!(c.get(&key).unwrap().as_deref(), Some(&b"expiring"[..]));
+    assert_eq!(
+        expiry_of(&mut c, &key),
+        at,
+        "the new head keeps the time to live"
+    );
+    cluster.backend(tail).signal("CONT");
+}

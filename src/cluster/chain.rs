@@ -132,7 +132,10 @@ pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
 
 /// The opcode that carries a write (a client's, or a chain member's) down a chain.
 pub fn chain_opcode(write: Opcode) -> Opcode {
-    if write == Opcode::CHAIN_PUT_EXPIRING {
+    if matches!(
+        write,
+        Opcode::CHAIN_PUT_EXPIRING | Opcode::CHAIN_PUT_ONCE_EXPIRING
+    ) {
         return write;
     }
     match (write.is_delete(), write.is_tagged()) {
@@ -211,6 +214,10 @@ mod tests {
         assert_eq!(
             chain_opcode(Opcode::CHAIN_PUT_EXPIRING),
             Opcode::CHAIN_PUT_EXPIRING
+        );
+        assert_eq!(
+            chain_opcode(Opcode::CHAIN_PUT_ONCE_EXPIRING),
+            Opcode::CHAIN_PUT_ONCE_EXPIRING
         );
         let value = expiring_value(0x0102_0304_0506_0708, b"v");
         assert_eq!(

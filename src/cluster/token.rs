@@ -93,6 +93,7 @@ pub fn is_peer_only(opcode: Opcode) -> bool {
             | Opcode::CHAIN_PUT_ONCE
             | Opcode::CHAIN_DELETE_ONCE
             | Opcode::CHAIN_PUT_EXPIRING
+            | Opcode::CHAIN_PUT_ONCE_EXPIRING
             | Opcode::SYNC_BEGIN
             | Opcode::SYNC_COPY
             | Opcode::SYNC_DELTA

@@ -96,7 +96,12 @@ impl Limits {
         }
         // A tagged write's tag is not part of the value it stores; a view is not stored at all
         // (with its owner table it may outgrow a small value limit: the frame limit bounds it).
-        let value_len = if frame.opcode.is_tagged() {
+        let value_len = if frame.opcode == Opcode::CHAIN_PUT_ONCE_EXPIRING {
+            frame
+                .value
+                .len()
+                .saturating_sub(payload::WriteTag::LEN + crate::cluster::chain::EXPIRY_LEN)
+        } else if frame.opcode.is_tagged() {
             frame.value.len().saturating_sub(payload::WriteTag::LEN)
         } else if frame.opcode == Opcode::CHAIN_PUT_EXPIRING {
             frame
@@ -230,6 +235,10 @@ named_codes!(
         SCAN_PART = 0x22,
         /// Deletes every key, at a frontend started to allow it (Redis's FLUSHALL).
         FLUSH = 0x23,
+        /// Internal: CHAIN_PUT_ONCE of a value that expires: the write tag, the u64 expiry time
+        /// (Unix milliseconds), then the value (a head completing a retried write of a key that
+        /// has a time to live since).
+        CHAIN_PUT_ONCE_EXPIRING = 0x24,
     }
 );
 
@@ -281,6 +290,7 @@ impl Opcode {
                 | Opcode::DELETE_ONCE
                 | Opcode::CHAIN_PUT_ONCE
                 | Opcode::CHAIN_DELETE_ONCE
+                | Opcode::CHAIN_PUT_ONCE_EXPIRING
         )
     }
 
