@@ -7,7 +7,9 @@
 //! - [`FrameReader`] over the same streams, delivered in random short reads (with interrupted
 //!   and would-block reads among them), compared with what `decode` makes of the same bytes;
 //! - the payload decoders ([`payload::decode_view`], [`payload::decode_reports`],
-//!   [`payload::decode_transfer_batch`], [`payload::decode_points`], [`WriteTag::split`]) over
+//!   [`payload::decode_transfer_batch`], [`payload::decode_points`], [`WriteTag::split`], and
+//!   UPDATE's [`ringkv::update::Update::decode`], whose operations are applied at the clock's
+//!   extremes too) over
 //!   arbitrary bytes, mutated valid encodings and truncations, with the memory each decode
 //!   takes measured by a counting allocator: a decoder must not allocate what a count in its
 //!   input announces, only what the bytes it was given can hold;
@@ -1325,6 +1327,27 @@ fn check_payloads(bytes: &[u8]) -> Result<(), TestCaseError> {
             "{}",
             hex(bytes)
         );
+    }
+
+    // UPDATE's operation: what decodes encodes back to the same bytes, and applying it to any
+    // stored value at any time (the clock's extremes included) answers or refuses, never
+    // panics.
+    if let Ok(update) = ringkv::update::Update::decode(bytes) {
+        tally("update");
+        prop_assert!(update.encode() == bytes, "{}", hex(bytes));
+        let held = bytes.get(1..).unwrap_or_default();
+        for now in [0, 1_700_000_000_000, i64::MAX as u64, u64::MAX] {
+            for current in [
+                None,
+                Some((held, None)),
+                Some((held, Some(0))),
+                Some((held, Some(now))),
+                Some((held, Some(u64::MAX))),
+                Some((&b"-9223372036854775808"[..], Some(now.saturating_add(1)))),
+            ] {
+                let _ = update.apply(current, now, 64);
+            }
+        }
     }
 
     let (points, peak) = peak_alloc(|| payload::decode_points(bytes));
