@@ -443,12 +443,12 @@ impl Connection {
     }
 }
 
-/// Whether `stream`'s peer has neither closed it nor sent anything: a peek that must not wait
-/// finds nothing to read. One `recv(MSG_PEEK | MSG_DONTWAIT)` call, where std's blocking
-/// `peek` would need the socket switched to non-blocking mode and back (three calls, on every
-/// request forwarded over a pooled connection).
+/// A one-byte `recv(MSG_PEEK | MSG_DONTWAIT)` of `stream`: what recv returned (1 data waiting,
+/// 0 the peer closed, -1 with WouldBlock nothing yet). It neither reads nor changes the socket's
+/// mode, so a thread blocked reading the socket is not disturbed, where std's `peek` would need
+/// it switched to non-blocking and back (three calls).
 #[cfg(unix)]
-fn peer_is_quiet(stream: &TcpStream) -> bool {
+fn peek_one(stream: &TcpStream) -> (isize, io::ErrorKind) {
     use std::os::fd::AsRawFd;
     let mut byte = 0u8;
     // SAFETY: the descriptor belongs to `stream`, which outlives the call, and the buffer is
@@ -461,26 +461,25 @@ fn peer_is_quiet(stream: &TcpStream) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    received < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    let kind = if received < 0 {
+        io::Error::last_os_error().kind()
+    } else {
+        io::ErrorKind::Other
+    };
+    (received, kind)
 }
 
-/// Whether the peer has closed `stream` (its end of file is already in), without reading or
-/// changing the socket's mode, so that a thread blocked reading it is not disturbed.
+/// Whether `stream`'s peer has neither closed it nor sent anything (checked on every request
+/// forwarded over a pooled connection).
+#[cfg(unix)]
+fn peer_is_quiet(stream: &TcpStream) -> bool {
+    matches!(peek_one(stream), (-1, io::ErrorKind::WouldBlock))
+}
+
+/// Whether the peer has closed `stream` (its end of file is already in).
 #[cfg(unix)]
 pub(crate) fn peer_has_closed(stream: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut byte = 0u8;
-    // SAFETY: as in `peer_is_quiet`: the descriptor belongs to `stream`, which outlives the
-    // call, and recv writes at most the one byte of the buffer on this stack frame.
-    let received = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    received == 0
+    peek_one(stream).0 == 0
 }
 
 /// Elsewhere a peek would need the socket made non-blocking, under a reader: never checked.

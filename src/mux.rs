@@ -725,12 +725,14 @@ mod tests {
                 (started.elapsed(), answer)
             })
         };
-        // Sever once the call is in flight.
-        while lock(&peer.accepted).len() < 2 {
-            std::thread::sleep(Duration::from_millis(5));
+        // Severed until the call returns: a sever that comes before its request is written
+        // only sends it onto a fresh link, which the next sever cuts.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !waiting.is_finished() {
+            assert!(Instant::now() < deadline, "sever did not end the call");
+            slow.sever(&peer.addr);
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(50));
-        slow.sever(&peer.addr);
         let (waited, answer) = waiting.join().unwrap();
         assert!(answer[0].is_err(), "{answer:?}");
         assert!(waited < Duration::from_secs(10), "{waited:?}");
