@@ -27,6 +27,9 @@ use crate::peers::Peers;
 use crate::protocol::{Frame, Opcode, Status};
 use crate::ring::{NodeState, Ring, View};
 
+/// How long a joining backend has to take its first view (see `Watch::joiner_timeouts`).
+const JOINER_INSTALL_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How the keeper watches the backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeeperOptions {
@@ -275,6 +278,17 @@ impl Watch {
         }
     }
 
+    /// For the first view a joining backend takes. Not a liveness probe: the joiner writes the
+    /// view to disk before it answers, which on a busy disk outlasts a ping's timeout, and a
+    /// join refused for that alone would be refused for nothing.
+    fn joiner_timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.options.timeout,
+            io: self.options.timeout.max(JOINER_INSTALL_TIMEOUT),
+            ..Timeouts::default()
+        }
+    }
+
     /// Pings every node at once, each on its own connection.
     fn ping_all(&mut self, ring: &Ring) -> Vec<Health> {
         let nodes = &ring.view().nodes;
@@ -510,7 +524,7 @@ impl Watch {
             if let membership::Change::Join(addr) = &change {
                 // The newcomer takes the view first, or the change is not begun: it may be
                 // unreachable, hold another cluster's view, or not have the cluster token.
-                self.install_or_why(&next, addr)
+                self.install_or_why(&next, addr, self.joiner_timeouts())
                     .map_err(|why| membership::ChangeError::Refused(format!("{addr}: {why}")))?;
             }
             Ok(next)
@@ -542,7 +556,7 @@ impl Watch {
 
     /// Installs `view` on `addr`; true if it took it.
     fn install(&self, view: &View, addr: &str) -> bool {
-        match self.install_or_why(view, addr) {
+        match self.install_or_why(view, addr, self.timeouts()) {
             Ok(()) => true,
             Err(why) => {
                 log::warn!(
@@ -555,8 +569,7 @@ impl Watch {
     }
 
     /// Installs `view` on `addr`, or says why it did not take it.
-    fn install_or_why(&self, view: &View, addr: &str) -> Result<(), String> {
-        let timeouts = self.timeouts();
+    fn install_or_why(&self, view: &View, addr: &str, timeouts: Timeouts) -> Result<(), String> {
         let frame = view_install_frame(view, addr, 0);
         match self
             .peers

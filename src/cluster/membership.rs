@@ -93,6 +93,9 @@ struct Slot {
     next_id: u64,
     /// The change waiting for the keeper, with its id.
     pending: Option<(u64, Change)>,
+    /// The id of the change the keeper took last: from then on it may begin, so its asker
+    /// waits for the answer rather than reporting that nothing changed.
+    taken: u64,
     /// The keeper's answer to the change with that id: the epoch of the view that began it.
     answered: Option<(u64, Result<u64, ChangeError>)>,
 }
@@ -105,10 +108,13 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Asks the keeper for `change` and waits at most `bound` for it to begin; the epoch of the
-    /// view that began it.
+    /// Asks the keeper for `change` and waits at most `bound` for it to take it, then for its
+    /// answer (at most `bound` again); the epoch of the view that began it. Not taken within
+    /// `bound`, it is withdrawn: nothing changed. Taken and not answered in time, the error
+    /// says that it may have begun.
     pub fn submit(&self, change: Change, bound: Duration) -> Result<u64, ChangeError> {
-        let deadline = Instant::now() + bound;
+        let mut deadline = Instant::now() + bound;
+        let mut extended = false;
         let mut slot = relock(&self.slot);
         if let Some((_, pending)) = &slot.pending {
             return Err(ChangeError::NotNow(format!(
@@ -129,9 +135,19 @@ impl Changes {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 if slot.pending.as_ref().is_some_and(|(p, _)| *p == id) {
                     slot.pending = None;
+                    return Err(ChangeError::NotNow(format!(
+                        "the view keeper did not take the change within {bound:?}; nothing \
+                         changed"
+                    )));
+                }
+                if slot.taken == id && !extended {
+                    extended = true;
+                    deadline = Instant::now() + bound;
+                    continue;
                 }
                 return Err(ChangeError::NotNow(format!(
-                    "the view keeper did not take the change within {bound:?}"
+                    "the view keeper took the change but did not answer within {bound:?} more: \
+                     it may have begun; VIEW_GET tells"
                 )));
             };
             slot = match self.changed.wait_timeout(slot, left) {
@@ -143,7 +159,10 @@ impl Changes {
 
     /// The change waiting, if any, taken out of the queue.
     pub(crate) fn take(&self) -> Option<(u64, Change)> {
-        relock(&self.slot).pending.take()
+        let mut slot = relock(&self.slot);
+        let taken = slot.pending.take()?;
+        slot.taken = taken.0;
+        Some(taken)
     }
 
     /// Answers the change numbered `id`.
@@ -342,6 +361,7 @@ pub fn remove(view: &View, node: usize) -> View {
 mod tests {
     use super::*;
     use crate::ring::Routing;
+    use std::sync::Arc;
 
     fn view(nodes: usize) -> View {
         View::new(
@@ -351,6 +371,45 @@ mod tests {
             2,
             (0..nodes).map(|i| format!("10.0.0.{i}:7001")).collect(),
         )
+    }
+
+    #[test]
+    fn a_change_not_taken_is_withdrawn_and_one_taken_is_waited_for() {
+        let bound = Duration::from_millis(50);
+        let changes = Arc::new(Changes::default());
+        let join = Change::Join("10.0.0.9:7001".into());
+        let e = changes.submit(join.clone(), bound).unwrap_err();
+        assert!(e.to_string().contains("nothing changed"), "{e}");
+        assert!(changes.take().is_none(), "withdrawn");
+
+        // Taken at once, answered after the first bound has passed: still the answer.
+        let keeper = {
+            let changes = Arc::clone(&changes);
+            std::thread::spawn(move || loop {
+                if let Some((id, _)) = changes.take() {
+                    std::thread::sleep(Duration::from_millis(80));
+                    changes.answer(id, Ok(7));
+                    return;
+                }
+                std::thread::yield_now();
+            })
+        };
+        assert_eq!(changes.submit(join.clone(), bound), Ok(7));
+        keeper.join().unwrap();
+
+        // Taken and never answered: the error says it may have begun.
+        let keeper = {
+            let changes = Arc::clone(&changes);
+            std::thread::spawn(move || {
+                while changes.take().is_none() {
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let e = changes.submit(join, bound).unwrap_err();
+        keeper.join().unwrap();
+        assert_eq!(e.status(), Status::UNAVAILABLE);
+        assert!(e.to_string().contains("may have begun"), "{e}");
     }
 
     #[test]
