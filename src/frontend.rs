@@ -3,7 +3,7 @@
 //! keeps no key-value data.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Credentials, Password};
@@ -16,13 +16,15 @@ use crate::cluster::resume;
 use crate::cluster::token::ClusterToken;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Collect, Exposition, MetricsServer, RequestMetrics};
+use crate::mux::MuxPool;
 use crate::peers::Peers;
+use crate::pool::{Backlog, ThreadPool};
 use crate::protocol::payload::{self, NodeReport, WriteTag};
 use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
 use crate::resp::{self, RespServer};
 use crate::ring::{default_replicas, Placement, Ring, Routing, View, DEFAULT_PLACEMENT};
 use crate::rng::Rng;
-use crate::server::{self, Dispatch, Handler, ServerHandle, ServerOptions};
+use crate::server::{self, AnswersThen, Dispatch, Handler, ServerHandle, ServerOptions};
 
 /// Which backend the frontend hands a request to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,43 @@ impl std::fmt::Display for Entry {
 /// Shared connections per backend a frontend uses unless told otherwise.
 pub const DEFAULT_BACKEND_CONNECTIONS: usize = 1;
 
+/// Who waits for the backends' answers to a client connection's key requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Answering {
+    /// The connection is lent to a pool worker, which sends its requests, waits for their
+    /// answers and writes them to the client.
+    Workers,
+    /// The connection's own thread sends its requests over the shared links
+    /// ([`FrontendConfig::backend_connections`], at least 1) and goes back to reading; the
+    /// thread that reads a backend's answers writes them to the client. The pool takes only
+    /// the requests that must be sent again (under a newer view). One thread wake-up less
+    /// per request.
+    #[default]
+    Direct,
+}
+
+impl std::str::FromStr for Answering {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Answering, String> {
+        match s {
+            "workers" => Ok(Answering::Workers),
+            "direct" => Ok(Answering::Direct),
+            other => Err(format!(
+                "unknown answering '{other}': expected workers or direct"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Answering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Answering::Workers => "workers",
+            Answering::Direct => "direct",
+        })
+    }
+}
+
 /// How to run a frontend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrontendConfig {
@@ -65,12 +104,15 @@ pub struct FrontendConfig {
     pub listen: String,
     /// Every backend's address, as the frontend and the other backends reach it.
     pub backends: Vec<String>,
-    /// Worker threads answering client requests (forwarding them to backends). Each client
-    /// connection also has a thread of its own that waits for its requests and lends the
-    /// connection to a worker while it has some.
+    /// Worker threads: with [`Answering::Workers`] they answer client requests (forwarding
+    /// them to backends); with [`Answering::Direct`] they take only the requests sent again
+    /// under a newer view. Each client connection also has a thread of its own that waits for
+    /// its requests.
     pub threads: usize,
     /// Connections with requests that may wait for a free worker; past it, requests get BUSY.
     pub queue: usize,
+    /// Who waits for the backends' answers to the binary door's key requests.
+    pub answering: Answering,
     /// Shared connections per backend that carry every worker's requests, written together
     /// and matched back by request id ([`crate::mux`]); 0 gives each worker's call a pooled
     /// connection of its own, as before.
@@ -140,6 +182,7 @@ impl Default for FrontendConfig {
             backends: Vec::new(),
             threads: 64,
             backend_connections: DEFAULT_BACKEND_CONNECTIONS,
+            answering: Answering::default(),
             queue: 128,
             server: ServerOptions::default(),
             entry: Entry::Owner,
@@ -180,10 +223,160 @@ struct FrontendState {
     password: Option<Password>,
     /// Requests by opcode and status, and key request latency (`/metrics`), both doors'.
     requests: RequestMetrics,
+    /// Who answers the binary door's key requests ([`FrontendConfig::answering`]).
+    answering: Answering,
+    /// Waves whose first answers call for sending again, when the connection threads do not
+    /// wait for their answers ([`Answering::Direct`]).
+    retries: Option<ThreadPool<RetryJob>>,
+    /// Itself, for the completions of waves it sends without waiting.
+    me: Weak<FrontendState>,
 }
 
 /// Times a key request is sent at most: a first try and two more under newer views.
 const ATTEMPTS: usize = 3;
+
+/// A wave of key requests between attempts (see [`FrontendState::forward_wave`]).
+struct Wave {
+    started: Instant,
+    /// Lent for the whole wave, so that its tags' `below` holds.
+    writer: Option<Writer>,
+    tags: Vec<Option<WriteTag>>,
+    answers: Vec<Option<Frame>>,
+    /// Which requests are sent again after a failure (and marked so).
+    resends: Vec<bool>,
+    /// The requests the next attempt sends.
+    todo: Vec<usize>,
+    ring: Arc<Ring>,
+    /// Attempts made before the next one.
+    attempt: usize,
+    /// The random entry of the current attempt.
+    random: usize,
+}
+
+/// An attempt's frames: the request's index in its wave, its backend's index in the wave's
+/// view, the frame sent.
+type Sent = Vec<(usize, usize, Frame)>;
+
+impl Wave {
+    /// An attempt's frames with their backends' addresses, as the peers take them.
+    fn calls<'a>(&'a self, sent: &'a Sent) -> Vec<(&'a str, &'a Frame)> {
+        sent.iter()
+            .map(|(_, node, frame)| (self.ring.node(*node), frame))
+            .collect()
+    }
+}
+
+/// What settling an attempt needs to know of each frame it sent.
+struct SentMeta {
+    /// The request's index in its wave.
+    index: usize,
+    /// Its backend's index in the wave's view.
+    node: usize,
+    /// The view epoch it carried.
+    epoch: u64,
+    /// Whether it may be sent again after a failure ([`may_resend`]).
+    resendable: bool,
+}
+
+impl SentMeta {
+    fn of(sent: &Sent) -> Vec<SentMeta> {
+        sent.iter()
+            .map(|(index, node, frame)| SentMeta {
+                index: *index,
+                node: *node,
+                epoch: frame.epoch,
+                resendable: may_resend(frame),
+            })
+            .collect()
+    }
+}
+
+/// A wave whose first attempt went over the shared links and whose answers call for more
+/// than the reading thread may do (send again, wait for a view): a retry worker's job.
+struct Retry {
+    state: Arc<FrontendState>,
+    requests: Vec<Frame>,
+    wave: Wave,
+    /// The first attempt's frames, answers, and those of them never written.
+    meta: Vec<SentMeta>,
+    results: Vec<Result<Frame>>,
+    unsent: Vec<usize>,
+    then: AnswersThen,
+}
+
+/// A [`Retry`], with the first attempt's settling if it was done already.
+struct RetryJob {
+    retry: Retry,
+    settled: Option<Settled>,
+}
+
+impl Retry {
+    /// Sends again the first attempt's frames that were never written (at once: the backend
+    /// never saw them), settles the attempt, and goes on as a waiting wave does.
+    fn run(mut self, settled: Option<Settled>) {
+        let state = Arc::clone(&self.state);
+        let settled = match settled {
+            Some(settled) => settled,
+            None => {
+                let mut results = std::mem::take(&mut self.results);
+                let unsent: Vec<usize> = std::mem::take(&mut self.unsent);
+                if !unsent.is_empty() {
+                    let ring = Arc::clone(&self.wave.ring);
+                    let frames: Vec<(usize, Frame)> = unsent
+                        .iter()
+                        .filter_map(|&k| {
+                            let meta = self.meta.get(k)?;
+                            let request = &self.requests[meta.index];
+                            let mut frame = state.to_backend(
+                                &ring,
+                                request,
+                                self.wave.tags[meta.index].as_ref(),
+                            );
+                            if self.wave.resends[meta.index] {
+                                mark_resent(&mut frame);
+                            }
+                            Some((k, frame))
+                        })
+                        .collect();
+                    let calls: Vec<(&str, &Frame)> = frames
+                        .iter()
+                        .map(|(k, f)| (ring.node(self.meta[*k].node), f))
+                        .collect();
+                    for ((k, _), answer) in frames.iter().zip(state.peers.call_batch(&calls)) {
+                        results[*k] = answer;
+                    }
+                }
+                state.wave_settle(&self.requests, &mut self.wave, &self.meta, results)
+            }
+        };
+        self.finish_settled(settled);
+    }
+
+    /// Goes on from a settled attempt until the wave is over, then hands on its answers.
+    fn finish_settled(mut self, settled: Settled) {
+        let state = Arc::clone(&self.state);
+        if state.wave_next(&self.requests, &mut self.wave, settled) {
+            state.wave_run(&self.requests, &mut self.wave);
+        }
+        let answers = state.wave_finish(&self.requests, self.wave);
+        (self.then)(answers);
+    }
+}
+
+/// The requests an attempt's answers send again.
+#[derive(Default)]
+struct Settled {
+    /// Refused for their epoch: sent again in any case.
+    refused: Vec<usize>,
+    /// Failed: sent again only under a newer view.
+    failed: Vec<usize>,
+}
+
+impl Settled {
+    fn is_empty(&self) -> bool {
+        self.refused.is_empty() && self.failed.is_empty()
+    }
+}
 
 /// A client id the frontend tags writes with, and its next sequence number. One is lent to a
 /// batch at a time, so every write tagged with it before the batch is answered: that is the
@@ -359,7 +552,24 @@ impl Frontend {
                 "the frontend needs at least one thread".into(),
             ));
         }
-        let state = Arc::new(FrontendState {
+        let answering = if config.backend_connections == 0 {
+            Answering::Workers
+        } else {
+            config.answering
+        };
+        let retries = match answering {
+            Answering::Workers => None,
+            Answering::Direct => Some(
+                ThreadPool::new(
+                    "frontend-retry",
+                    config.threads,
+                    config.queue,
+                    |job: RetryJob, _: &Backlog| job.retry.run(job.settled),
+                )
+                .map_err(|e| Error::Config(format!("cannot start the frontend's threads: {e}")))?,
+            ),
+        };
+        let state = Arc::new_cyclic(|me| FrontendState {
             view: Arc::new(CurrentView::new(ring)),
             entry: config.entry,
             peers,
@@ -375,15 +585,22 @@ impl Frontend {
             cluster_token: config.cluster_token.clone(),
             password: config.password.clone(),
             requests: RequestMetrics::default(),
+            answering,
+            retries,
+            me: me.clone(),
         });
+        let dispatch = match answering {
+            Answering::Workers => Dispatch::Pool {
+                threads: config.threads,
+                queue: config.queue,
+            },
+            Answering::Direct => Dispatch::ThreadPerConnection,
+        };
         let server = server::serve(
             "frontend",
             &config.listen,
             config.server,
-            Dispatch::Pool {
-                threads: config.threads,
-                queue: config.queue,
-            },
+            dispatch,
             Arc::clone(&state) as Arc<dyn Handler>,
         )?;
         let resp = match &config.resp_listen {
@@ -586,7 +803,13 @@ impl FrontendState {
     /// tail for a read, unless the paper's random entry is chosen (`random`). `None` when
     /// every node of the key's chain is down.
     fn entry_for<'r>(&self, ring: &'r Ring, request: &Frame, random: usize) -> Option<&'r str> {
-        let node = match self.entry {
+        self.entry_node(ring, request, random)
+            .map(|node| ring.node(node))
+    }
+
+    /// [`entry_for`](Self::entry_for), as the node's index in the view.
+    fn entry_node(&self, ring: &Ring, request: &Frame, random: usize) -> Option<usize> {
+        match self.entry {
             Entry::Random => Some(random),
             Entry::Owner => {
                 let chain = ring.chain_of_key(&request.key);
@@ -596,8 +819,7 @@ impl FrontendState {
                     chain.head()
                 }
             }
-        }?;
-        Some(ring.node(node))
+        }
     }
 
     /// The copy of a client's key request that goes to the backends: tagged if `tag` says so,
@@ -661,7 +883,104 @@ impl FrontendState {
     /// the tagged write again answers it with its first result if it was applied. Requests are
     /// sent again in their order, so the writes of one key keep theirs.
     fn forward_wave(&self, requests: &[Frame]) -> Vec<Frame> {
-        let started = Instant::now();
+        let mut wave = self.wave_begin(requests);
+        self.wave_run(requests, &mut wave);
+        self.wave_finish(requests, wave)
+    }
+
+    /// The wave's attempts from the next one on, each waiting for its answers.
+    fn wave_run(&self, requests: &[Frame], wave: &mut Wave) {
+        loop {
+            let sent = self.wave_attempt(requests, wave);
+            let results = self.peers.call_batch(&wave.calls(&sent));
+            let meta = SentMeta::of(&sent);
+            let settled = self.wave_settle(requests, wave, &meta, results);
+            if !self.wave_next(requests, wave, settled) {
+                return;
+            }
+        }
+    }
+
+    /// Sends a wave's first attempt over the shared links and returns at once: the thread that
+    /// reads the last answer finishes the wave and hands its answers to `then`, unless some are
+    /// to be sent again, which a retry worker does (it may wait for a newer view).
+    fn start_wave(
+        &self,
+        me: Arc<FrontendState>,
+        mux: &MuxPool,
+        requests: Vec<Frame>,
+        then: AnswersThen,
+    ) {
+        let mut wave = self.wave_begin(&requests);
+        let sent = self.wave_attempt(&requests, &mut wave);
+        if sent.is_empty() {
+            then(self.wave_finish(&requests, wave));
+            return;
+        }
+        let meta = SentMeta::of(&sent);
+        let ring = Arc::clone(&wave.ring);
+        let calls: Vec<(&str, &Frame)> = sent.iter().map(|(_, n, f)| (ring.node(*n), f)).collect();
+        mux.call_batch_then(
+            &calls,
+            Box::new(move |results, unsent| {
+                let retry = Retry {
+                    state: Arc::clone(&me),
+                    requests,
+                    wave,
+                    meta,
+                    results,
+                    unsent,
+                    then,
+                };
+                me.after_first_attempt(retry)
+            }),
+        );
+    }
+
+    /// A wave's first answers, in the thread that read the last of them: finished here if
+    /// nothing is to be sent again, else handed to a retry worker; with every worker busy and
+    /// the queue full, finished with the answers as they are (each says what happened).
+    fn after_first_attempt(&self, mut retry: Retry) {
+        if retry.unsent.is_empty() {
+            let results = std::mem::take(&mut retry.results);
+            let settled = self.wave_settle(&retry.requests, &mut retry.wave, &retry.meta, results);
+            if settled.is_empty() {
+                let answers = self.wave_finish(&retry.requests, retry.wave);
+                (retry.then)(answers);
+                return;
+            }
+            retry.unsent = Vec::new();
+            retry.meta = Vec::new();
+            retry.results = Vec::new();
+            // Settled already: the worker goes on from the next attempt.
+            let Some(retries) = &self.retries else {
+                return retry.finish_settled(settled);
+            };
+            if let Err(RetryJob { retry, .. }) = retries.try_submit(RetryJob {
+                retry,
+                settled: Some(settled),
+            }) {
+                let answers = self.wave_finish(&retry.requests, retry.wave);
+                (retry.then)(answers);
+            }
+            return;
+        }
+        let Some(retries) = &self.retries else {
+            return retry.run(None);
+        };
+        if let Err(RetryJob { mut retry, .. }) = retries.try_submit(RetryJob {
+            retry,
+            settled: None,
+        }) {
+            let results = std::mem::take(&mut retry.results);
+            self.wave_settle(&retry.requests, &mut retry.wave, &retry.meta, results);
+            let answers = self.wave_finish(&retry.requests, retry.wave);
+            (retry.then)(answers);
+        }
+    }
+
+    /// A wave's first state: its writes tagged, every request still to send.
+    fn wave_begin(&self, requests: &[Frame]) -> Wave {
         let writes = requests
             .iter()
             .any(|r| matches!(r.opcode, Opcode::PUT | Opcode::DELETE));
@@ -670,122 +989,161 @@ impl FrontendState {
             Some(writer) => tag_writes(writer, requests),
             None => vec![None; requests.len()],
         };
-        let mut answers: Vec<Option<Frame>> = vec![None; requests.len()];
-        let mut resends = vec![false; requests.len()];
-        let mut todo: Vec<usize> = (0..requests.len()).collect();
-        let mut ring = self.view.get();
-        for attempt in 0..ATTEMPTS {
-            let last = attempt + 1 == ATTEMPTS;
-            let random = self.random_entry(&ring);
-            let mut sent: Vec<(usize, &str, Frame)> = Vec::with_capacity(todo.len());
-            for &index in &todo {
-                let request = &requests[index];
-                match self.entry_for(&ring, request, random) {
-                    Some(addr) => {
-                        let mut forwarded = self.to_backend(&ring, request, tags[index].as_ref());
-                        if resends[index] {
-                            mark_resent(&mut forwarded);
-                        }
-                        sent.push((index, addr, forwarded))
+        Wave {
+            started: Instant::now(),
+            writer,
+            tags,
+            answers: vec![None; requests.len()],
+            resends: vec![false; requests.len()],
+            todo: (0..requests.len()).collect(),
+            ring: self.view.get(),
+            attempt: 0,
+            random: 0,
+        }
+    }
+
+    /// The frames of the wave's next attempt, each with its backend; a request whose every
+    /// node is down is answered here instead.
+    fn wave_attempt(&self, requests: &[Frame], wave: &mut Wave) -> Sent {
+        let ring = Arc::clone(&wave.ring);
+        wave.random = self.random_entry(&ring);
+        let mut sent: Sent = Vec::with_capacity(wave.todo.len());
+        for &index in &wave.todo {
+            let request = &requests[index];
+            match self.entry_node(&ring, request, wave.random) {
+                Some(node) => {
+                    let mut forwarded = self.to_backend(&ring, request, wave.tags[index].as_ref());
+                    if wave.resends[index] {
+                        mark_resent(&mut forwarded);
                     }
-                    None => {
-                        answers[index] = Some(request.error_reply(
-                            Status::UNAVAILABLE,
-                            format!(
-                                "every node holding this key is down (view epoch {}, owner {})",
-                                ring.view().epoch,
-                                ring.node(ring.owner_of_key(&request.key))
-                            ),
-                        ))
-                    }
-                }
-            }
-            let calls: Vec<(&str, &Frame)> = sent.iter().map(|(_, a, f)| (*a, f)).collect();
-            let results = self.peers.call_batch(&calls);
-            // Refused for the epoch: sent again in any case. Failed: only under a newer view.
-            let mut refused = Vec::new();
-            let mut failed = Vec::new();
-            for ((index, addr, forwarded), result) in sent.iter().zip(results) {
-                let request = &requests[*index];
-                match result {
-                    Ok(answer)
-                        if !last
-                            && (answer.status == Status::STALE_VIEW
-                                || answer.status == Status::NO_VIEW) =>
-                    {
-                        log::debug!(
-                            "backend {addr} answered {}: {}",
-                            answer.status,
-                            answer.message()
-                        );
-                        refused.push(*index);
-                        answers[*index] = Some(answer);
-                    }
-                    Ok(answer) => {
-                        if answer.status == Status::UNAVAILABLE && request.opcode != Opcode::GET {
-                            // A chain left the write unacknowledged: the head blocks the key
-                            // until the next view.
-                            self.view.want_epoch_after(forwarded.epoch);
-                        }
-                        if !last && answer.status == Status::UNAVAILABLE && may_resend(forwarded) {
-                            failed.push(*index);
-                        }
-                        answers[*index] = Some(answer);
-                    }
-                    Err(e) if e.status() == Status::BUSY => {
-                        self.peers.forget(addr);
-                        answers[*index] = Some(request.error_reply(Status::BUSY, e.to_string()));
-                    }
-                    Err(e) => {
-                        self.peers.forget(addr);
-                        if !last && may_resend(forwarded) {
-                            failed.push(*index);
-                        }
-                        answers[*index] = Some(request.error_reply(
-                            Status::UNAVAILABLE,
-                            format!("backend {addr} is unavailable: {e}"),
-                        ));
-                    }
-                }
-            }
-            if refused.is_empty() && failed.is_empty() {
-                break;
-            }
-            // A backend ahead of us: the keeper is publishing a newer view. A head that blocks
-            // a key until the next view, or a backend that failed: the keeper is asked for one.
-            // A backend behind us (it restarted, or missed an install): it is given ours.
-            self.view.want_epoch_after(ring.view().epoch);
-            match self.view.newer_than(ring.view().epoch, self.view_wait) {
-                Some(newer) if started.elapsed() < dedup::RESEND_WITHIN => {
-                    ring = newer;
-                    // Marked as sent again, so that a head that cannot remember that far back
-                    // refuses it rather than apply it twice.
-                    for &index in &failed {
-                        resends[index] = true;
-                    }
-                    refused.extend(failed);
-                    refused.sort_unstable();
-                }
-                Some(newer) => {
-                    ring = newer;
+                    sent.push((index, node, forwarded))
                 }
                 None => {
-                    for &index in refused.iter().filter(|_| self.installs_views) {
-                        if let Some(addr) = self.entry_for(&ring, &requests[index], random) {
-                            let _ = self.install(&ring, addr);
-                        }
-                    }
-                    if refused.is_empty() {
-                        break;
-                    }
+                    wave.answers[index] = Some(request.error_reply(
+                        Status::UNAVAILABLE,
+                        format!(
+                            "every node holding this key is down (view epoch {}, owner {})",
+                            ring.view().epoch,
+                            ring.node(ring.owner_of_key(&request.key))
+                        ),
+                    ))
                 }
             }
-            todo = refused;
         }
-        if let Some(writer) = writer {
+        sent
+    }
+
+    /// Takes an attempt's answers: which requests are to be sent again. Never waits.
+    fn wave_settle(
+        &self,
+        requests: &[Frame],
+        wave: &mut Wave,
+        sent: &[SentMeta],
+        results: Vec<Result<Frame>>,
+    ) -> Settled {
+        let last = wave.attempt + 1 == ATTEMPTS;
+        // Refused for the epoch: sent again in any case. Failed: only under a newer view.
+        let mut settled = Settled::default();
+        let ring = Arc::clone(&wave.ring);
+        for (sent, result) in sent.iter().zip(results) {
+            let index = &sent.index;
+            let request = &requests[*index];
+            let addr = ring.node(sent.node);
+            match result {
+                Ok(answer)
+                    if !last
+                        && (answer.status == Status::STALE_VIEW
+                            || answer.status == Status::NO_VIEW) =>
+                {
+                    log::debug!(
+                        "backend {addr} answered {}: {}",
+                        answer.status,
+                        answer.message()
+                    );
+                    settled.refused.push(*index);
+                    wave.answers[*index] = Some(answer);
+                }
+                Ok(answer) => {
+                    if answer.status == Status::UNAVAILABLE && request.opcode != Opcode::GET {
+                        // A chain left the write unacknowledged: the head blocks the key
+                        // until the next view.
+                        self.view.want_epoch_after(sent.epoch);
+                    }
+                    if !last && answer.status == Status::UNAVAILABLE && sent.resendable {
+                        settled.failed.push(*index);
+                    }
+                    wave.answers[*index] = Some(answer);
+                }
+                Err(e) if e.status() == Status::BUSY => {
+                    self.peers.forget(addr);
+                    wave.answers[*index] = Some(request.error_reply(Status::BUSY, e.to_string()));
+                }
+                Err(e) => {
+                    self.peers.forget(addr);
+                    if !last && sent.resendable {
+                        settled.failed.push(*index);
+                    }
+                    wave.answers[*index] = Some(request.error_reply(
+                        Status::UNAVAILABLE,
+                        format!("backend {addr} is unavailable: {e}"),
+                    ));
+                }
+            }
+        }
+        settled
+    }
+
+    /// Readies the wave's next attempt, waiting for a newer view if the answers call for one;
+    /// false when there is none to make.
+    fn wave_next(&self, requests: &[Frame], wave: &mut Wave, settled: Settled) -> bool {
+        let Settled {
+            mut refused,
+            failed,
+        } = settled;
+        if refused.is_empty() && failed.is_empty() {
+            return false;
+        }
+        // A backend ahead of us: the keeper is publishing a newer view. A head that blocks a
+        // key until the next view, or a backend that failed: the keeper is asked for one. A
+        // backend behind us (it restarted, or missed an install): it is given ours.
+        let epoch = wave.ring.view().epoch;
+        self.view.want_epoch_after(epoch);
+        match self.view.newer_than(epoch, self.view_wait) {
+            Some(newer) if wave.started.elapsed() < dedup::RESEND_WITHIN => {
+                wave.ring = newer;
+                // Marked as sent again, so that a head that cannot remember that far back
+                // refuses it rather than apply it twice.
+                for &index in &failed {
+                    wave.resends[index] = true;
+                }
+                refused.extend(failed);
+                refused.sort_unstable();
+            }
+            Some(newer) => {
+                wave.ring = newer;
+            }
+            None => {
+                for &index in refused.iter().filter(|_| self.installs_views) {
+                    if let Some(addr) = self.entry_for(&wave.ring, &requests[index], wave.random) {
+                        let _ = self.install(&wave.ring, addr);
+                    }
+                }
+                if refused.is_empty() {
+                    return false;
+                }
+            }
+        }
+        wave.todo = refused;
+        wave.attempt += 1;
+        wave.attempt < ATTEMPTS
+    }
+
+    /// The wave's answers, under the clients' request ids and opcodes.
+    fn wave_finish(&self, requests: &[Frame], wave: Wave) -> Vec<Frame> {
+        if let Some(writer) = wave.writer {
             self.writers.give_back(writer);
         }
-        answers
+        wave.answers
             .into_iter()
             .zip(requests)
             .map(|(answer, request)| {
@@ -879,6 +1237,40 @@ impl Handler for FrontendState {
 
     fn password(&self) -> Option<&Password> {
         self.password.as_ref()
+    }
+
+    fn answers_later(&self) -> bool {
+        self.answering == Answering::Direct && self.peers.mux().is_some()
+    }
+
+    /// A batch of key requests that may all go at once is sent without waiting (see
+    /// [`FrontendState::start_wave`]); any other batch is answered here.
+    fn start_batch(&self, requests: Vec<Frame>, then: AnswersThen) {
+        let (Some(me), Some(mux)) = (self.me.upgrade(), self.peers.mux()) else {
+            return then(self.handle_batch(requests));
+        };
+        let sendable = requests
+            .iter()
+            .all(|r| is_key_request(r.opcode) && !r.key.is_empty())
+            && crate::cluster::chain::waves(&requests).len() <= 1;
+        if !sendable || self.answering != Answering::Direct {
+            return then(self.handle_batch(requests));
+        }
+        let started = Instant::now();
+        let opcodes: Vec<Opcode> = requests.iter().map(|r| r.opcode).collect();
+        let counted = Arc::clone(&me);
+        let then: AnswersThen = Box::new(move |answers: Vec<Frame>| {
+            let elapsed = started.elapsed();
+            for (opcode, answer) in opcodes.iter().zip(&answers) {
+                counted.requests.count(*opcode, answer.status);
+            }
+            counted
+                .requests
+                .latency
+                .observe(opcodes.len() as u64, elapsed);
+            then(answers)
+        });
+        self.start_wave(me, mux, requests, then);
     }
 
     /// Runs of key requests go to the backends in batches; any other request is answered in

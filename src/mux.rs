@@ -13,7 +13,11 @@
 //!   answers them in one write.
 //! - **Answers matched by id.** Each link has a reader thread that takes the answers as they
 //!   come and hands each to the caller waiting for it; a caller with requests on several peers
-//!   waits once for all of them.
+//!   waits once for all of them. A caller that does not wait ([`MuxPool::call_batch_then`])
+//!   leaves a completion instead, which the reader that fills in the batch's last answer runs:
+//!   the frontend's writes the answers to the client, so no thread is woken to do it. The
+//!   reader also fails the link when a request on it is overdue, since no caller may be
+//!   waiting to notice.
 //! - **Failures.** A link that fails (the peer closed it, a read or write error, a caller's
 //!   answers not back within the i/o timeout, [`MuxPool::sever`]) fails every request on it and
 //!   is replaced on next use. A request whose bytes no writer had yet handed to the socket is
@@ -101,12 +105,21 @@ struct Waiter {
     request_id: u64,
     /// Whether its bytes were handed to the socket.
     written: bool,
+    /// When it was put on the link: the reader fails the link if it waits past the i/o
+    /// timeout, which is the only bound a batch has when no caller waits for it.
+    since: Instant,
 }
+
+/// What is done with a batch's answers, in the thread that fills in the last one, when no
+/// caller waits for them ([`MuxPool::call_batch_then`]): the answers in request order, and the
+/// indexes of those that failed before their bytes were written (never seen by the peer).
+pub type Then = Box<dyn FnOnce(Vec<Result<Frame>>, Vec<usize>) + Send>;
 
 /// A caller's batch: its answers, filled in by the links' readers.
 struct Ticket {
     state: Mutex<TicketState>,
     done: Condvar,
+    then: Mutex<Option<Then>>,
 }
 
 struct TicketState {
@@ -125,9 +138,19 @@ impl Ticket {
                 unsent: Vec::new(),
             }),
             done: Condvar::new(),
+            then: Mutex::new(None),
         })
     }
 
+    /// A batch whose answers go to `then` instead of a waiting caller.
+    fn new_then(len: usize, then: Then) -> Arc<Ticket> {
+        let ticket = Ticket::new(len);
+        *lock(&ticket.then) = Some(then);
+        ticket
+    }
+
+    /// Called with no link's lock held: the last answer may run the batch's `then`, which may
+    /// put requests on the same links.
     fn fill(&self, index: usize, answer: Result<Frame>, unsent: bool) {
         let mut state = lock(&self.state);
         if state.answers[index].is_some() {
@@ -138,8 +161,30 @@ impl Ticket {
             state.unsent.push(index);
         }
         state.missing -= 1;
-        if state.missing == 0 {
-            self.done.notify_all();
+        if state.missing > 0 {
+            return;
+        }
+        self.done.notify_all();
+        let Some(then) = lock(&self.then).take() else {
+            return;
+        };
+        let answers = std::mem::take(&mut state.answers)
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(Error::Unanswered {
+                        addr: String::new(),
+                        reason: "not sent".into(),
+                    })
+                })
+            })
+            .collect();
+        let unsent = std::mem::take(&mut state.unsent);
+        drop(state);
+        // A reader thread must outlive whatever the callback does wrong.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(answers, unsent))).is_err()
+        {
+            log::error!("a multiplexed batch's completion panicked");
         }
     }
 
@@ -222,6 +267,16 @@ impl MuxPool {
                 })
             })
             .collect()
+    }
+
+    /// Sends every `(addr, request)` like [`MuxPool::call_batch`] but returns at once: `then`
+    /// gets the answers, in the thread of whichever link fills in the last one (or this one,
+    /// if every request failed at once). It must not block. A request that failed before its
+    /// bytes were written is not sent again here: `then` is told which, and may send it.
+    pub fn call_batch_then(&self, calls: &[(&str, &Frame)], then: Then) {
+        let ticket = Ticket::new_then(calls.len(), then);
+        let everything: Vec<usize> = (0..calls.len()).collect();
+        self.submit(calls, &everything, &ticket);
     }
 
     /// Puts the requests at `indexes` onto their peers' links; the links used.
@@ -353,6 +408,15 @@ impl Link {
         let mut conn = Connection::open(addr, timeouts, limits)?;
         credentials.present(&mut conn, addr)?;
         let (stream, reader) = conn.into_parts();
+        // The reader wakes at least this often to fail requests overdue.
+        let slice = (timeouts.io / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        stream
+            .set_read_timeout(Some(slice))
+            .map_err(|e| Error::Io {
+                addr: addr.to_string(),
+                source: e,
+            })?;
+        let io_timeout = timeouts.io;
         let link = Arc::new(Link {
             addr: addr.to_string(),
             stream,
@@ -371,7 +435,7 @@ impl Link {
         let idle_for = timeouts.idle / 4;
         std::thread::Builder::new()
             .name(format!("mux-{addr}"))
-            .spawn(move || reading.read_answers(reader, idle_for))
+            .spawn(move || reading.read_answers(reader, idle_for, io_timeout))
             .map_err(|e| Error::Config(format!("cannot start a thread: {e}")))?;
         Ok(link)
     }
@@ -408,16 +472,17 @@ impl Link {
                 inflight.failed = Some("the peer closed the connection".into());
             }
             if let Some(reason) = &inflight.failed {
-                let error = failure(&self.addr, reason, inflight.busy);
-                let reason = error.to_string();
+                let reason = failure(&self.addr, reason, inflight.busy).to_string();
+                drop(inflight);
                 for &index in indexes {
                     ticket.fill(index, Err(failure(&self.addr, &reason, false)), true);
                 }
                 return;
             }
             let first = inflight.next_id;
+            let now = Instant::now();
             inflight.next_id += indexes.len() as u64;
-            inflight.last_sent = Instant::now();
+            inflight.last_sent = now;
             for (k, &index) in indexes.iter().enumerate() {
                 inflight.waiting.insert(
                     first + k as u64,
@@ -426,6 +491,7 @@ impl Link {
                         index,
                         request_id: calls[index].1.request_id,
                         written: false,
+                        since: now,
                     },
                 );
             }
@@ -495,8 +561,16 @@ impl Link {
     }
 
     /// The reader: hands each answer to its waiter until the link fails.
-    fn read_answers(&self, mut reader: FrameReader, idle_for: Duration) {
+    fn read_answers(&self, mut reader: FrameReader, idle_for: Duration, io_timeout: Duration) {
+        let check_every = (io_timeout / 8).max(Duration::from_millis(10));
+        let mut checked = Instant::now();
         loop {
+            if checked.elapsed() >= check_every {
+                checked = Instant::now();
+                if self.fail_if_overdue(io_timeout) {
+                    return;
+                }
+            }
             let reason = match reader.read_frame(&mut &self.stream) {
                 Ok(Some(answer)) => {
                     // A server at its connection limit says so before reading anything.
@@ -535,6 +609,20 @@ impl Link {
             self.fail(&reason);
             return;
         }
+    }
+
+    /// Fails the link if a request on it has waited longer than `io_timeout`; whether it did.
+    fn fail_if_overdue(&self, io_timeout: Duration) -> bool {
+        let overdue = lock(&self.inflight)
+            .waiting
+            .values()
+            .any(|w| w.since.elapsed() > io_timeout);
+        if overdue {
+            self.fail(&format!(
+                "no answer within the i/o timeout ({io_timeout:?})"
+            ));
+        }
+        overdue
     }
 
     /// Closes the link if nothing has been sent on it for `idle_for` and nothing is waiting:

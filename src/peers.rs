@@ -161,6 +161,11 @@ impl Peers {
         Ok(answer)
     }
 
+    /// The shared links, if calls are multiplexed: what [`MuxPool::call_batch_then`] needs.
+    pub(crate) fn mux(&self) -> Option<&MuxPool> {
+        self.mux.as_ref()
+    }
+
     /// Sends every `(addr, request)` and returns the answers in the same order: the requests for
     /// one peer go out together on one connection and their answers are read together, one round
     /// trip for many requests, and the peers work on their shares at the same time.

@@ -98,8 +98,13 @@ impl<T: Send + 'static> ThreadPool<T> {
 impl<T: Send + 'static> Drop for ThreadPool<T> {
     fn drop(&mut self) {
         self.sender.take();
+        // Dropped by one of its own workers (whose item held the pool's last owner), the pool
+        // does not wait for that worker, which could never end while it waits.
+        let me = std::thread::current().id();
         for worker in self.workers.drain(..) {
-            let _ = worker.join();
+            if worker.thread().id() != me {
+                let _ = worker.join();
+            }
         }
     }
 }

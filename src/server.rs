@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::pool::{Backlog, ThreadPool};
 use crate::protocol::{self, Frame, Kind, Limits, Opcode, Status};
 
+mod outbox;
+use outbox::Outbox;
+
 /// Settings every server has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerOptions {
@@ -53,6 +56,19 @@ pub trait Handler: Send + Sync + 'static {
     fn handle_batch(&self, requests: Vec<Frame>) -> Vec<Frame> {
         requests.into_iter().map(|r| self.handle(r)).collect()
     }
+    /// Whether [`start_batch`](Handler::start_batch) may return before its requests are
+    /// answered. The connection's thread then goes on reading while they are on their way, and
+    /// whichever thread finishes them writes their answers.
+    fn answers_later(&self) -> bool {
+        false
+    }
+    /// Starts answering `requests` and may return at once: `then` gets their answers, one per
+    /// request in the same order, exactly once, from whichever thread has them; that thread
+    /// must not wait on the client. Without [`answers_later`](Handler::answers_later), it is
+    /// [`handle_batch`](Handler::handle_batch) on the calling thread.
+    fn start_batch(&self, requests: Vec<Frame>, then: AnswersThen) {
+        then(self.handle_batch(requests))
+    }
     /// Told about every error answer the connection loop itself sends (malformed, too large,
     /// busy, unauthorized), so that the server can count it.
     fn refused(&self, _status: Status) {}
@@ -67,6 +83,9 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 }
+
+/// Where a handler that answers later ([`Handler::start_batch`]) sends the answers.
+pub type AnswersThen = Box<dyn FnOnce(Vec<Frame>) + Send>;
 
 /// The sockets of open connections, so that shutdown can close them and the acceptor can count
 /// them against the limit.
@@ -569,13 +588,19 @@ impl ClientConn {
         self.written = 0;
         self.write_started = None;
         if self.pending.is_empty() {
-            if self.session.trusted {
-                self.activity.peer();
-            } else {
-                self.activity.touch();
-            }
+            self.mark_quiet();
         }
         Ok(true)
+    }
+
+    /// Nothing of it is being answered: it may be closed for room once it has been quiet
+    /// long enough, unless it is a cluster member's.
+    fn mark_quiet(&self) {
+        if self.session.trusted {
+            self.activity.peer();
+        } else {
+            self.activity.touch();
+        }
     }
 
     /// Writes everything queued, however long the write timeout lets it take.
@@ -663,28 +688,74 @@ fn answer_batch(
     peer: &str,
 ) -> Vec<Frame> {
     let handler = &*serving.handler;
-    let mut answers: Vec<Option<Frame>> = Vec::with_capacity(requests.len());
+    let Screened { answers, accepted } = screen(serving, requests, session, peer);
+    let handled = if accepted.len() == 1 {
+        let request = accepted.into_iter();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            request.map(|r| handler.handle(r)).collect::<Vec<_>>()
+        }))
+    } else if accepted.is_empty() {
+        Ok(Vec::new())
+    } else {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.handle_batch(accepted)
+        }))
+    };
+    let handled = handled.unwrap_or_else(|_| {
+        log::error!("a request handler panicked; answering INTERNAL");
+        Vec::new()
+    });
+    merge(answers, handled)
+}
+
+/// A batch after the connection's own checks: the answers it made itself, in place, with a
+/// `None` (holding the request id) for each request it accepted for the handler.
+struct Screened {
+    answers: Vec<std::result::Result<Frame, u64>>,
+    accepted: Vec<Frame>,
+}
+
+/// The handler's answers put in the places [`screen`] left for them; a request the handler
+/// did not answer (it panicked) is answered INTERNAL.
+fn merge(answers: Vec<std::result::Result<Frame, u64>>, handled: Vec<Frame>) -> Vec<Frame> {
+    let mut handled = handled.into_iter();
+    answers
+        .into_iter()
+        .map(|answer| match answer {
+            Ok(answer) => answer,
+            Err(id) => handled.next().unwrap_or_else(|| {
+                Frame::error_for_id(id, Status::INTERNAL, "the server failed on this request")
+            }),
+        })
+        .collect()
+}
+
+/// The connection's own checks of a batch, in order: a frame that is not a request or breaks
+/// the limits is refused, AUTH and PEER_AUTH are answered, and a request the session may not
+/// make is refused; the rest are for the handler.
+fn screen(serving: &Serving, requests: Vec<Frame>, session: &mut Session, peer: &str) -> Screened {
+    let handler = &*serving.handler;
+    let mut answers: Vec<std::result::Result<Frame, u64>> = Vec::with_capacity(requests.len());
     let mut accepted = Vec::with_capacity(requests.len());
-    let mut ids = Vec::with_capacity(requests.len());
     for request in requests {
         if request.kind != Kind::Request {
             handler.refused(Status::BAD_REQUEST);
-            answers.push(Some(
-                request.error_reply(Status::BAD_REQUEST, "a server accepts requests only"),
+            answers.push(Ok(
+                request.error_reply(Status::BAD_REQUEST, "a server accepts requests only")
             ));
         } else if let Err(message) = serving.options.limits.check(&request) {
             handler.refused(Status::TOO_LARGE);
-            answers.push(Some(request.error_reply(Status::TOO_LARGE, message)));
+            answers.push(Ok(request.error_reply(Status::TOO_LARGE, message)));
         } else if request.opcode == Opcode::PEER_AUTH {
-            answers.push(Some(peer_auth(handler, &request, session, peer)));
+            answers.push(Ok(peer_auth(handler, &request, session, peer)));
         } else if request.opcode == Opcode::AUTH {
-            answers.push(Some(client_auth(handler, &request, session, peer)));
+            answers.push(Ok(client_auth(handler, &request, session, peer)));
         } else if session.locked_out() {
             // Past the last wrong password nothing more is taken; the connection closes.
             break;
         } else if !session.authenticated {
             handler.refused(Status::UNAUTHORIZED);
-            answers.push(Some(request.error_reply(
+            answers.push(Ok(request.error_reply(
                 Status::UNAUTHORIZED,
                 "authentication required: send AUTH with the password first",
             )));
@@ -697,7 +768,7 @@ fn answer_batch(
                 "refused {} from {peer}: the connection did not present the cluster token",
                 request.opcode
             );
-            answers.push(Some(request.error_reply(
+            answers.push(Ok(request.error_reply(
                 Status::UNAUTHORIZED,
                 format!(
                     "{} is taken only from cluster members: send PEER_AUTH with the cluster \
@@ -706,35 +777,11 @@ fn answer_batch(
                 ),
             )));
         } else {
-            ids.push((answers.len(), request.request_id));
-            answers.push(None);
+            answers.push(Err(request.request_id));
             accepted.push(request);
         }
     }
-    let handled = if accepted.len() == 1 {
-        let request = accepted.pop().into_iter();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            request.map(|r| handler.handle(r)).collect::<Vec<_>>()
-        }))
-    } else if accepted.is_empty() {
-        Ok(Vec::new())
-    } else {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            handler.handle_batch(accepted)
-        }))
-    };
-    let mut handled = handled
-        .unwrap_or_else(|_| {
-            log::error!("a request handler panicked; answering INTERNAL");
-            Vec::new()
-        })
-        .into_iter();
-    for (slot, id) in ids {
-        answers[slot] = Some(handled.next().unwrap_or_else(|| {
-            Frame::error_for_id(id, Status::INTERNAL, "the server failed on this request")
-        }));
-    }
-    answers.into_iter().flatten().collect()
+    Screened { answers, accepted }
 }
 
 /// PEER_AUTH: the connection is a peer's if it carries the token (or the server has none).
@@ -995,6 +1042,10 @@ fn serve_connection(stream: TcpStream, connections: &Connections, activity: Acti
         return;
     };
     conn.activity = activity;
+    if connections.pool.is_none() && serving.handler.answers_later() {
+        serve_answering_later(conn, &connections.serving);
+        return;
+    }
     while !serving.shutdown.load(Ordering::Relaxed) {
         // Answers a slow client has not taken yet, with the full write timeout.
         if let Flow::Close = conn.flush_all() {
@@ -1022,6 +1073,187 @@ fn serve_connection(stream: TcpStream, connections: &Connections, activity: Acti
             Some(conn) => conn,
             None => return,
         };
+    }
+}
+
+/// Serves a connection whose handler answers later ([`outbox`]): its requests are handed on as
+/// they come, at most [`MAX_BATCH`] in flight (and GETs within [`ANSWER_BUDGET`]), and their
+/// answers written by whichever thread finishes them, in request order.
+fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
+    let Ok(stream) = conn.stream.try_clone() else {
+        return;
+    };
+    let outbox = Arc::new(Outbox::new(stream, Arc::clone(serving)));
+    let timeouts = &serving.options.timeouts;
+    let mut reading_short = false;
+    while !serving.shutdown.load(Ordering::Relaxed) {
+        if let Flow::Close = write_owed(&mut conn, &outbox) {
+            return;
+        }
+        let first = conn.pending.front().map(|first| first.opcode);
+        if first.is_some() {
+            // Room for the next batch: fewer than MAX_BATCH requests in flight, and if it
+            // starts with a GET, one more GET within the answer budget.
+            let largest = serving.largest_answer.get().max(outbox.largest_answer());
+            let most_gets = value_reads_per_batch(largest, MAX_BATCH);
+            let wants_get = first == Some(Opcode::GET);
+            let until = Instant::now() + timeouts.io;
+            let room = outbox.wait_until(until, |requests, gets| {
+                requests < MAX_BATCH && (!wants_get || gets < most_gets)
+            });
+            if !room {
+                if outbox.broken() {
+                    return;
+                }
+                if Instant::now() >= until {
+                    log::warn!(
+                        "connection from {}: its requests were not answered within the i/o                          timeout; closing it",
+                        conn.peer
+                    );
+                    return;
+                }
+                continue;
+            }
+            if hand_on(&mut conn, &outbox, serving, most_gets).is_err() {
+                return;
+            }
+            continue;
+        }
+        // While answers are on their way, the thread wakes often, to write what a finishing
+        // thread could not; once a short wait finds nothing on its way, it waits as long as a
+        // client may take to send. (Switched lazily: a busy client would switch twice per
+        // request.)
+        let busy = outbox.busy();
+        if busy && !reading_short {
+            if conn
+                .stream
+                .set_read_timeout(Some(outbox::SHORT_READ))
+                .is_err()
+            {
+                return;
+            }
+            reading_short = true;
+        }
+        if !busy {
+            conn.mark_quiet();
+        }
+        match conn.reader.read_frame_if_prompt(&mut conn.stream) {
+            Ok(Some(first)) => conn.gather(first),
+            Ok(None) => {
+                finish_answering(&mut conn, &outbox, timeouts.io);
+                return;
+            }
+            Err(ReadError::Idle) => {
+                if outbox.busy() {
+                    continue;
+                }
+                if reading_short {
+                    if conn.stream.set_read_timeout(Some(timeouts.frame)).is_err() {
+                        return;
+                    }
+                    reading_short = false;
+                }
+                conn.mark_quiet();
+                if let Flow::Close = conn.after_read_error(ReadError::Idle, serving) {
+                    return;
+                }
+            }
+            Err(error) => {
+                // The answers before it go out first, in order.
+                finish_answering(&mut conn, &outbox, timeouts.io);
+                let _ = conn.after_read_error(error, serving);
+                return;
+            }
+        }
+    }
+}
+
+/// Hands the next batch of pending requests (at most `most_gets` GETs in flight) to the
+/// handler. An error means the connection is finished.
+fn hand_on(
+    conn: &mut ClientConn,
+    outbox: &Arc<Outbox>,
+    serving: &Arc<Serving>,
+    most_gets: usize,
+) -> std::result::Result<(), ()> {
+    let most = if conn.out_held.budget_exhausted() {
+        1
+    } else {
+        HANDLER_BATCH
+    };
+    let gets_left = most_gets.saturating_sub(outbox.gets_in_flight()).max(1);
+    let take = conn.batch_len(gets_left.min(most));
+    let batch: Vec<Frame> = conn.pending.drain(..take.min(most)).collect();
+    conn.count_held();
+    let gets = batch.iter().filter(|r| r.opcode == Opcode::GET).count();
+    let number = outbox.begin(batch.len(), gets);
+    let Screened { answers, accepted } = screen(serving, batch, &mut conn.session, &conn.peer);
+    if conn.session.trusted && conn.out_held.is_counted() {
+        conn.exempt_from_budget();
+        outbox.exempt_from_budget();
+    }
+    if accepted.is_empty() {
+        outbox.finish(number, merge(answers, Vec::new()));
+    } else {
+        let failed: Vec<u64> = accepted.iter().map(|r| r.request_id).collect();
+        let then = {
+            let outbox = Arc::clone(outbox);
+            Box::new(move |handled: Vec<Frame>| outbox.finish(number, merge(answers, handled)))
+        };
+        let handler = &*serving.handler;
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.start_batch(accepted, then)
+        }));
+        if started.is_err() {
+            log::error!("a request handler panicked; answering INTERNAL");
+            // Ignored if the handler had answered before it panicked.
+            let answers = failed
+                .into_iter()
+                .map(|id| {
+                    Frame::error_for_id(id, Status::INTERNAL, "the server failed on this request")
+                })
+                .collect();
+            outbox.finish(number, answers);
+        }
+    }
+    if conn.session.locked_out() {
+        // The answers so far go out; the requests after the last wrong password do not.
+        conn.pending.clear();
+        finish_answering(conn, outbox, serving.options.timeouts.io);
+        let _ = conn.stream.shutdown(Shutdown::Both);
+        return Err(());
+    }
+    Ok(())
+}
+
+/// Writes the answers no other thread is writing, with the full write timeout.
+fn write_owed(conn: &mut ClientConn, outbox: &Outbox) -> Flow {
+    while let Some(owed) = outbox.take_owed() {
+        conn.out = owed;
+        conn.written = 0;
+        let flow = conn.flush_all();
+        outbox.owed_written(matches!(flow, Flow::Close));
+        if let Flow::Close = flow {
+            return Flow::Close;
+        }
+    }
+    if outbox.broken() {
+        return Flow::Close;
+    }
+    Flow::Continue
+}
+
+/// Waits (up to `bound`) for every request in flight to be answered and writes the answers.
+fn finish_answering(conn: &mut ClientConn, outbox: &Outbox, bound: Duration) {
+    let until = Instant::now() + bound;
+    loop {
+        if let Flow::Close = write_owed(conn, outbox) {
+            return;
+        }
+        if !outbox.busy() || Instant::now() >= until {
+            return;
+        }
+        outbox.wait_until(until, |requests, _| requests == 0);
     }
 }
 

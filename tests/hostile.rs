@@ -684,6 +684,8 @@ fn a_full_frontend_queue_answers_busy_and_keeps_the_connection() {
         backends: vec![backend.addr.clone()],
         threads: 1,
         queue: 1,
+        // The pool of workers that wait for the backends is what this bounds.
+        answering: ringkv::frontend::Answering::Workers,
         startup_timeout: Duration::from_secs(5),
         ..FrontendConfig::default()
     })

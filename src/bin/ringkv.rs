@@ -8,6 +8,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use ringkv::cli::{keeper_options, replicas, ring_design, server_options};
 use ringkv::cluster::token::ClusterToken;
+use ringkv::frontend::Answering;
 use ringkv::{
     Backend, BackendConfig, Entry, Frontend, FrontendConfig, LocalCluster, Password, Routing,
 };
@@ -104,6 +105,12 @@ struct FrontendArgs {
     /// back by request id; 0: a pooled connection per request in flight (default 1)
     #[argh(option, default = "ringkv::frontend::DEFAULT_BACKEND_CONNECTIONS")]
     backend_connections: usize,
+    /// who waits for the backends' answers: direct (the client connection's thread sends its
+    /// requests and the thread reading a backend's answers writes them back; needs
+    /// --backend-connections 1 or more) or workers (a pool worker sends, waits and answers)
+    /// (default direct)
+    #[argh(option, default = "Answering::default()")]
+    answering: Answering,
     /// connections with requests that may wait for a worker; past it requests get BUSY (default 128)
     #[argh(option, default = "128")]
     queue: usize,
@@ -205,6 +212,10 @@ struct LocalArgs {
     /// the frontend's shared connections per backend (see `ringkv frontend --help`) (default 1)
     #[argh(option, default = "ringkv::frontend::DEFAULT_BACKEND_CONNECTIONS")]
     backend_connections: usize,
+    /// who waits for the backends' answers: direct or workers (see `ringkv frontend --help`)
+    /// (default direct)
+    #[argh(option, default = "Answering::default()")]
+    answering: Answering,
     /// the paper's design: --entry random --routing successor --vnodes 1 (each can still be set)
     #[argh(switch)]
     paper: bool,
@@ -339,6 +350,7 @@ fn local_config(a: &LocalArgs) -> String {
         ("listen", text(&a.listen)),
         ("threads", int(a.threads as u64)),
         ("backend-connections", int(a.backend_connections as u64)),
+        ("answering", text(&a.answering)),
         ("paper", Some(Value::Boolean(a.paper))),
         ("entry", a.entry.as_ref().and_then(|e| text(e))),
         ("routing", a.routing.as_ref().and_then(|r| text(r))),
@@ -478,6 +490,7 @@ fn run_frontend(a: FrontendArgs) -> ringkv::Result<()> {
         backends: a.backends,
         threads: a.threads,
         backend_connections: a.backend_connections,
+        answering: a.answering,
         queue: a.queue,
         server,
         entry,
@@ -529,6 +542,7 @@ fn run_local(a: LocalArgs) -> ringkv::Result<()> {
         resp_listen,
         threads: a.threads,
         backend_connections: a.backend_connections,
+        answering: a.answering,
         entry,
         routing,
         placement,

@@ -1,0 +1,384 @@
+//! A connection's answers when its handler answers later (the frontend over multiplexed
+//! links, [`crate::mux`]): the connection's thread reads requests and hands them on without
+//! waiting, and whichever thread finishes a batch (the reader of a backend link, most often)
+//! writes the answers that are ready, in request order, straight to the client.
+//!
+//! That takes a thread wake-up off every request: the thread that read a backend's answer does
+//! not hand it to a waiting thread to write; it writes it. Such a thread must never wait on one
+//! client, so it only writes what the socket takes at once; what is left (a client slow to
+//! read) is written by the connection's own thread, which is patient: it wakes often while
+//! answers are owed (see [`SHORT_READ`]) and writes them with the full write timeout.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::Serving;
+use crate::budget::{Held, MemoryBudget};
+use crate::protocol::{Frame, Opcode};
+
+/// The connection thread's read timeout while answers are in flight or owed: how soon it
+/// writes what a finishing thread could not write without waiting.
+pub(super) const SHORT_READ: Duration = Duration::from_millis(10);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// The answers of one connection on their way out.
+pub(super) struct Outbox {
+    /// The connection's socket (a second handle on it), for writes that never wait.
+    stream: TcpStream,
+    serving: Arc<Serving>,
+    state: Mutex<State>,
+    /// Signalled when batches finish or writing stops, if the connection's thread waits.
+    progressed: Condvar,
+}
+
+struct State {
+    /// The number the next batch handed on gets.
+    next_batch: u64,
+    /// The batch whose answers go out next.
+    next_out: u64,
+    /// Batches finished ahead of an earlier one.
+    finished: BTreeMap<u64, Vec<Frame>>,
+    /// Encoded answers, in request order; `written` of them are on the socket.
+    out: Vec<u8>,
+    written: usize,
+    /// Whether a thread is writing `out` (the others only append).
+    writing: bool,
+    /// Requests handed on and not yet answered, and how many of them are GETs.
+    requests: usize,
+    gets: usize,
+    /// Set when a write failed: the connection is finished.
+    broken: bool,
+    /// Whether the connection's thread waits on `progressed`.
+    waited_on: bool,
+    /// What `out` counts against the in-flight budget.
+    held: Held,
+    /// The largest GET answer this connection was sent.
+    largest_answer: usize,
+}
+
+impl Outbox {
+    pub(super) fn new(stream: TcpStream, serving: Arc<Serving>) -> Outbox {
+        Outbox {
+            stream,
+            serving,
+            state: Mutex::new(State {
+                next_batch: 0,
+                next_out: 0,
+                finished: BTreeMap::new(),
+                out: Vec::new(),
+                written: 0,
+                writing: false,
+                requests: 0,
+                gets: 0,
+                broken: false,
+                waited_on: false,
+                held: Held::in_budget(MemoryBudget::process()),
+                largest_answer: 0,
+            }),
+            progressed: Condvar::new(),
+        }
+    }
+
+    /// Numbers a batch of `requests` (`gets` of them GETs) about to be handed on.
+    pub(super) fn begin(&self, requests: usize, gets: usize) -> u64 {
+        let mut state = lock(&self.state);
+        state.requests += requests;
+        state.gets += gets;
+        state.next_batch += 1;
+        state.next_batch - 1
+    }
+
+    /// The answers of batch `batch`, one per request: written, with every batch before it,
+    /// as far as the socket takes them now. A batch finished twice keeps its first answers.
+    pub(super) fn finish(&self, batch: u64, answers: Vec<Frame>) {
+        let mut state = lock(&self.state);
+        if batch < state.next_out || state.finished.contains_key(&batch) {
+            return;
+        }
+        state.finished.insert(batch, answers);
+        while let Some(answers) = {
+            let next = state.next_out;
+            state.finished.remove(&next)
+        } {
+            state.next_out += 1;
+            for answer in answers {
+                if answer.opcode == Opcode::GET {
+                    state.gets = state.gets.saturating_sub(1);
+                    self.serving.largest_answer.note(answer.value.len());
+                    state.largest_answer = state.largest_answer.max(answer.value.len());
+                }
+                state.requests = state.requests.saturating_sub(1);
+                answer.encode_into(&mut state.out);
+            }
+        }
+        let owed = state.out.len() - state.written;
+        state.held.cover_now(owed);
+        if state.writing || state.broken || owed == 0 {
+            self.wake(&mut state);
+            return;
+        }
+        state.writing = true;
+        loop {
+            let bytes = std::mem::take(&mut state.out);
+            let from = std::mem::take(&mut state.written);
+            drop(state);
+            let sent = send_now(&self.stream, &bytes[from..]);
+            state = lock(&self.state);
+            match sent {
+                Ok(n) if from + n == bytes.len() => {
+                    if state.out.is_empty() {
+                        // Its room is kept for the next answers.
+                        let mut bytes = bytes;
+                        bytes.clear();
+                        state.out = bytes;
+                        break;
+                    }
+                }
+                Ok(n) => {
+                    // The client is slow to read: the rest is its own thread's to write.
+                    let appended = std::mem::take(&mut state.out);
+                    let mut rest = bytes;
+                    rest.drain(..from + n);
+                    rest.extend_from_slice(&appended);
+                    state.out = rest;
+                    break;
+                }
+                Err(e) => {
+                    log::debug!("a connection's answers could not be written: {e}");
+                    state.broken = true;
+                    state.out = Vec::new();
+                    break;
+                }
+            }
+        }
+        state.writing = false;
+        let owed = state.out.len() - state.written;
+        state.held.cover_now(owed);
+        self.wake(&mut state);
+    }
+
+    fn wake(&self, state: &mut State) {
+        if state.waited_on {
+            state.waited_on = false;
+            self.progressed.notify_all();
+        }
+    }
+
+    /// Whether requests are in flight or answers are being written or wait to be. (A thread
+    /// writing holds the answers out of `out`, and may leave some of them owed.)
+    pub(super) fn busy(&self) -> bool {
+        let state = lock(&self.state);
+        state.requests > 0 || state.writing || state.out.len() > state.written
+    }
+
+    /// Whether a write failed, which ends the connection.
+    pub(super) fn broken(&self) -> bool {
+        lock(&self.state).broken
+    }
+
+    /// The largest GET answer this connection was sent.
+    pub(super) fn largest_answer(&self) -> usize {
+        lock(&self.state).largest_answer
+    }
+
+    /// GETs handed on and not yet answered.
+    pub(super) fn gets_in_flight(&self) -> usize {
+        lock(&self.state).gets
+    }
+
+    /// Takes the answers no thread is writing, for the connection's thread to write with the
+    /// full write timeout; `None` if there are none (or another thread is writing them).
+    pub(super) fn take_owed(&self) -> Option<Vec<u8>> {
+        let mut state = lock(&self.state);
+        if state.writing || state.broken || state.out.len() == state.written {
+            return None;
+        }
+        state.writing = true;
+        let mut bytes = std::mem::take(&mut state.out);
+        bytes.drain(..std::mem::take(&mut state.written));
+        Some(bytes)
+    }
+
+    /// After [`take_owed`](Self::take_owed): the write is over, `failed` if it did not finish.
+    pub(super) fn owed_written(&self, failed: bool) {
+        let mut state = lock(&self.state);
+        state.writing = false;
+        if failed {
+            state.broken = true;
+            state.out = Vec::new();
+            state.written = 0;
+        }
+        let owed = state.out.len() - state.written;
+        state.held.cover_now(owed);
+        self.wake(&mut state);
+    }
+
+    /// Waits until `ready` holds of the requests in flight (their count, and their GETs') or
+    /// `until` passes; whether it holds. Answers owed end the wait too (false), for the caller
+    /// to write them.
+    pub(super) fn wait_until(&self, until: Instant, ready: impl Fn(usize, usize) -> bool) -> bool {
+        let mut state = lock(&self.state);
+        loop {
+            if ready(state.requests, state.gets) {
+                return true;
+            }
+            let owed = !state.writing && state.out.len() > state.written;
+            let now = Instant::now();
+            if state.broken || owed || now >= until {
+                return false;
+            }
+            state.waited_on = true;
+            state = match self.progressed.wait_timeout(state, until - now) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// A cluster member's connection counts against no budget.
+    pub(super) fn exempt_from_budget(&self) {
+        lock(&self.state).held.exempt_from_now();
+    }
+}
+
+/// Writes as much of `bytes` as the socket takes without waiting.
+fn send_now(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let fd = stream.as_raw_fd();
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let rest = &bytes[sent..];
+        // SAFETY: `rest` is a live, initialised buffer of `rest.len()` bytes, and `fd` is the
+        // socket `stream` keeps open for the whole call.
+        let n = unsafe {
+            libc::send(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            sent += n as usize;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => break,
+            _ => return Err(error),
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    struct Nothing;
+    impl crate::server::Handler for Nothing {
+        fn handle(&self, request: Frame) -> Frame {
+            request.reply(crate::protocol::Status::OK, Vec::new())
+        }
+    }
+
+    fn serving() -> Arc<Serving> {
+        Arc::new(Serving {
+            handler: Arc::new(Nothing),
+            options: Default::default(),
+            shutdown: Default::default(),
+            largest_answer: Default::default(),
+        })
+    }
+
+    fn answer(id: u64, value: Vec<u8>) -> Frame {
+        Frame::request(Opcode::GET, id, b"k".to_vec(), Vec::new())
+            .reply(crate::protocol::Status::OK, value)
+    }
+
+    fn read_answers(mut from: &TcpStream, n: usize) -> Vec<Frame> {
+        let mut reader = crate::connection::FrameReader::new(64 << 20, Duration::from_secs(5));
+        (0..n)
+            .map(|_| reader.read_frame(&mut from).unwrap().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn batches_finished_out_of_order_are_written_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let outbox = Outbox::new(server, serving());
+        let first = outbox.begin(2, 2);
+        let second = outbox.begin(1, 1);
+        outbox.finish(second, vec![answer(3, b"c".to_vec())]);
+        assert!(outbox.busy(), "the first batch is still out");
+        outbox.finish(
+            first,
+            vec![answer(1, b"a".to_vec()), answer(2, b"b".to_vec())],
+        );
+        // Finished twice: the first answers stand.
+        outbox.finish(first, vec![answer(9, Vec::new()), answer(9, Vec::new())]);
+        assert!(!outbox.busy());
+        let ids: Vec<u64> = read_answers(&client, 3)
+            .iter()
+            .map(|a| a.request_id)
+            .collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(outbox.gets_in_flight(), 0);
+    }
+
+    #[test]
+    fn what_the_socket_does_not_take_at_once_is_owed_to_the_connection_thread() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let outbox = Outbox::new(server.try_clone().unwrap(), serving());
+        let big = vec![5u8; 16 << 20];
+        let batch = outbox.begin(1, 1);
+        // Nobody reads: the finishing thread writes what fits and returns.
+        outbox.finish(batch, vec![answer(1, big.clone())]);
+        assert!(outbox.busy(), "answers are owed");
+        let reader = std::thread::spawn(move || read_answers(&client, 1));
+        let owed = outbox.take_owed().expect("owed bytes");
+        assert!(outbox.take_owed().is_none(), "one writer at a time");
+        (&server).write_all(&owed).unwrap();
+        outbox.owed_written(false);
+        assert!(!outbox.busy());
+        let got = reader.join().unwrap();
+        assert_eq!(got[0].value.len(), big.len());
+        assert!(got[0].value == big);
+    }
+
+    #[test]
+    fn send_now_takes_what_fits_and_never_waits() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert_eq!(send_now(&server, b"hello").unwrap(), 5);
+        let mut got = [0u8; 5];
+        (&client).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        // Nobody reads: the socket's buffers fill and the rest is left, at once.
+        let big = vec![7u8; 64 << 20];
+        let started = Instant::now();
+        let n = send_now(&server, &big).unwrap();
+        assert!(n > 0 && n < big.len(), "{n}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
