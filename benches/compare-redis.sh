@@ -13,6 +13,11 @@
 # port (target ringkv-native). The script prints the median of each figure over the rounds and
 # the ringkv / twemproxy ratios, then stops everything it started.
 #
+# When `perf stat` may watch processes here, each run is also counted on the server side (every
+# process of the target: Redis; twemproxy and its three Redis servers; the one `ringkv local`
+# process): context switches, system calls and CPU time, divided by the requests of the run (the
+# SET and the GET runs of one pipeline depth together), and printed as a second table.
+#
 # Missing redis-server, redis-tools or nutcracker are installed from Debian's packages.
 #
 # Settings (environment): ROUNDS (3), REQUESTS_P1 (100000), REQUESTS_P16 (400000),
@@ -97,12 +102,14 @@ wait_for_port() {
   fail "$what did not listen on port $port within 10 s"
 }
 
+LAST_PID=
 start_redis() {
   local port=$1 name=$2
   mkdir -p "$WORK/$name"
   redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$WORK/$name" \
     --daemonize no --logfile "$WORK/$name/redis.log" &
-  STARTED+=($!)
+  LAST_PID=$!
+  STARTED+=("$LAST_PID")
   wait_for_port "$port" "redis-server $name"
 }
 
@@ -110,12 +117,14 @@ start_redis() {
 next_free_port
 REDIS_PORT=$PORT
 start_redis "$REDIS_PORT" redis
+REDIS_PIDS=$LAST_PID
 
 SHARDS=()
 for i in 1 2 3; do
   next_free_port
   SHARDS+=("$PORT")
   start_redis "$PORT" "shard$i"
+  TWEMPROXY_PIDS="${TWEMPROXY_PIDS:+$TWEMPROXY_PIDS,}$LAST_PID"
 done
 next_free_port
 TWEMPROXY_PORT=$PORT
@@ -136,11 +145,13 @@ EOF
 nutcracker -c "$WORK/nutcracker.yml" -s "$TWEMPROXY_STATS_PORT" -a 127.0.0.1 \
   -o "$WORK/nutcracker.log" &
 STARTED+=($!)
+TWEMPROXY_PIDS="$TWEMPROXY_PIDS,$!"
 wait_for_port "$TWEMPROXY_PORT" nutcracker
 
 RUST_LOG=warn "$RINGKV" local --backends 3 --replicas 1 --listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 \
   >"$WORK/ringkv.out" 2>"$WORK/ringkv.log" &
 STARTED+=($!)
+RINGKV_PIDS=$!
 for _ in $(seq 300); do
   grep -q '^resp listening on ' "$WORK/ringkv.out" 2>/dev/null && break
   sleep 0.1
@@ -156,9 +167,44 @@ if ! "$KVCLI" bench --help >/dev/null 2>&1; then
   say "kvcli bench is not there: skipping the ringkv-native runs"
 fi
 
+HAVE_PERF=0
+if command -v perf >/dev/null 2>&1 &&
+  perf stat -x, -e context-switches,raw_syscalls:sys_enter,task-clock -p "$REDIS_PIDS" \
+    -o /dev/null -- sleep 0.1 >/dev/null 2>&1; then
+  HAVE_PERF=1
+else
+  say "perf stat cannot watch processes here: no server-side counts"
+fi
+
 # --- runs --------------------------------------------------------------------------------------
 RESULTS="$WORK/results.csv"
 echo "round,target,pipeline,test,rps,p50_ms,p99_ms" >"$RESULTS"
+COSTS="$WORK/costs.csv"
+echo "round,target,pipeline,cs_per_request,syscalls_per_request,cpu_us_per_request" >"$COSTS"
+
+# Runs the rest of the line while perf stat counts the processes `pids`, then notes the counts
+# per request (`requests` in all) for the round, target and pipeline.
+counted() {
+  local round=$1 target=$2 pipeline=$3 pids=$4 requests=$5 perf_pid
+  shift 5
+  if [ "$HAVE_PERF" = 0 ]; then
+    "$@"
+    return
+  fi
+  perf stat -x, -e context-switches,raw_syscalls:sys_enter,task-clock -p "$pids" \
+    -o "$WORK/perf.txt" &
+  perf_pid=$!
+  "$@"
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+  # perf -x, lines: value,unit,event,...; task-clock is in ms.
+  awk -F, -v round="$round" -v target="$target" -v pipeline="$pipeline" -v n="$requests" '
+    $3 == "context-switches" { cs = $1 }
+    $3 ~ /^raw_syscalls:sys_enter/ { sc = $1 }
+    $3 == "task-clock" { ms = $1 }
+    END { if (n > 0 && cs != "") printf "%s,%s,%s,%.3f,%.3f,%.3f\n", round, target, pipeline, cs / n, sc / n, ms * 1000 / n }
+  ' "$WORK/perf.txt" >>"$COSTS"
+}
 
 requests_for() { if [ "$1" = 1 ]; then echo "$REQUESTS_P1"; else echo "$REQUESTS_P16"; fi; }
 
@@ -204,17 +250,25 @@ for round in $(seq "$ROUNDS"); do
   for pipeline in "${PIPELINES[@]}"; do
     for target in "${order[@]}"; do
       say "round $round/$ROUNDS, pipeline $pipeline: $target"
+      # Two runs (SET, GET) of this many requests each.
+      n=$((2 * $(requests_for "$pipeline")))
       case $target in
-        redis) run_redis_benchmark "$round" redis "$REDIS_PORT" "$pipeline" ;;
-        twemproxy) run_redis_benchmark "$round" twemproxy "$TWEMPROXY_PORT" "$pipeline" ;;
-        ringkv) run_redis_benchmark "$round" ringkv "$RINGKV_PORT" "$pipeline" ;;
-        ringkv-native) run_kvcli_bench "$round" "$pipeline" ;;
+        redis) counted "$round" redis "$pipeline" "$REDIS_PIDS" "$n" \
+          run_redis_benchmark "$round" redis "$REDIS_PORT" "$pipeline" ;;
+        twemproxy) counted "$round" twemproxy "$pipeline" "$TWEMPROXY_PIDS" "$n" \
+          run_redis_benchmark "$round" twemproxy "$TWEMPROXY_PORT" "$pipeline" ;;
+        ringkv) counted "$round" ringkv "$pipeline" "$RINGKV_PIDS" "$n" \
+          run_redis_benchmark "$round" ringkv "$RINGKV_PORT" "$pipeline" ;;
+        ringkv-native) counted "$round" ringkv-native "$pipeline" "$RINGKV_PIDS" "$n" \
+          run_kvcli_bench "$round" "$pipeline" ;;
       esac
     done
   done
 done
 
 [ -z "${RAW_CSV:-}" ] || cp "$RESULTS" "$RAW_CSV"
+
+echo "# machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- table of medians --------------------------------------------------------------------------
 echo "# compare-redis: medians of $ROUNDS rounds; $CLIENTS clients, $VALUE_SIZE-byte values, random keys of $KEYSPACE"
@@ -264,3 +318,37 @@ awk -F, -v targets="${TARGETS[*]}" '
     }
   }
 ' "$RESULTS"
+
+[ "$HAVE_PERF" = 1 ] || exit 0
+awk -F, -v targets="${TARGETS[*]}" '
+  function median(key,    n, i, j, tmp, v) {
+    n = count[key]
+    if (n == 0) return ""
+    for (i = 1; i <= n; i++) v[i] = values[key, i]
+    for (i = 2; i <= n; i++) {
+      tmp = v[i]
+      for (j = i - 1; j >= 1 && v[j] > tmp; j--) v[j + 1] = v[j]
+      v[j + 1] = tmp
+    }
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  function show(x, format) { return x == "" ? "n/a" : sprintf(format, x) }
+  NR > 1 {
+    for (m = 4; m <= 6; m++) {
+      key = $2 SUBSEP $3 SUBSEP m
+      values[key, ++count[key]] = $m + 0
+    }
+  }
+  END {
+    split(targets, names, " ")
+    printf "\nserver side, per request (perf stat on every process of the target; medians)\n"
+    printf "%-8s %-14s %14s %14s %12s\n", "pipeline", "target", "ctx_switches", "syscalls", "cpu_us"
+    split("1 16", pipelines, " ")
+    for (p = 1; p <= 2; p++) for (n = 1; n in names; n++) {
+      base = names[n] SUBSEP pipelines[p]
+      printf "%-8s %-14s %14s %14s %12s\n", pipelines[p], names[n],
+        show(median(base SUBSEP 4), "%.2f"), show(median(base SUBSEP 5), "%.2f"),
+        show(median(base SUBSEP 6), "%.2f")
+    }
+  }
+' "$COSTS"
