@@ -31,6 +31,7 @@ use crate::budget::{Held, MemoryBudget};
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
+use crate::server::outbox::{self, Finished, Outbox};
 use crate::server::{
     value_reads_per_batch, write_all_within, Activity, Handler, RecentLargest, Registry,
     ServerHandle, ServerOptions,
@@ -1627,44 +1628,160 @@ impl<'a> Batch<'a> {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 handler.handle_batch(frames)
             })) {
-                Ok(answers) if answers.len() == sent => {
-                    for answer in answers.iter().filter(|a| a.opcode == Opcode::GET) {
-                        door.largest_answer.note(answer.value.len());
-                    }
-                    Some(answers)
-                }
-                Ok(answers) => {
-                    log::error!(
-                        "resp: the handler answered {} of a batch of {sent} frames",
-                        answers.len()
-                    );
-                    None
-                }
+                Ok(answers) => checked_answers(door, sent, answers),
                 Err(_) => {
                     log::error!("resp: the request handler panicked; answering INTERNAL");
                     None
                 }
             }
         };
-        let mut out = Vec::new();
-        for planned in self.planned {
-            match planned {
-                Planned::Ready(bytes) => out.extend_from_slice(&bytes),
-                Planned::Frames {
-                    first,
-                    count,
-                    finish,
-                } => match &answers {
-                    Some(answers) => {
-                        finish_reply(door, finish, &answers[first..first + count], &mut out)
-                    }
-                    None => {
-                        reply::error(&mut out, "ERR INTERNAL: the server failed on this request")
-                    }
-                },
+        replies(door, self.planned, answers.as_deref())
+    }
+
+    /// Hands every frame of the batch to the handler without waiting for the answers: the
+    /// thread that has them makes the replies and writes them, after every earlier batch's
+    /// ([`Outbox`]).
+    fn start(self, door: &Arc<Door>, outbox: &Arc<Outbox>) {
+        let sent = self.frames.len();
+        let number = outbox.begin(sent);
+        if sent == 0 {
+            let bytes = replies(door, self.planned, Some(&[]));
+            outbox.finish(number, finished(bytes, 0, &[]));
+            return;
+        }
+        // Taken by whichever makes the replies: the answers, or a handler that panicked.
+        let planned = Arc::new(std::sync::Mutex::new(Some(self.planned)));
+        let then = {
+            let door = Arc::clone(door);
+            let outbox = Arc::clone(outbox);
+            let planned = Arc::clone(&planned);
+            Box::new(move |answers: Vec<Frame>| {
+                let Some(planned) = take_planned(&planned) else {
+                    return;
+                };
+                let answers = checked_answers(&door, sent, answers);
+                let bytes = replies(&door, planned, answers.as_deref());
+                let finished = finished(bytes, sent, answers.as_deref().unwrap_or(&[]));
+                outbox.finish(number, finished);
+            })
+        };
+        let handler = &*door.handler;
+        let frames = self.frames;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.start_batch(frames, then)
+        }))
+        .is_err()
+        {
+            log::error!("resp: the request handler panicked; answering INTERNAL");
+            if let Some(planned) = take_planned(&planned) {
+                let bytes = replies(door, planned, None);
+                outbox.finish(number, finished(bytes, sent, &[]));
             }
         }
-        out
+    }
+}
+
+fn take_planned(slot: &std::sync::Mutex<Option<Vec<Planned>>>) -> Option<Vec<Planned>> {
+    match slot.lock() {
+        Ok(mut planned) => planned.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    }
+}
+
+/// The handler's answers to a batch of `sent` frames, if there is one for each; the large
+/// values among them noted.
+fn checked_answers(door: &Door, sent: usize, answers: Vec<Frame>) -> Option<Vec<Frame>> {
+    if answers.len() != sent {
+        log::error!(
+            "resp: the handler answered {} of a batch of {sent} frames",
+            answers.len()
+        );
+        return None;
+    }
+    for answer in answers.iter().filter(|a| a.opcode == Opcode::GET) {
+        door.largest_answer.note(answer.value.len());
+    }
+    Some(answers)
+}
+
+/// A batch's replies for the [`Outbox`]: `bytes`, answering `sent` frames.
+fn finished(bytes: Vec<u8>, sent: usize, answers: &[Frame]) -> Finished {
+    let largest = answers
+        .iter()
+        .filter(|a| a.opcode == Opcode::GET)
+        .map(|a| a.value.len())
+        .max()
+        .unwrap_or(0);
+    Finished {
+        bytes,
+        requests: sent,
+        largest,
+    }
+}
+
+/// The replies of a batch's commands, in order, from the answers to its frames (`None`: the
+/// handler failed, and every command that had frames is answered INTERNAL).
+fn replies(door: &Door, planned: Vec<Planned>, answers: Option<&[Frame]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for planned in planned {
+        match planned {
+            Planned::Ready(bytes) => out.extend_from_slice(&bytes),
+            Planned::Frames {
+                first,
+                count,
+                finish,
+            } => match answers {
+                Some(answers) => {
+                    finish_reply(door, finish, &answers[first..first + count], &mut out)
+                }
+                None => reply::error(&mut out, "ERR INTERNAL: the server failed on this request"),
+            },
+        }
+    }
+    out
+}
+
+/// Writes the replies no other thread is writing, with the full write timeout; false if the
+/// connection is finished.
+fn write_owed(stream: &mut TcpStream, outbox: &Outbox, timeout: Duration, peer: &str) -> bool {
+    while let Some(owed) = outbox.take_owed() {
+        let written = write_all_within(stream, &owed, timeout);
+        outbox.owed_written(written.is_err());
+        if let Err(e) = written {
+            log::debug!("resp: connection from {peer}: write failed: {e}");
+            return false;
+        }
+    }
+    !outbox.broken()
+}
+
+/// Waits (writing what is owed meanwhile) until every batch handed on is answered and its
+/// replies written; false if the connection is finished, or the answers did not come within
+/// `timeout`.
+fn wait_until_answered(
+    stream: &mut TcpStream,
+    outbox: &Outbox,
+    timeout: Duration,
+    peer: &str,
+) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if !write_owed(stream, outbox, timeout, peer) {
+            return false;
+        }
+        if outbox.wait_idle(until) && !outbox.busy() {
+            return true;
+        }
+        if outbox.broken() {
+            return false;
+        }
+        if Instant::now() >= until {
+            log::warn!(
+                "resp: connection from {peer}: its commands were not answered within {timeout:?}; \
+                 closing it"
+            );
+            return false;
+        }
     }
 }
 
@@ -2133,7 +2250,7 @@ fn close_after_reply(stream: &TcpStream) {
 
 /// Serves one connection until the client closes it, sends QUIT or malformed input, idles out,
 /// stalls half-way through a request, or the door shuts down.
-fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
+fn serve_connection(mut stream: TcpStream, door: &Arc<Door>, activity: Activity) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -2153,7 +2270,20 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
     let mut idle_since = Instant::now();
     // When the request now arriving was first seen incomplete; reset by every whole request.
     let mut partial_since: Option<Instant> = None;
+    // With a handler that answers later, replies are written by whichever thread has the
+    // answers (see `crate::server::outbox`), and this thread only reads and hands on.
+    let outbox = door
+        .handler
+        .answers_later()
+        .then(|| stream.try_clone().ok().map(|s| Arc::new(Outbox::new(s))))
+        .flatten();
+    let mut reading_short = false;
     while !door.shutdown.load(Ordering::Relaxed) {
+        if let Some(outbox) = &outbox {
+            if !write_owed(&mut stream, outbox, timeouts.io, &peer) {
+                return;
+            }
+        }
         let mut batch = Batch::new(door, &mut client);
         let mut ending: Option<std::result::Result<(), ProtocolError>> = None;
         let mut whole = 0;
@@ -2178,7 +2308,23 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
             // Not to be closed for room while its requests are answered or their replies wait.
             activity.busy();
         }
-        let mut out = batch.run();
+        let mut out = match &outbox {
+            None => batch.run(),
+            Some(outbox) => {
+                if whole > 0 {
+                    // One batch at a time, so that a batch never passes an earlier one.
+                    if !wait_until_answered(&mut stream, outbox, timeouts.io, &peer) {
+                        return;
+                    }
+                    batch.start(door, outbox);
+                }
+                if ending.is_some() && !wait_until_answered(&mut stream, outbox, timeouts.io, &peer)
+                {
+                    return;
+                }
+                Vec::new()
+            }
+        };
         if let Some(Err(error)) = &ending {
             log::info!("resp: connection from {peer}: protocol error: {error}");
             door.handler.refused(Status::BAD_FRAME);
@@ -2193,7 +2339,8 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
                 return;
             }
         }
-        if whole > 0 {
+        let quiet = outbox.as_ref().map_or(true, |o| !o.busy());
+        if whole > 0 && quiet {
             activity.touch();
         }
         if ending.is_some() {
@@ -2211,6 +2358,15 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
             partial_since.get_or_insert_with(Instant::now);
         }
         let deadline = partial_since.unwrap_or_else(Instant::now) + timeouts.frame;
+        // While replies are on their way, the thread wakes often, to write what a finishing
+        // thread could not; once a short wait finds nothing on its way, it waits long again.
+        let busy = outbox.as_ref().is_some_and(|o| o.busy());
+        if busy && !reading_short {
+            if stream.set_read_timeout(Some(outbox::SHORT_READ)).is_err() {
+                return;
+            }
+            reading_short = true;
+        }
         match parser.read_from_until(&mut stream, Some(deadline)) {
             Ok(0) => return,
             Ok(_) => idle_since = Instant::now(),
@@ -2238,6 +2394,13 @@ fn serve_connection(mut stream: TcpStream, door: &Door, activity: Activity) {
             Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
             {
+                if reading_short && !outbox.as_ref().is_some_and(|o| o.busy()) {
+                    if stream.set_read_timeout(Some(timeouts.frame)).is_err() {
+                        return;
+                    }
+                    reading_short = false;
+                    activity.touch();
+                }
                 if partial_since.is_none() && idle_since.elapsed() >= timeouts.idle {
                     log::debug!(
                         "resp: connection from {peer}: idle for {:?}, closing",

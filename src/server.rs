@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::pool::{Backlog, ThreadPool};
 use crate::protocol::{self, Frame, Kind, Limits, Opcode, Status};
 
-mod outbox;
-use outbox::Outbox;
+pub(crate) mod outbox;
+use outbox::{Finished, Outbox};
 
 /// Settings every server has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1076,31 +1076,26 @@ fn serve_connection(stream: TcpStream, connections: &Connections, activity: Acti
     }
 }
 
-/// Serves a connection whose handler answers later ([`outbox`]): its requests are handed on as
-/// they come, at most [`MAX_BATCH`] in flight (and GETs within [`ANSWER_BUDGET`]), and their
-/// answers written by whichever thread finishes them, in request order.
+/// Serves a connection whose handler answers later ([`outbox`]): its requests are handed on a
+/// batch at a time as [`ClientConn::answer_pending`] takes them, the next when the last is
+/// answered, and their answers written by whichever thread finishes them.
 fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
     let Ok(stream) = conn.stream.try_clone() else {
         return;
     };
-    let outbox = Arc::new(Outbox::new(stream, Arc::clone(serving)));
+    let outbox = Arc::new(Outbox::new(stream));
     let timeouts = &serving.options.timeouts;
     let mut reading_short = false;
     while !serving.shutdown.load(Ordering::Relaxed) {
         if let Flow::Close = write_owed(&mut conn, &outbox) {
             return;
         }
-        let first = conn.pending.front().map(|first| first.opcode);
-        if first.is_some() {
-            // Room for the next batch: fewer than MAX_BATCH requests in flight, and if it
-            // starts with a GET, one more GET within the answer budget.
-            let largest = serving.largest_answer.get().max(outbox.largest_answer());
-            let most_gets = value_reads_per_batch(largest, MAX_BATCH);
-            let wants_get = first == Some(Opcode::GET);
+        if !conn.pending.is_empty() {
+            // One batch at a time: a batch handed on may pass requests of an earlier one on
+            // their way (a GET to a chain's tail before a PUT to its head), or, answered here,
+            // not see them.
             let until = Instant::now() + timeouts.io;
-            let room = outbox.wait_until(until, |requests, gets| {
-                requests < MAX_BATCH && (!wants_get || gets < most_gets)
-            });
+            let room = outbox.wait_idle(until);
             if !room {
                 if outbox.broken() {
                     return;
@@ -1114,7 +1109,7 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
                 }
                 continue;
             }
-            if hand_on(&mut conn, &outbox, serving, most_gets).is_err() {
+            if hand_on(&mut conn, &outbox, serving).is_err() {
                 return;
             }
             continue;
@@ -1168,37 +1163,40 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
     }
 }
 
-/// Hands the next batch of pending requests (at most `most_gets` GETs in flight) to the
-/// handler. An error means the connection is finished.
+/// Hands the next batch of pending requests to the handler, as
+/// [`ClientConn::answer_pending`] takes them. An error means the connection is finished.
 fn hand_on(
     conn: &mut ClientConn,
     outbox: &Arc<Outbox>,
     serving: &Arc<Serving>,
-    most_gets: usize,
 ) -> std::result::Result<(), ()> {
+    let largest = serving.largest_answer.get().max(outbox.largest_answer());
     let most = if conn.out_held.budget_exhausted() {
         1
     } else {
         HANDLER_BATCH
     };
-    let gets_left = most_gets.saturating_sub(outbox.gets_in_flight()).max(1);
-    let take = conn.batch_len(gets_left.min(most));
-    let batch: Vec<Frame> = conn.pending.drain(..take.min(most)).collect();
+    let take = conn.batch_len(value_reads_per_batch(largest, most));
+    let batch: Vec<Frame> = conn.pending.drain(..take).collect();
     conn.count_held();
-    let gets = batch.iter().filter(|r| r.opcode == Opcode::GET).count();
-    let number = outbox.begin(batch.len(), gets);
+    let number = outbox.begin(batch.len());
     let Screened { answers, accepted } = screen(serving, batch, &mut conn.session, &conn.peer);
     if conn.session.trusted && conn.out_held.is_counted() {
         conn.exempt_from_budget();
         outbox.exempt_from_budget();
     }
     if accepted.is_empty() {
-        outbox.finish(number, merge(answers, Vec::new()));
+        outbox.finish(number, Finished::frames(&merge(answers, Vec::new())));
     } else {
         let failed: Vec<u64> = accepted.iter().map(|r| r.request_id).collect();
         let then = {
             let outbox = Arc::clone(outbox);
-            Box::new(move |handled: Vec<Frame>| outbox.finish(number, merge(answers, handled)))
+            let serving = Arc::clone(serving);
+            Box::new(move |handled: Vec<Frame>| {
+                let finished = Finished::frames(&merge(answers, handled));
+                serving.largest_answer.note(finished.largest);
+                outbox.finish(number, finished)
+            })
         };
         let handler = &*serving.handler;
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1207,13 +1205,13 @@ fn hand_on(
         if started.is_err() {
             log::error!("a request handler panicked; answering INTERNAL");
             // Ignored if the handler had answered before it panicked.
-            let answers = failed
+            let answers: Vec<Frame> = failed
                 .into_iter()
                 .map(|id| {
                     Frame::error_for_id(id, Status::INTERNAL, "the server failed on this request")
                 })
                 .collect();
-            outbox.finish(number, answers);
+            outbox.finish(number, Finished::frames(&answers));
         }
     }
     if conn.session.locked_out() {
@@ -1253,7 +1251,7 @@ fn finish_answering(conn: &mut ClientConn, outbox: &Outbox, bound: Duration) {
         if !outbox.busy() || Instant::now() >= until {
             return;
         }
-        outbox.wait_until(until, |requests, _| requests == 0);
+        outbox.wait_idle(until);
     }
 }
 

@@ -13,16 +13,15 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::Serving;
 use crate::budget::{Held, MemoryBudget};
 use crate::protocol::{Frame, Opcode};
 
 /// The connection thread's read timeout while answers are in flight or owed: how soon it
 /// writes what a finishing thread could not write without waiting.
-pub(super) const SHORT_READ: Duration = Duration::from_millis(10);
+pub(crate) const SHORT_READ: Duration = Duration::from_millis(10);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
@@ -32,10 +31,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The answers of one connection on their way out.
-pub(super) struct Outbox {
+pub(crate) struct Outbox {
     /// The connection's socket (a second handle on it), for writes that never wait.
     stream: TcpStream,
-    serving: Arc<Serving>,
     state: Mutex<State>,
     /// Signalled when batches finish or writing stops, if the connection's thread waits.
     progressed: Condvar,
@@ -47,15 +45,14 @@ struct State {
     /// The batch whose answers go out next.
     next_out: u64,
     /// Batches finished ahead of an earlier one.
-    finished: BTreeMap<u64, Vec<Frame>>,
+    finished: BTreeMap<u64, Finished>,
     /// Encoded answers, in request order; `written` of them are on the socket.
     out: Vec<u8>,
     written: usize,
     /// Whether a thread is writing `out` (the others only append).
     writing: bool,
-    /// Requests handed on and not yet answered, and how many of them are GETs.
+    /// Requests handed on and not yet answered.
     requests: usize,
-    gets: usize,
     /// Set when a write failed: the connection is finished.
     broken: bool,
     /// Whether the connection's thread waits on `progressed`.
@@ -66,11 +63,38 @@ struct State {
     largest_answer: usize,
 }
 
+/// A batch's encoded answers, and what they answer.
+pub(crate) struct Finished {
+    pub(crate) bytes: Vec<u8>,
+    /// The requests they answer.
+    pub(crate) requests: usize,
+    /// The largest GET answer among them.
+    pub(crate) largest: usize,
+}
+
+impl Finished {
+    /// The answers to a batch of frames, encoded.
+    pub(crate) fn frames(answers: &[Frame]) -> Finished {
+        let mut bytes = Vec::with_capacity(answers.iter().map(Frame::encoded_len).sum());
+        let mut largest = 0;
+        for answer in answers {
+            if answer.opcode == Opcode::GET {
+                largest = largest.max(answer.value.len());
+            }
+            answer.encode_into(&mut bytes);
+        }
+        Finished {
+            bytes,
+            requests: answers.len(),
+            largest,
+        }
+    }
+}
+
 impl Outbox {
-    pub(super) fn new(stream: TcpStream, serving: Arc<Serving>) -> Outbox {
+    pub(crate) fn new(stream: TcpStream) -> Outbox {
         Outbox {
             stream,
-            serving,
             state: Mutex::new(State {
                 next_batch: 0,
                 next_out: 0,
@@ -79,7 +103,6 @@ impl Outbox {
                 written: 0,
                 writing: false,
                 requests: 0,
-                gets: 0,
                 broken: false,
                 waited_on: false,
                 held: Held::in_budget(MemoryBudget::process()),
@@ -89,36 +112,33 @@ impl Outbox {
         }
     }
 
-    /// Numbers a batch of `requests` (`gets` of them GETs) about to be handed on.
-    pub(super) fn begin(&self, requests: usize, gets: usize) -> u64 {
+    /// Numbers a batch of `requests` about to be handed on.
+    pub(crate) fn begin(&self, requests: usize) -> u64 {
         let mut state = lock(&self.state);
         state.requests += requests;
-        state.gets += gets;
         state.next_batch += 1;
         state.next_batch - 1
     }
 
-    /// The answers of batch `batch`, one per request: written, with every batch before it,
-    /// as far as the socket takes them now. A batch finished twice keeps its first answers.
-    pub(super) fn finish(&self, batch: u64, answers: Vec<Frame>) {
+    /// The answers of batch `batch`: written, with every batch before it, as far as the
+    /// socket takes them now. A batch finished twice keeps its first answers.
+    pub(crate) fn finish(&self, batch: u64, answers: Finished) {
         let mut state = lock(&self.state);
         if batch < state.next_out || state.finished.contains_key(&batch) {
             return;
         }
         state.finished.insert(batch, answers);
-        while let Some(answers) = {
+        while let Some(done) = {
             let next = state.next_out;
             state.finished.remove(&next)
         } {
             state.next_out += 1;
-            for answer in answers {
-                if answer.opcode == Opcode::GET {
-                    state.gets = state.gets.saturating_sub(1);
-                    self.serving.largest_answer.note(answer.value.len());
-                    state.largest_answer = state.largest_answer.max(answer.value.len());
-                }
-                state.requests = state.requests.saturating_sub(1);
-                answer.encode_into(&mut state.out);
+            state.requests = state.requests.saturating_sub(done.requests);
+            state.largest_answer = state.largest_answer.max(done.largest);
+            if state.out.is_empty() {
+                state.out = done.bytes;
+            } else {
+                state.out.extend_from_slice(&done.bytes);
             }
         }
         let owed = state.out.len() - state.written;
@@ -176,29 +196,24 @@ impl Outbox {
 
     /// Whether requests are in flight or answers are being written or wait to be. (A thread
     /// writing holds the answers out of `out`, and may leave some of them owed.)
-    pub(super) fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         let state = lock(&self.state);
         state.requests > 0 || state.writing || state.out.len() > state.written
     }
 
     /// Whether a write failed, which ends the connection.
-    pub(super) fn broken(&self) -> bool {
+    pub(crate) fn broken(&self) -> bool {
         lock(&self.state).broken
     }
 
     /// The largest GET answer this connection was sent.
-    pub(super) fn largest_answer(&self) -> usize {
+    pub(crate) fn largest_answer(&self) -> usize {
         lock(&self.state).largest_answer
-    }
-
-    /// GETs handed on and not yet answered.
-    pub(super) fn gets_in_flight(&self) -> usize {
-        lock(&self.state).gets
     }
 
     /// Takes the answers no thread is writing, for the connection's thread to write with the
     /// full write timeout; `None` if there are none (or another thread is writing them).
-    pub(super) fn take_owed(&self) -> Option<Vec<u8>> {
+    pub(crate) fn take_owed(&self) -> Option<Vec<u8>> {
         let mut state = lock(&self.state);
         if state.writing || state.broken || state.out.len() == state.written {
             return None;
@@ -210,7 +225,7 @@ impl Outbox {
     }
 
     /// After [`take_owed`](Self::take_owed): the write is over, `failed` if it did not finish.
-    pub(super) fn owed_written(&self, failed: bool) {
+    pub(crate) fn owed_written(&self, failed: bool) {
         let mut state = lock(&self.state);
         state.writing = false;
         if failed {
@@ -223,13 +238,12 @@ impl Outbox {
         self.wake(&mut state);
     }
 
-    /// Waits until `ready` holds of the requests in flight (their count, and their GETs') or
-    /// `until` passes; whether it holds. Answers owed end the wait too (false), for the caller
-    /// to write them.
-    pub(super) fn wait_until(&self, until: Instant, ready: impl Fn(usize, usize) -> bool) -> bool {
+    /// Waits until no request is in flight or `until` passes; whether none is. Answers owed
+    /// end the wait too (false), for the caller to write them.
+    pub(crate) fn wait_idle(&self, until: Instant) -> bool {
         let mut state = lock(&self.state);
         loop {
-            if ready(state.requests, state.gets) {
+            if state.requests == 0 {
                 return true;
             }
             let owed = !state.writing && state.out.len() > state.written;
@@ -246,7 +260,7 @@ impl Outbox {
     }
 
     /// A cluster member's connection counts against no budget.
-    pub(super) fn exempt_from_budget(&self) {
+    pub(crate) fn exempt_from_budget(&self) {
         lock(&self.state).held.exempt_from_now();
     }
 }
@@ -290,22 +304,6 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    struct Nothing;
-    impl crate::server::Handler for Nothing {
-        fn handle(&self, request: Frame) -> Frame {
-            request.reply(crate::protocol::Status::OK, Vec::new())
-        }
-    }
-
-    fn serving() -> Arc<Serving> {
-        Arc::new(Serving {
-            handler: Arc::new(Nothing),
-            options: Default::default(),
-            shutdown: Default::default(),
-            largest_answer: Default::default(),
-        })
-    }
-
     fn answer(id: u64, value: Vec<u8>) -> Frame {
         Frame::request(Opcode::GET, id, b"k".to_vec(), Vec::new())
             .reply(crate::protocol::Status::OK, value)
@@ -323,24 +321,22 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let outbox = Outbox::new(server, serving());
-        let first = outbox.begin(2, 2);
-        let second = outbox.begin(1, 1);
-        outbox.finish(second, vec![answer(3, b"c".to_vec())]);
+        let outbox = Outbox::new(server);
+        let first = outbox.begin(2);
+        let second = outbox.begin(1);
+        outbox.finish(second, Finished::frames(&[answer(3, b"c".to_vec())]));
         assert!(outbox.busy(), "the first batch is still out");
-        outbox.finish(
-            first,
-            vec![answer(1, b"a".to_vec()), answer(2, b"b".to_vec())],
-        );
+        let answers = [answer(1, b"a".to_vec()), answer(2, b"b".to_vec())];
+        outbox.finish(first, Finished::frames(&answers));
         // Finished twice: the first answers stand.
-        outbox.finish(first, vec![answer(9, Vec::new()), answer(9, Vec::new())]);
+        let again = [answer(9, Vec::new()), answer(9, Vec::new())];
+        outbox.finish(first, Finished::frames(&again));
         assert!(!outbox.busy());
         let ids: Vec<u64> = read_answers(&client, 3)
             .iter()
             .map(|a| a.request_id)
             .collect();
         assert_eq!(ids, [1, 2, 3]);
-        assert_eq!(outbox.gets_in_flight(), 0);
     }
 
     #[test]
@@ -348,11 +344,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let outbox = Outbox::new(server.try_clone().unwrap(), serving());
+        let outbox = Outbox::new(server.try_clone().unwrap());
         let big = vec![5u8; 16 << 20];
-        let batch = outbox.begin(1, 1);
+        let batch = outbox.begin(1);
         // Nobody reads: the finishing thread writes what fits and returns.
-        outbox.finish(batch, vec![answer(1, big.clone())]);
+        outbox.finish(batch, Finished::frames(&[answer(1, big.clone())]));
         assert!(outbox.busy(), "answers are owed");
         let reader = std::thread::spawn(move || read_answers(&client, 1));
         let owed = outbox.take_owed().expect("owed bytes");
