@@ -386,6 +386,9 @@ pub struct Ring {
     chains: Vec<Chain>,
     /// `min(replicas, nodes)`.
     chain_len: usize,
+    /// With equal partitions, the bits of a position that number its partition: the point
+    /// holding a position is then read off it, not searched for.
+    partition_bits: Option<u32>,
 }
 
 impl Ring {
@@ -496,7 +499,19 @@ impl Ring {
         for (index, (_, node)) in points.iter().enumerate() {
             points_of_node[*node as usize].push(index as u32);
         }
-        let heads = points.iter().map(|(p, _)| position_head(p)).collect();
+        let heads: Vec<u64> = points.iter().map(|(p, _)| position_head(p)).collect();
+        let partition_bits = match view.placement {
+            Placement::Partitions { count }
+                if points.len() == count as usize
+                    && points
+                        .iter()
+                        .enumerate()
+                        .all(|(i, (p, _))| *p == partition_start(i as u32, count)) =>
+            {
+                Some(count.trailing_zeros())
+            }
+            _ => None,
+        };
         let placed = points_of_node.iter().filter(|p| !p.is_empty()).count();
         let chain_len = view.replicas.min(placed);
         let natural_chains = natural_chains(&points, chain_len);
@@ -511,6 +526,7 @@ impl Ring {
             natural_chains,
             chains,
             chain_len,
+            partition_bits,
         })
     }
 
@@ -580,9 +596,19 @@ impl Ring {
     /// Index into `points` of the point whose span holds `position`: the last point at or
     /// before it, or the last point of all when `position` is below every point.
     fn point_of(&self, position: &Position) -> usize {
+        let head = position_head(position);
+        match self.partition_bits {
+            Some(0) => return 0,
+            Some(bits) => return (head >> (64 - bits)) as usize,
+            None => {}
+        }
+        self.point_by_search(head, position)
+    }
+
+    /// [`point_of`](Ring::point_of) by a binary search of the points.
+    fn point_by_search(&self, head: u64, position: &Position) -> usize {
         // The search runs on the positions' first 64 bits, which are plain integer compares;
         // only points sharing those bits with `position` need the full 160.
-        let head = position_head(position);
         let mut after = self.heads.partition_point(|&h| h <= head);
         while after > 0 && self.heads[after - 1] == head && self.points[after - 1].0 > *position {
             after -= 1;
@@ -906,6 +932,48 @@ fn highest_bit(a: &Position) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn equal_partitions_are_read_off_the_position_as_the_search_finds_them() {
+        let nodes: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:7001")).collect();
+        for count in [1u32, 2, 64, 4096] {
+            let view = View::new(
+                1,
+                Routing::Direct,
+                Placement::Partitions { count },
+                2,
+                nodes.clone(),
+            );
+            let Ok(ring) = Ring::new(view) else {
+                assert!((count as usize) < nodes.len());
+                continue;
+            };
+            assert_eq!(ring.partition_bits, Some(count.trailing_zeros()));
+            let mut positions: Vec<Position> = (0..2000u32)
+                .map(|i| key_position(format!("key-{i}").as_bytes()))
+                .collect();
+            for p in 0..count {
+                let start = partition_start(p, count);
+                positions.push(start);
+                let mut before = start;
+                // The last position of the partition before.
+                if let Some(i) = before.iter().rposition(|&b| b != 0) {
+                    before[i] -= 1;
+                    before[i + 1..].iter_mut().for_each(|b| *b = 0xff);
+                    positions.push(before);
+                }
+            }
+            positions.push([0xff; 20]);
+            for position in &positions {
+                let head = position_head(position);
+                assert_eq!(
+                    ring.point_of(position),
+                    ring.point_by_search(head, position),
+                    "{count} partitions, {position:?}"
+                );
+            }
+        }
+    }
+
     use super::*;
 
     fn view(nodes: &[&str], routing: Routing, vnodes: u16) -> View {
