@@ -1,7 +1,7 @@
 //! What the backend and frontend servers share: the accept loop with its connection limit, the
 //! per-connection frame loop, and shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -508,6 +508,17 @@ impl ClientConn {
             }
         }
         self.flush()
+    }
+
+    /// How many pending requests the next batch takes, as [`ClientConn::answer_pending`]
+    /// would, when answers have lately been up to `largest` bytes.
+    fn next_batch_len(&self, largest: usize) -> usize {
+        let most = if self.out_held.budget_exhausted() {
+            1
+        } else {
+            HANDLER_BATCH
+        };
+        self.batch_len(value_reads_per_batch(largest, most))
     }
 
     /// How many pending requests the next handler batch takes: at most [`HANDLER_BATCH`], of
@@ -1086,31 +1097,54 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
     let outbox = Arc::new(Outbox::new(stream));
     let timeouts = &serving.options.timeouts;
     let mut reading_short = false;
+    // The batches on their way, with the keys they touch (`None`: any key).
+    let mut flying: Vec<(u64, Option<HashSet<u64>>)> = Vec::new();
     while !serving.shutdown.load(Ordering::Relaxed) {
         if let Flow::Close = write_owed(&mut conn, &outbox) {
             return;
         }
         if !conn.pending.is_empty() {
-            // One batch at a time: a batch handed on may pass requests of an earlier one on
-            // their way (a GET to a chain's tail before a PUT to its head), or, answered here,
-            // not see them.
-            let until = Instant::now() + timeouts.io;
-            let room = outbox.wait_idle(until);
-            if !room {
-                if outbox.broken() {
-                    return;
+            let answered = outbox.answered();
+            flying.retain(|(batch, _)| *batch >= answered);
+            let largest = serving.largest_answer.get().max(outbox.largest_answer());
+            let take = conn.next_batch_len(largest);
+            // A batch may pass requests of an earlier one on their way (a GET to a chain's
+            // tail before a PUT to its head), or, answered here, not see them: it goes at once
+            // only if it and every batch on its way touch distinct keys; else when they are in.
+            let keys = independent_keys(&conn.pending, take);
+            let overlaps = match &keys {
+                Some(keys) => {
+                    !flying.is_empty()
+                        && value_reads_per_batch(largest, MAX_BATCH) == MAX_BATCH
+                        && outbox.requests_in_flight() + take <= MAX_BATCH
+                        && flying.iter().all(|(_, theirs)| {
+                            theirs
+                                .as_ref()
+                                .is_some_and(|theirs| keys.iter().all(|k| !theirs.contains(k)))
+                        })
                 }
-                if Instant::now() >= until {
-                    log::warn!(
-                        "connection from {}: its requests were not answered within the i/o                          timeout; closing it",
-                        conn.peer
-                    );
-                    return;
+                None => false,
+            };
+            if !flying.is_empty() && !overlaps {
+                let until = Instant::now() + timeouts.io;
+                if !outbox.wait_idle(until) {
+                    if outbox.broken() {
+                        return;
+                    }
+                    if Instant::now() >= until {
+                        log::warn!(
+                            "connection from {}: its requests were not answered within the \
+                             i/o timeout; closing it",
+                            conn.peer
+                        );
+                        return;
+                    }
                 }
                 continue;
             }
-            if hand_on(&mut conn, &outbox, serving).is_err() {
-                return;
+            match hand_on(&mut conn, &outbox, serving, take) {
+                Ok(number) => flying.push((number, keys)),
+                Err(()) => return,
             }
             continue;
         }
@@ -1163,20 +1197,14 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
     }
 }
 
-/// Hands the next batch of pending requests to the handler, as
-/// [`ClientConn::answer_pending`] takes them. An error means the connection is finished.
+/// Hands the first `take` pending requests to the handler as one batch; its number. An error
+/// means the connection is finished.
 fn hand_on(
     conn: &mut ClientConn,
     outbox: &Arc<Outbox>,
     serving: &Arc<Serving>,
-) -> std::result::Result<(), ()> {
-    let largest = serving.largest_answer.get().max(outbox.largest_answer());
-    let most = if conn.out_held.budget_exhausted() {
-        1
-    } else {
-        HANDLER_BATCH
-    };
-    let take = conn.batch_len(value_reads_per_batch(largest, most));
+    take: usize,
+) -> std::result::Result<u64, ()> {
     let batch: Vec<Frame> = conn.pending.drain(..take).collect();
     conn.count_held();
     let number = outbox.begin(batch.len());
@@ -1221,7 +1249,38 @@ fn hand_on(
         let _ = conn.stream.shutdown(Shutdown::Both);
         return Err(());
     }
-    Ok(())
+    Ok(number)
+}
+
+/// The hashes of the keys of `pending[..take]` if each of its requests is a key request and
+/// no key is both read and written in it (then a handler sends the batch as one wave); `None`
+/// if it may touch anything.
+fn independent_keys(pending: &VecDeque<Frame>, take: usize) -> Option<HashSet<u64>> {
+    use std::hash::Hasher;
+    let mut keys: HashMap<u64, bool> = HashMap::with_capacity(take);
+    for request in pending.iter().take(take) {
+        let is_read = match request.opcode {
+            Opcode::GET => true,
+            Opcode::PUT
+            | Opcode::DELETE
+            | Opcode::PUT_ONCE
+            | Opcode::DELETE_ONCE
+            | Opcode::UPDATE => false,
+            _ => return None,
+        };
+        if request.key.is_empty() {
+            return None;
+        }
+        // One fixed hash for every batch, so that the same key hashes alike in each (a
+        // collision only makes a batch wait).
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        hasher.write(&request.key);
+        if *keys.entry(hasher.finish()).or_insert(is_read) != is_read {
+            // A key read and written in one batch: it is cut into waves.
+            return None;
+        }
+    }
+    Some(keys.into_keys().collect())
 }
 
 /// Writes the answers no other thread is writing, with the full write timeout.

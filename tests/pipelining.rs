@@ -431,3 +431,38 @@ fn pipelined_writes_to_a_log_synced_on_every_write_share_their_fsyncs() {
         );
     }
 }
+
+/// A deep pipeline is handed on in batches, and batches of distinct keys travel at once; a
+/// batch touching a key of one still on its way waits for it. With three copies, writes go to
+/// a chain's head and reads to its tail, so a GET sent on early would find the old value.
+#[test]
+fn batches_on_their_way_together_never_let_a_read_pass_an_earlier_write() {
+    let cluster = common::replicated_cluster(3, 3);
+    let mut c = client(cluster.frontend_addr());
+    let keys: Vec<Vec<u8>> = (0..96).map(|i| format!("deep-{i}").into_bytes()).collect();
+    let mut requests = Vec::new();
+    for round in 0..3u8 {
+        for key in &keys {
+            requests.push(Request::Put {
+                key: key.clone(),
+                value: vec![round; 4],
+            });
+        }
+        for key in &keys {
+            requests.push(Request::Get { key: key.clone() });
+        }
+    }
+    let replies = c.pipeline(&requests).unwrap();
+    assert_eq!(replies.len(), requests.len());
+    for (n, (request, reply)) in requests.iter().zip(&replies).enumerate() {
+        let round = (n / (2 * keys.len())) as u8;
+        match request {
+            Request::Put { .. } => assert_eq!(reply.status, Status::OK, "{n}: {reply:?}"),
+            Request::Get { .. } => {
+                assert_eq!(reply.status, Status::OK, "{n}: {reply:?}");
+                assert_eq!(reply.value, vec![round; 4], "request {n}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}

@@ -206,6 +206,16 @@ impl Outbox {
         lock(&self.state).broken
     }
 
+    /// The number of batches answered: every batch numbered below it.
+    pub(crate) fn answered(&self) -> u64 {
+        lock(&self.state).next_out
+    }
+
+    /// Requests handed on and not yet answered.
+    pub(crate) fn requests_in_flight(&self) -> usize {
+        lock(&self.state).requests
+    }
+
     /// The largest GET answer this connection was sent.
     pub(crate) fn largest_answer(&self) -> usize {
         lock(&self.state).largest_answer
