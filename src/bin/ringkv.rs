@@ -98,7 +98,8 @@ struct FrontendArgs {
     /// address to listen on for clients (default 127.0.0.1:7000)
     #[argh(option, default = "String::from(ringkv::cli::DEFAULT_FRONTEND)")]
     listen: String,
-    /// worker threads forwarding requests to the backends (default 64)
+    /// worker threads: they forward every request with --answering workers, and only the
+    /// requests sent again under a newer view with direct (default 64)
     #[argh(option, default = "64")]
     threads: usize,
     /// shared connections per backend carrying every worker's requests together, matched
