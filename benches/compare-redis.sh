@@ -271,12 +271,8 @@ done
 echo "# machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- table of medians --------------------------------------------------------------------------
-echo "# compare-redis: medians of $ROUNDS rounds; $CLIENTS clients, $VALUE_SIZE-byte values, random keys of $KEYSPACE"
-echo "# requests per run: $REQUESTS_P1 at pipeline 1, $REQUESTS_P16 at pipeline 16; latencies in ms"
-echo "# redis, twemproxy (ketama over 3 redis-servers), ringkv (RESP door, 3 backends): redis-benchmark"
-[ "$HAVE_KVCLI_BENCH" = 1 ] && echo "# ringkv-native: kvcli bench against the native port"
-[ "$HAVE_KVCLI_BENCH" = 1 ] || echo "# ringkv-native: skipped (no kvcli bench)"
-awk -F, -v targets="${TARGETS[*]}" '
+# What both tables' awk programs share: the median of the values noted under a key.
+MEDIANS='
   function median(key,    n, i, j, tmp, v) {
     n = count[key]
     if (n == 0) return ""
@@ -289,6 +285,13 @@ awk -F, -v targets="${TARGETS[*]}" '
     return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
   }
   function show(x, format) { return x == "" ? "n/a" : sprintf(format, x) }
+'
+echo "# compare-redis: medians of $ROUNDS rounds; $CLIENTS clients, $VALUE_SIZE-byte values, random keys of $KEYSPACE"
+echo "# requests per run: $REQUESTS_P1 at pipeline 1, $REQUESTS_P16 at pipeline 16; latencies in ms"
+echo "# redis, twemproxy (ketama over 3 redis-servers), ringkv (RESP door, 3 backends): redis-benchmark"
+[ "$HAVE_KVCLI_BENCH" = 1 ] && echo "# ringkv-native: kvcli bench against the native port"
+[ "$HAVE_KVCLI_BENCH" = 1 ] || echo "# ringkv-native: skipped (no kvcli bench)"
+awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "n/a" : sprintf("%.2f", a / b) }
   NR > 1 {
     for (m = 5; m <= 7; m++) {
@@ -320,19 +323,7 @@ awk -F, -v targets="${TARGETS[*]}" '
 ' "$RESULTS"
 
 [ "$HAVE_PERF" = 1 ] || exit 0
-awk -F, -v targets="${TARGETS[*]}" '
-  function median(key,    n, i, j, tmp, v) {
-    n = count[key]
-    if (n == 0) return ""
-    for (i = 1; i <= n; i++) v[i] = values[key, i]
-    for (i = 2; i <= n; i++) {
-      tmp = v[i]
-      for (j = i - 1; j >= 1 && v[j] > tmp; j--) v[j + 1] = v[j]
-      v[j + 1] = tmp
-    }
-    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-  }
-  function show(x, format) { return x == "" ? "n/a" : sprintf(format, x) }
+awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   NR > 1 {
     for (m = 4; m <= 6; m++) {
       key = $2 SUBSEP $3 SUBSEP m

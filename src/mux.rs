@@ -129,6 +129,23 @@ struct TicketState {
     unsent: Vec<usize>,
 }
 
+impl TicketState {
+    /// The answers, in request order; one never filled in is an error.
+    fn take_answers(&mut self) -> Vec<Result<Frame>> {
+        std::mem::take(&mut self.answers)
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(Error::Unanswered {
+                        addr: String::new(),
+                        reason: "not sent".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
 impl Ticket {
     fn new(len: usize) -> Arc<Ticket> {
         Arc::new(Ticket {
@@ -168,17 +185,7 @@ impl Ticket {
         let Some(then) = lock(&self.then).take() else {
             return;
         };
-        let answers = std::mem::take(&mut state.answers)
-            .into_iter()
-            .map(|answer| {
-                answer.unwrap_or_else(|| {
-                    Err(Error::Unanswered {
-                        addr: String::new(),
-                        reason: "not sent".into(),
-                    })
-                })
-            })
-            .collect();
+        let answers = state.take_answers();
         let unsent = std::mem::take(&mut state.unsent);
         drop(state);
         // A reader thread must outlive whatever the callback does wrong.
@@ -255,18 +262,8 @@ impl MuxPool {
                 first.answers[index] = retried.answers[index].take();
             }
         }
-        let mut state = lock(&ticket.state);
-        std::mem::take(&mut state.answers)
-            .into_iter()
-            .map(|answer| {
-                answer.unwrap_or_else(|| {
-                    Err(Error::Unanswered {
-                        addr: String::new(),
-                        reason: "not sent".into(),
-                    })
-                })
-            })
-            .collect()
+        let answers = lock(&ticket.state).take_answers();
+        answers
     }
 
     /// Sends every `(addr, request)` like [`MuxPool::call_batch`] but returns at once: `then`
