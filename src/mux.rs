@@ -771,6 +771,42 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_nobody_waits_for_ends_in_its_completion_answered_or_overdue() {
+        let echo = fake_peer(Peer::Echo);
+        let pool = pool(Duration::from_millis(300));
+        let (done, answers) = std::sync::mpsc::channel();
+        let requests = [get(4, "a"), get(5, "b")];
+        let calls: Vec<(&str, &Frame)> = requests.iter().map(|r| (echo.addr.as_str(), r)).collect();
+        let sender = done.clone();
+        pool.call_batch_then(
+            &calls,
+            Box::new(move |answers, unsent| sender.send((answers, unsent)).unwrap()),
+        );
+        let (got, unsent) = answers.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(unsent.is_empty());
+        let got: Vec<(u64, Vec<u8>)> = got
+            .into_iter()
+            .map(|a| a.map(|a| (a.request_id, a.value)).unwrap())
+            .collect();
+        assert_eq!(got, [(4, b"a".to_vec()), (5, b"b".to_vec())]);
+
+        // No caller waits to notice a silent peer: the link's reader fails the request once
+        // it is overdue, and the completion hears of it.
+        let silent = fake_peer(Peer::Silent);
+        let started = Instant::now();
+        let request = get(6, "c");
+        pool.call_batch_then(
+            &[(&silent.addr, &request)],
+            Box::new(move |answers, unsent| done.send((answers, unsent)).unwrap()),
+        );
+        let (got, unsent) = answers.recv_timeout(Duration::from_secs(5)).unwrap();
+        let waited = started.elapsed();
+        assert!(matches!(got[0], Err(Error::Unanswered { .. })), "{got:?}");
+        assert!(unsent.is_empty(), "it was written");
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    }
+
+    #[test]
     fn a_closed_link_fails_what_it_carried_and_the_next_call_opens_another() {
         let peer = fake_peer(Peer::Echo);
         let pool = pool(Duration::from_secs(10));
