@@ -1252,13 +1252,20 @@ fn hand_on(
     Ok(number)
 }
 
-/// The hashes of the keys of `pending[..take]` if each of its requests is a key request and
-/// no key is both read and written in it (then a handler sends the batch as one wave); `None`
-/// if it may touch anything.
+/// The hashes of the keys of `pending[..take]` if each of its requests is a key request, no
+/// key is both read and written in it (then a handler sends the batch as one wave), and it
+/// holds at most [`FLUSH_AT`] bytes (so the batches of a connection on their way at once hold
+/// little besides the first, which no budget counts once handed on); `None` if it may touch
+/// anything or is too big to go beside others.
 fn independent_keys(pending: &VecDeque<Frame>, take: usize) -> Option<HashSet<u64>> {
     use std::hash::Hasher;
     let mut keys: HashMap<u64, bool> = HashMap::with_capacity(take);
+    let mut bytes = 0;
     for request in pending.iter().take(take) {
+        bytes += request.key.len() + request.value.len();
+        if bytes > FLUSH_AT {
+            return None;
+        }
         let is_read = match request.opcode {
             Opcode::GET => true,
             Opcode::PUT
@@ -1364,4 +1371,50 @@ fn serve_lent(lent: Lent, serving: &Serving, backlog: &Backlog) {
             }
         };
     let _ = back.send(open.then_some(conn));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(opcode: Opcode, key: &str, value_len: usize) -> Frame {
+        Frame::request(opcode, 1, key.as_bytes().to_vec(), vec![0; value_len])
+    }
+
+    #[test]
+    fn a_batch_goes_beside_others_only_if_its_keys_and_size_allow() {
+        let keys = |frames: Vec<Frame>| {
+            let n = frames.len();
+            independent_keys(&frames.into_iter().collect(), n).map(|k| k.len())
+        };
+        let distinct = vec![
+            frame(Opcode::PUT, "a", 3),
+            frame(Opcode::GET, "b", 0),
+            frame(Opcode::DELETE, "c", 0),
+        ];
+        assert_eq!(keys(distinct), Some(3));
+        let written_twice = vec![frame(Opcode::PUT, "a", 3), frame(Opcode::PUT, "a", 3)];
+        assert_eq!(
+            keys(written_twice),
+            Some(1),
+            "one wave: the head keeps their order"
+        );
+        let read_after_write = vec![frame(Opcode::PUT, "a", 3), frame(Opcode::GET, "a", 0)];
+        assert_eq!(keys(read_after_write), None, "cut into waves");
+        assert_eq!(
+            keys(vec![frame(Opcode::SCAN, "", 0)]),
+            None,
+            "not a key request"
+        );
+        assert_eq!(keys(vec![frame(Opcode::GET, "", 0)]), None, "no key");
+        let big = vec![
+            frame(Opcode::PUT, "a", FLUSH_AT),
+            frame(Opcode::PUT, "b", 1),
+        ];
+        assert_eq!(keys(big), None, "too big to go beside others");
+        // The same key hashes alike in every batch.
+        let one = independent_keys(&vec![frame(Opcode::GET, "k", 0)].into_iter().collect(), 1);
+        let two = independent_keys(&vec![frame(Opcode::PUT, "k", 1)].into_iter().collect(), 1);
+        assert_eq!(one, two);
+    }
 }
