@@ -156,6 +156,9 @@ pub struct Parser {
     /// What the buffer and the arguments of a half-read request count against the in-flight
     /// budget, if they count ([`crate::budget`]).
     held: Held,
+    /// Where a read of at most [`READ_CHUNK`] lands before its bytes join `buf`: zeroed once,
+    /// where growing `buf` for each read would zero a chunk per read.
+    chunk: Vec<u8>,
 }
 
 /// Memory an argument takes besides its bytes, counted against [`RequestLimits::max_request`].
@@ -170,6 +173,7 @@ impl Parser {
             pos: 0,
             partial: None,
             held: Held::exempt(),
+            chunk: Vec::new(),
         }
     }
 
@@ -225,6 +229,16 @@ impl Parser {
                 io::ErrorKind::OutOfMemory,
                 "the in-flight budget stayed taken",
             ));
+        }
+        if room <= READ_CHUNK {
+            if self.chunk.is_empty() {
+                self.chunk = vec![0; READ_CHUNK];
+            }
+            let result = src.read(&mut self.chunk[..room]);
+            if let Ok(read) = result {
+                self.buf.extend_from_slice(&self.chunk[..read]);
+            }
+            return result;
         }
         self.buf.resize(start + room, 0);
         let result = src.read(&mut self.buf[start..]);
