@@ -1769,18 +1769,18 @@ fn write_owed(stream: &mut TcpStream, outbox: &Outbox, timeout: Duration, peer: 
     !outbox.broken()
 }
 
-/// Waits (writing what is owed meanwhile) until every batch handed on is answered and its
-/// replies written; false if the connection is finished, or the answers did not come within
-/// `timeout`.
+/// Waits (writing what is owed meanwhile, within `io` each time) until every batch handed on
+/// is answered and its replies written; false if the connection is finished, or the answers
+/// did not come within `timeout`.
 fn wait_until_answered(
     stream: &mut TcpStream,
     outbox: &Outbox,
-    timeout: Duration,
+    (timeout, io): (Duration, Duration),
     peer: &str,
 ) -> bool {
     let until = Instant::now() + timeout;
     loop {
-        if !write_owed(stream, outbox, timeout, peer) {
+        if !write_owed(stream, outbox, io, peer) {
             return false;
         }
         if outbox.wait_idle(until) && !outbox.busy() {
@@ -2292,6 +2292,11 @@ fn serve_connection(mut stream: TcpStream, door: &Arc<Door>, activity: Activity)
         .then(|| stream.try_clone().ok().map(|s| Arc::new(Outbox::new(s))))
         .flatten();
     let mut reading_short = false;
+    // How long answers may take to come, and each write of them.
+    let waits = (
+        timeouts.io * outbox::ANSWER_WAIT_IN_IO_TIMEOUTS,
+        timeouts.io,
+    );
     while !door.shutdown.load(Ordering::Relaxed) {
         if let Some(outbox) = &outbox {
             if !write_owed(&mut stream, outbox, timeouts.io, &peer) {
@@ -2327,13 +2332,12 @@ fn serve_connection(mut stream: TcpStream, door: &Arc<Door>, activity: Activity)
             Some(outbox) => {
                 if whole > 0 {
                     // One batch at a time, so that a batch never passes an earlier one.
-                    if !wait_until_answered(&mut stream, outbox, timeouts.io, &peer) {
+                    if !wait_until_answered(&mut stream, outbox, waits, &peer) {
                         return;
                     }
                     batch.start(door, outbox);
                 }
-                if ending.is_some() && !wait_until_answered(&mut stream, outbox, timeouts.io, &peer)
-                {
+                if ending.is_some() && !wait_until_answered(&mut stream, outbox, waits, &peer) {
                     return;
                 }
                 Vec::new()

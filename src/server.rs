@@ -1096,6 +1096,7 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
     };
     let outbox = Arc::new(Outbox::new(stream));
     let timeouts = &serving.options.timeouts;
+    let answer_wait = timeouts.io * outbox::ANSWER_WAIT_IN_IO_TIMEOUTS;
     let mut reading_short = false;
     // The batches on their way, with the keys they touch (`None`: any key).
     let mut flying: Vec<(u64, Option<HashSet<u64>>)> = Vec::new();
@@ -1126,15 +1127,15 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
                 None => false,
             };
             if !flying.is_empty() && !overlaps {
-                let until = Instant::now() + timeouts.io;
+                let until = Instant::now() + answer_wait;
                 if !outbox.wait_idle(until) {
                     if outbox.broken() {
                         return;
                     }
                     if Instant::now() >= until {
                         log::warn!(
-                            "connection from {}: its requests were not answered within the \
-                             i/o timeout; closing it",
+                            "connection from {}: its requests were not answered within \
+                             {answer_wait:?}; closing it",
                             conn.peer
                         );
                         return;
@@ -1169,7 +1170,7 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
         match conn.reader.read_frame_if_prompt(&mut conn.stream) {
             Ok(Some(first)) => conn.gather(first),
             Ok(None) => {
-                finish_answering(&mut conn, &outbox, timeouts.io);
+                finish_answering(&mut conn, &outbox, answer_wait);
                 return;
             }
             Err(ReadError::Idle) => {
@@ -1189,7 +1190,7 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
             }
             Err(error) => {
                 // The answers before it go out first, in order.
-                finish_answering(&mut conn, &outbox, timeouts.io);
+                finish_answering(&mut conn, &outbox, answer_wait);
                 let _ = conn.after_read_error(error, serving);
                 return;
             }
@@ -1245,7 +1246,11 @@ fn hand_on(
     if conn.session.locked_out() {
         // The answers so far go out; the requests after the last wrong password do not.
         conn.pending.clear();
-        finish_answering(conn, outbox, serving.options.timeouts.io);
+        finish_answering(
+            conn,
+            outbox,
+            serving.options.timeouts.io * outbox::ANSWER_WAIT_IN_IO_TIMEOUTS,
+        );
         let _ = conn.stream.shutdown(Shutdown::Both);
         return Err(());
     }

@@ -23,6 +23,13 @@ use crate::protocol::{Frame, Opcode};
 /// writes what a finishing thread could not write without waiting.
 pub(crate) const SHORT_READ: Duration = Duration::from_millis(10);
 
+/// How long a connection's thread waits for the answers of what it handed on before it gives
+/// the connection up: the i/o timeout this many times. Every request is answered well within
+/// it (an attempt fails at the i/o timeout, and a request is sent at most three times, each
+/// after a view change of a second or two); it only bounds a wait that a fault of ours would
+/// make endless.
+pub(crate) const ANSWER_WAIT_IN_IO_TIMEOUTS: u32 = 10;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
