@@ -343,11 +343,23 @@ impl MuxPool {
             }))
         };
         let turn = peer.turn.fetch_add(1, Ordering::Relaxed) % peer.slots.len();
-        let mut slot = lock(&peer.slots[turn]);
-        if let Some(link) = slot.as_ref().filter(|link| !link.has_failed()) {
+        if let Some(link) = lock(&peer.slots[turn])
+            .as_ref()
+            .filter(|link| !link.has_failed())
+        {
             return Ok(Arc::clone(link));
         }
+        // Opened with the slot unlocked: connecting to a hung peer takes up to the timeouts,
+        // and `sever`, which the keeper calls as it marks that peer down, must not wait for it.
         let link = Link::open(addr, &self.timeouts, &self.limits, &self.credentials)?;
+        let mut slot = lock(&peer.slots[turn]);
+        if let Some(other) = slot.as_ref().filter(|other| !other.has_failed()) {
+            // Another caller opened one meanwhile: one link per slot.
+            let other = Arc::clone(other);
+            drop(slot);
+            link.fail("another link to the peer was opened at the same time");
+            return Ok(other);
+        }
         *slot = Some(Arc::clone(&link));
         Ok(link)
     }
