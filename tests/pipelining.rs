@@ -466,3 +466,53 @@ fn batches_on_their_way_together_never_let_a_read_pass_an_earlier_write() {
         }
     }
 }
+
+/// Both ways of waiting for the backends (`--answering workers` and `direct`) give the same
+/// answers, in order, to single requests and to a pipeline that mixes keys, reads, writes,
+/// deletes and a request that is not a key request.
+#[test]
+fn both_answering_modes_answer_alike() {
+    use ringkv::frontend::Answering;
+    let mut seen = Vec::new();
+    for answering in [Answering::Workers, Answering::Direct] {
+        let cluster = LocalCluster::start(
+            3,
+            BackendConfig::default(),
+            FrontendConfig {
+                replicas: Some(3),
+                answering,
+                startup_timeout: common::BOUND,
+                ..FrontendConfig::default()
+            },
+        )
+        .unwrap();
+        let mut c = client(cluster.frontend_addr());
+        c.put(b"single", b"1").unwrap();
+        assert_eq!(
+            c.get(b"single").unwrap(),
+            Some(b"1".to_vec()),
+            "{answering}"
+        );
+        let mut requests = Vec::new();
+        for i in 0..70u32 {
+            let key = format!("mixed-{}", i % 23).into_bytes();
+            requests.push(match i % 4 {
+                0 | 1 => Request::Put {
+                    key,
+                    value: i.to_be_bytes().to_vec(),
+                },
+                2 => Request::Get { key },
+                _ => Request::Delete { key },
+            });
+        }
+        let replies: Vec<(Status, Vec<u8>)> = c
+            .pipeline(&requests)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.status, r.value))
+            .collect();
+        assert_eq!(replies.len(), requests.len(), "{answering}");
+        seen.push(replies);
+    }
+    assert_eq!(seen[0], seen[1], "the two modes answered differently");
+}
