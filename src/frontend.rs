@@ -111,7 +111,7 @@ pub struct FrontendConfig {
     pub threads: usize,
     /// Connections with requests that may wait for a free worker; past it, requests get BUSY.
     pub queue: usize,
-    /// Who waits for the backends' answers to the binary door's key requests.
+    /// Who waits for the backends' answers to the key requests of both doors.
     pub answering: Answering,
     /// Shared connections per backend that carry every worker's requests, written together
     /// and matched back by request id ([`crate::mux`]); 0 gives each worker's call a pooled
@@ -223,7 +223,7 @@ struct FrontendState {
     password: Option<Password>,
     /// Requests by opcode and status, and key request latency (`/metrics`), both doors'.
     requests: RequestMetrics,
-    /// Who answers the binary door's key requests ([`FrontendConfig::answering`]).
+    /// Who waits for the backends' answers ([`FrontendConfig::answering`]).
     answering: Answering,
     /// Waves whose first answers call for sending again, when the connection threads do not
     /// wait for their answers ([`Answering::Direct`]).
@@ -938,42 +938,32 @@ impl FrontendState {
     }
 
     /// A wave's first answers, in the thread that read the last of them: finished here if
-    /// nothing is to be sent again, else handed to a retry worker; with every worker busy and
-    /// the queue full, finished with the answers as they are (each says what happened).
+    /// nothing is to be sent again, else handed to a retry worker (which may wait for a view,
+    /// as this thread must not); with every worker busy and the queue full, finished with the
+    /// answers as they are (each says what happened).
     fn after_first_attempt(&self, mut retry: Retry) {
-        if retry.unsent.is_empty() {
+        // Frames never written are sent again by the worker before the attempt is settled.
+        let settled = if retry.unsent.is_empty() {
             let results = std::mem::take(&mut retry.results);
             let settled = self.wave_settle(&retry.requests, &mut retry.wave, &retry.meta, results);
             if settled.is_empty() {
                 let answers = self.wave_finish(&retry.requests, retry.wave);
-                (retry.then)(answers);
-                return;
+                return (retry.then)(answers);
             }
-            retry.unsent = Vec::new();
-            retry.meta = Vec::new();
-            retry.results = Vec::new();
-            // Settled already: the worker goes on from the next attempt.
-            let Some(retries) = &self.retries else {
-                return retry.finish_settled(settled);
-            };
-            if let Err(RetryJob { retry, .. }) = retries.try_submit(RetryJob {
-                retry,
-                settled: Some(settled),
-            }) {
-                let answers = self.wave_finish(&retry.requests, retry.wave);
-                (retry.then)(answers);
-            }
-            return;
-        }
-        let Some(retries) = &self.retries else {
-            return retry.run(None);
+            Some(settled)
+        } else {
+            None
         };
-        if let Err(RetryJob { mut retry, .. }) = retries.try_submit(RetryJob {
-            retry,
-            settled: None,
-        }) {
-            let results = std::mem::take(&mut retry.results);
-            self.wave_settle(&retry.requests, &mut retry.wave, &retry.meta, results);
+        let job = RetryJob { retry, settled };
+        let refused = match &self.retries {
+            Some(retries) => retries.try_submit(job).err(),
+            None => Some(job),
+        };
+        if let Some(RetryJob { mut retry, settled }) = refused {
+            if settled.is_none() {
+                let results = std::mem::take(&mut retry.results);
+                self.wave_settle(&retry.requests, &mut retry.wave, &retry.meta, results);
+            }
             let answers = self.wave_finish(&retry.requests, retry.wave);
             (retry.then)(answers);
         }

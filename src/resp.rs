@@ -1758,15 +1758,18 @@ fn replies(door: &Door, planned: Vec<Planned>, answers: Option<&[Frame]>) -> Vec
 /// Writes the replies no other thread is writing, with the full write timeout; false if the
 /// connection is finished.
 fn write_owed(stream: &mut TcpStream, outbox: &Outbox, timeout: Duration, peer: &str) -> bool {
-    while let Some(owed) = outbox.take_owed() {
-        let written = write_all_within(stream, &owed, timeout);
-        outbox.owed_written(written.is_err());
-        if let Err(e) = written {
+    outbox.write_owed(|owed| write_replies(stream, &owed, timeout, peer))
+}
+
+/// Writes `bytes` within `timeout`; whether it did.
+fn write_replies(stream: &mut TcpStream, bytes: &[u8], timeout: Duration, peer: &str) -> bool {
+    match write_all_within(stream, bytes, timeout) {
+        Ok(()) => true,
+        Err(e) => {
             log::debug!("resp: connection from {peer}: write failed: {e}");
-            return false;
+            false
         }
     }
-    !outbox.broken()
 }
 
 /// Waits (writing what is owed meanwhile, within `io` each time) until every batch handed on
@@ -1779,24 +1782,16 @@ fn wait_until_answered(
     peer: &str,
 ) -> bool {
     let until = Instant::now() + timeout;
-    loop {
-        if !write_owed(stream, outbox, io, peer) {
-            return false;
-        }
-        if outbox.wait_idle(until) && !outbox.busy() {
-            return true;
-        }
-        if outbox.broken() {
-            return false;
-        }
-        if Instant::now() >= until {
-            log::warn!(
-                "resp: connection from {peer}: its commands were not answered within {timeout:?}; \
-                 closing it"
-            );
-            return false;
-        }
+    if outbox.drain(until, |owed| write_replies(stream, &owed, io, peer)) {
+        return true;
     }
+    if !outbox.broken() && Instant::now() >= until {
+        log::warn!(
+            "resp: connection from {peer}: its commands were not answered within {timeout:?}; \
+             closing it"
+        );
+    }
+    false
 }
 
 /// HELLO's reply in RESP2: its map as a flat array of names and values.

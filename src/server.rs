@@ -719,8 +719,8 @@ fn answer_batch(
     merge(answers, handled)
 }
 
-/// A batch after the connection's own checks: the answers it made itself, in place, with a
-/// `None` (holding the request id) for each request it accepted for the handler.
+/// A batch after the connection's own checks: the answers it made itself, in place, with an
+/// `Err` holding the request id of each request it accepted for the handler.
 struct Screened {
     answers: Vec<std::result::Result<Frame, u64>>,
     accepted: Vec<Frame>,
@@ -1208,8 +1208,9 @@ fn hand_on(
 ) -> std::result::Result<u64, ()> {
     let batch: Vec<Frame> = conn.pending.drain(..take).collect();
     conn.count_held();
-    let number = outbox.begin(batch.len());
     let Screened { answers, accepted } = screen(serving, batch, &mut conn.session, &conn.peer);
+    // Counted as answered, not as taken: past a last wrong password the rest is not answered.
+    let number = outbox.begin(answers.len());
     if conn.session.trusted && conn.out_held.is_counted() {
         conn.exempt_from_budget();
         outbox.exempt_from_budget();
@@ -1217,11 +1218,20 @@ fn hand_on(
     if accepted.is_empty() {
         outbox.finish(number, Finished::frames(&merge(answers, Vec::new())));
     } else {
-        let failed: Vec<u64> = accepted.iter().map(|r| r.request_id).collect();
+        // Taken by whichever makes the answers: the handler's, or a handler that panicked.
+        let slot = Arc::new(Mutex::new(Some(answers)));
+        let take_answers = |slot: &Mutex<Option<_>>| match slot.lock() {
+            Ok(mut answers) => answers.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
         let then = {
             let outbox = Arc::clone(outbox);
             let serving = Arc::clone(serving);
+            let slot = Arc::clone(&slot);
             Box::new(move |handled: Vec<Frame>| {
+                let Some(answers) = take_answers(&slot) else {
+                    return;
+                };
                 let finished = Finished::frames(&merge(answers, handled));
                 serving.largest_answer.note(finished.largest);
                 outbox.finish(number, finished)
@@ -1233,14 +1243,9 @@ fn hand_on(
         }));
         if started.is_err() {
             log::error!("a request handler panicked; answering INTERNAL");
-            // Ignored if the handler had answered before it panicked.
-            let answers: Vec<Frame> = failed
-                .into_iter()
-                .map(|id| {
-                    Frame::error_for_id(id, Status::INTERNAL, "the server failed on this request")
-                })
-                .collect();
-            outbox.finish(number, Finished::frames(&answers));
+            if let Some(answers) = take_answers(&slot) {
+                outbox.finish(number, Finished::frames(&merge(answers, Vec::new())));
+            }
         }
     }
     if conn.session.locked_out() {
@@ -1297,33 +1302,23 @@ fn independent_keys(pending: &VecDeque<Frame>, take: usize) -> Option<HashSet<u6
 
 /// Writes the answers no other thread is writing, with the full write timeout.
 fn write_owed(conn: &mut ClientConn, outbox: &Outbox) -> Flow {
-    while let Some(owed) = outbox.take_owed() {
-        conn.out = owed;
-        conn.written = 0;
-        let flow = conn.flush_all();
-        outbox.owed_written(matches!(flow, Flow::Close));
-        if let Flow::Close = flow {
-            return Flow::Close;
-        }
+    if outbox.write_owed(|owed| write_patiently(conn, owed)) {
+        Flow::Continue
+    } else {
+        Flow::Close
     }
-    if outbox.broken() {
-        return Flow::Close;
-    }
-    Flow::Continue
+}
+
+/// Writes `bytes` to the connection's client with the full write timeout; whether it did.
+fn write_patiently(conn: &mut ClientConn, bytes: Vec<u8>) -> bool {
+    conn.out = bytes;
+    conn.written = 0;
+    matches!(conn.flush_all(), Flow::Continue)
 }
 
 /// Waits (up to `bound`) for every request in flight to be answered and writes the answers.
 fn finish_answering(conn: &mut ClientConn, outbox: &Outbox, bound: Duration) {
-    let until = Instant::now() + bound;
-    loop {
-        if let Flow::Close = write_owed(conn, outbox) {
-            return;
-        }
-        if !outbox.busy() || Instant::now() >= until {
-            return;
-        }
-        outbox.wait_idle(until);
-    }
+    outbox.drain(Instant::now() + bound, |owed| write_patiently(conn, owed));
 }
 
 /// Hands `conn` to a worker and waits until the worker gives it back; when the pool is full,

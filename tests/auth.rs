@@ -91,6 +91,35 @@ fn native_requests_wait_for_the_password_and_wrong_ones_close_the_connection() {
     }
     assert_closed(&mut stream);
 
+    // The same, pipelined in one write with requests after the last wrong password: those are
+    // not answered, and the connection closes at once after the answers before them.
+    let mut stream = raw(addr);
+    let mut pipeline = Vec::new();
+    for attempt in 1..=MAX_FAILURES {
+        pipeline.extend(common::request_bytes(
+            Opcode::AUTH,
+            attempt as u64,
+            b"",
+            b"guess",
+        ));
+    }
+    pipeline.extend(common::request_bytes(Opcode::GET, 99, b"k", b""));
+    pipeline.extend(common::request_bytes(Opcode::PING, 100, b"", b""));
+    stream.write_all(&pipeline).unwrap();
+    let mut buf = Vec::new();
+    for attempt in 1..=MAX_FAILURES {
+        let answer = common::read_frame_buffered(&mut stream, &mut buf).expect("an answer");
+        assert_eq!(
+            (answer.request_id, answer.status),
+            (attempt as u64, Status::UNAUTHORIZED)
+        );
+    }
+    assert!(
+        buf.is_empty(),
+        "nothing answered after the last wrong password"
+    );
+    assert_closed(&mut stream);
+
     // The library's clients present the password on every connection they open.
     let mut client =
         Client::connect_with(&addr.to_string(), with_password(Some(password()))).unwrap();

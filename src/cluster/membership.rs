@@ -375,7 +375,9 @@ mod tests {
 
     #[test]
     fn a_change_not_taken_is_withdrawn_and_one_taken_is_waited_for() {
-        let bound = Duration::from_millis(50);
+        // Long enough that a busy machine still lets the spinning keeper below take the
+        // change within it.
+        let bound = Duration::from_millis(400);
         let changes = Arc::new(Changes::default());
         let join = Change::Join("10.0.0.9:7001".into());
         let e = changes.submit(join.clone(), bound).unwrap_err();
@@ -387,7 +389,8 @@ mod tests {
             let changes = Arc::clone(&changes);
             std::thread::spawn(move || loop {
                 if let Some((id, _)) = changes.take() {
-                    std::thread::sleep(Duration::from_millis(80));
+                    // Past the asker's first bound.
+                    std::thread::sleep(Duration::from_millis(600));
                     changes.answer(id, Ok(7));
                     return;
                 }

@@ -53,9 +53,8 @@ struct State {
     next_out: u64,
     /// Batches finished ahead of an earlier one.
     finished: BTreeMap<u64, Finished>,
-    /// Encoded answers, in request order; `written` of them are on the socket.
+    /// Encoded answers not yet on the socket, in request order.
     out: Vec<u8>,
-    written: usize,
     /// Whether a thread is writing `out` (the others only append).
     writing: bool,
     /// Requests handed on and not yet answered.
@@ -107,7 +106,6 @@ impl Outbox {
                 next_out: 0,
                 finished: BTreeMap::new(),
                 out: Vec::new(),
-                written: 0,
                 writing: false,
                 requests: 0,
                 broken: false,
@@ -135,20 +133,24 @@ impl Outbox {
             return;
         }
         state.finished.insert(batch, answers);
-        while let Some(done) = {
+        while let Some(mut done) = {
             let next = state.next_out;
             state.finished.remove(&next)
         } {
             state.next_out += 1;
             state.requests = state.requests.saturating_sub(done.requests);
             state.largest_answer = state.largest_answer.max(done.largest);
+            if state.broken {
+                // Nobody will write them.
+                done.bytes = Vec::new();
+            }
             if state.out.is_empty() {
                 state.out = done.bytes;
             } else {
                 state.out.extend_from_slice(&done.bytes);
             }
         }
-        let owed = state.out.len() - state.written;
+        let owed = state.out.len();
         state.held.cover_now(owed);
         if state.writing || state.broken || owed == 0 {
             self.wake(&mut state);
@@ -157,12 +159,11 @@ impl Outbox {
         state.writing = true;
         loop {
             let bytes = std::mem::take(&mut state.out);
-            let from = std::mem::take(&mut state.written);
             drop(state);
-            let sent = send_now(&self.stream, &bytes[from..]);
+            let sent = send_now(&self.stream, &bytes);
             state = lock(&self.state);
             match sent {
-                Ok(n) if from + n == bytes.len() => {
+                Ok(n) if n == bytes.len() => {
                     if state.out.is_empty() {
                         // Its room is kept for the next answers.
                         let mut bytes = bytes;
@@ -175,7 +176,7 @@ impl Outbox {
                     // The client is slow to read: the rest is its own thread's to write.
                     let appended = std::mem::take(&mut state.out);
                     let mut rest = bytes;
-                    rest.drain(..from + n);
+                    rest.drain(..n);
                     rest.extend_from_slice(&appended);
                     state.out = rest;
                     break;
@@ -189,7 +190,7 @@ impl Outbox {
             }
         }
         state.writing = false;
-        let owed = state.out.len() - state.written;
+        let owed = state.out.len();
         state.held.cover_now(owed);
         self.wake(&mut state);
     }
@@ -205,7 +206,7 @@ impl Outbox {
     /// writing holds the answers out of `out`, and may leave some of them owed.)
     pub(crate) fn busy(&self) -> bool {
         let state = lock(&self.state);
-        state.requests > 0 || state.writing || state.out.len() > state.written
+        state.requests > 0 || state.writing || !state.out.is_empty()
     }
 
     /// Whether a write failed, which ends the connection.
@@ -232,13 +233,11 @@ impl Outbox {
     /// full write timeout; `None` if there are none (or another thread is writing them).
     pub(crate) fn take_owed(&self) -> Option<Vec<u8>> {
         let mut state = lock(&self.state);
-        if state.writing || state.broken || state.out.len() == state.written {
+        if state.writing || state.broken || state.out.is_empty() {
             return None;
         }
         state.writing = true;
-        let mut bytes = std::mem::take(&mut state.out);
-        bytes.drain(..std::mem::take(&mut state.written));
-        Some(bytes)
+        Some(std::mem::take(&mut state.out))
     }
 
     /// After [`take_owed`](Self::take_owed): the write is over, `failed` if it did not finish.
@@ -248,22 +247,21 @@ impl Outbox {
         if failed {
             state.broken = true;
             state.out = Vec::new();
-            state.written = 0;
         }
-        let owed = state.out.len() - state.written;
+        let owed = state.out.len();
         state.held.cover_now(owed);
         self.wake(&mut state);
     }
 
-    /// Waits until no request is in flight or `until` passes; whether none is. Answers owed
-    /// end the wait too (false), for the caller to write them.
+    /// Waits until no request is in flight and no thread is writing answers, or `until`
+    /// passes; whether so. Answers owed end the wait too (false), for the caller to write them.
     pub(crate) fn wait_idle(&self, until: Instant) -> bool {
         let mut state = lock(&self.state);
         loop {
-            if state.requests == 0 {
+            if state.requests == 0 && !state.writing {
                 return true;
             }
-            let owed = !state.writing && state.out.len() > state.written;
+            let owed = !state.writing && !state.out.is_empty();
             let now = Instant::now();
             if state.broken || owed || now >= until {
                 return false;
@@ -273,6 +271,37 @@ impl Outbox {
                 Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+        }
+    }
+
+    /// Writes with `write` (which says whether it wrote them all) the answers no other thread
+    /// is writing, until there are none; false if the connection is finished.
+    pub(crate) fn write_owed(&self, mut write: impl FnMut(Vec<u8>) -> bool) -> bool {
+        while let Some(owed) = self.take_owed() {
+            let written = write(owed);
+            self.owed_written(!written);
+            if !written {
+                return false;
+            }
+        }
+        !self.broken()
+    }
+
+    /// Waits until every batch handed on is answered and its answers written, writing what
+    /// is owed meanwhile with `write` (as [`write_owed`](Self::write_owed)); false if the
+    /// connection is finished or `until` passed first.
+    pub(crate) fn drain(&self, until: Instant, mut write: impl FnMut(Vec<u8>) -> bool) -> bool {
+        loop {
+            if !self.write_owed(&mut write) {
+                return false;
+            }
+            if !self.busy() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            self.wait_idle(until);
         }
     }
 
