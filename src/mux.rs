@@ -65,6 +65,12 @@ pub struct MuxPool {
 /// One peer's links, used in turn.
 struct Peer {
     slots: Vec<Mutex<Option<Arc<Link>>>>,
+    /// One per slot, held while a link is opened for it: callers that find the slot empty
+    /// wait for that one rather than open more, and [`MuxPool::sever`], which takes only the
+    /// slot, never waits for a connect.
+    opening: Vec<Mutex<()>>,
+    /// Counts the severs, so that a link whose opening a sever crossed is not kept.
+    severed: AtomicUsize,
     turn: AtomicUsize,
 }
 
@@ -342,27 +348,35 @@ impl MuxPool {
             Arc::clone(peers.entry(addr.to_string()).or_insert_with(|| {
                 Arc::new(Peer {
                     slots: (0..self.links_per_peer).map(|_| Mutex::new(None)).collect(),
+                    opening: (0..self.links_per_peer).map(|_| Mutex::new(())).collect(),
+                    severed: AtomicUsize::new(0),
                     turn: AtomicUsize::new(0),
                 })
             }))
         };
         let turn = peer.turn.fetch_add(1, Ordering::Relaxed) % peer.slots.len();
-        if let Some(link) = lock(&peer.slots[turn])
-            .as_ref()
-            .filter(|link| !link.has_failed())
-        {
-            return Ok(Arc::clone(link));
+        let live = || {
+            lock(&peer.slots[turn])
+                .as_ref()
+                .filter(|link| !link.has_failed())
+                .cloned()
+        };
+        if let Some(link) = live() {
+            return Ok(link);
         }
-        // Opened with the slot unlocked: connecting to a hung peer takes up to the timeouts,
-        // and `sever`, which the keeper calls as it marks that peer down, must not wait for it.
+        let _opening = lock(&peer.opening[turn]);
+        // Opened by the caller this one waited for.
+        if let Some(link) = live() {
+            return Ok(link);
+        }
+        let severs = peer.severed.load(Ordering::SeqCst);
         let link = Link::open(addr, &self.timeouts, &self.limits, &self.credentials)?;
         let mut slot = lock(&peer.slots[turn]);
-        if let Some(other) = slot.as_ref().filter(|other| !other.has_failed()) {
-            // Another caller opened one meanwhile: one link per slot.
-            let other = Arc::clone(other);
+        if peer.severed.load(Ordering::SeqCst) != severs {
             drop(slot);
-            link.fail("another link to the peer was opened at the same time");
-            return Ok(other);
+            let reason = "the peer was declared down while a connection to it was opened";
+            link.fail(reason);
+            return Err(failure(addr, reason, false));
         }
         *slot = Some(Arc::clone(&link));
         Ok(link)
@@ -373,6 +387,7 @@ impl MuxPool {
     pub fn sever(&self, addr: &str) {
         let peer = lock(&self.peers).get(addr).cloned();
         if let Some(peer) = peer {
+            peer.severed.fetch_add(1, Ordering::SeqCst);
             for slot in &peer.slots {
                 if let Some(link) = lock(slot).take() {
                     link.fail("the peer was declared down");
