@@ -942,13 +942,13 @@ fn stored_per_node(view: &ringkv::View) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Whether every figure is within 10% of their mean.
-fn within_a_tenth(figures: impl Iterator<Item = u64> + Clone) -> bool {
+/// Whether every figure is within `share` of their mean.
+fn within_of_the_mean(share: f64, figures: impl Iterator<Item = u64> + Clone) -> bool {
     let count = figures.clone().count().max(1) as f64;
     let mean = figures.clone().sum::<u64>() as f64 / count;
     figures
         .into_iter()
-        .all(|f| (f as f64 - mean).abs() <= 0.1 * mean)
+        .all(|f| (f as f64 - mean).abs() <= share * mean)
 }
 
 /// `count` keys with values of varied lengths, stored through the frontend.
@@ -1131,9 +1131,13 @@ fn two_joins_then_two_leaves_under_load_lose_nothing_and_even_out() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let stored = loop {
         let stored = stored_per_node(&four);
-        // Even in what they store, and in what they head (writes enter there).
-        let even = within_a_tenth(stored.iter().map(|s| s.1))
-            && within_a_tenth(stored.iter().map(|s| s.0));
+        // Even in what they store, and in what they head (writes enter there). The partitions
+        // are dealt exactly evenly; the keys in them are not: a node heads about 900 of these
+        // keys, and which partitions it ends up with depends on the (random) addresses, so
+        // its share strays past a tenth in about 1 run in 500 (it did in CI) and past 15% in
+        // none of 2000 simulated. What each stores sums three chains and strays less.
+        let even = within_of_the_mean(0.1, stored.iter().map(|s| s.1))
+            && within_of_the_mean(0.15, stored.iter().map(|s| s.0));
         let leavers_empty = [0, 1].iter().all(|&i| {
             let mut left = Client::connect(&cluster.backend_addrs[i]).unwrap();
             left.size().unwrap()[0].counter("keys")
