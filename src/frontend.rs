@@ -239,7 +239,7 @@ const ATTEMPTS: usize = 3;
 struct Wave {
     started: Instant,
     /// Lent for the whole wave, so that its tags' `below` holds.
-    writer: Option<Writer>,
+    writers: Vec<Writer>,
     tags: Vec<Option<WriteTag>>,
     answers: Vec<Option<Frame>>,
     /// Which requests are sent again after a failure (and marked so).
@@ -415,22 +415,38 @@ impl Writers {
     }
 }
 
-/// Tags for the untagged writes of `requests`, from `writer`.
-fn tag_writes(writer: &mut Writer, requests: &[Frame]) -> Vec<Option<WriteTag>> {
-    let below = writer.next;
+/// Tags for the untagged writes of `requests`, from writers lent from `writers` into `lent`:
+/// a writer for each [`dedup::PER_CLIENT`] writes, so that no client id has more writes
+/// unanswered at once than a backend remembers of one.
+fn tag_writes(
+    writers: &Writers,
+    lent: &mut Vec<Writer>,
+    requests: &[Frame],
+) -> Vec<Option<WriteTag>> {
+    let mut below = 0;
+    let mut tagged_by_last = dedup::PER_CLIENT;
     requests
         .iter()
         .map(|r| {
-            matches!(r.opcode, Opcode::PUT | Opcode::DELETE).then(|| {
-                let tag = WriteTag {
-                    client: writer.client,
-                    seq: writer.next,
-                    below,
-                    attempt: 1,
-                };
-                writer.next += 1;
-                tag
-            })
+            if !matches!(r.opcode, Opcode::PUT | Opcode::DELETE) {
+                return None;
+            }
+            if tagged_by_last == dedup::PER_CLIENT {
+                let writer = writers.lend();
+                below = writer.next;
+                lent.push(writer);
+                tagged_by_last = 0;
+            }
+            let writer = lent.last_mut()?;
+            let tag = WriteTag {
+                client: writer.client,
+                seq: writer.next,
+                below,
+                attempt: 1,
+            };
+            writer.next += 1;
+            tagged_by_last += 1;
+            Some(tag)
         })
         .collect()
 }
@@ -974,14 +990,15 @@ impl FrontendState {
         let writes = requests
             .iter()
             .any(|r| matches!(r.opcode, Opcode::PUT | Opcode::DELETE));
-        let mut writer = (self.safe_retries && writes).then(|| self.writers.lend());
-        let tags = match &mut writer {
-            Some(writer) => tag_writes(writer, requests),
-            None => vec![None; requests.len()],
+        let mut writers = Vec::new();
+        let tags = if self.safe_retries && writes {
+            tag_writes(&self.writers, &mut writers, requests)
+        } else {
+            vec![None; requests.len()]
         };
         Wave {
             started: Instant::now(),
-            writer,
+            writers,
             tags,
             answers: vec![None; requests.len()],
             resends: vec![false; requests.len()],
@@ -1130,7 +1147,7 @@ impl FrontendState {
 
     /// The wave's answers, under the clients' request ids and opcodes.
     fn wave_finish(&self, requests: &[Frame], wave: Wave) -> Vec<Frame> {
-        if let Some(writer) = wave.writer {
+        for writer in wave.writers {
             self.writers.give_back(writer);
         }
         wave.answers
@@ -1480,18 +1497,32 @@ mod tests {
             write(Opcode::DELETE),
         ];
         let writers = Writers::default();
-        let mut writer = writers.lend();
-        let first = tag_writes(&mut writer, &batch);
+        let mut lent = Vec::new();
+        let first = tag_writes(&writers, &mut lent, &batch);
         assert!(first[1].is_none(), "a read is not tagged");
         let (a, b) = (first[0].unwrap(), first[2].unwrap());
         assert_eq!((a.client, a.below, a.attempt), (b.client, a.seq, 1));
         assert_eq!(b.seq, a.seq + 1);
         let busy = writers.lend();
         assert_ne!(busy.client, a.client, "two batches at once are two clients");
-        writers.give_back(writer);
-        let mut writer = writers.lend();
-        let c = tag_writes(&mut writer, &batch[..1])[0].unwrap();
+        writers.give_back(lent.pop().unwrap());
+        let c = tag_writes(&writers, &mut lent, &batch[..1])[0].unwrap();
         assert_eq!((c.client, c.seq, c.below), (a.client, b.seq + 1, b.seq + 1));
+
+        // A batch of more writes than a backend remembers of one client takes one more.
+        let many = vec![write(Opcode::PUT); dedup::PER_CLIENT + 1];
+        let mut lent = Vec::new();
+        let tags: Vec<WriteTag> = tag_writes(&writers, &mut lent, &many)
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(lent.len(), 2);
+        let (first, last) = (tags[0], tags[dedup::PER_CLIENT]);
+        assert!(tags[..dedup::PER_CLIENT]
+            .iter()
+            .all(|t| t.client == first.client && t.below == first.seq));
+        assert_ne!(last.client, first.client);
+        assert_eq!(last.below, last.seq);
 
         let mut forwarded = write(Opcode::PUT_ONCE);
         forwarded.value = a.prefix(b"v");

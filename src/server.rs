@@ -243,7 +243,7 @@ const LINGER: Duration = Duration::from_millis(1);
 
 /// Most requests answered as one batch, so answers to a deep pipeline start flowing early and one
 /// client cannot keep a worker while others wait.
-const MAX_BATCH: usize = 128;
+const MAX_BATCH: usize = 512;
 
 /// Answer bytes gathered before they are written, so big values do not pile up in memory.
 const FLUSH_AT: usize = 256 * 1024;
@@ -310,6 +310,25 @@ impl RecentLargest {
 /// as fit [`ANSWER_BUDGET`], at least one, at most `most`.
 pub(crate) fn value_reads_per_batch(largest: usize, most: usize) -> usize {
     (ANSWER_BUDGET / largest.max(1)).clamp(1, most.max(1))
+}
+
+/// Whether the answer to a request of `opcode` is a status and at most a short message: the
+/// writes that answer nothing else (UPDATE may answer the value it replaced).
+fn answers_a_status(opcode: Opcode) -> bool {
+    matches!(
+        opcode,
+        Opcode::PUT
+            | Opcode::DELETE
+            | Opcode::PUT_ONCE
+            | Opcode::DELETE_ONCE
+            | Opcode::CHAIN_PUT
+            | Opcode::CHAIN_DELETE
+            | Opcode::CHAIN_PUT_ONCE
+            | Opcode::CHAIN_DELETE_ONCE
+            | Opcode::CHAIN_PUT_EXPIRING
+            | Opcode::CHAIN_PUT_ONCE_EXPIRING
+            | Opcode::PING
+    )
 }
 
 /// What every thread serving requests shares: the handler, the options, and the shutdown flag.
@@ -521,17 +540,26 @@ impl ClientConn {
         self.batch_len(value_reads_per_batch(largest, most))
     }
 
-    /// How many pending requests the next handler batch takes: at most [`HANDLER_BATCH`], of
-    /// which at most `value_reads` GETs.
+    /// How many pending requests the next handler batch takes: at most [`MAX_BATCH`], of which
+    /// at most `value_reads` GETs and at most [`HANDLER_BATCH`] that may answer more than a
+    /// status (writes answer a status: a batch of them holds little however long it is, and a
+    /// long one crosses each chain hop as one batch).
     fn batch_len(&self, value_reads: usize) -> usize {
         let mut reads = 0;
+        let mut valued = 0;
         let mut take = 0;
-        for request in self.pending.iter().take(HANDLER_BATCH) {
+        for request in self.pending.iter().take(MAX_BATCH) {
             if request.opcode == Opcode::GET {
                 if reads == value_reads {
                     break;
                 }
                 reads += 1;
+            }
+            if !answers_a_status(request.opcode) {
+                if valued == HANDLER_BATCH {
+                    break;
+                }
+                valued += 1;
             }
             take += 1;
         }

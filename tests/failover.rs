@@ -524,7 +524,9 @@ fn a_pipeline_held_up_by_a_stopped_head_is_answered_in_full_on_its_connection() 
     let head = ring.chain_of_key(&key).head().expect("a head");
     let mut c = cluster.client();
     c.put(&key, b"before").unwrap();
-    let requests: Vec<ringkv::Request> = (0..80u32)
+    // A batch holds at most 512 writes (PROTOCOL.md section 10).
+    const BATCH: usize = 512;
+    let requests: Vec<ringkv::Request> = (0..BATCH as u32 + 48)
         .map(|i| ringkv::Request::Put {
             key: key.clone(),
             value: i.to_be_bytes().to_vec(),
@@ -547,13 +549,14 @@ fn a_pipeline_held_up_by_a_stopped_head_is_answered_in_full_on_its_connection() 
             // The first batch, sent again to the member that took the head's place less than
             // the dedup horizon after the cluster started: it cannot know whether the first
             // copy was applied (PROTOCOL.md 13.1), so it may have been, and is not now.
-            Status::TOO_OLD if i < 32 => {}
+            Status::TOO_OLD if i < BATCH => {}
             _ => panic!("write {i}: {reply:?}"),
         }
     }
     // The batches after the first went under the new view: the last write is what is read.
-    assert!(replies[32..].iter().all(|r| r.status == Status::OK));
-    assert_eq!(c.get(&key).unwrap(), Some(79u32.to_be_bytes().to_vec()));
+    assert!(replies[BATCH..].iter().all(|r| r.status == Status::OK));
+    let last = requests.len() as u32 - 1;
+    assert_eq!(c.get(&key).unwrap(), Some(last.to_be_bytes().to_vec()));
 }
 
 /// A killed backend started again (same address, same data directory) is copied up to date
