@@ -125,6 +125,9 @@ enum Route {
         answer: Frame,
         forward: Frame,
         next: String,
+        /// Whether `next` is the chain's tail, which applies the write and answers without
+        /// waiting for any other node.
+        to_tail: bool,
     },
 }
 
@@ -249,12 +252,12 @@ impl Backend {
             incoming: Incoming::default(),
             sweeper: crate::expiry::Sweeper::default(),
             data_dir: config.data_dir.clone(),
-            peers: Peers::new(config.server.timeouts, config.server.limits).with_credentials(
-                Credentials {
+            peers: Peers::new(config.server.timeouts, config.server.limits)
+                .with_credentials(Credentials {
                     token: config.cluster_token.clone(),
                     password: config.password.clone(),
-                },
-            ),
+                })
+                .with_leaf_links(1),
             cluster_token: config.cluster_token.clone(),
             password: config.password.clone(),
             counters: Counters::default(),
@@ -695,15 +698,7 @@ impl BackendState {
         };
         // Chain hops first, while the keys' locks are held; relays after the locks are let go,
         // because a relay may wait on another node whose own relays wait on these locks.
-        let chain_calls: Vec<(&str, &Frame)> = routes
-            .iter()
-            .filter_map(|route| match route {
-                Route::Chain { forward, next, .. } => Some((next.as_str(), forward)),
-                _ => None,
-            })
-            .collect();
-        let mut chain_results = self.call_all(&chain_calls).into_iter();
-        drop(chain_calls);
+        let mut chain_results = self.call_chains(&routes).into_iter();
         let epoch_now = self.membership().map_or(0, |m| m.ring.view().epoch);
         let routes: Vec<Route> = routes
             .into_iter()
@@ -712,6 +707,7 @@ impl BackendState {
                     answer,
                     forward,
                     next,
+                    ..
                 } => {
                     let answer =
                         self.chain_answer(answer, &forward, &next, chain_results.next(), epoch_now);
@@ -856,7 +852,7 @@ impl BackendState {
                     if let Some(tag) = &tag {
                         self.remember(tag, &answer, &chain, membership.me, writes);
                     }
-                    self.pass_down(answer, &request, ring, &chain, membership.me, epoch)
+                    self.pass_down(answer, request, ring, &chain, membership.me, epoch)
                 }
                 _ => Route::Answered(request.error_reply(
                     Status::BAD_REQUEST,
@@ -916,7 +912,7 @@ impl BackendState {
             if request.opcode == Opcode::GET {
                 return Route::Answered(answer);
             }
-            return self.pass_down(answer, &request, ring, &chain, membership.me, epoch);
+            return self.pass_down(answer, request, ring, &chain, membership.me, epoch);
         }
         let limit = match request.hop_limit {
             0 => DEFAULT_HOP_LIMIT,
@@ -1013,7 +1009,7 @@ impl BackendState {
             refused.opcode = Opcode::UPDATE;
             refused
         };
-        self.pass_down(answer, &write, ring, chain, me, ring.view().epoch)
+        self.pass_down(answer, write, ring, chain, me, ring.view().epoch)
     }
 
     /// A tagged write this node heads: applied if it is new, else answered from what this node
@@ -1043,7 +1039,7 @@ impl BackendState {
             Seen::New => {
                 let answer = self.serve_locally(ring, position, &request, writes);
                 self.remember(tag, &answer, chain, me, writes);
-                self.pass_down(answer, &request, ring, chain, me, epoch)
+                self.pass_down(answer, request, ring, chain, me, epoch)
             }
             Seen::Done(status) => {
                 bump(&self.counters.retries_answered);
@@ -1068,7 +1064,7 @@ impl BackendState {
                 if chain.successor(me).is_none() {
                     self.windows.acknowledge(tag);
                 }
-                self.pass_down(answer, &refresh, ring, chain, me, epoch)
+                self.pass_down(answer, refresh, ring, chain, me, epoch)
             }
             Seen::TooOld => {
                 bump(&self.counters.retries_too_old);
@@ -1120,6 +1116,54 @@ impl BackendState {
         }
     }
 
+    /// The chain hops of `routes`, answered in their order. Those to a chain's tail share the
+    /// leaf links ([`Peers::call_batch_to_leaves`]): the tail waits for no other node, so the
+    /// hops of many batches can queue on one link without waiting for each other. The others
+    /// (to a member that passes the write on) each take a connection of their own. A batch
+    /// that has both (a chain shortened by a node that is down) sends the first first.
+    fn call_chains(&self, routes: &[Route]) -> Vec<Result<Frame>> {
+        let hops: Vec<(&str, &Frame, bool)> = routes
+            .iter()
+            .filter_map(|route| match route {
+                Route::Chain {
+                    forward,
+                    next,
+                    to_tail,
+                    ..
+                } => Some((next.as_str(), forward, *to_tail)),
+                _ => None,
+            })
+            .collect();
+        let calls_where = |tail: bool| -> Vec<(&str, &Frame)> {
+            hops.iter()
+                .filter(|hop| hop.2 == tail)
+                .map(|hop| (hop.0, hop.1))
+                .collect()
+        };
+        let (to_tails, inner) = (calls_where(true), calls_where(false));
+        let mut tail_answers = if to_tails.is_empty() {
+            Vec::new()
+        } else {
+            self.peers.call_batch_to_leaves(&to_tails)
+        }
+        .into_iter();
+        let mut inner_answers = self.call_all(&inner).into_iter();
+        let not_sent = |addr: &str| crate::error::Error::Unanswered {
+            addr: addr.to_string(),
+            reason: "not sent".into(),
+        };
+        hops.iter()
+            .map(|&(addr, _, tail)| {
+                let answer = if tail {
+                    tail_answers.next()
+                } else {
+                    inner_answers.next()
+                };
+                answer.unwrap_or_else(|| Err(not_sent(addr)))
+            })
+            .collect()
+    }
+
     /// Every call of `calls`, batched per peer; nothing to do for none.
     fn call_all(&self, calls: &[(&str, &Frame)]) -> Vec<Result<Frame>> {
         if calls.is_empty() {
@@ -1157,11 +1201,12 @@ impl BackendState {
     }
 
     /// After applying a write as chain member `me`: the answer itself at the tail (or when the
-    /// write failed here), else the chain write for the next member.
+    /// write failed here), else the chain write for the next member, which takes the request's
+    /// key and value (no copy: the request is done with).
     fn pass_down(
         &self,
         answer: Frame,
-        request: &Frame,
+        request: Frame,
         ring: &Ring,
         chain: &crate::ring::Chain,
         me: usize,
@@ -1175,8 +1220,8 @@ impl BackendState {
         let mut forward = Frame::request(
             chain::chain_opcode(request.opcode),
             request.request_id,
-            request.key.clone(),
-            request.value.clone(),
+            request.key,
+            request.value,
         );
         forward.epoch = epoch;
         forward.hops = request.hops;
@@ -1184,6 +1229,7 @@ impl BackendState {
             answer,
             forward,
             next: ring.node(next).to_string(),
+            to_tail: chain.successor(next).is_none(),
         }
     }
 

@@ -61,6 +61,8 @@ pub struct Peers {
     credentials: Credentials,
     /// With [`Peers::multiplexed`]: every call goes over a few shared links per peer instead.
     mux: Option<MuxPool>,
+    /// With [`Peers::with_leaf_links`]: the calls of [`Peers::call_batch_to_leaves`].
+    leaf_mux: Option<MuxPool>,
 }
 
 impl Peers {
@@ -78,6 +80,7 @@ impl Peers {
             limits,
             credentials: Credentials::default(),
             mux: None,
+            leaf_mux: None,
         }
     }
 
@@ -87,6 +90,28 @@ impl Peers {
         let mux = (links > 0)
             .then(|| MuxPool::new(links, self.timeouts, self.limits, self.credentials.clone()));
         Peers { mux, ..self }
+    }
+
+    /// The same pool, carrying the calls of [`Peers::call_batch_to_leaves`] over `links` shared
+    /// connections per peer; 0: as any other call. Call after
+    /// [`with_credentials`](Peers::with_credentials): the links present the credentials the
+    /// pool has now.
+    pub fn with_leaf_links(self, links: usize) -> Peers {
+        let leaf_mux = (links > 0)
+            .then(|| MuxPool::new(links, self.timeouts, self.limits, self.credentials.clone()));
+        Peers { leaf_mux, ..self }
+    }
+
+    /// [`call_batch`](Peers::call_batch) for calls the peer answers without waiting for any
+    /// other node (a chain's tail applying a write): on shared links, if the pool has them, so
+    /// that calls made at once by many threads go out in one write and arrive as one batch.
+    /// Calls that may wait for another node must not use them: two such nodes could each
+    /// hold a link the other's answer is queued behind.
+    pub fn call_batch_to_leaves(&self, calls: &[(&str, &Frame)]) -> Vec<Result<Frame>> {
+        match &self.leaf_mux {
+            Some(mux) => mux.call_batch(calls),
+            None => self.call_batch(calls),
+        }
     }
 
     /// The same pool, presenting `credentials` (the cluster token, the password) on each
@@ -308,7 +333,7 @@ impl Peers {
     /// Cuts every connection to `addr`, idle or in use: a call waiting on a peer that was
     /// declared dead or hung fails now instead of at the end of its timeout.
     pub fn sever(&self, addr: &str) {
-        if let Some(mux) = &self.mux {
+        for mux in self.mux.iter().chain(&self.leaf_mux) {
             mux.sever(addr);
         }
         self.forget(addr);
