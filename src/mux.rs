@@ -26,9 +26,11 @@
 //!
 //! A peer answers a link's requests in order, one batch after the other, so a request that waits
 //! long (a chain write whose successor is slow) holds up the ones behind it on its link. That is
-//! why only a frontend uses these, towards backends that never call it back: between backends,
-//! a request that went round the ring (entry, relays, head, chain) could come back to a link it
-//! is already waiting on, and wait for itself.
+//! why a frontend uses these towards backends, which never call it back, and a backend only for
+//! the writes it passes to a chain's tail ([`crate::peers::Peers::call_batch_to_leaves`]), which
+//! the tail applies without waiting for anyone. Other calls between backends take a connection
+//! each: on a shared link, a request that went round the ring (entry, relays, head, chain) could
+//! come back to a link it is already waiting on, and wait for itself.
 
 use std::collections::HashMap;
 use std::io::Write;
