@@ -1127,7 +1127,7 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
     let answer_wait = timeouts.io * outbox::ANSWER_WAIT_IN_IO_TIMEOUTS;
     let mut reading_short = false;
     // The batches on their way, with the keys they touch (`None`: any key).
-    let mut flying: Vec<(u64, Option<HashSet<u64>>)> = Vec::new();
+    let mut flying: Vec<(u64, Option<Independent>)> = Vec::new();
     while !serving.shutdown.load(Ordering::Relaxed) {
         if let Flow::Close = write_owed(&mut conn, &outbox) {
             return;
@@ -1142,14 +1142,19 @@ fn serve_answering_later(mut conn: ClientConn, serving: &Arc<Serving>) {
             // only if it and every batch on its way touch distinct keys; else when they are in.
             let keys = independent_keys(&conn.pending, take);
             let overlaps = match &keys {
-                Some(keys) => {
+                Some(ours) => {
+                    let flying_bytes: usize = flying
+                        .iter()
+                        .filter_map(|(_, theirs)| theirs.as_ref().map(|t| t.bytes))
+                        .sum();
                     !flying.is_empty()
                         && value_reads_per_batch(largest, MAX_BATCH) == MAX_BATCH
                         && outbox.requests_in_flight() + take <= MAX_BATCH
+                        && flying_bytes + ours.bytes <= FLUSH_AT
                         && flying.iter().all(|(_, theirs)| {
-                            theirs
-                                .as_ref()
-                                .is_some_and(|theirs| keys.iter().all(|k| !theirs.contains(k)))
+                            theirs.as_ref().is_some_and(|theirs| {
+                                ours.keys.iter().all(|k| !theirs.keys.contains(k))
+                            })
                         })
                 }
                 None => false,
@@ -1290,12 +1295,20 @@ fn hand_on(
     Ok(number)
 }
 
-/// The hashes of the keys of `pending[..take]` if each of its requests is a key request, no
+/// A batch that may go beside others: the hashes of its keys, and the bytes of its keys and
+/// values (the batches of a connection on their way at once hold at most [`FLUSH_AT`] together,
+/// since no budget counts them once handed on).
+#[derive(Debug, PartialEq)]
+struct Independent {
+    keys: HashSet<u64>,
+    bytes: usize,
+}
+
+/// `pending[..take]` as an [`Independent`] batch if each of its requests is a key request, no
 /// key is both read and written in it (then a handler sends the batch as one wave), and it
-/// holds at most [`FLUSH_AT`] bytes (so the batches of a connection on their way at once hold
-/// little besides the first, which no budget counts once handed on); `None` if it may touch
-/// anything or is too big to go beside others.
-fn independent_keys(pending: &VecDeque<Frame>, take: usize) -> Option<HashSet<u64>> {
+/// holds at most [`FLUSH_AT`] bytes; `None` if it may touch anything or is too big to go beside
+/// others.
+fn independent_keys(pending: &VecDeque<Frame>, take: usize) -> Option<Independent> {
     use std::hash::Hasher;
     let mut keys: HashMap<u64, bool> = HashMap::with_capacity(take);
     let mut bytes = 0;
@@ -1325,7 +1338,10 @@ fn independent_keys(pending: &VecDeque<Frame>, take: usize) -> Option<HashSet<u6
             return None;
         }
     }
-    Some(keys.into_keys().collect())
+    Some(Independent {
+        keys: keys.into_keys().collect(),
+        bytes,
+    })
 }
 
 /// Writes the answers no other thread is writing, with the full write timeout.
@@ -1413,7 +1429,7 @@ mod tests {
     fn a_batch_goes_beside_others_only_if_its_keys_and_size_allow() {
         let keys = |frames: Vec<Frame>| {
             let n = frames.len();
-            independent_keys(&frames.into_iter().collect(), n).map(|k| k.len())
+            independent_keys(&frames.into_iter().collect(), n).map(|k| k.keys.len())
         };
         let distinct = vec![
             frame(Opcode::PUT, "a", 3),
@@ -1440,9 +1456,11 @@ mod tests {
             frame(Opcode::PUT, "b", 1),
         ];
         assert_eq!(keys(big), None, "too big to go beside others");
+        let sized = independent_keys(&vec![frame(Opcode::PUT, "ab", 5)].into_iter().collect(), 1);
+        assert_eq!(sized.map(|k| k.bytes), Some(7), "its key and value");
         // The same key hashes alike in every batch.
         let one = independent_keys(&vec![frame(Opcode::GET, "k", 0)].into_iter().collect(), 1);
         let two = independent_keys(&vec![frame(Opcode::PUT, "k", 1)].into_iter().collect(), 1);
-        assert_eq!(one, two);
+        assert_eq!(one.map(|k| k.keys), two.map(|k| k.keys));
     }
 }
