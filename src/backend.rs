@@ -802,15 +802,7 @@ impl BackendState {
         } else {
             None
         };
-        let is_chain_write = matches!(
-            request.opcode,
-            Opcode::CHAIN_PUT
-                | Opcode::CHAIN_DELETE
-                | Opcode::CHAIN_PUT_ONCE
-                | Opcode::CHAIN_DELETE_ONCE
-                | Opcode::CHAIN_PUT_EXPIRING
-                | Opcode::CHAIN_PUT_ONCE_EXPIRING
-        );
+        let is_chain_write = request.opcode.is_chain_write();
         if is_expiring_put(request.opcode) && chain::split_expiring(stored_part(&request)).is_none()
         {
             return Route::Answered(request.error_reply(
@@ -1816,16 +1808,7 @@ fn is_client_write(opcode: Opcode) -> bool {
 
 /// Every opcode that changes a key, a client's or a chain member's.
 fn is_write(opcode: Opcode) -> bool {
-    is_client_write(opcode)
-        || matches!(
-            opcode,
-            Opcode::CHAIN_PUT
-                | Opcode::CHAIN_DELETE
-                | Opcode::CHAIN_PUT_ONCE
-                | Opcode::CHAIN_DELETE_ONCE
-                | Opcode::CHAIN_PUT_EXPIRING
-                | Opcode::CHAIN_PUT_ONCE_EXPIRING
-        )
+    is_client_write(opcode) || opcode.is_chain_write()
 }
 
 /// The tag of a tagged write (already checked when it was routed).

@@ -697,7 +697,7 @@ impl Link {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::Opcode;
     use std::io::Read;
@@ -706,7 +706,7 @@ mod tests {
 
     /// How a fake peer treats its connections.
     #[derive(Clone, Copy, PartialEq)]
-    enum Peer {
+    pub(crate) enum Peer {
         /// Answers every request with its key as the value, a read's worth at a time.
         Echo,
         /// Reads and never answers.
@@ -715,13 +715,13 @@ mod tests {
         Busy,
     }
 
-    struct FakePeer {
-        addr: String,
+    pub(crate) struct FakePeer {
+        pub(crate) addr: String,
         /// Open connections it accepted, to close them from the test.
-        accepted: Arc<Mutex<Vec<TcpStream>>>,
+        pub(crate) accepted: Arc<Mutex<Vec<TcpStream>>>,
     }
 
-    fn fake_peer(kind: Peer) -> FakePeer {
+    pub(crate) fn fake_peer(kind: Peer) -> FakePeer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(Mutex::new(Vec::new()));

@@ -369,56 +369,25 @@ impl Peers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Opcode, Status};
-    use std::io::{Read, Write};
-    use std::net::TcpListener;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::mux::tests::{fake_peer, Peer};
+    use crate::protocol::Opcode;
 
-    /// A peer that answers every request with its key as the value; how many connections it
-    /// accepted.
-    fn echo_peer() -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&accepted);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                counted.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 64 * 1024];
-                    loop {
-                        let n = match stream.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        buf.extend_from_slice(&chunk[..n]);
-                        let mut out = Vec::new();
-                        while let Ok(Some((frame, used))) = crate::protocol::decode(&buf, 1 << 24) {
-                            buf.drain(..used);
-                            frame
-                                .reply(Status::OK, frame.key.clone())
-                                .encode_into(&mut out);
-                        }
-                        if stream.write_all(&out).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (addr, accepted)
+    fn connections_accepted(peer: &crate::mux::tests::FakePeer) -> usize {
+        match peer.accepted.lock() {
+            Ok(accepted) => accepted.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        }
     }
 
     #[test]
     fn calls_to_leaves_from_many_threads_share_one_link_and_each_gets_its_answers() {
-        let (addr, accepted) = echo_peer();
+        let peer = fake_peer(Peer::Echo);
         let peers = Arc::new(Peers::new(Timeouts::default(), Limits::default()).with_leaf_links(1));
         let start = Arc::new(std::sync::Barrier::new(8));
         let callers: Vec<_> = (0..8)
             .map(|t| {
-                let (peers, start, addr) = (Arc::clone(&peers), Arc::clone(&start), addr.clone());
+                let (peers, start, addr) =
+                    (Arc::clone(&peers), Arc::clone(&start), peer.addr.clone());
                 std::thread::spawn(move || {
                     start.wait();
                     for round in 0..20 {
@@ -441,14 +410,14 @@ mod tests {
         for caller in callers {
             caller.join().unwrap();
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one shared link");
+        assert_eq!(connections_accepted(&peer), 1, "one shared link");
 
         // Without leaf links they are calls like any other, on pooled connections.
-        let (addr, accepted) = echo_peer();
+        let peer = fake_peer(Peer::Echo);
         let plain = Peers::new(Timeouts::default(), Limits::default());
         let request = Frame::request(Opcode::CHAIN_PUT, 1, b"k".to_vec(), b"v".to_vec());
-        let answers = plain.call_batch_to_leaves(&[(addr.as_str(), &request)]);
+        let answers = plain.call_batch_to_leaves(&[(peer.addr.as_str(), &request)]);
         assert_eq!(answers[0].as_ref().unwrap().value, b"k");
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(connections_accepted(&peer), 1);
     }
 }

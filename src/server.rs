@@ -315,20 +315,11 @@ pub(crate) fn value_reads_per_batch(largest: usize, most: usize) -> usize {
 /// Whether the answer to a request of `opcode` is a status and at most a short message: the
 /// writes that answer nothing else (UPDATE may answer the value it replaced).
 fn answers_a_status(opcode: Opcode) -> bool {
-    matches!(
-        opcode,
-        Opcode::PUT
-            | Opcode::DELETE
-            | Opcode::PUT_ONCE
-            | Opcode::DELETE_ONCE
-            | Opcode::CHAIN_PUT
-            | Opcode::CHAIN_DELETE
-            | Opcode::CHAIN_PUT_ONCE
-            | Opcode::CHAIN_DELETE_ONCE
-            | Opcode::CHAIN_PUT_EXPIRING
-            | Opcode::CHAIN_PUT_ONCE_EXPIRING
-            | Opcode::PING
-    )
+    opcode.is_chain_write()
+        || matches!(
+            opcode,
+            Opcode::PUT | Opcode::DELETE | Opcode::PUT_ONCE | Opcode::DELETE_ONCE | Opcode::PING
+        )
 }
 
 /// What every thread serving requests shares: the handler, the options, and the shutdown flag.

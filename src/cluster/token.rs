@@ -85,22 +85,17 @@ impl ClusterToken {
 
 /// The requests a backend takes only from a connection that presented the cluster token.
 pub fn is_peer_only(opcode: Opcode) -> bool {
-    matches!(
-        opcode,
-        Opcode::VIEW_INSTALL
-            | Opcode::CHAIN_PUT
-            | Opcode::CHAIN_DELETE
-            | Opcode::CHAIN_PUT_ONCE
-            | Opcode::CHAIN_DELETE_ONCE
-            | Opcode::CHAIN_PUT_EXPIRING
-            | Opcode::CHAIN_PUT_ONCE_EXPIRING
-            | Opcode::SYNC_BEGIN
-            | Opcode::SYNC_COPY
-            | Opcode::SYNC_DELTA
-            | Opcode::SYNC_END
-            | Opcode::MEMBER_JOIN
-            | Opcode::MEMBER_LEAVE
-    )
+    opcode.is_chain_write()
+        || matches!(
+            opcode,
+            Opcode::VIEW_INSTALL
+                | Opcode::SYNC_BEGIN
+                | Opcode::SYNC_COPY
+                | Opcode::SYNC_DELTA
+                | Opcode::SYNC_END
+                | Opcode::MEMBER_JOIN
+                | Opcode::MEMBER_LEAVE
+        )
 }
 
 #[cfg(test)]

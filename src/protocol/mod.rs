@@ -282,6 +282,19 @@ named_codes!(
 );
 
 impl Opcode {
+    /// Whether it carries a write a chain member applied to the next member of the key's chain.
+    pub fn is_chain_write(self) -> bool {
+        matches!(
+            self,
+            Opcode::CHAIN_PUT
+                | Opcode::CHAIN_DELETE
+                | Opcode::CHAIN_PUT_ONCE
+                | Opcode::CHAIN_DELETE_ONCE
+                | Opcode::CHAIN_PUT_EXPIRING
+                | Opcode::CHAIN_PUT_ONCE_EXPIRING
+        )
+    }
+
     /// Whether the value starts with a [`payload::WriteTag`].
     pub fn is_tagged(self) -> bool {
         matches!(
