@@ -1112,7 +1112,8 @@ impl BackendState {
     /// leaf links ([`Peers::call_batch_to_leaves`]): the tail waits for no other node, so the
     /// hops of many batches can queue on one link without waiting for each other. The others
     /// (to a member that passes the write on) each take a connection of their own. A batch
-    /// that has both (a chain shortened by a node that is down) sends the first first.
+    /// that has both (a chain shortened by a node that is down) waits for its hops to tails
+    /// before it sends the others.
     fn call_chains(&self, routes: &[Route]) -> Vec<Result<Frame>> {
         let hops: Vec<(&str, &Frame, bool)> = routes
             .iter()

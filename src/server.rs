@@ -1289,7 +1289,6 @@ fn hand_on(
 /// A batch that may go beside others: the hashes of its keys, and the bytes of its keys and
 /// values (the batches of a connection on their way at once hold at most [`FLUSH_AT`] together,
 /// since no budget counts them once handed on).
-#[derive(Debug, PartialEq)]
 struct Independent {
     keys: HashSet<u64>,
     bytes: usize,
