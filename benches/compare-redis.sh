@@ -21,7 +21,9 @@
 # Missing redis-server, redis-tools or nutcracker are installed from Debian's packages.
 #
 # Settings (environment): ROUNDS (3), REQUESTS_P1 (100000), REQUESTS_P16 (400000),
-# RAW_CSV (a file to keep every run's figures in; default: not kept).
+# RAW_CSV (a file to keep every run's figures in; default: not kept), ETCD (1: also run the
+# optional row with three copies of every key, ringkv against three etcd members, by
+# `cargo bench --bench etcd`, installing Debian's etcd-server if it is missing; default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,13 +46,15 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v redis-benchmark && command -v redis-cli; } >/dev/null 2>&1 || missing+=(redis-tools)
 command -v nutcracker >/dev/null 2>&1 || missing+=(nutcracker)
-if ((${#missing[@]})); then
-  say "installing ${missing[*]} from Debian's packages"
-  sudo=()
+install_packages() {
+  say "installing $* from Debian's packages"
+  local sudo=()
   [ "$(id -u)" = 0 ] || sudo=(sudo)
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null
+}
+[ "${ETCD:-0}" = 1 ] && ! command -v etcd >/dev/null 2>&1 && missing+=(etcd-server)
+((${#missing[@]} == 0)) || install_packages "${missing[@]}"
 
 say "building ringkv (release)"
 cargo build --release --quiet --bins
@@ -322,8 +326,7 @@ awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   }
 ' "$RESULTS"
 
-[ "$HAVE_PERF" = 1 ] || exit 0
-awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
+[ "$HAVE_PERF" = 1 ] && awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   NR > 1 {
     for (m = 4; m <= 6; m++) {
       key = $2 SUBSEP $3 SUBSEP m
@@ -343,3 +346,13 @@ awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
     }
   }
 ' "$COSTS"
+
+# --- optional: three copies against etcd -------------------------------------------------------
+if [ "${ETCD:-0}" = 1 ]; then
+  say "ringkv with three copies against etcd with three members (cargo bench --bench etcd, ~1 min)"
+  echo
+  echo "# with three copies: ringkv (3 backends, --replicas 3) against etcd (3 members), PUT and GET,"
+  echo "# 50 clients at pipeline 1; benches/etcd.rs says how each is driven"
+  cargo bench --quiet --bench etcd 2>>"$WORK/benchmark.log" |
+    grep -v -e '^# ringkv benchmark' -e '^# units' -e '^# logical cpus' -e '^# cpu'
+fi
