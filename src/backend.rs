@@ -154,12 +154,6 @@ impl Membership {
     fn heads(&self, key: &[u8]) -> bool {
         self.ring.chain_of_key(key).head() == Some(self.me)
     }
-
-    /// Whether this node heads `key`'s chain and passes its writes on to other members.
-    fn heads_longer_chain(&self, key: &[u8]) -> bool {
-        let chain = self.ring.chain_of_key(key);
-        chain.len() > 1 && chain.head() == Some(self.me)
-    }
 }
 
 struct BackendState {
@@ -645,18 +639,27 @@ impl BackendState {
         // The writes this node heads take their keys' locks before anything is applied, and
         // keep them until the rest of the chain has answered (invariant 1 in `cluster`).
         let snapshot = self.membership();
+        // SHA-1 is a large part of a request's cost here: each key's is taken once.
+        let positions: Vec<Position> = requests
+            .iter()
+            .map(|r| crate::ring::key_position(&r.key))
+            .collect();
         // A tagged write takes its key's lock even where no chain follows, so that two copies
         // of it arriving at once cannot both find it new.
         let headed: Vec<&[u8]> = match &snapshot {
             Some(m) => requests
                 .iter()
-                .filter(|r| {
+                .zip(&positions)
+                .filter(|(r, position)| {
+                    if !is_client_write(r.opcode) {
+                        return false;
+                    }
+                    let chain = m.ring.chain(position);
                     // An update reads the key before it writes it: only one at a time.
                     let alone = r.opcode.is_tagged() || r.opcode == Opcode::UPDATE;
-                    is_client_write(r.opcode)
-                        && (m.heads_longer_chain(&r.key) || alone && m.heads(&r.key))
+                    chain.head() == Some(m.me) && (chain.len() > 1 || alone)
                 })
-                .map(|r| r.key.as_slice())
+                .map(|(r, _)| r.key.as_slice())
                 .collect(),
             None => Vec::new(),
         };
@@ -673,9 +676,10 @@ impl BackendState {
             let epoch = current.map_or(0, |m| m.ring.view().epoch);
             requests
                 .into_iter()
-                .map(|request| {
+                .zip(&positions)
+                .map(|(request, position)| {
                     if !is_client_write(request.opcode) {
-                        self.route(current, request, &mut writes)
+                        self.route(current, request, position, &mut writes)
                     } else if moved {
                         Route::Answered(request.error_reply(
                             Status::STALE_VIEW,
@@ -691,7 +695,7 @@ impl BackendState {
                             ),
                         ))
                     } else {
-                        self.route(current, request, &mut writes)
+                        self.route(current, request, position, &mut writes)
                     }
                 })
                 .collect()
@@ -770,6 +774,7 @@ impl BackendState {
         &self,
         membership: Option<&Arc<Membership>>,
         request: Frame,
+        position: &Position,
         writes: &mut Applied,
     ) -> Route {
         if request.key.is_empty() {
@@ -825,14 +830,13 @@ impl BackendState {
                 ),
             ));
         }
-        let position = crate::ring::key_position(&request.key);
-        let chain = ring.chain(&position);
+        let chain = ring.chain(position);
         if chain.is_empty() {
             return Route::Answered(request.error_reply(
                 Status::UNAVAILABLE,
                 format!(
                     "every node holding this key is down (view epoch {epoch}, owner {})",
-                    ring.node(ring.owner(&position))
+                    ring.node(ring.owner(position))
                 ),
             ));
         }
@@ -840,7 +844,7 @@ impl BackendState {
             return match chain.position(membership.me) {
                 Some(at) if at > 0 => {
                     bump(&self.counters.chain_applied);
-                    let answer = self.apply(ring, &position, &request, writes);
+                    let answer = self.apply(ring, position, &request, writes);
                     if let Some(tag) = &tag {
                         self.remember(tag, &answer, &chain, membership.me, writes);
                     }
@@ -871,7 +875,7 @@ impl BackendState {
                     ),
                 ));
             }
-            if self.incoming.refuses_read(ring.point_index(&position)) {
+            if self.incoming.refuses_read(ring.point_index(position)) {
                 let what = if request.opcode == Opcode::GET {
                     "not read"
                 } else {
@@ -887,12 +891,12 @@ impl BackendState {
                 ));
             }
             if request.opcode == Opcode::UPDATE {
-                return self.head_update(ring, &position, request, &chain, membership.me, writes);
+                return self.head_update(ring, position, request, &chain, membership.me, writes);
             }
             if let Some(tag) = &tag {
                 return self.head_tagged(
                     ring,
-                    &position,
+                    position,
                     request,
                     tag,
                     &chain,
@@ -900,7 +904,7 @@ impl BackendState {
                     writes,
                 );
             }
-            let answer = self.serve_locally(ring, &position, &request, writes);
+            let answer = self.serve_locally(ring, position, &request, writes);
             if request.opcode == Opcode::GET {
                 return Route::Answered(answer);
             }
@@ -920,7 +924,7 @@ impl BackendState {
             ));
         }
         let next = ring
-            .node(next_hop(ring, membership.me, &position, &chain, target))
+            .node(next_hop(ring, membership.me, position, &chain, target))
             .to_string();
         bump(&self.counters.relayed);
         let mut relayed = request.clone();
