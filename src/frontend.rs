@@ -20,7 +20,7 @@ use crate::mux::MuxPool;
 use crate::peers::Peers;
 use crate::pool::{Backlog, ThreadPool};
 use crate::protocol::payload::{self, NodeReport, WriteTag};
-use crate::protocol::{Frame, Opcode, Status, DEFAULT_HOP_LIMIT};
+use crate::protocol::{Frame, FrameRef, Opcode, Status, DEFAULT_HOP_LIMIT};
 use crate::resp::{self, RespServer};
 use crate::ring::{default_replicas, Placement, Ring, Routing, View, DEFAULT_PLACEMENT};
 use crate::rng::Rng;
@@ -254,15 +254,61 @@ struct Wave {
 }
 
 /// An attempt's frames: the request's index in its wave, its backend's index in the wave's
-/// view, the frame sent.
-type Sent = Vec<(usize, usize, Frame)>;
+/// view, how the request is forwarded.
+type Sent = Vec<(usize, usize, Forward)>;
 
 impl Wave {
     /// An attempt's frames with their backends' addresses, as the peers take them.
-    fn calls<'a>(&'a self, sent: &'a Sent) -> Vec<(&'a str, &'a Frame)> {
+    fn calls<'a>(&'a self, requests: &'a [Frame], sent: &'a Sent) -> Vec<(&'a str, FrameRef<'a>)> {
         sent.iter()
-            .map(|(_, node, frame)| (self.ring.node(*node), frame))
+            .map(|(index, node, forward)| (self.ring.node(*node), forward.frame(&requests[*index])))
             .collect()
+    }
+}
+
+/// What a forwarded request has of its own (the client's request lends it the rest): the
+/// header fields the frontend sets and the write tag that starts the value, if the frontend
+/// tags the write or marks the client's own tag as sent again.
+struct Forward {
+    opcode: Opcode,
+    epoch: u64,
+    hop_limit: u16,
+    tag: Option<[u8; WriteTag::LEN]>,
+    /// The client's value is sent from this byte on: past its own tag once `tag` replaces it.
+    value_from: usize,
+}
+
+impl Forward {
+    /// The frame sent for `request`.
+    fn frame<'a>(&'a self, request: &'a Frame) -> FrameRef<'a> {
+        FrameRef {
+            opcode: self.opcode,
+            epoch: self.epoch,
+            hops: 0,
+            hop_limit: self.hop_limit,
+            value_head: self.tag.as_ref().map_or(&[][..], |tag| &tag[..]),
+            value: request.value.get(self.value_from..).unwrap_or_default(),
+            ..request.borrowed()
+        }
+    }
+
+    /// Marks a tagged write of `request` as sent once more, whether the frontend or the client
+    /// tagged it: an earlier copy may have been applied.
+    fn mark_resent(&mut self, request: &Frame) {
+        let (current, value_from) = match &self.tag {
+            Some(bytes) => (&bytes[..], self.value_from),
+            None if request.opcode.is_tagged() => (&request.value[..], WriteTag::LEN),
+            None => return,
+        };
+        if let Ok((tag, _)) = WriteTag::split(current) {
+            self.tag = Some(tag.resent().bytes());
+            self.value_from = value_from;
+        }
+    }
+
+    /// Whether it may be sent again after a failure or a timeout: a read, or a tagged write.
+    fn may_resend(&self) -> bool {
+        self.opcode == Opcode::GET || self.opcode.is_tagged()
     }
 }
 
@@ -274,18 +320,18 @@ struct SentMeta {
     node: usize,
     /// The view epoch it carried.
     epoch: u64,
-    /// Whether it may be sent again after a failure ([`may_resend`]).
+    /// Whether it may be sent again after a failure ([`Forward::may_resend`]).
     resendable: bool,
 }
 
 impl SentMeta {
     fn of(sent: &Sent) -> Vec<SentMeta> {
         sent.iter()
-            .map(|(index, node, frame)| SentMeta {
+            .map(|(index, node, forward)| SentMeta {
                 index: *index,
                 node: *node,
-                epoch: frame.epoch,
-                resendable: may_resend(frame),
+                epoch: forward.epoch,
+                resendable: forward.may_resend(),
             })
             .collect()
     }
@@ -295,7 +341,8 @@ impl SentMeta {
 /// than the reading thread may do (send again, wait for a view): a retry worker's job.
 struct Retry {
     state: Arc<FrontendState>,
-    requests: Vec<Frame>,
+    /// Shared with the first attempt's frames, which are encoded from them.
+    requests: Arc<Vec<Frame>>,
     wave: Wave,
     /// The first attempt's frames, answers, and those of them never written.
     meta: Vec<SentMeta>,
@@ -322,27 +369,33 @@ impl Retry {
                 let unsent: Vec<usize> = std::mem::take(&mut self.unsent);
                 if !unsent.is_empty() {
                     let ring = Arc::clone(&self.wave.ring);
-                    let frames: Vec<(usize, Frame)> = unsent
+                    let frames: Vec<(usize, Forward)> = unsent
                         .iter()
                         .filter_map(|&k| {
                             let meta = self.meta.get(k)?;
                             let request = &self.requests[meta.index];
-                            let mut frame = state.to_backend(
+                            let mut forward = state.to_backend(
                                 &ring,
                                 request,
                                 self.wave.tags[meta.index].as_ref(),
                             );
                             if self.wave.resends[meta.index] {
-                                mark_resent(&mut frame);
+                                forward.mark_resent(request);
                             }
-                            Some((k, frame))
+                            Some((k, forward))
                         })
                         .collect();
-                    let calls: Vec<(&str, &Frame)> = frames
+                    let calls: Vec<(&str, FrameRef<'_>)> = frames
                         .iter()
-                        .map(|(k, f)| (ring.node(self.meta[*k].node), f))
+                        .map(|(k, forward)| {
+                            let meta = &self.meta[*k];
+                            (
+                                ring.node(meta.node),
+                                forward.frame(&self.requests[meta.index]),
+                            )
+                        })
                         .collect();
-                    for ((k, _), answer) in frames.iter().zip(state.peers.call_batch(&calls)) {
+                    for ((k, _), answer) in frames.iter().zip(state.peers.call_batch_refs(&calls)) {
                         results[*k] = answer;
                     }
                 }
@@ -449,19 +502,6 @@ fn tag_writes(
             Some(tag)
         })
         .collect()
-}
-
-/// Marks a tagged write as sent again (see [`WriteTag::resent`]).
-fn mark_resent(forwarded: &mut Frame) {
-    if let Ok((tag, _)) = WriteTag::split(&forwarded.value) {
-        let resent = tag.resent();
-        forwarded.value[..WriteTag::LEN].copy_from_slice(&resent.prefix(&[]));
-    }
-}
-
-/// Whether a request that failed or timed out may be sent again: a read, or a tagged write.
-fn may_resend(forwarded: &Frame) -> bool {
-    forwarded.opcode == Opcode::GET || forwarded.opcode.is_tagged()
 }
 
 /// A running frontend. Dropping it stops it.
@@ -841,29 +881,22 @@ impl FrontendState {
     /// The copy of a client's key request that goes to the backends: tagged if `tag` says so,
     /// this view's epoch, no relays yet, and a hop limit that only stops loops, never a request
     /// on its way.
-    fn to_backend(&self, ring: &Ring, request: &Frame, tag: Option<&WriteTag>) -> Frame {
-        let mut forwarded = match tag {
-            Some(tag) => {
-                let opcode = if request.opcode == Opcode::DELETE {
-                    Opcode::DELETE_ONCE
-                } else {
-                    Opcode::PUT_ONCE
-                };
-                Frame::request(
-                    opcode,
-                    request.request_id,
-                    request.key.clone(),
-                    tag.prefix(&request.value),
-                )
-            }
-            None => request.clone(),
+    fn to_backend(&self, ring: &Ring, request: &Frame, tag: Option<&WriteTag>) -> Forward {
+        let opcode = match (tag, request.opcode) {
+            (None, opcode) => opcode,
+            (Some(_), Opcode::DELETE) => Opcode::DELETE_ONCE,
+            (Some(_), _) => Opcode::PUT_ONCE,
         };
-        forwarded.epoch = ring.view().epoch;
-        forwarded.hops = 0;
-        forwarded.hop_limit =
-            ring.relay_bound()
-                .clamp(usize::from(DEFAULT_HOP_LIMIT), usize::from(u16::MAX)) as u16;
-        forwarded
+        Forward {
+            opcode,
+            epoch: ring.view().epoch,
+            hop_limit: ring
+                .relay_bound()
+                .clamp(usize::from(DEFAULT_HOP_LIMIT), usize::from(u16::MAX))
+                as u16,
+            tag: tag.map(WriteTag::bytes),
+            value_from: 0,
+        }
     }
 
     /// PUT, GET, DELETE: to the entry backend, which serves or relays.
@@ -908,7 +941,7 @@ impl FrontendState {
     fn wave_run(&self, requests: &[Frame], wave: &mut Wave) {
         loop {
             let sent = self.wave_attempt(requests, wave);
-            let results = self.peers.call_batch(&wave.calls(&sent));
+            let results = self.peers.call_batch_refs(&wave.calls(requests, &sent));
             let meta = SentMeta::of(&sent);
             let settled = self.wave_settle(requests, wave, &meta, results);
             if !self.wave_next(requests, wave, settled) {
@@ -935,7 +968,12 @@ impl FrontendState {
         }
         let meta = SentMeta::of(&sent);
         let ring = Arc::clone(&wave.ring);
-        let calls: Vec<(&str, &Frame)> = sent.iter().map(|(_, n, f)| (ring.node(*n), f)).collect();
+        let requests = Arc::new(requests);
+        let shared = Arc::clone(&requests);
+        let calls: Vec<(&str, FrameRef<'_>)> = sent
+            .iter()
+            .map(|(index, node, forward)| (ring.node(*node), forward.frame(&shared[*index])))
+            .collect();
         mux.call_batch_then(
             &calls,
             Box::new(move |results, unsent| {
@@ -1021,7 +1059,7 @@ impl FrontendState {
                 Some(node) => {
                     let mut forwarded = self.to_backend(&ring, request, wave.tags[index].as_ref());
                     if wave.resends[index] {
-                        mark_resent(&mut forwarded);
+                        forwarded.mark_resent(request);
                     }
                     sent.push((index, node, forwarded))
                 }
@@ -1524,11 +1562,61 @@ mod tests {
         assert_ne!(last.client, first.client);
         assert_eq!(last.below, last.seq);
 
-        let mut forwarded = write(Opcode::PUT_ONCE);
-        forwarded.value = a.prefix(b"v");
-        mark_resent(&mut forwarded);
-        let (resent, value) = WriteTag::split(&forwarded.value).unwrap();
+        let mut forward = Forward {
+            opcode: Opcode::PUT_ONCE,
+            epoch: 7,
+            hop_limit: 4,
+            tag: Some(a.bytes()),
+            value_from: 0,
+        };
+        let request = Frame::request(Opcode::PUT, 9, b"k".to_vec(), b"v".to_vec());
+        forward.mark_resent(&request);
+        let sent = forward.frame(&request).to_frame();
+        assert_eq!(sent.value, a.resent().prefix(b"v"));
+        let (resent, value) = WriteTag::split(&sent.value).unwrap();
         assert_eq!((resent.seq, resent.attempt, value), (a.seq, 2, &b"v"[..]));
-        assert!(may_resend(&forwarded) && !may_resend(&write(Opcode::PUT)));
+        assert_eq!(
+            (
+                sent.opcode,
+                sent.epoch,
+                sent.hop_limit,
+                sent.request_id,
+                &sent.key[..]
+            ),
+            (Opcode::PUT_ONCE, 7, 4, 9, &b"k"[..])
+        );
+        let untagged = Forward {
+            opcode: Opcode::PUT,
+            tag: None,
+            ..forward
+        };
+        assert!(forward.may_resend() && !untagged.may_resend());
+
+        // A write the client tagged itself is sent again with its tag marked so.
+        let own = WriteTag {
+            client: 11,
+            seq: 3,
+            below: 3,
+            attempt: 1,
+        };
+        let request = Frame::request(Opcode::PUT_ONCE, 9, b"k".to_vec(), own.prefix(b"v"));
+        let mut forward = Forward {
+            opcode: Opcode::PUT_ONCE,
+            epoch: 7,
+            hop_limit: 4,
+            tag: None,
+            value_from: 0,
+        };
+        assert_eq!(forward.frame(&request).to_frame().value, own.prefix(b"v"));
+        forward.mark_resent(&request);
+        assert_eq!(
+            forward.frame(&request).to_frame().value,
+            own.resent().prefix(b"v")
+        );
+        forward.mark_resent(&request);
+        assert_eq!(
+            forward.frame(&request).to_frame().value,
+            own.resent().resent().prefix(b"v")
+        );
     }
 }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use crate::auth::Credentials;
 use crate::connection::{Connection, FrameReader, ReadError, Timeouts};
 use crate::error::{Error, Result};
-use crate::protocol::{Frame, Limits, Status};
+use crate::protocol::{Frame, FrameRef, Limits, Status};
 
 /// Most bytes that may wait to be written on one link; a caller that finds more waits for the
 /// writer to take them.
@@ -241,6 +241,13 @@ impl MuxPool {
     /// Sends every `(addr, request)` and returns the answers in the same order; each peer's
     /// share goes onto one of its links, and all peers work at once.
     pub fn call_batch(&self, calls: &[(&str, &Frame)]) -> Vec<Result<Frame>> {
+        let calls: Vec<(&str, FrameRef<'_>)> =
+            calls.iter().map(|(a, f)| (*a, f.borrowed())).collect();
+        self.call_batch_refs(&calls)
+    }
+
+    /// [`MuxPool::call_batch`] for frames whose key and value are borrowed.
+    pub fn call_batch_refs(&self, calls: &[(&str, FrameRef<'_>)]) -> Vec<Result<Frame>> {
         let ticket = Ticket::new(calls.len());
         let everything: Vec<usize> = (0..calls.len()).collect();
         let used = self.submit(calls, &everything, &ticket);
@@ -278,7 +285,7 @@ impl MuxPool {
     /// gets the answers, in the thread of whichever link fills in the last one (or this one,
     /// if every request failed at once). It must not block. A request that failed before its
     /// bytes were written is not sent again here: `then` is told which, and may send it.
-    pub fn call_batch_then(&self, calls: &[(&str, &Frame)], then: Then) {
+    pub fn call_batch_then(&self, calls: &[(&str, FrameRef<'_>)], then: Then) {
         if calls.is_empty() {
             // No answer would ever come to fill in the last one.
             return then(Vec::new(), Vec::new());
@@ -291,7 +298,7 @@ impl MuxPool {
     /// Puts the requests at `indexes` onto their peers' links; the links used.
     fn submit(
         &self,
-        calls: &[(&str, &Frame)],
+        calls: &[(&str, FrameRef<'_>)],
         indexes: &[usize],
         ticket: &Arc<Ticket>,
     ) -> Vec<Arc<Link>> {
@@ -485,7 +492,7 @@ impl Link {
     /// writer at work).
     fn send(
         &self,
-        calls: &[(&str, &Frame)],
+        calls: &[(&str, FrameRef<'_>)],
         indexes: &[usize],
         ticket: &Arc<Ticket>,
         timeouts: &Timeouts,
@@ -809,7 +816,10 @@ pub(crate) mod tests {
         let pool = pool(Duration::from_millis(300));
         let (done, answers) = std::sync::mpsc::channel();
         let requests = [get(4, "a"), get(5, "b")];
-        let calls: Vec<(&str, &Frame)> = requests.iter().map(|r| (echo.addr.as_str(), r)).collect();
+        let calls: Vec<(&str, FrameRef<'_>)> = requests
+            .iter()
+            .map(|r| (echo.addr.as_str(), r.borrowed()))
+            .collect();
         let sender = done.clone();
         pool.call_batch_then(
             &calls,
@@ -829,7 +839,7 @@ pub(crate) mod tests {
         let started = Instant::now();
         let request = get(6, "c");
         pool.call_batch_then(
-            &[(&silent.addr, &request)],
+            &[(&silent.addr, request.borrowed())],
             Box::new(move |answers, unsent| done.send((answers, unsent)).unwrap()),
         );
         let (got, unsent) = answers.recv_timeout(Duration::from_secs(5)).unwrap();

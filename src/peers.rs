@@ -7,7 +7,7 @@ use crate::auth::Credentials;
 use crate::connection::{Connection, Timeouts};
 use crate::error::{Error, Result};
 use crate::mux::MuxPool;
-use crate::protocol::{Frame, Limits};
+use crate::protocol::{Frame, FrameRef, Limits};
 use crate::server::Registry;
 
 /// Idle connections kept per peer; more are opened under load and closed after use.
@@ -189,6 +189,21 @@ impl Peers {
     /// The shared links, if calls are multiplexed: what [`MuxPool::call_batch_then`] needs.
     pub(crate) fn mux(&self) -> Option<&MuxPool> {
         self.mux.as_ref()
+    }
+
+    /// [`Peers::call_batch`] for frames whose key and value are borrowed: shared links encode
+    /// them as they are, pooled connections take copies.
+    pub fn call_batch_refs(&self, calls: &[(&str, FrameRef<'_>)]) -> Vec<Result<Frame>> {
+        if let Some(mux) = &self.mux {
+            return mux.call_batch_refs(calls);
+        }
+        let frames: Vec<Frame> = calls.iter().map(|(_, frame)| frame.to_frame()).collect();
+        let calls: Vec<(&str, &Frame)> = calls
+            .iter()
+            .zip(&frames)
+            .map(|((addr, _), frame)| (*addr, frame))
+            .collect();
+        self.call_batch(&calls)
     }
 
     /// Sends every `(addr, request)` and returns the answers in the same order: the requests for

@@ -420,7 +420,7 @@ impl Frame {
 
     /// Bytes this frame takes on the wire.
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.key.len() + self.value.len() + CRC_LEN
+        self.borrowed().encoded_len()
     }
 
     /// Appends the frame's wire bytes to `out`.
@@ -437,6 +437,68 @@ impl Frame {
     /// # Panics
     /// As [`Frame::encode_into`].
     pub fn encode_into_with_id(&self, request_id: u64, out: &mut Vec<u8>) {
+        self.borrowed().encode_into_with_id(request_id, out)
+    }
+
+    /// The same frame with its key and value borrowed.
+    pub fn borrowed(&self) -> FrameRef<'_> {
+        FrameRef {
+            kind: self.kind,
+            opcode: self.opcode,
+            status: self.status,
+            hops: self.hops,
+            hop_limit: self.hop_limit,
+            request_id: self.request_id,
+            epoch: self.epoch,
+            key: &self.key,
+            value_head: &[],
+            value: &self.value,
+        }
+    }
+
+    /// The frame's wire bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// A frame to encode whose key and value are borrowed, the value in two parts: what a frontend
+/// sends for a client's request (its own header fields, a write tag before the client's value)
+/// is encoded from the request as it arrived, without a copy of its key and value.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef<'a> {
+    pub kind: Kind,
+    pub opcode: Opcode,
+    pub status: Status,
+    pub hops: u16,
+    pub hop_limit: u16,
+    pub request_id: u64,
+    pub epoch: u64,
+    pub key: &'a [u8],
+    /// The value's first bytes (a write tag, or nothing).
+    pub value_head: &'a [u8],
+    /// The rest of the value.
+    pub value: &'a [u8],
+}
+
+impl FrameRef<'_> {
+    /// Bytes this frame takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.key.len() + self.value_len() + CRC_LEN
+    }
+
+    fn value_len(&self) -> usize {
+        self.value_head.len() + self.value.len()
+    }
+
+    /// Appends the frame's wire bytes to `out` with request id `request_id` (see
+    /// [`Frame::encode_into_with_id`]).
+    ///
+    /// # Panics
+    /// If the key or value is longer than `u32::MAX` bytes, which no limit allows.
+    pub fn encode_into_with_id(&self, request_id: u64, out: &mut Vec<u8>) {
         let start = out.len();
         let total = self.encoded_len();
         let body_len = u32::try_from(total - LEN_PREFIX).expect("frame longer than 4 GiB");
@@ -452,22 +514,34 @@ impl Frame {
         BigEndian::write_u64(&mut header[14..22], request_id);
         BigEndian::write_u64(&mut header[22..30], self.epoch);
         BigEndian::write_u32(&mut header[30..34], self.key.len() as u32);
-        BigEndian::write_u32(&mut header[34..38], self.value.len() as u32);
+        BigEndian::write_u32(&mut header[34..38], self.value_len() as u32);
         out.reserve(total);
         out.extend_from_slice(&header);
-        out.extend_from_slice(&self.key);
-        out.extend_from_slice(&self.value);
+        out.extend_from_slice(self.key);
+        out.extend_from_slice(self.value_head);
+        out.extend_from_slice(self.value);
         let crc = crc32fast::hash(&out[start..]);
         let mut trailer = [0u8; CRC_LEN];
         BigEndian::write_u32(&mut trailer, crc);
         out.extend_from_slice(&trailer);
     }
 
-    /// The frame's wire bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        self.encode_into(&mut out);
-        out
+    /// An owned copy.
+    pub fn to_frame(&self) -> Frame {
+        let mut value = Vec::with_capacity(self.value_len());
+        value.extend_from_slice(self.value_head);
+        value.extend_from_slice(self.value);
+        Frame {
+            kind: self.kind,
+            opcode: self.opcode,
+            status: self.status,
+            hops: self.hops,
+            hop_limit: self.hop_limit,
+            request_id: self.request_id,
+            epoch: self.epoch,
+            key: self.key.to_vec(),
+            value,
+        }
     }
 }
 

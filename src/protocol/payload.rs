@@ -89,11 +89,18 @@ impl WriteTag {
     /// The value of a tagged request: this tag, then `data`.
     pub fn prefix(&self, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(WriteTag::LEN + data.len());
-        out.extend_from_slice(&self.client.to_be_bytes());
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.below.to_be_bytes());
-        out.extend_from_slice(&self.attempt.to_be_bytes());
+        out.extend_from_slice(&self.bytes());
         out.extend_from_slice(data);
+        out
+    }
+
+    /// The tag as it starts a tagged request's value.
+    pub fn bytes(&self) -> [u8; WriteTag::LEN] {
+        let mut out = [0u8; WriteTag::LEN];
+        out[..8].copy_from_slice(&self.client.to_be_bytes());
+        out[8..16].copy_from_slice(&self.seq.to_be_bytes());
+        out[16..24].copy_from_slice(&self.below.to_be_bytes());
+        out[24..].copy_from_slice(&self.attempt.to_be_bytes());
         out
     }
 

@@ -36,6 +36,24 @@ fn round_trips_every_field() {
 }
 
 #[test]
+fn a_borrowed_frame_with_a_value_head_encodes_as_the_whole_value_would() {
+    let whole = sample();
+    let (head, rest) = whole.value.split_at(2);
+    let borrowed = FrameRef {
+        value_head: head,
+        value: rest,
+        ..whole.borrowed()
+    };
+    assert_eq!(borrowed.encoded_len(), whole.encoded_len());
+    let mut bytes = Vec::new();
+    borrowed.encode_into_with_id(77, &mut bytes);
+    let mut expected = Vec::new();
+    whole.encode_into_with_id(77, &mut expected);
+    assert_eq!(bytes, expected);
+    assert_eq!(borrowed.to_frame(), whole);
+}
+
+#[test]
 fn layout_matches_the_documented_offsets() {
     let bytes = sample().encode();
     assert_eq!(&bytes[0..4], &(bytes.len() as u32 - 4).to_be_bytes());
