@@ -93,6 +93,8 @@ struct Outgoing {
     ids: Vec<u64>,
     /// Whether a caller is writing.
     writing: bool,
+    /// Callers waiting for the writer to take the pending bytes (on `taken`).
+    waiting_for_room: usize,
 }
 
 struct Inflight {
@@ -135,6 +137,9 @@ struct TicketState {
     missing: usize,
     /// Requests that failed before their bytes were written: they may be sent again.
     unsent: Vec<usize>,
+    /// Whether a caller sleeps on `done`: a notify is a system call even when no one waits,
+    /// and most batches have no one waiting (their answers go to a completion).
+    waited_on: bool,
 }
 
 impl TicketState {
@@ -161,6 +166,7 @@ impl Ticket {
                 answers: (0..len).map(|_| None).collect(),
                 missing: len,
                 unsent: Vec::new(),
+                waited_on: false,
             }),
             done: Condvar::new(),
             then: Mutex::new(None),
@@ -189,7 +195,9 @@ impl Ticket {
         if state.missing > 0 {
             return;
         }
-        self.done.notify_all();
+        if state.waited_on {
+            self.done.notify_all();
+        }
         let Some(then) = lock(&self.then).take() else {
             return;
         };
@@ -211,6 +219,7 @@ impl Ticket {
             if now >= deadline {
                 return false;
             }
+            state.waited_on = true;
             state = match self.done.wait_timeout(state, deadline - now) {
                 Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
@@ -556,10 +565,12 @@ impl Link {
                 self.fail("the link's writer made no room within the i/o timeout");
                 return;
             }
+            out.waiting_for_room += 1;
             out = match self.taken.wait_timeout(out, deadline - now) {
                 Ok((out, _)) => out,
                 Err(poisoned) => poisoned.into_inner().0,
             };
+            out.waiting_for_room -= 1;
         }
         if out.pending.is_empty() {
             out.pending = bytes;
@@ -574,8 +585,11 @@ impl Link {
         loop {
             let bytes = std::mem::take(&mut out.pending);
             let ids = std::mem::take(&mut out.ids);
+            let room_awaited = out.waiting_for_room > 0;
             drop(out);
-            self.taken.notify_all();
+            if room_awaited {
+                self.taken.notify_all();
+            }
             // Marked before the write, not after: bytes that reached the socket may be acted
             // on, so a failure from here on must not send them again.
             {
