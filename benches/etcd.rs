@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{print_header, run_threads, Measured, Pick, Plan};
+use common::{print_header, run_threads, Measured, Pick, Plan, Scratch};
 use ringkv::rng::Rng;
 use ringkv::{BackendConfig, FrontendConfig, LocalCluster};
 use traffic::{latency_histogram, preload, print_run, Op, Seen, Worker, VALUE_LEN};
@@ -80,7 +80,7 @@ fn main() {
     let keys: Vec<Vec<u8>> = (0..KEYS)
         .map(|i| format!("key-{i:012}").into_bytes())
         .collect();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("etcd");
     let etcd_cluster = EtcdCluster::start(&etcd, &scratch.0.join("etcd"));
     let etcd_keys = EtcdKeys::new(&keys);
     etcd_preload(&etcd_cluster, &etcd_keys);
@@ -210,24 +210,6 @@ fn etcd_version(etcd: &Path) -> String {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| "version unknown".into())
-}
-
-/// A directory for the data of every target, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("ringkv-bench-etcd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a scratch directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Three etcd members on loopback, stopped when dropped.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{print_header, run_threads, Pick, Plan};
+use common::{print_header, run_threads, Pick, Plan, Scratch};
 use ringkv::durable::{DurableOptions, DurableStore};
 use ringkv::rng::Rng;
 use ringkv::store::Engine;
@@ -39,7 +39,7 @@ fn main() {
     }
     let plan = Plan::from_env(Pick::Median);
     print_header("wal (ringkv::durable::DurableStore)", &plan);
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("wal");
     println!(
         "# data: {KEY_LEN}-byte keys, {VALUE_LEN}-byte values; logs under {}",
         scratch.0.display()
@@ -51,24 +51,6 @@ fn main() {
     write_log(&dir, records);
     recovery_rate(&plan, &dir, records);
     memory_per_key(&dir, records);
-}
-
-/// A directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("ringkv-bench-wal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating the bench directory");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The `i`th key: 16 bytes, distinct for every `i` below 10^12.

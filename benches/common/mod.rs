@@ -7,6 +7,7 @@
 //! for stable numbers.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -206,4 +207,23 @@ where
 /// Bytes per second as MB/s.
 pub fn mb_per_s(bytes_per_op: usize, ops_per_s: f64) -> f64 {
     bytes_per_op as f64 * ops_per_s / 1e6
+}
+
+/// A directory of its own for a benchmark's files, removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// `ringkv-bench-NAME-PID` in the temporary directory, empty.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ringkv-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the bench directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
