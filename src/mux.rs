@@ -551,11 +551,15 @@ impl Link {
                 .encode_into_with_id(first + k as u64, &mut bytes);
         }
         let ids = first..first + indexes.len() as u64;
-        self.write(bytes, ids, timeouts);
+        self.write(bytes, ids, calls.len() == 1, timeouts);
     }
 
     /// Appends `bytes` to what is pending and, if no one is writing, writes until nothing is.
-    fn write(&self, bytes: Vec<u8>, ids: std::ops::Range<u64>, timeouts: &Timeouts) {
+    ///
+    /// A writer with one `lone` request first yields its CPU once: the threads that other
+    /// clients' requests woke get to append theirs, and the peer reads them all in one wake-up
+    /// instead of one each. A batch is worth its write at once.
+    fn write(&self, bytes: Vec<u8>, ids: std::ops::Range<u64>, lone: bool, timeouts: &Timeouts) {
         let mut out = lock(&self.out);
         let deadline = Instant::now() + timeouts.io;
         while out.writing && out.pending.len() >= MOST_PENDING {
@@ -582,6 +586,11 @@ impl Link {
             return;
         }
         out.writing = true;
+        if lone {
+            drop(out);
+            std::thread::yield_now();
+            out = lock(&self.out);
+        }
         loop {
             let bytes = std::mem::take(&mut out.pending);
             let ids = std::mem::take(&mut out.ids);
