@@ -10,7 +10,8 @@
 //!   no one is writing, it becomes the writer and writes whatever is pending, again and again,
 //!   until nothing is: callers that arrive meanwhile only append, and their frames go out in the
 //!   writer's next write, together. So the peer reads many callers' requests per wake-up and
-//!   answers them in one write.
+//!   answers them in one write. A writer with a single request yields its CPU once first, so
+//!   that the threads other clients' requests woke can add theirs.
 //! - **Answers matched by id.** Each link has a reader thread that takes the answers as they
 //!   come and hands each to the caller waiting for it; a caller with requests on several peers
 //!   waits once for all of them. A caller that does not wait ([`MuxPool::call_batch_then`])
