@@ -353,6 +353,10 @@ if [ "${ETCD:-0}" = 1 ]; then
   echo
   echo "# with three copies: ringkv (3 backends, --replicas 3) against etcd (3 members), PUT and GET,"
   echo "# 50 clients at pipeline 1; benches/etcd.rs says how each is driven"
-  cargo bench --quiet --bench etcd 2>>"$WORK/benchmark.log" |
-    grep -v -e '^# ringkv benchmark' -e '^# units' -e '^# logical cpus' -e '^# cpu'
+  if ! cargo bench --quiet --bench etcd 2>"$WORK/etcd.log" |
+    grep -v -e '^# ringkv benchmark' -e '^# units' -e '^# logical cpus' -e '^# cpu'; then
+    say "cargo bench --bench etcd failed:"
+    tail -n 20 "$WORK/etcd.log" >&2
+    exit 1
+  fi
 fi

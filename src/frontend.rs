@@ -373,16 +373,7 @@ impl Retry {
                         .iter()
                         .filter_map(|&k| {
                             let meta = self.meta.get(k)?;
-                            let request = &self.requests[meta.index];
-                            let mut forward = state.to_backend(
-                                &ring,
-                                request,
-                                self.wave.tags[meta.index].as_ref(),
-                            );
-                            if self.wave.resends[meta.index] {
-                                forward.mark_resent(request);
-                            }
-                            Some((k, forward))
+                            Some((k, state.to_backend(&self.wave, &self.requests, meta.index)))
                         })
                         .collect();
                     let calls: Vec<(&str, FrameRef<'_>)> = frames
@@ -878,16 +869,18 @@ impl FrontendState {
         }
     }
 
-    /// The copy of a client's key request that goes to the backends: tagged if `tag` says so,
-    /// this view's epoch, no relays yet, and a hop limit that only stops loops, never a request
-    /// on its way.
-    fn to_backend(&self, ring: &Ring, request: &Frame, tag: Option<&WriteTag>) -> Forward {
+    /// How the wave's request `index` goes to the backends: tagged if the wave tagged it, marked
+    /// as sent again if the wave sends it again after a failure, this view's epoch, no relays
+    /// yet, and a hop limit that only stops loops, never a request on its way.
+    fn to_backend(&self, wave: &Wave, requests: &[Frame], index: usize) -> Forward {
+        let (ring, request) = (&wave.ring, &requests[index]);
+        let tag = wave.tags[index].as_ref();
         let opcode = match (tag, request.opcode) {
             (None, opcode) => opcode,
             (Some(_), Opcode::DELETE) => Opcode::DELETE_ONCE,
             (Some(_), _) => Opcode::PUT_ONCE,
         };
-        Forward {
+        let mut forward = Forward {
             opcode,
             epoch: ring.view().epoch,
             hop_limit: ring
@@ -896,7 +889,11 @@ impl FrontendState {
                 as u16,
             tag: tag.map(WriteTag::bytes),
             value_from: 0,
+        };
+        if wave.resends[index] {
+            forward.mark_resent(request);
         }
+        forward
     }
 
     /// PUT, GET, DELETE: to the entry backend, which serves or relays.
@@ -1056,13 +1053,7 @@ impl FrontendState {
         for &index in &wave.todo {
             let request = &requests[index];
             match self.entry_node(&ring, request, wave.random) {
-                Some(node) => {
-                    let mut forwarded = self.to_backend(&ring, request, wave.tags[index].as_ref());
-                    if wave.resends[index] {
-                        forwarded.mark_resent(request);
-                    }
-                    sent.push((index, node, forwarded))
-                }
+                Some(node) => sent.push((index, node, self.to_backend(wave, requests, index))),
                 None => {
                     wave.answers[index] = Some(request.error_reply(
                         Status::UNAVAILABLE,
