@@ -380,7 +380,7 @@ pub struct Ring {
     /// For each node, the indexes into `points` of its points, ascending.
     points_of_node: Vec<Vec<u32>>,
     /// For each point, in runs of `chain_len`, the nodes of its chain when every node is up:
-    /// its own node, then the next distinct nodes clockwise.
+    /// its own node, then the next nodes ([`list_order_chains`] or [`clockwise_chains`]).
     natural_chains: Vec<u32>,
     /// For each point, the chain itself (see [`Ring::chain`]), worked out once per view.
     chains: Vec<Chain>,
@@ -514,7 +514,10 @@ impl Ring {
         };
         let placed = points_of_node.iter().filter(|p| !p.is_empty()).count();
         let chain_len = view.replicas.min(placed);
-        let natural_chains = natural_chains(&points, chain_len);
+        let natural_chains = match view.placement {
+            Placement::Partitions { .. } => list_order_chains(&points, &points_of_node, chain_len),
+            Placement::Hashed { .. } => clockwise_chains(&points, chain_len),
+        };
         let chains = (0..points.len())
             .map(|point| effective_chain(&view, &natural_chains[point * chain_len..][..chain_len]))
             .collect();
@@ -531,9 +534,10 @@ impl Ring {
     }
 
     /// The chain of the key at `position`: **the owner of the position and the next
-    /// `replicas - 1` distinct nodes clockwise from the owner's point, leaving out the nodes
-    /// that are not up, in the order they became up (by `since`; nodes up equally long keep
-    /// their clockwise order)**. The nodes keep their places, so a chain only shrinks while a
+    /// `replicas - 1` nodes, leaving out the nodes that are not up, in the order they became up
+    /// (by `since`; nodes up equally long keep their natural order)**. With equal partitions the
+    /// next nodes are those after the owner in the node list that own partitions; with hashed
+    /// points, the next distinct nodes clockwise from the owner's point. The nodes keep their places, so a chain only shrinks while a
     /// node is down and no key moves; a node that comes back joins its chains at the tail,
     /// where a copy of the tail's data is all it needs. The one implementation of the chain rule.
     pub fn chain(&self, position: &Position) -> Chain {
@@ -546,7 +550,7 @@ impl Ring {
     }
 
     /// The nodes whose places on the ring put them in the chain of point `point`, up or not,
-    /// in clockwise order from the point's own node.
+    /// in chain order from the point's own node.
     pub fn natural_members(&self, point: usize) -> impl Iterator<Item = usize> + '_ {
         self.natural_chains[point * self.chain_len..][..self.chain_len]
             .iter()
@@ -728,15 +732,41 @@ fn effective_chain(view: &View, natural: &[u32]) -> Chain {
             chain.len += 1;
         }
     }
-    // A stable sort: equal epochs keep the clockwise order.
+    // A stable sort: equal epochs keep the natural order.
     chain.members[..usize::from(chain.len)].sort_by_key(|&node| view.since[node as usize]);
     chain
+}
+
+/// For every point, its own node followed by the next `len - 1` nodes that hold points, in the
+/// view's node order (wrapping round). With partitions dealt by hash, the nodes met clockwise
+/// differ from partition to partition, so a node's chains would spread over every other node and
+/// a batch of writes at a head would split into a frame per successor, and each of those again
+/// at the middle; in node order all of a node's partitions share one chain. It also leaves N
+/// sets of nodes holding a key together instead of nearly every set of `len`.
+fn list_order_chains(
+    points: &[(Position, u32)],
+    points_of_node: &[Vec<u32>],
+    len: usize,
+) -> Vec<u32> {
+    let placed: Vec<u32> = (0..points_of_node.len() as u32)
+        .filter(|&n| !points_of_node[n as usize].is_empty())
+        .collect();
+    let mut rank = vec![0usize; points_of_node.len()];
+    for (at, &node) in placed.iter().enumerate() {
+        rank[node as usize] = at;
+    }
+    let mut chains = Vec::with_capacity(points.len() * len);
+    for (_, node) in points {
+        let at = rank[*node as usize];
+        chains.extend((0..len).map(|step| placed[(at + step) % placed.len()]));
+    }
+    chains
 }
 
 /// For every point, the first `len` distinct nodes met walking clockwise from it (itself
 /// first), flattened. A node's points may come in long runs, so each walk skips ahead by node
 /// rather than revisiting: the walk from a point reuses the one from the point after it.
-fn natural_chains(points: &[(Position, u32)], len: usize) -> Vec<u32> {
+fn clockwise_chains(points: &[(Position, u32)], len: usize) -> Vec<u32> {
     let n = points.len();
     let mut chains = vec![0u32; n * len];
     if n == 0 || len == 0 {
@@ -1303,7 +1333,6 @@ mod tests {
         for placement in [
             Placement::Hashed { per_node: 1 },
             Placement::Hashed { per_node: 8 },
-            Placement::Partitions { count: 64 },
         ] {
             let nodes: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:7001")).collect();
             let ring = Ring::new(View::new(1, Routing::Direct, placement, 3, nodes)).unwrap();
@@ -1328,6 +1357,80 @@ mod tests {
                 assert_eq!(chain[0], ring.owner(&position));
             }
         }
+    }
+
+    #[test]
+    fn partition_chains_are_the_owner_then_the_next_nodes_in_list_order() {
+        let nodes: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:7001")).collect();
+        let placement = Placement::Partitions { count: 64 };
+        let ring = Ring::new(View::new(1, Routing::Direct, placement, 3, nodes.clone())).unwrap();
+        let mut chains_seen = HashSet::new();
+        for k in 0..500u32 {
+            let position = key_position(&k.to_be_bytes());
+            let owner = ring.owner(&position);
+            let chain: Vec<usize> = ring.chain(&position).members().collect();
+            assert_eq!(
+                chain,
+                vec![owner, (owner + 1) % 5, (owner + 2) % 5],
+                "key {k}"
+            );
+            chains_seen.insert(chain);
+        }
+        // Five chains in all, one per owner: a node's chains share their other members.
+        assert_eq!(chains_seen.len(), 5);
+
+        // A node that owns no partition yet (a join under way) is in no chain: the chains skip
+        // it and wrap round to the first node.
+        let mut joining = View::new(1, Routing::Direct, placement, 3, nodes);
+        joining.nodes.push("10.0.0.9:7001".into());
+        joining.states.push(NodeState::Up);
+        joining.since.push(1);
+        let joining = Ring::new(joining).unwrap();
+        for point in 0..joining.point_count() {
+            let chain: Vec<usize> = joining.chain_at(point).members().collect();
+            let owner = chain[0];
+            assert_eq!(chain, vec![owner, (owner + 1) % 5, (owner + 2) % 5]);
+        }
+    }
+
+    #[test]
+    fn a_join_or_leave_changes_only_the_partition_chains_of_the_node_that_moves() {
+        let nodes: Vec<String> = (0..8).map(|i| format!("10.0.0.{i}:7001")).collect();
+        let placement = Placement::Partitions { count: 1024 };
+        let before = View::new(1, Routing::Direct, placement, 3, nodes.clone());
+        let members =
+            |ring: &Ring, point: usize| -> Vec<usize> { ring.natural_members(point).collect() };
+        let old = Ring::new(before.clone()).unwrap();
+
+        let mut joined = View::new(2, Routing::Direct, placement, 3, nodes.clone());
+        joined.nodes.push("10.0.0.8:7001".into());
+        joined.states.push(NodeState::Up);
+        joined.since.push(0);
+        joined.owners = join_owners(&before.owners, 8, "10.0.0.8:7001");
+        let joined = Ring::new(joined).unwrap();
+        let changed = (0..1024)
+            .filter(|&p| members(&old, p) != members(&joined, p))
+            .inspect(|&p| assert!(members(&joined, p).contains(&8), "point {p}"))
+            .count();
+        // Its own partitions (1024 / 9) and those of the two nodes before it in the list.
+        let expected = (0..1024)
+            .filter(|&p| members(&joined, p).contains(&8))
+            .count();
+        assert_eq!(changed, expected);
+        assert!(changed <= 3 * 1024 / 9 + 3, "{changed} chains changed");
+
+        let mut left = before.clone();
+        left.owners = leave_owners(&before.owners, 3).unwrap();
+        let left = Ring::new(left).unwrap();
+        let changed = (0..1024)
+            .filter(|&p| members(&old, p) != members(&left, p))
+            .inspect(|&p| assert!(members(&old, p).contains(&3), "point {p}"))
+            .count();
+        assert_eq!(
+            changed,
+            (0..1024).filter(|&p| members(&old, p).contains(&3)).count()
+        );
+        assert!((0..1024).all(|p| !members(&left, p).contains(&3)));
     }
 
     #[test]
