@@ -109,6 +109,13 @@ impl HeldKeys<'_> {
 /// it. Requests of different keys, and several reads or several writes of one key (which take
 /// one path, in order), share a run.
 pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
+    // All reads or all writes take one path: one run, and no need to look at the keys.
+    let is_read = |request: &Frame| request.opcode == Opcode::GET;
+    if let Some(first) = requests.first() {
+        if requests.iter().all(|r| is_read(r) == is_read(first)) {
+            return std::iter::once(0..requests.len()).collect();
+        }
+    }
     let mut waves = Vec::new();
     let mut start = 0;
     let mut seen: HashMap<&[u8], bool> = HashMap::new();
@@ -241,6 +248,10 @@ mod tests {
         ];
         assert_eq!(waves(&batch), vec![0..3, 3..6, 6..7]);
         assert_eq!(waves(&batch[..3]), vec![0..3]);
+        let reads = vec![frame(Opcode::GET, b"a"), frame(Opcode::GET, b"a")];
+        assert_eq!(waves(&reads), vec![0..2]);
+        let writes = vec![frame(Opcode::PUT, b"a"), frame(Opcode::DELETE, b"a")];
+        assert_eq!(waves(&writes), vec![0..2]);
         assert!(waves(&[]).is_empty());
     }
 
