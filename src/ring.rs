@@ -537,9 +537,9 @@ impl Ring {
     /// `replicas - 1` nodes, leaving out the nodes that are not up, in the order they became up
     /// (by `since`; nodes up equally long keep their natural order)**. With equal partitions the
     /// next nodes are those after the owner in the node list that own partitions; with hashed
-    /// points, the next distinct nodes clockwise from the owner's point. The nodes keep their places, so a chain only shrinks while a
-    /// node is down and no key moves; a node that comes back joins its chains at the tail,
-    /// where a copy of the tail's data is all it needs. The one implementation of the chain rule.
+    /// points, the next distinct nodes clockwise from the owner's point. The nodes keep their
+    /// places, so a chain only shrinks while a node is down and no key moves; a node that comes
+    /// back joins its chains at the tail, where a copy of the tail's data is all it needs. The one implementation of the chain rule.
     pub fn chain(&self, position: &Position) -> Chain {
         self.chain_at(self.point_of(position))
     }

@@ -120,7 +120,7 @@ pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
     let mut start = 0;
     let mut seen: HashMap<&[u8], bool> = HashMap::new();
     for (index, request) in requests.iter().enumerate() {
-        let is_read = request.opcode == Opcode::GET;
+        let is_read = is_read(request);
         match seen.get(request.key.as_slice()) {
             Some(&was_read) if was_read != is_read => {
                 waves.push(start..index);

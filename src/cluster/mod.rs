@@ -11,10 +11,10 @@
 //! **Chains.** A key's chain ([`crate::ring::Ring::chain`]) is the owner of its position
 //! followed by the next R − 1 nodes (in the node list with equal partitions, so that a node's
 //! partitions share one chain; clockwise with hashed points), leaving out the nodes that are
-//! down. A node going down therefore only removes itself from chains; the others keep their order and
-//! no key changes owner. Writes enter at the head and are applied member after member down to
-//! the tail ([`chain`]); the tail's answer travels back up, so a write is acknowledged only when
-//! every member holds it. Reads are answered by the tail.
+//! down. A node going down therefore only removes itself from chains; the others keep their
+//! order and no key changes owner. Writes enter at the head and are applied member after member
+//! down to the tail ([`chain`]); the tail's answer travels back up, so a write is acknowledged
+//! only when every member holds it. Reads are answered by the tail.
 //!
 //! **Invariants, and where each is enforced.**
 //! 1. *Per key, every member applies writes in the head's order.* The head holds the key's lock
