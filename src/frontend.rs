@@ -839,11 +839,16 @@ impl FrontendState {
         });
     }
 
-    /// A random backend that is up, for the paper's entry policy.
+    /// A random backend that is up, for the paper's entry policy (0 under any other, which
+    /// does not look at it).
     fn random_entry(&self, ring: &Ring) -> usize {
-        let up: Vec<usize> = (0..ring.len()).filter(|&n| ring.view().is_up(n)).collect();
-        let pick = ENTRY_RNG.with(|rng| rng.borrow_mut().below(up.len().max(1) as u64) as usize);
-        up.get(pick).copied().unwrap_or(0)
+        if self.entry != Entry::Random {
+            return 0;
+        }
+        let is_up = |n: &usize| ring.view().is_up(*n);
+        let up = (0..ring.len()).filter(is_up).count();
+        let pick = ENTRY_RNG.with(|rng| rng.borrow_mut().below(up.max(1) as u64) as usize);
+        (0..ring.len()).filter(is_up).nth(pick).unwrap_or(0)
     }
 
     /// The backend a key request enters the ring at: the head of its chain for a write, the
@@ -1288,7 +1293,7 @@ impl Handler for FrontendState {
         let sendable = requests
             .iter()
             .all(|r| is_key_request(r.opcode) && !r.key.is_empty())
-            && crate::cluster::chain::waves(&requests).len() <= 1;
+            && crate::cluster::chain::is_one_wave(&requests);
         if !sendable || self.answering != Answering::Direct {
             return then(self.handle_batch(requests));
         }

@@ -50,6 +50,27 @@ use crate::protocol::{Frame, FrameRef, Limits, Status};
 /// writer to take them.
 const MOST_PENDING: usize = 8 * 1024 * 1024;
 
+/// `0..len` as a list: borrowed from a table for the usual short batch, not allocated.
+fn all_indexes(len: usize) -> std::borrow::Cow<'static, [usize]> {
+    const SHORT: usize = 128;
+    static FIRST: [usize; SHORT] = {
+        let mut table = [0; SHORT];
+        let mut i = 0;
+        while i < SHORT {
+            table[i] = i;
+            i += 1;
+        }
+        table
+    };
+    match FIRST.get(..len) {
+        Some(short) => std::borrow::Cow::Borrowed(short),
+        None => std::borrow::Cow::Owned((0..len).collect()),
+    }
+}
+
+/// The largest write buffer a link keeps for its next write.
+const SPARE_BYTES: usize = 256 * 1024;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
@@ -93,6 +114,9 @@ struct Outgoing {
     pending: Vec<u8>,
     /// The link ids of the frames in `pending`.
     ids: Vec<u64>,
+    /// The lists the writer wrote last, emptied: the next `pending` and `ids`, so that a busy
+    /// link does not allocate them for every write.
+    spare: (Vec<u8>, Vec<u64>),
     /// Whether a caller is writing.
     writing: bool,
     /// Callers waiting for the writer to take the pending bytes (on `taken`).
@@ -282,8 +306,10 @@ impl MuxPool {
     /// [`MuxPool::call_batch`] for frames whose key and value are borrowed.
     pub fn call_batch_refs(&self, calls: &[(&str, FrameRef<'_>)]) -> Vec<Result<Frame>> {
         let ticket = Ticket::new(calls.len());
-        let everything: Vec<usize> = (0..calls.len()).collect();
-        let used = self.submit(calls, &everything, &ticket);
+        let mut used = Vec::new();
+        self.submit(calls, &all_indexes(calls.len()), &ticket, |link| {
+            used.push(link)
+        });
         self.wait(&ticket, &used);
         // Requests a link failed before writing them were never seen by the peer: once more,
         // on fresh links.
@@ -302,7 +328,8 @@ impl MuxPool {
                     }
                 }
             }
-            let used = self.submit(calls, &unsent, &again);
+            let mut used = Vec::new();
+            self.submit(calls, &unsent, &again, |link| used.push(link));
             self.wait(&again, &used);
             let mut retried = lock(&again.state);
             let mut first = lock(&ticket.state);
@@ -324,17 +351,25 @@ impl MuxPool {
             return then(Vec::new(), Vec::new());
         }
         let ticket = Ticket::new_then(calls.len(), then);
-        let everything: Vec<usize> = (0..calls.len()).collect();
-        self.submit(calls, &everything, &ticket);
+        self.submit(calls, &all_indexes(calls.len()), &ticket, |_| {});
     }
 
-    /// Puts the requests at `indexes` onto their peers' links; the links used.
+    /// Puts the requests at `indexes` onto their peers' links, handing each link used to
+    /// `used`.
     fn submit(
         &self,
         calls: &[(&str, FrameRef<'_>)],
         indexes: &[usize],
         ticket: &Arc<Ticket>,
-    ) -> Vec<Arc<Link>> {
+        mut used: impl FnMut(Arc<Link>),
+    ) {
+        // Most batches have one peer: no need to group them.
+        if let Some(&first) = indexes.first() {
+            let addr = calls[first].0;
+            if indexes.iter().all(|&index| calls[index].0 == addr) {
+                return self.submit_to(addr, calls, indexes, ticket, &mut used);
+            }
+        }
         let mut by_peer: Vec<(&str, Vec<usize>)> = Vec::new();
         for &index in indexes {
             let addr = calls[index].0;
@@ -343,27 +378,37 @@ impl MuxPool {
                 None => by_peer.push((addr, vec![index])),
             }
         }
-        let mut used = Vec::with_capacity(by_peer.len());
         for (addr, group) in by_peer {
-            match self.link(addr) {
-                Ok(link) => {
-                    link.send(calls, &group, ticket, &self.timeouts);
-                    used.push(link);
-                }
-                Err(e) => {
-                    let busy = matches!(e, Error::Busy { .. });
-                    let message = e.to_string();
-                    let mut first = Some(e);
-                    for &index in &group {
-                        let error = first
-                            .take()
-                            .unwrap_or_else(|| failure(addr, &message, busy));
-                        ticket.fill(index, Err(error), false);
-                    }
+            self.submit_to(addr, calls, &group, ticket, &mut used);
+        }
+    }
+
+    /// [`MuxPool::submit`] for requests that all go to `addr`.
+    fn submit_to(
+        &self,
+        addr: &str,
+        calls: &[(&str, FrameRef<'_>)],
+        group: &[usize],
+        ticket: &Arc<Ticket>,
+        used: &mut impl FnMut(Arc<Link>),
+    ) {
+        match self.link(addr) {
+            Ok(link) => {
+                link.send(calls, group, ticket, &self.timeouts);
+                used(link);
+            }
+            Err(e) => {
+                let busy = matches!(e, Error::Busy { .. });
+                let message = e.to_string();
+                let mut first = Some(e);
+                for &index in group {
+                    let error = first
+                        .take()
+                        .unwrap_or_else(|| failure(addr, &message, busy));
+                    ticket.fill(index, Err(error), false);
                 }
             }
         }
-        used
     }
 
     /// Waits for `ticket` up to the i/o timeout; a link whose answers are not all back by then
@@ -387,14 +432,20 @@ impl MuxPool {
     fn link(&self, addr: &str) -> Result<Arc<Link>> {
         let peer = {
             let mut peers = lock(&self.peers);
-            Arc::clone(peers.entry(addr.to_string()).or_insert_with(|| {
-                Arc::new(Peer {
-                    slots: (0..self.links_per_peer).map(|_| Mutex::new(None)).collect(),
-                    opening: (0..self.links_per_peer).map(|_| Mutex::new(())).collect(),
-                    severed: AtomicUsize::new(0),
-                    turn: AtomicUsize::new(0),
-                })
-            }))
+            // Looked up before an entry is made: the entry would copy the address each time.
+            match peers.get(addr) {
+                Some(peer) => Arc::clone(peer),
+                None => {
+                    let peer = Arc::new(Peer {
+                        slots: (0..self.links_per_peer).map(|_| Mutex::new(None)).collect(),
+                        opening: (0..self.links_per_peer).map(|_| Mutex::new(())).collect(),
+                        severed: AtomicUsize::new(0),
+                        turn: AtomicUsize::new(0),
+                    });
+                    peers.insert(addr.to_string(), Arc::clone(&peer));
+                    peer
+                }
+            }
         };
         let turn = peer.turn.fetch_add(1, Ordering::Relaxed) % peer.slots.len();
         let live = || {
@@ -568,14 +619,14 @@ impl Link {
             first
         };
         let size: usize = indexes.iter().map(|&i| calls[i].1.encoded_len()).sum();
-        let mut bytes = Vec::with_capacity(size);
-        for (k, &index) in indexes.iter().enumerate() {
-            calls[index]
-                .1
-                .encode_into_with_id(first + k as u64, &mut bytes);
-        }
+        let encode = |bytes: &mut Vec<u8>| {
+            bytes.reserve(size);
+            for (k, &index) in indexes.iter().enumerate() {
+                calls[index].1.encode_into_with_id(first + k as u64, bytes);
+            }
+        };
         let ids = first..first + indexes.len() as u64;
-        self.write(bytes, ids, calls.len() == 1, timeouts);
+        self.write(encode, ids, calls.len() == 1, timeouts);
     }
 
     /// Appends `bytes` to what is pending and, if no one is writing, writes until nothing is.
@@ -583,7 +634,13 @@ impl Link {
     /// A writer with one `lone` request first yields its CPU once: the threads that other
     /// clients' requests woke get to append theirs, and the peer reads them all in one wake-up
     /// instead of one each. A batch is worth its write at once.
-    fn write(&self, bytes: Vec<u8>, ids: std::ops::Range<u64>, lone: bool, timeouts: &Timeouts) {
+    fn write(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        ids: std::ops::Range<u64>,
+        lone: bool,
+        timeouts: &Timeouts,
+    ) {
         let mut out = lock(&self.out);
         let deadline = Instant::now() + timeouts.io;
         while out.writing && out.pending.len() >= MOST_PENDING {
@@ -600,11 +657,8 @@ impl Link {
             };
             out.waiting_for_room -= 1;
         }
-        if out.pending.is_empty() {
-            out.pending = bytes;
-        } else {
-            out.pending.extend_from_slice(&bytes);
-        }
+        // Encoded in place: a frame is a copy and a checksum, short next to a write.
+        encode(&mut out.pending);
         out.ids.extend(ids);
         if out.writing {
             return;
@@ -616,8 +670,9 @@ impl Link {
             out = lock(&self.out);
         }
         loop {
-            let bytes = std::mem::take(&mut out.pending);
-            let ids = std::mem::take(&mut out.ids);
+            let (spare_bytes, spare_ids) = std::mem::take(&mut out.spare);
+            let mut bytes = std::mem::replace(&mut out.pending, spare_bytes);
+            let mut ids = std::mem::replace(&mut out.ids, spare_ids);
             let room_awaited = out.waiting_for_room > 0;
             drop(out);
             if room_awaited {
@@ -627,8 +682,8 @@ impl Link {
             // on, so a failure from here on must not send them again.
             {
                 let mut inflight = lock(&self.inflight);
-                for id in ids {
-                    if let Some(waiter) = inflight.waiting.get_mut(&id) {
+                for id in &ids {
+                    if let Some(waiter) = inflight.waiting.get_mut(id) {
                         waiter.written = true;
                     }
                 }
@@ -636,7 +691,13 @@ impl Link {
             if let Err(e) = (&self.stream).write_all(&bytes) {
                 self.fail(&format!("write failed: {e}"));
             }
+            bytes.clear();
+            ids.clear();
             out = lock(&self.out);
+            // A list grown by a burst is not kept for an idle link.
+            if bytes.capacity() <= SPARE_BYTES && out.spare.0.capacity() == 0 {
+                out.spare = (bytes, ids);
+            }
             if out.pending.is_empty() {
                 out.writing = false;
                 return;

@@ -138,7 +138,10 @@ impl std::error::Error for ProtocolError {}
 /// A multibulk request whose arguments are still arriving.
 struct Multibulk {
     remaining: usize,
+    /// The arguments so far: the first `filled`; past them, buffers of an earlier request
+    /// that the next arguments are read into instead of fresh ones.
     args: Vec<Vec<u8>>,
+    filled: usize,
     bytes: usize,
     /// The length of the bulk string whose `$N` line has been read and whose bytes have not.
     bulk_len: Option<usize>,
@@ -159,10 +162,19 @@ pub struct Parser {
     /// Where a read of at most [`READ_CHUNK`] lands before its bytes join `buf`: zeroed once,
     /// where growing `buf` for each read would zero a chunk per read.
     chunk: Vec<u8>,
+    /// An earlier request's argument list, given back by [`Parser::recycle`]: the next
+    /// request is read into it, so that its list and short arguments the caller did not take
+    /// (a command's name) are not allocated again.
+    spare: Vec<Vec<u8>>,
 }
 
 /// Memory an argument takes besides its bytes, counted against [`RequestLimits::max_request`].
 const ARG_OVERHEAD: usize = std::mem::size_of::<Vec<u8>>();
+
+/// The most arguments, and the longest argument, a recycled list keeps for the next request:
+/// enough for a command's name, little enough that an idle connection holds next to nothing.
+const SPARE_ARGS: usize = 8;
+const SPARE_ARG_BYTES: usize = 32;
 
 impl Parser {
     /// A parser with nothing received yet.
@@ -174,7 +186,22 @@ impl Parser {
             partial: None,
             held: Held::exempt(),
             chunk: Vec::new(),
+            spare: Vec::new(),
         }
+    }
+
+    /// Takes back a request's argument list once the caller is done with it (arguments it
+    /// moved out are left empty), to read the next request into.
+    pub fn recycle(&mut self, mut args: Vec<Vec<u8>>) {
+        if args.capacity() > SPARE_ARGS {
+            return;
+        }
+        for arg in &mut args {
+            if arg.capacity() > SPARE_ARG_BYTES {
+                *arg = Vec::new();
+            }
+        }
+        self.spare = args;
     }
 
     /// Counts what it holds, beyond a small allowance, against `budget`: see
@@ -288,9 +315,12 @@ impl Parser {
                 if count == 0 {
                     continue;
                 }
+                let mut args = std::mem::take(&mut self.spare);
+                args.reserve(count.min(64).saturating_sub(args.len()));
                 self.partial = Some(Multibulk {
                     remaining: count,
-                    args: Vec::with_capacity(count.min(64)),
+                    args,
+                    filled: 0,
                     bytes: 0,
                     bulk_len: None,
                 });
@@ -298,7 +328,8 @@ impl Parser {
             if !self.fill_multibulk()? {
                 return Ok(None);
             }
-            if let Some(done) = self.partial.take() {
+            if let Some(mut done) = self.partial.take() {
+                done.args.truncate(done.filled);
                 return Ok(Some(done.args));
             }
         }
@@ -377,13 +408,20 @@ impl Parser {
             if self.buf.len() - self.pos < bulk_len + 2 {
                 return Ok(false);
             }
-            let arg = self.buf[self.pos..self.pos + bulk_len].to_vec();
-            self.pos += bulk_len + 2;
+            let bytes = &self.buf[self.pos..self.pos + bulk_len];
             if let Some(partial) = &mut self.partial {
-                partial.args.push(arg);
+                match partial.args.get_mut(partial.filled) {
+                    Some(spare) => {
+                        spare.clear();
+                        spare.extend_from_slice(bytes);
+                    }
+                    None => partial.args.push(bytes.to_vec()),
+                }
+                partial.filled += 1;
                 partial.remaining -= 1;
                 partial.bulk_len = None;
             }
+            self.pos += bulk_len + 2;
         }
     }
 
@@ -949,6 +987,9 @@ struct Client {
     auth: Session,
     /// What HELLO ... SETNAME named it.
     name: Option<Vec<u8>>,
+    /// The frames and commands of its last batch: the next one's lists start that long, so
+    /// that a client's batches of equal size do not grow them step by step.
+    last_batch: (usize, usize),
 }
 
 impl Client {
@@ -959,6 +1000,7 @@ impl Client {
             next_id: 0,
             auth: Session::new(door.handler.password().is_some()),
             name: None,
+            last_batch: (0, 0),
         }
     }
 }
@@ -976,10 +1018,11 @@ struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     fn new(door: &'a Door, client: &'a mut Client) -> Batch<'a> {
+        let (frames, commands) = client.last_batch;
         Batch {
             door,
-            frames: Vec::new(),
-            planned: Vec::new(),
+            frames: Vec::with_capacity(frames.min(MAX_BATCH_FRAMES)),
+            planned: Vec::with_capacity(commands.min(MAX_BATCH_REQUESTS)),
             client,
             value_reads: 0,
             // While the in-flight budget is taken, one large value at a time.
@@ -1015,10 +1058,25 @@ impl<'a> Batch<'a> {
     /// Adds the frames of one command, unless one of them is over the key or value limits: then
     /// none is sent and the command is answered TOO_LARGE.
     fn frames(&mut self, frames: Vec<Frame>, finish: Finish) {
-        for frame in &frames {
+        if self.admit(&frames, finish) {
+            self.frames.extend(frames);
+        }
+    }
+
+    /// [`Batch::frames`] for a command of one frame.
+    fn frame(&mut self, frame: Frame, finish: Finish) {
+        if self.admit(std::slice::from_ref(&frame), finish) {
+            self.frames.push(frame);
+        }
+    }
+
+    /// Plans the reply to a command of `frames` and true, or answers TOO_LARGE and false.
+    fn admit(&mut self, frames: &[Frame], finish: Finish) -> bool {
+        for frame in frames {
             if let Err(message) = self.door.options.limits.check(frame) {
                 self.door.handler.refused(Status::TOO_LARGE);
-                return self.ready(|out| reply::error(out, &format!("ERR TOO_LARGE: {message}")));
+                self.ready(|out| reply::error(out, &format!("ERR TOO_LARGE: {message}")));
+                return false;
             }
         }
         self.value_reads += frames.iter().filter(|f| f.opcode == Opcode::GET).count();
@@ -1027,14 +1085,15 @@ impl<'a> Batch<'a> {
             count: frames.len(),
             finish,
         });
-        self.frames.extend(frames);
+        true
     }
 
     /// Plans the reply to one request (never empty). False for QUIT, and after the last wrong
-    /// password a connection may give: the connection ends after its reply.
-    fn plan(&mut self, args: Vec<Vec<u8>>) -> bool {
+    /// password a connection may give: the connection ends after its reply. Arguments it
+    /// keeps are taken out of `args`; what is left may be given back to the parser.
+    fn plan(&mut self, args: &mut Vec<Vec<u8>>) -> bool {
         let Some(spec) = find_command(&args[0]) else {
-            self.ready(|out| unknown_command(out, &args));
+            self.ready(|out| unknown_command(out, args));
             return true;
         };
         if !arity_ok(spec.arity, args.len()) || (spec.name == "mset" && args.len() % 2 == 0) {
@@ -1046,24 +1105,33 @@ impl<'a> Batch<'a> {
             self.ready(|out| reply::error(out, "NOAUTH Authentication required."));
             return true;
         }
+        // The commands sent most take their key and value and leave the name to be reused.
+        match spec.name {
+            "get" => {
+                let frame = self.request(Opcode::GET, std::mem::take(&mut args[1]), Vec::new());
+                self.frame(frame, Finish::Get);
+            }
+            "set" if args.len() == 3 => {
+                let key = std::mem::take(&mut args[1]);
+                let value = std::mem::take(&mut args[2]);
+                let frame = self.request(Opcode::PUT, key, value);
+                self.frame(frame, Finish::Set);
+            }
+            _ => return self.plan_taking(spec, std::mem::take(args)),
+        }
+        true
+    }
+
+    /// [`Batch::plan`] for the commands that take all their arguments.
+    fn plan_taking(&mut self, spec: &'static CommandSpec, args: Vec<Vec<u8>>) -> bool {
         let mut rest = args.into_iter();
         rest.next();
         match spec.name {
-            "get" => {
-                let frame = self.request(Opcode::GET, rest.next().unwrap_or_default(), Vec::new());
-                self.frames(vec![frame], Finish::Get);
-            }
-            "set" if rest.len() > 2 => {
+            "set" => {
                 let key = rest.next().unwrap_or_default();
                 let value = rest.next().unwrap_or_default();
                 let options: Vec<Vec<u8>> = rest.collect();
                 self.set_with_options(key, value, &options);
-            }
-            "set" => {
-                let key = rest.next().unwrap_or_default();
-                let value = rest.next().unwrap_or_default();
-                let frame = self.request(Opcode::PUT, key, value);
-                self.frames(vec![frame], Finish::Set);
             }
             "del" => {
                 let frames = rest
@@ -1168,7 +1236,7 @@ impl<'a> Batch<'a> {
                 } else {
                     Finish::Type
                 };
-                self.frames(vec![frame], finish);
+                self.frame(frame, finish);
             }
             "time" => {
                 let now = std::time::SystemTime::now()
@@ -1196,7 +1264,7 @@ impl<'a> Batch<'a> {
                     });
                 if mode_ok {
                     let frame = self.request(Opcode::FLUSH, Vec::new(), Vec::new());
-                    self.frames(vec![frame], Finish::Flush);
+                    self.frame(frame, Finish::Flush);
                 } else {
                     self.ready(|out| reply::error(out, "ERR syntax error"));
                 }
@@ -1205,11 +1273,11 @@ impl<'a> Batch<'a> {
                 let pattern = rest.next().unwrap_or_default();
                 let value = crate::scan::encode_scan(0, KEYS_LIMIT as u32 + 1, &pattern);
                 let frame = self.request(Opcode::SCAN, Vec::new(), value);
-                self.frames(vec![frame], Finish::Keys);
+                self.frame(frame, Finish::Keys);
             }
             "dbsize" => {
                 let frame = self.request(Opcode::SIZE, Vec::new(), Vec::new());
-                self.frames(vec![frame], Finish::DbSize);
+                self.frame(frame, Finish::DbSize);
             }
             "ping" => match rest.next() {
                 None => self.ready(|out| reply::simple(out, "PONG")),
@@ -1224,7 +1292,7 @@ impl<'a> Batch<'a> {
                 let sections = InfoSections::from_args(rest.as_slice());
                 if sections.needs_stats() {
                     let frame = self.request(Opcode::STATS, Vec::new(), Vec::new());
-                    self.frames(vec![frame], Finish::Info(sections));
+                    self.frame(frame, Finish::Info(sections));
                 } else {
                     let text = info_text(self.door, sections, None);
                     self.ready(|out| reply::bulk(out, text.as_bytes()));
@@ -1270,7 +1338,7 @@ impl<'a> Batch<'a> {
     /// Plans an UPDATE of `key` whose answer `finish` turns into the reply.
     fn update(&mut self, key: Vec<u8>, update: Update, finish: Finish) {
         let frame = self.request(Opcode::UPDATE, key, update.encode());
-        self.frames(vec![frame], finish);
+        self.frame(frame, finish);
     }
 
     /// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT unix-s | PXAT unix-ms | KEEPTTL]: one
@@ -1427,7 +1495,7 @@ impl<'a> Batch<'a> {
         }
         let value = crate::scan::encode_scan(cursor, count, &pattern);
         let frame = self.request(Opcode::SCAN, Vec::new(), value);
-        self.frames(vec![frame], Finish::Scan);
+        self.frame(frame, Finish::Scan);
     }
 
     /// CLIENT SETNAME name, GETNAME, ID.
@@ -1632,6 +1700,7 @@ impl<'a> Batch<'a> {
     /// request order. A handler that panics, or answers a different number of frames, fails
     /// the commands that had frames with INTERNAL and nothing else.
     fn run(self) -> Vec<u8> {
+        self.client.last_batch = (self.frames.len(), self.planned.len());
         let door = self.door;
         let sent = self.frames.len();
         let answers = if sent == 0 {
@@ -1656,6 +1725,7 @@ impl<'a> Batch<'a> {
     /// thread that has them makes the replies and writes them, after every earlier batch's
     /// ([`Outbox`]).
     fn start(self, door: &Arc<Door>, outbox: &Arc<Outbox>) {
+        self.client.last_batch = (self.frames.len(), self.planned.len());
         let sent = self.frames.len();
         let number = outbox.begin(sent);
         if sent == 0 {
@@ -1736,7 +1806,16 @@ fn finished(bytes: Vec<u8>, sent: usize, answers: &[Frame]) -> Finished {
 /// The replies of a batch's commands, in order, from the answers to its frames (`None`: the
 /// handler failed, and every command that had frames is answered INTERNAL).
 fn replies(door: &Door, planned: Vec<Planned>, answers: Option<&[Frame]>) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Room for the usual replies at once: a value and its framing, or a short status.
+    let values: usize = answers.map_or(0, |a| a.iter().map(|f| f.value.len()).sum());
+    let ready: usize = planned
+        .iter()
+        .map(|p| match p {
+            Planned::Ready(bytes) => bytes.len(),
+            Planned::Frames { .. } => 0,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(values + ready + 16 * planned.len());
     for planned in planned {
         match planned {
             Planned::Ready(bytes) => out.extend_from_slice(&bytes),
@@ -2303,9 +2382,11 @@ fn serve_connection(mut stream: TcpStream, door: &Arc<Door>, activity: Activity)
         let mut whole = 0;
         while !batch.is_full() {
             match parser.next_request() {
-                Ok(Some(args)) => {
+                Ok(Some(mut args)) => {
                     whole += 1;
-                    if !batch.plan(args) {
+                    let more = batch.plan(&mut args);
+                    parser.recycle(args);
+                    if !more {
                         ending = Some(Ok(()));
                         break;
                     }
@@ -2486,6 +2567,31 @@ mod tests {
         assert_eq!(requests, vec![args(&[b"a\r\nb", b""])]);
     }
 
+    /// Gives a request's list back as [`Batch::plan`] leaves it: the key taken out.
+    fn recycle_as_a_batch_does(parser: &mut Parser, mut request: Vec<Vec<u8>>) {
+        if let Some(key) = request.get_mut(1) {
+            std::mem::take(key);
+        }
+        parser.recycle(request);
+    }
+
+    #[test]
+    fn a_recycled_list_keeps_only_short_arguments_for_the_next_request() {
+        let mut parser = Parser::new(limits());
+        let long = vec![b'v'; SPARE_ARG_BYTES + 1];
+        parser.recycle(vec![b"SET".to_vec(), Vec::new(), long]);
+        let capacities: Vec<usize> = parser.spare.iter().map(Vec::capacity).collect();
+        assert_eq!(capacities[1..], [0, 0]);
+        assert!(capacities[0] >= 3);
+        parser.feed(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        let request = parser.next_request().unwrap().expect("a whole request");
+        assert_eq!(request, args(&[b"GET", b"k"]));
+        parser.recycle(request);
+        // A list longer than a command's usual arguments is not kept: the last one stays.
+        parser.recycle((0..=SPARE_ARGS).map(|_| Vec::new()).collect());
+        assert_eq!(parser.spare, args(&[b"GET", b"k"]));
+    }
+
     #[test]
     fn every_split_point_gives_the_same_requests() {
         let input: &[u8] =
@@ -2498,7 +2604,8 @@ mod tests {
             for part in [&input[..cut], &input[cut..]] {
                 parser.feed(part);
                 while let Some(request) = parser.next_request().unwrap() {
-                    got.push(request);
+                    got.push(request.clone());
+                    recycle_as_a_batch_does(&mut parser, request);
                 }
             }
             assert_eq!(got, whole, "split at {cut}");
@@ -2514,7 +2621,8 @@ mod tests {
         for byte in input {
             parser.feed(std::slice::from_ref(byte));
             while let Some(request) = parser.next_request().unwrap() {
-                got.push(request);
+                got.push(request.clone());
+                recycle_as_a_batch_does(&mut parser, request);
             }
         }
         assert_eq!(

@@ -109,13 +109,10 @@ impl HeldKeys<'_> {
 /// it. Requests of different keys, and several reads or several writes of one key (which take
 /// one path, in order), share a run.
 pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
-    // All reads or all writes take one path: one run, and no need to look at the keys.
-    let is_read = |request: &Frame| request.opcode == Opcode::GET;
-    if let Some(first) = requests.first() {
-        if requests.iter().all(|r| is_read(r) == is_read(first)) {
-            return std::iter::once(0..requests.len()).collect();
-        }
+    if !requests.is_empty() && all_reads_or_all_writes(requests) {
+        return std::iter::once(0..requests.len()).collect();
     }
+    let is_read = |request: &Frame| request.opcode == Opcode::GET;
     let mut waves = Vec::new();
     let mut start = 0;
     let mut seen: HashMap<&[u8], bool> = HashMap::new();
@@ -135,6 +132,19 @@ pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
         waves.push(start..requests.len());
     }
     waves
+}
+
+/// Whether [`waves`] makes at most one run of `requests`.
+pub fn is_one_wave(requests: &[Frame]) -> bool {
+    all_reads_or_all_writes(requests) || waves(requests).len() <= 1
+}
+
+/// All reads or all writes take one path: one run, and no need to look at the keys.
+fn all_reads_or_all_writes(requests: &[Frame]) -> bool {
+    let is_read = |request: &Frame| request.opcode == Opcode::GET;
+    requests.first().map_or(true, |first| {
+        requests.iter().all(|r| is_read(r) == is_read(first))
+    })
 }
 
 /// The opcode that carries a write (a client's, or a chain member's) down a chain.
@@ -253,6 +263,10 @@ mod tests {
         let writes = vec![frame(Opcode::PUT, b"a"), frame(Opcode::DELETE, b"a")];
         assert_eq!(waves(&writes), vec![0..2]);
         assert!(waves(&[]).is_empty());
+        for one in [&batch[..3], &reads, &writes, &[]] {
+            assert!(is_one_wave(one));
+        }
+        assert!(!is_one_wave(&batch));
     }
 
     #[test]

@@ -98,7 +98,14 @@ impl ClientWindow {
         self.last_write = now;
         if below > self.floor {
             self.floor = below;
-            self.records = self.records.split_off(&below);
+            // One at a time from the front: `split_off` would build a new tree for the rest.
+            while self
+                .records
+                .first_key_value()
+                .is_some_and(|(&n, _)| n < below)
+            {
+                self.records.pop_first();
+            }
         }
     }
 }
