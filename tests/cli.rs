@@ -44,12 +44,6 @@ fn most_loaded_over_mean(table: &str) -> f64 {
         .unwrap()
 }
 
-/// A port nothing listens on: bound by us, then released.
-fn dead_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
 #[test]
 fn paper_test_passes_and_prints_a_bar_per_node() {
     let (_server, frontend, backends) = local_cluster();
@@ -257,7 +251,7 @@ fn size_stats_and_ping_describe_the_cluster() {
 
 #[test]
 fn a_dead_frontend_is_an_error_naming_its_address() {
-    let dead = dead_addr();
+    let (_port, dead) = common::dead_addr();
     for args in [&["ping"][..], &["get", "k"], &["put", "k", "v"], &["size"]] {
         let out = kvcli_at(&dead, args);
         assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");

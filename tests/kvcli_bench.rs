@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::Command;
 
 use common::process::{run_bounded, Finished};
@@ -100,12 +99,6 @@ fn number(column: &str) -> f64 {
     column
         .parse()
         .unwrap_or_else(|e| panic!("{column:?} is not a number: {e}"))
-}
-
-/// An address nothing listens on: bound by us, then released.
-fn dead_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 #[test]
@@ -298,7 +291,7 @@ fn duration_runs_about_that_long() {
 
 #[test]
 fn dead_frontend_exits_2_and_says_why() {
-    let addr = dead_addr();
+    let (_port, addr) = common::dead_addr();
     let out = bench(&addr, &["--clients", "3", "--requests", "30"]);
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(
@@ -320,7 +313,7 @@ fn dead_frontend_exits_2_and_says_why() {
 
 #[test]
 fn impossible_settings_are_usage_errors() {
-    let addr = dead_addr();
+    let (_port, addr) = common::dead_addr();
     for (args, complaint) in [
         (&["--mix", "1.5"][..], "the mix must be"),
         (&["--pipeline", "0"][..], "--pipeline must be at least 1"),

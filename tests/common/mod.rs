@@ -266,3 +266,30 @@ where
         .parse()
         .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
 }
+
+/// A loopback address nothing listens on, and the socket that keeps it so: its port is bound
+/// but not listening, so a connection to it is refused, and no server started meanwhile (by
+/// this test or another running beside it) can be given it, as it could a port bound and let go.
+pub fn dead_addr() -> (std::os::fd::OwnedFd, String) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; every result is checked.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let bound = libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got_len = len;
+        let named = libc::getsockname(
+            fd,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut got_len,
+        );
+        assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (socket, format!("127.0.0.1:{}", u16::from_be(addr.sin_port)))
+    }
+}
