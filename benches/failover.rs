@@ -124,7 +124,7 @@ fn failover_round(role: &str, round: usize) -> Seen {
                     match (result, on_victim) {
                         (Ok(()), true) => {
                             let took = done.saturating_duration_since(kill);
-                            if seen.first_ack_after_kill.map_or(true, |t| took < t) {
+                            if seen.first_ack_after_kill.is_none_or(|t| took < t) {
                                 seen.first_ack_after_kill = Some(took);
                             }
                         }

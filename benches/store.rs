@@ -1,6 +1,7 @@
 //! The in-memory engine on its own: GET of present keys, PUT overwriting them, and a 90/10
 //! GET/PUT mix, on 1 and 4 threads, over 100,000 keys of 16 bytes with 32-byte values. Each
-//! thread picks keys uniformly at random.
+//! thread picks keys uniformly at random. Then the fill of an empty store with 1,000,000 new
+//! keys on one thread, its tables growing on the way (as a backend's do in `kvcli test`).
 
 mod common;
 
@@ -14,6 +15,8 @@ const KEYS: usize = 100_000;
 const VALUE_LEN: usize = 32;
 /// Operations per timed step, so that checking the clock costs nothing next to the work.
 const BATCH: u64 = 256;
+/// New keys put into an empty store by the fill figure.
+const FILL_KEYS: usize = 1_000_000;
 
 #[derive(Clone, Copy)]
 enum Workload {
@@ -74,6 +77,23 @@ fn main() {
         KEYS as u64,
         "overwrites changed the key count"
     );
+
+    let fill_keys: Vec<[u8; 16]> = (KEYS..KEYS + FILL_KEYS).map(key).collect();
+    let run = plan.measure(|| {
+        let empty = MemStore::default();
+        let started = std::time::Instant::now();
+        for k in &fill_keys {
+            black_box(empty.put(k, black_box(&first_value))).expect("an unlimited store accepts");
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(empty.size().keys, FILL_KEYS as u64, "keys collided");
+        common::Measured {
+            ops: FILL_KEYS as u64,
+            elapsed,
+            states: Vec::<()>::new(),
+        }
+    });
+    println!("store_fill_1t: {:.0} ops/s", run.rate());
 }
 
 /// The `i`th key: 16 bytes, distinct for every `i` below 10^12.

@@ -49,7 +49,11 @@ const KEY_PREFIX: &str = "memo:primes_below:v1:";
 
 /// The number of primes below `n`, by trial division: deliberately naive so that it is slow.
 fn primes_below(n: u64) -> u64 {
-    let is_prime = |k: u64| (2..).take_while(|d| d * d <= k).all(|d| k % d != 0);
+    let is_prime = |k: u64| {
+        (2..)
+            .take_while(|d| d * d <= k)
+            .all(|d| !k.is_multiple_of(d))
+    };
     (2..n).filter(|&k| is_prime(k)).count() as u64
 }
 

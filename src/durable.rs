@@ -122,7 +122,7 @@ struct Backoff {
 
 impl Backoff {
     fn allows(&self, now: Instant) -> bool {
-        self.retry_at.map_or(true, |at| now >= at)
+        self.retry_at.is_none_or(|at| now >= at)
     }
 
     fn failed(&mut self, now: Instant) {

@@ -825,7 +825,7 @@ impl FrontendState {
                                     );
                                     return;
                                 }
-                                if last_log.map_or(true, |t| t.elapsed() >= Duration::from_secs(5)) {
+                                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                                     log::info!("waiting for backend {addr}: {e}");
                                     last_log = Some(Instant::now());
                                 }

@@ -684,7 +684,7 @@ fn accept_scrapers(listener: &TcpListener, queue: &SyncSender<TcpStream>, stoppi
             Err(e) => {
                 // Out of descriptors, most likely: logged at most once a minute, and a pause so
                 // as not to spin.
-                if last_error_logged.map_or(true, |t| t.elapsed() >= Duration::from_secs(60)) {
+                if last_error_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     log::warn!("metrics endpoint cannot accept a connection: {e}");
                     last_error_logged = Some(Instant::now());
                 }

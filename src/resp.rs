@@ -1096,7 +1096,9 @@ impl<'a> Batch<'a> {
             self.ready(|out| unknown_command(out, args));
             return true;
         };
-        if !arity_ok(spec.arity, args.len()) || (spec.name == "mset" && args.len() % 2 == 0) {
+        if !arity_ok(spec.arity, args.len())
+            || (spec.name == "mset" && args.len().is_multiple_of(2))
+        {
             self.ready(|out| wrong_arity(out, spec.name));
             return true;
         }
@@ -1365,7 +1367,7 @@ impl<'a> Batch<'a> {
                 (b"GET", ..) => get = true,
                 (b"KEEPTTL", ..) if expiry.is_none() => keep = true,
                 (_, Some(form), Some(time))
-                    if !keep && expiry.map_or(true, |(had, _)| had == form) =>
+                    if !keep && expiry.is_none_or(|(had, _)| had == form) =>
                 {
                     expiry = Some((form, time));
                     i += 1;
@@ -2433,7 +2435,7 @@ fn serve_connection(mut stream: TcpStream, door: &Arc<Door>, activity: Activity)
                 return;
             }
         }
-        let quiet = outbox.as_ref().map_or(true, |o| !o.busy());
+        let quiet = outbox.as_ref().is_none_or(|o| !o.busy());
         if whole > 0 && quiet {
             activity.touch();
         }

@@ -188,7 +188,7 @@ pub fn serve_part(store: &dyn Engine, heads: &dyn Fn(&[u8]) -> bool, request: &F
         let mut matching = 0usize;
         let now = crate::expiry::now_ms();
         store.for_each_key_in(part, &mut |key, expires_at| {
-            let live = expires_at.map_or(true, |at| at > now);
+            let live = expires_at.is_none_or(|at| at > now);
             if live && heads(key) && glob_match(pattern, key) {
                 matching += 1;
                 let in_sub = subs <= 1 || (sub_hash(key) % u64::from(subs)) as u8 == sub;
@@ -522,7 +522,7 @@ mod tests {
             store.put(format!("key-{i}").as_bytes(), b"v").unwrap();
         }
         // This node heads the keys ending in an even digit.
-        let heads = |key: &[u8]| key.last().is_some_and(|d| (d - b'0') % 2 == 0);
+        let heads = |key: &[u8]| key.last().is_some_and(|d| (d - b'0').is_multiple_of(2));
         for count in [1, 10, 1_000_000] {
             let mut keys = walk(&store, &heads, count);
             let listed = keys.len();

@@ -1,10 +1,10 @@
 //! The storage engine behind a backend: a narrow trait and an in-memory implementation.
 
-use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
+
+use hashbrown::hash_table::{Entry as Slot, HashTable};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
@@ -236,30 +236,6 @@ impl Entry {
     }
 }
 
-impl PartialEq for Entry {
-    #[inline]
-    fn eq(&self, other: &Entry) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Entry {}
-
-// Must hash exactly as the borrowed form (`[u8]`) does, or lookups by `&[u8]` would miss.
-impl Hash for Entry {
-    #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.key().hash(state)
-    }
-}
-
-impl Borrow<[u8]> for Entry {
-    #[inline]
-    fn borrow(&self) -> &[u8] {
-        self.key()
-    }
-}
-
 /// Bytes of an expiring entry's expiry time.
 const EXPIRY_LEN: usize = 8;
 
@@ -305,7 +281,9 @@ fn get_long_varint(bytes: &[u8]) -> (usize, usize) {
     unreachable!("an entry starts with a complete varint")
 }
 
-type Shard = RwLock<HashSet<Entry>>;
+/// A shard's entries, in a table that is handed each key's hash: so a key is hashed once per
+/// request, for its shard and its slot both, and a write finds its slot in one probe.
+type Shard = RwLock<HashTable<Entry>>;
 
 /// An in-memory engine: a hash map cut into shards, each behind its own lock, so that
 /// connections working on different keys rarely wait for each other.
@@ -378,7 +356,7 @@ impl MemStore {
     /// An empty store holding at most `max_bytes` of keys plus values (no limit if `None`).
     pub fn new(max_bytes: Option<u64>) -> MemStore {
         MemStore {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashSet::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
             hasher: RandomState::new(),
             slice_owners: slice_owners(),
             keys: AtomicU64::new(0),
@@ -388,9 +366,22 @@ impl MemStore {
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &Shard {
-        let slice = self.hasher.hash_one(key) >> (u64::BITS - SLICE_BITS);
-        &self.shards[self.slice_owners[slice as usize] as usize]
+    /// `key`'s shard, and its hash within the shard's table.
+    fn shard(&self, key: &[u8]) -> (&Shard, u64) {
+        let hash = self.hasher.hash_one(key);
+        let slice = hash >> (u64::BITS - SLICE_BITS);
+        // The top bits chose the shard, so they tell its keys apart badly; the table reads a
+        // slot's tag off its hash's top bits and the slot's place off the bottom ones.
+        let in_shard = hash.rotate_right(SLICE_BITS);
+        (
+            &self.shards[self.slice_owners[slice as usize] as usize],
+            in_shard,
+        )
+    }
+
+    /// The hash within its shard of a stored entry, for a table that grows.
+    fn rehash(&self) -> impl Fn(&Entry) -> u64 + '_ {
+        |entry| self.shard(entry.key()).1
     }
 
     /// Stores `value` under `key` if it fits, calling `log` with the change first, while no
@@ -403,11 +394,17 @@ impl MemStore {
         expires_at: Option<u64>,
         log: impl FnOnce(SizeChange) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut shard = lock!(self.shard(key), write);
+        let (shard, hash) = self.shard(key);
+        let mut shard = lock!(shard, write);
         let added = (key.len() + value.len()) as u64;
-        let existing = shard
-            .get(key)
-            .map(|entry| (entry.payload_len(), entry.expires_at().is_some()));
+        let slot = shard.entry(hash, |entry| entry.key() == key, self.rehash());
+        let existing = match &slot {
+            Slot::Occupied(found) => {
+                let entry = found.get();
+                Some((entry.payload_len(), entry.expires_at().is_some()))
+            }
+            Slot::Vacant(_) => None,
+        };
         let removed = existing.map_or(0, |(payload, _)| payload);
         let was_expiring = existing.is_some_and(|(_, expiring)| expiring);
         // The shard lock keeps `removed` stable; the byte count is shared by all shards, so the
@@ -436,8 +433,13 @@ impl MemStore {
                 return Err(e);
             }
         };
-        if shard.replace(Entry::new(key, value, expires_at)).is_none() {
-            self.keys.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry::new(key, value, expires_at);
+        match slot {
+            Slot::Occupied(mut found) => *found.get_mut() = entry,
+            Slot::Vacant(free) => {
+                free.insert(entry);
+                self.keys.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.count_expiring(was_expiring, expires_at.is_some());
         Ok(logged)
@@ -450,23 +452,24 @@ impl MemStore {
         key: &[u8],
         log: impl FnOnce(SizeChange) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        let mut shard = lock!(self.shard(key), write);
-        let Some((freed, expiring)) = shard
-            .get(key)
-            .map(|entry| (entry.payload_len(), entry.expires_at().is_some()))
-        else {
+        let (shard, hash) = self.shard(key);
+        let mut shard = lock!(shard, write);
+        let Ok(found) = shard.find_entry(hash, |entry| entry.key() == key) else {
             return Ok(None);
         };
+        let (freed, expiring) = (
+            found.get().payload_len(),
+            found.get().expires_at().is_some(),
+        );
         let logged = log(SizeChange {
             keys: -1,
             bytes: -(freed as i64),
             expiring: -i64::from(expiring),
         })?;
-        if let Some(entry) = shard.take(key) {
-            self.keys.fetch_sub(1, Ordering::Relaxed);
-            self.bytes.fetch_sub(entry.payload_len(), Ordering::Relaxed);
-            self.count_expiring(expiring, false);
-        }
+        found.remove();
+        self.keys.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.count_expiring(expiring, false);
         Ok(Some(logged))
     }
 
@@ -474,15 +477,19 @@ impl MemStore {
     /// replaying a log must restore what was acknowledged even if the limit has since been
     /// lowered.
     pub fn load(&self, key: &[u8], value: &[u8], expires_at: Option<u64>) {
-        let mut shard = lock!(self.shard(key), write);
+        let (shard, hash) = self.shard(key);
+        let mut shard = lock!(shard, write);
         let added = (key.len() + value.len()) as u64;
-        let was_expiring = match shard.replace(Entry::new(key, value, expires_at)) {
-            Some(old) => {
+        let entry = Entry::new(key, value, expires_at);
+        let was_expiring = match shard.entry(hash, |e| e.key() == key, self.rehash()) {
+            Slot::Occupied(mut found) => {
+                let old = std::mem::replace(found.get_mut(), entry);
                 self.bytes.fetch_add(added, Ordering::Relaxed);
                 self.bytes.fetch_sub(old.payload_len(), Ordering::Relaxed);
                 old.expires_at().is_some()
             }
-            None => {
+            Slot::Vacant(free) => {
+                free.insert(entry);
                 self.keys.fetch_add(1, Ordering::Relaxed);
                 self.bytes.fetch_add(added, Ordering::Relaxed);
                 false
@@ -529,15 +536,17 @@ impl MemStore {
 
 impl Engine for MemStore {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        lock!(self.shard(key), read)
-            .get(key)
+        let (shard, hash) = self.shard(key);
+        lock!(shard, read)
+            .find(hash, |entry| entry.key() == key)
             .and_then(|entry| entry.live_value(crate::expiry::now_ms))
             .map(<[u8]>::to_vec)
     }
 
     fn get_expiring(&self, key: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
-        let shard = lock!(self.shard(key), read);
-        let entry = shard.get(key)?;
+        let (shard, hash) = self.shard(key);
+        let shard = lock!(shard, read);
+        let entry = shard.find(hash, |entry| entry.key() == key)?;
         let value = entry.live_value(crate::expiry::now_ms)?;
         Some((value.to_vec(), entry.expires_at()))
     }
@@ -645,14 +654,11 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_hashes_and_compares_as_its_key() {
-        let hasher = RandomState::new();
+    fn an_entry_keeps_its_key_apart_from_its_value() {
         let entry = Entry::new(b"key", b"value", None);
         let same_key = Entry::new(b"key", b"another value", Some(7));
-        assert_eq!(hasher.hash_one(&entry), hasher.hash_one(&b"key"[..]));
-        assert!(entry == same_key);
-        assert!(entry != Entry::new(b"ke", b"yvalue", None));
-        assert_eq!(hasher.hash_one(&same_key), hasher.hash_one(&b"key"[..]));
+        assert_eq!(same_key.key(), b"key");
+        assert_ne!(entry.key(), Entry::new(b"ke", b"yvalue", None).key());
         assert_eq!(entry.key_and_value(), (&b"key"[..], &b"value"[..]));
         assert_eq!(entry.payload_len(), 8);
     }

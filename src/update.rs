@@ -452,7 +452,7 @@ impl Update {
                         (ExpireCondition::IfSome, had) => had.is_some(),
                         // A key without a time to live lives for ever: later than any time.
                         (ExpireCondition::IfLater, had) => had.is_some_and(|had| at > had),
-                        (ExpireCondition::IfSooner, had) => had.map_or(true, |had| at < had),
+                        (ExpireCondition::IfSooner, had) => had.is_none_or(|had| at < had),
                         (ExpireCondition::IfSomeAndSooner, had) => had.is_some_and(|had| at < had),
                     };
                 let write = match current {

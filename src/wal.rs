@@ -1035,9 +1035,8 @@ impl Shared {
             file.write_all(&bytes[..room.min(bytes.len())])?;
             return Err(io::Error::from_raw_os_error(ENOSPC));
         }
-        file.write_all(bytes).map_err(|e| {
+        file.write_all(bytes).inspect_err(|_| {
             self.simulated_used.fetch_sub(n, Ordering::AcqRel);
-            e
         })
     }
 

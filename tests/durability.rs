@@ -509,7 +509,7 @@ fn assert_holds_expiring(store: &DurableStore, model: &ExpiringModel, now: u64, 
         let key = format!("k{i}").into_bytes();
         let expected = model
             .get(&key)
-            .filter(|(_, at)| at.map_or(true, |at| at > now))
+            .filter(|(_, at)| at.is_none_or(|at| at > now))
             .cloned();
         assert_eq!(store.get_expiring(&key), expected, "{what}: key k{i}");
     }

@@ -1024,7 +1024,7 @@ fn a_joiner_killed_during_its_move_costs_nothing() {
             && v.nodes
                 .iter()
                 .position(|n| *n == doomed)
-                .map_or(true, |at| !v.is_up(at))
+                .is_none_or(|at| !v.is_up(at))
     });
     if view.nodes.contains(&doomed) {
         // Committed before it died: a dead member, handed off from its chains' survivors.

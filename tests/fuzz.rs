@@ -929,7 +929,7 @@ impl Read for Chunky<'_> {
         };
         if self.stalled < stall {
             self.stalled += 1;
-            let kind = if self.would_block && self.stalled % 2 == 0 {
+            let kind = if self.would_block && self.stalled.is_multiple_of(2) {
                 ErrorKind::WouldBlock
             } else {
                 ErrorKind::Interrupted

@@ -142,9 +142,9 @@ pub fn is_one_wave(requests: &[Frame]) -> bool {
 /// All reads or all writes take one path: one run, and no need to look at the keys.
 fn all_reads_or_all_writes(requests: &[Frame]) -> bool {
     let is_read = |request: &Frame| request.opcode == Opcode::GET;
-    requests.first().map_or(true, |first| {
-        requests.iter().all(|r| is_read(r) == is_read(first))
-    })
+    requests
+        .first()
+        .is_none_or(|first| requests.iter().all(|r| is_read(r) == is_read(first)))
 }
 
 /// The opcode that carries a write (a client's, or a chain member's) down a chain.

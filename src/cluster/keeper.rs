@@ -170,7 +170,7 @@ impl Alive {
             epoch: answer.epoch,
             incarnation: u64_at(0),
             // An answer without the field comes from a node that does not resume views.
-            confirmed: v.get(8).map_or(true, |&c| c == 1),
+            confirmed: v.get(8).is_none_or(|&c| c == 1),
             phase: v.get(9).copied().unwrap_or(PHASE_SERVING),
             phase_epoch: u64_at(10),
             blocked_epoch: u64_at(34),

@@ -939,7 +939,7 @@ impl History {
             let combinations = choices
                 .iter()
                 .try_fold(1usize, |n, (_, cap)| n.checked_mul(cap + 1));
-            if combinations.map_or(true, |n| n > MAX_CHOICES) && end + 1 < key.stretches.len() {
+            if combinations.is_none_or(|n| n > MAX_CHOICES) && end + 1 < key.stretches.len() {
                 end += 1;
                 continue;
             }
