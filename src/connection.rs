@@ -66,6 +66,9 @@ pub struct FrameReader {
     frame_deadline: Duration,
     /// When the first byte of the frame now being assembled arrived.
     frame_started: Option<Instant>,
+    /// When the last read returned: the bytes buffered behind a decoded frame arrived then, so
+    /// the next frame's time starts there without reading the clock once per frame.
+    last_read: Instant,
     /// What `buf` counts against the in-flight budget, if it counts.
     held: Held,
 }
@@ -83,6 +86,7 @@ impl FrameReader {
             max_frame,
             frame_deadline,
             frame_started: None,
+            last_read: Instant::now(),
             held: Held::exempt(),
         }
     }
@@ -150,7 +154,7 @@ impl FrameReader {
                         }
                         None
                     } else {
-                        Some(Instant::now())
+                        Some(self.last_read)
                     };
                     return Ok(Some(frame));
                 }
@@ -205,8 +209,9 @@ impl FrameReader {
                 Ok(0) if self.end == 0 => return Ok(None),
                 Ok(0) => return Err(ReadError::Truncated { buffered: self.end }),
                 Ok(n) => {
+                    self.last_read = Instant::now();
                     if self.end == 0 {
-                        self.frame_started = Some(Instant::now());
+                        self.frame_started = Some(self.last_read);
                     }
                     self.end += n;
                 }
