@@ -37,8 +37,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::auth::Credentials;
@@ -78,10 +78,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    match lock.read() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    match lock.write() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// The links to every peer.
 pub struct MuxPool {
     links_per_peer: usize,
-    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    /// Read by every request's thread, written once per new peer: a lock that readers share.
+    peers: RwLock<HashMap<String, Arc<Peer>>>,
     timeouts: Timeouts,
     limits: Limits,
     credentials: Credentials,
@@ -89,7 +104,8 @@ pub struct MuxPool {
 
 /// One peer's links, used in turn.
 struct Peer {
-    slots: Vec<Mutex<Option<Arc<Link>>>>,
+    /// Read by every request's thread, written when a link is opened or failed.
+    slots: Vec<RwLock<Option<Arc<Link>>>>,
     /// One per slot, held while a link is opened for it: callers that find the slot empty
     /// wait for that one rather than open more, and [`MuxPool::sever`], which takes only the
     /// slot, never waits for a connect.
@@ -107,6 +123,9 @@ struct Link {
     /// Signalled when the writer has taken the pending bytes.
     taken: Condvar,
     inflight: Mutex<Inflight>,
+    /// Set once `inflight.failed` is: every request's thread asks whether a link failed
+    /// before it uses it, and should not queue on the lock its reader and writers take.
+    failed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -288,7 +307,7 @@ impl MuxPool {
     ) -> MuxPool {
         MuxPool {
             links_per_peer: links_per_peer.max(1),
-            peers: Mutex::new(HashMap::new()),
+            peers: RwLock::new(HashMap::new()),
             timeouts,
             limits,
             credentials,
@@ -430,26 +449,26 @@ impl MuxPool {
 
     /// A live link to `addr`, opened if need be.
     fn link(&self, addr: &str) -> Result<Arc<Link>> {
-        let peer = {
-            let mut peers = lock(&self.peers);
-            // Looked up before an entry is made: the entry would copy the address each time.
-            match peers.get(addr) {
-                Some(peer) => Arc::clone(peer),
-                None => {
-                    let peer = Arc::new(Peer {
-                        slots: (0..self.links_per_peer).map(|_| Mutex::new(None)).collect(),
-                        opening: (0..self.links_per_peer).map(|_| Mutex::new(())).collect(),
-                        severed: AtomicUsize::new(0),
-                        turn: AtomicUsize::new(0),
-                    });
-                    peers.insert(addr.to_string(), Arc::clone(&peer));
-                    peer
-                }
-            }
-        };
+        let known = read(&self.peers).get(addr).cloned();
+        let peer =
+            match known {
+                Some(peer) => peer,
+                None => Arc::clone(write(&self.peers).entry(addr.to_string()).or_insert_with(
+                    || {
+                        Arc::new(Peer {
+                            slots: (0..self.links_per_peer)
+                                .map(|_| RwLock::new(None))
+                                .collect(),
+                            opening: (0..self.links_per_peer).map(|_| Mutex::new(())).collect(),
+                            severed: AtomicUsize::new(0),
+                            turn: AtomicUsize::new(0),
+                        })
+                    },
+                )),
+            };
         let turn = peer.turn.fetch_add(1, Ordering::Relaxed) % peer.slots.len();
         let live = || {
-            lock(&peer.slots[turn])
+            read(&peer.slots[turn])
                 .as_ref()
                 .filter(|link| !link.has_failed())
                 .cloned()
@@ -464,7 +483,7 @@ impl MuxPool {
         }
         let severs = peer.severed.load(Ordering::SeqCst);
         let link = Link::open(addr, &self.timeouts, &self.limits, &self.credentials)?;
-        let mut slot = lock(&peer.slots[turn]);
+        let mut slot = write(&peer.slots[turn]);
         if peer.severed.load(Ordering::SeqCst) != severs {
             drop(slot);
             let reason = "the peer was declared down while a connection to it was opened";
@@ -478,11 +497,11 @@ impl MuxPool {
     /// Fails every link to `addr`: a call waiting on a peer declared dead or hung fails now
     /// instead of at the end of its timeout.
     pub fn sever(&self, addr: &str) {
-        let peer = lock(&self.peers).get(addr).cloned();
+        let peer = read(&self.peers).get(addr).cloned();
         if let Some(peer) = peer {
             peer.severed.fetch_add(1, Ordering::SeqCst);
             for slot in &peer.slots {
-                if let Some(link) = lock(slot).take() {
+                if let Some(link) = write(slot).take() {
                     link.fail("the peer was declared down");
                 }
             }
@@ -493,9 +512,9 @@ impl MuxPool {
 impl Drop for MuxPool {
     fn drop(&mut self) {
         // The readers hold their links; a closed socket ends them.
-        for peer in lock(&self.peers).values() {
+        for peer in read(&self.peers).values() {
             for slot in &peer.slots {
-                if let Some(link) = lock(slot).take() {
+                if let Some(link) = write(slot).take() {
                     link.fail("the pool was closed");
                 }
             }
@@ -550,6 +569,7 @@ impl Link {
                 failed: None,
                 busy: false,
             }),
+            failed: AtomicBool::new(false),
         });
         let reading = Arc::clone(&link);
         // Well within the peer's own idle timeout (the same setting on every server).
@@ -562,7 +582,15 @@ impl Link {
     }
 
     fn has_failed(&self) -> bool {
-        lock(&self.inflight).failed.is_some()
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the link failed for `reason` (the first reason stays), under its lock.
+    fn mark_failed(&self, inflight: &mut Inflight, reason: &str) {
+        if inflight.failed.is_none() {
+            inflight.failed = Some(reason.to_string());
+        }
+        self.failed.store(true, Ordering::Release);
     }
 
     fn holds_any_of(&self, ticket: &Ticket) -> bool {
@@ -590,7 +618,7 @@ impl Link {
                 && inflight.waiting.is_empty()
                 && crate::connection::peer_has_closed(&self.stream)
             {
-                inflight.failed = Some("the peer closed the connection".into());
+                self.mark_failed(&mut inflight, "the peer closed the connection");
             }
             if let Some(reason) = &inflight.failed {
                 let reason = failure(&self.addr, reason, inflight.busy).to_string();
@@ -780,7 +808,7 @@ impl Link {
             if !inflight.waiting.is_empty() || inflight.last_sent.elapsed() < idle_for {
                 return false;
             }
-            inflight.failed = Some("closed after being idle".into());
+            self.mark_failed(&mut inflight, "closed after being idle");
         }
         let _ = self.stream.shutdown(Shutdown::Both);
         true
@@ -790,9 +818,7 @@ impl Link {
     fn fail(&self, reason: &str) {
         let (waiting, busy) = {
             let mut inflight = lock(&self.inflight);
-            if inflight.failed.is_none() {
-                inflight.failed = Some(reason.to_string());
-            }
+            self.mark_failed(&mut inflight, reason);
             (std::mem::take(&mut inflight.waiting), inflight.busy)
         };
         let _ = self.stream.shutdown(Shutdown::Both);
