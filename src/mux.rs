@@ -450,22 +450,14 @@ impl MuxPool {
     /// A live link to `addr`, opened if need be.
     fn link(&self, addr: &str) -> Result<Arc<Link>> {
         let known = read(&self.peers).get(addr).cloned();
-        let peer =
-            match known {
-                Some(peer) => peer,
-                None => Arc::clone(write(&self.peers).entry(addr.to_string()).or_insert_with(
-                    || {
-                        Arc::new(Peer {
-                            slots: (0..self.links_per_peer)
-                                .map(|_| RwLock::new(None))
-                                .collect(),
-                            opening: (0..self.links_per_peer).map(|_| Mutex::new(())).collect(),
-                            severed: AtomicUsize::new(0),
-                            turn: AtomicUsize::new(0),
-                        })
-                    },
-                )),
-            };
+        let peer = match known {
+            Some(peer) => peer,
+            None => {
+                let mut peers = write(&self.peers);
+                let entry = peers.entry(addr.to_string());
+                Arc::clone(entry.or_insert_with(|| self.new_peer()))
+            }
+        };
         let turn = peer.turn.fetch_add(1, Ordering::Relaxed) % peer.slots.len();
         let live = || {
             read(&peer.slots[turn])
@@ -492,6 +484,18 @@ impl MuxPool {
         }
         *slot = Some(Arc::clone(&link));
         Ok(link)
+    }
+
+    /// A peer with no link open yet.
+    fn new_peer(&self) -> Arc<Peer> {
+        Arc::new(Peer {
+            slots: (0..self.links_per_peer)
+                .map(|_| RwLock::new(None))
+                .collect(),
+            opening: (0..self.links_per_peer).map(|_| Mutex::new(())).collect(),
+            severed: AtomicUsize::new(0),
+            turn: AtomicUsize::new(0),
+        })
     }
 
     /// Fails every link to `addr`: a call waiting on a peer declared dead or hung fails now
@@ -657,7 +661,8 @@ impl Link {
         self.write(encode, ids, calls.len() == 1, timeouts);
     }
 
-    /// Appends `bytes` to what is pending and, if no one is writing, writes until nothing is.
+    /// Has `encode` append frames to what is pending and, if no one is writing, writes until
+    /// nothing is.
     ///
     /// A writer with one `lone` request first yields its CPU once: the threads that other
     /// clients' requests woke get to append theirs, and the peer reads them all in one wake-up

@@ -3,10 +3,10 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
-
-use hashbrown::hash_table::{Entry as Slot, HashTable};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
+
+use hashbrown::hash_table::{Entry as Slot, HashTable};
 
 /// How much a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -651,6 +651,29 @@ mod tests {
             })
             .unwrap();
         assert_eq!(visited, lengths.len());
+    }
+
+    #[test]
+    fn every_key_is_found_after_its_table_grew() {
+        let store = MemStore::default();
+        let keys: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|i| format!("grown-{i}").into_bytes())
+            .collect();
+        for key in &keys {
+            store.put(key, b"first").unwrap();
+        }
+        // Each shard's table doubled several times on the way: an entry moved by a growth must
+        // be where a lookup of its key looks, for reads, overwrites and deletes alike.
+        for key in &keys {
+            assert_eq!(store.get(key).as_deref(), Some(&b"first"[..]));
+            store.put(key, b"second").unwrap();
+        }
+        assert_eq!(store.size().keys, keys.len() as u64);
+        for key in &keys {
+            assert_eq!(store.get(key).as_deref(), Some(&b"second"[..]));
+            assert_eq!(store.delete(key), Ok(true));
+        }
+        assert_eq!(store.size(), StoreSize::default());
     }
 
     #[test]

@@ -112,21 +112,20 @@ pub fn waves(requests: &[Frame]) -> Vec<Range<usize>> {
     if !requests.is_empty() && all_reads_or_all_writes(requests) {
         return std::iter::once(0..requests.len()).collect();
     }
-    let is_read = |request: &Frame| request.opcode == Opcode::GET;
     let mut waves = Vec::new();
     let mut start = 0;
     let mut seen: HashMap<&[u8], bool> = HashMap::new();
     for (index, request) in requests.iter().enumerate() {
-        let is_read = is_read(request);
+        let reads = is_read(request);
         match seen.get(request.key.as_slice()) {
-            Some(&was_read) if was_read != is_read => {
+            Some(&was_read) if was_read != reads => {
                 waves.push(start..index);
                 start = index;
                 seen.clear();
             }
             _ => {}
         }
-        seen.insert(request.key.as_slice(), is_read);
+        seen.insert(request.key.as_slice(), reads);
     }
     if start < requests.len() {
         waves.push(start..requests.len());
@@ -141,10 +140,13 @@ pub fn is_one_wave(requests: &[Frame]) -> bool {
 
 /// All reads or all writes take one path: one run, and no need to look at the keys.
 fn all_reads_or_all_writes(requests: &[Frame]) -> bool {
-    let is_read = |request: &Frame| request.opcode == Opcode::GET;
     requests
         .first()
         .is_none_or(|first| requests.iter().all(|r| is_read(r) == is_read(first)))
+}
+
+fn is_read(request: &Frame) -> bool {
+    request.opcode == Opcode::GET
 }
 
 /// The opcode that carries a write (a client's, or a chain member's) down a chain.
