@@ -6,12 +6,21 @@
 #   twemproxy   nutcracker (ketama, fnv1a_64) in front of three redis-servers
 #   ringkv      `ringkv local --backends 3 --replicas 1`, driven through its RESP door (one copy
 #               per key, as twemproxy in front of Redis keeps)
+#   floor       examples/thread_floor.rs: a thread per connection answering SET and GET from an
+#               in-process map, with no hop and no log; the least any server of the design card
+#               costs here, so a target it misses is out of the card's reach on this machine
+#   floor-hop   the same with ringkv's shape of hop and none of its work: each request goes to
+#               one of three backend threads (by its key's hash) over a loopback connection that
+#               all client connections share (a combining writer), and a reader thread per
+#               backend puts each client's replies back in order and writes them; what ringkv
+#               costs beyond it is ringkv's own work
 #
 # Each is driven by the same redis-benchmark runs (SET then GET, 50 clients, 32-byte values,
 # random keys out of 100000, pipeline 1 and 16), interleaved over ROUNDS rounds, the order of the
 # servers rotating from round to round. `kvcli bench` runs the same shape against ringkv's native
 # port (target ringkv-native). The script prints the median of each figure over the rounds and
-# the ringkv / twemproxy ratios, then stops everything it started.
+# the ringkv / twemproxy ratios, and those of the floors against twemproxy and ringkv against
+# the floors, then stops everything it started.
 #
 # When `perf stat` may watch processes here, each run is also counted on the server side (every
 # process of the target: Redis; twemproxy and its three Redis servers; the one `ringkv local`
@@ -57,9 +66,10 @@ install_packages() {
 ((${#missing[@]} == 0)) || install_packages "${missing[@]}"
 
 say "building ringkv (release)"
-cargo build --release --quiet --bins
+cargo build --release --quiet --bins --example thread_floor
 RINGKV=target/release/ringkv
 KVCLI=target/release/kvcli
+FLOOR=target/release/examples/thread_floor
 
 # --- processes and cleanup ---------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/compare-redis.XXXXXX")
@@ -165,6 +175,28 @@ grep -q '^resp listening on ' "$WORK/ringkv.out" ||
 RINGKV_NATIVE=$(sed -n 's/^frontend listening on //p' "$WORK/ringkv.out")
 RINGKV_PORT=$(sed -n 's/^resp listening on .*:\([0-9]*\)$/\1/p' "$WORK/ringkv.out")
 
+# Starts the floor server with the flags given; FLOOR_PORT and LAST_PID are its port and pid.
+FLOOR_PORT=
+start_floor() {
+  local name=$1
+  shift
+  "$FLOOR" --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+  LAST_PID=$!
+  STARTED+=("$LAST_PID")
+  for _ in $(seq 100); do
+    grep -q '^listening on ' "$WORK/$name.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  FLOOR_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$WORK/$name.out")
+  [ -n "$FLOOR_PORT" ] || fail "$name did not print its address within 10 s: $(cat "$WORK/$name.log")"
+}
+start_floor floor
+FLOOR_PIDS=$LAST_PID
+FLOOR_DIRECT_PORT=$FLOOR_PORT
+start_floor floor-hop --hop --backends 3
+FLOOR_HOP_PIDS=$LAST_PID
+FLOOR_HOP_PORT=$FLOOR_PORT
+
 HAVE_KVCLI_BENCH=1
 if ! "$KVCLI" bench --help >/dev/null 2>&1; then
   HAVE_KVCLI_BENCH=0
@@ -243,7 +275,7 @@ run_kvcli_bench() {
   done
 }
 
-TARGETS=(redis twemproxy ringkv)
+TARGETS=(redis twemproxy ringkv floor floor-hop)
 [ "$HAVE_KVCLI_BENCH" = 1 ] && TARGETS+=(ringkv-native)
 for round in $(seq "$ROUNDS"); do
   # Rotate the order, so that no server always runs first or last in a round.
@@ -263,6 +295,10 @@ for round in $(seq "$ROUNDS"); do
           run_redis_benchmark "$round" twemproxy "$TWEMPROXY_PORT" "$pipeline" ;;
         ringkv) counted "$round" ringkv "$pipeline" "$RINGKV_PIDS" "$n" \
           run_redis_benchmark "$round" ringkv "$RINGKV_PORT" "$pipeline" ;;
+        floor) counted "$round" floor "$pipeline" "$FLOOR_PIDS" "$n" \
+          run_redis_benchmark "$round" floor "$FLOOR_DIRECT_PORT" "$pipeline" ;;
+        floor-hop) counted "$round" floor-hop "$pipeline" "$FLOOR_HOP_PIDS" "$n" \
+          run_redis_benchmark "$round" floor-hop "$FLOOR_HOP_PORT" "$pipeline" ;;
         ringkv-native) counted "$round" ringkv-native "$pipeline" "$RINGKV_PIDS" "$n" \
           run_kvcli_bench "$round" "$pipeline" ;;
       esac
@@ -292,11 +328,24 @@ MEDIANS='
 '
 echo "# compare-redis: medians of $ROUNDS rounds; $CLIENTS clients, $VALUE_SIZE-byte values, random keys of $KEYSPACE"
 echo "# requests per run: $REQUESTS_P1 at pipeline 1, $REQUESTS_P16 at pipeline 16; latencies in ms"
-echo "# redis, twemproxy (ketama over 3 redis-servers), ringkv (RESP door, 3 backends): redis-benchmark"
+echo "# redis, twemproxy (ketama over 3 redis-servers), ringkv (RESP door, 3 backends), floor"
+echo "# (examples/thread_floor.rs: a thread per connection, an in-process map, no hop) and floor-hop"
+echo "# (the same behind three backend threads, one shared connection each): redis-benchmark"
 [ "$HAVE_KVCLI_BENCH" = 1 ] && echo "# ringkv-native: kvcli bench against the native port"
 [ "$HAVE_KVCLI_BENCH" = 1 ] || echo "# ringkv-native: skipped (no kvcli bench)"
 awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "n/a" : sprintf("%.2f", a / b) }
+  function ratios(a, b,    p, t, r, w) {
+    printf "\n%s / %s (requests/s: higher is better; latency: lower is better)\n", a, b
+    printf "%-5s %-8s %12s %9s %9s\n", "test", "pipeline", "requests/s", "p50", "p99"
+    for (p = 1; p <= 2; p++) for (t = 1; t <= 2; t++) {
+      r = a SUBSEP pipelines[p] SUBSEP tests[t]
+      w = b SUBSEP pipelines[p] SUBSEP tests[t]
+      printf "%-5s %-8s %12s %9s %9s\n", tests[t], pipelines[p],
+        ratio(median(r SUBSEP 5), median(w SUBSEP 5)), ratio(median(r SUBSEP 6), median(w SUBSEP 6)),
+        ratio(median(r SUBSEP 7), median(w SUBSEP 7))
+    }
+  }
   NR > 1 {
     for (m = 5; m <= 7; m++) {
       key = $2 SUBSEP $3 SUBSEP $4 SUBSEP m
@@ -314,15 +363,10 @@ awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
         show(median(base SUBSEP 5), "%.0f"), show(median(base SUBSEP 6), "%.3f"),
         show(median(base SUBSEP 7), "%.3f")
     }
-    printf "\nringkv / twemproxy (requests/s: higher is better; latency: lower is better)\n"
-    printf "%-5s %-8s %12s %9s %9s\n", "test", "pipeline", "requests/s", "p50", "p99"
-    for (p = 1; p <= 2; p++) for (t = 1; t <= 2; t++) {
-      r = "ringkv" SUBSEP pipelines[p] SUBSEP tests[t]
-      w = "twemproxy" SUBSEP pipelines[p] SUBSEP tests[t]
-      printf "%-5s %-8s %12s %9s %9s\n", tests[t], pipelines[p],
-        ratio(median(r SUBSEP 5), median(w SUBSEP 5)), ratio(median(r SUBSEP 6), median(w SUBSEP 6)),
-        ratio(median(r SUBSEP 7), median(w SUBSEP 7))
-    }
+    ratios("ringkv", "twemproxy")
+    ratios("floor", "twemproxy")
+    ratios("floor-hop", "twemproxy")
+    ratios("ringkv", "floor-hop")
   }
 ' "$RESULTS"
 

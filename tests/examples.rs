@@ -7,11 +7,13 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use common::process::{run_bounded, Finished};
+use common::process::{run_bounded, ChildGuard, Finished};
+use common::resp::{bulk, multibulk, ok, Conn, Resp};
 use common::{client, cluster, BOUND};
 use ringkv::{Entry, Routing};
 
@@ -358,4 +360,79 @@ fn memo_cache_detects_and_repairs_a_wrong_cached_result() {
         client.get(key.as_bytes()).unwrap(),
         Some(right.to_string().into_bytes())
     );
+}
+
+/// The floor servers of `benches/compare-redis.sh`, with and without the hop, answer what
+/// redis-benchmark sends (SET, GET, PING, CONFIG GET) the way Redis does, pipelined requests in
+/// order, and end a connection that sends malformed input with a protocol error after the replies
+/// before it, other connections unharmed.
+#[test]
+fn thread_floor_answers_set_get_ping_and_config_like_redis() {
+    thread_floor_answers_like_redis(&[]);
+    thread_floor_answers_like_redis(&["--hop"]);
+    thread_floor_answers_like_redis(&["--hop", "--backends", "3"]);
+}
+
+fn thread_floor_answers_like_redis(mode: &[&str]) {
+    let mut child = ChildGuard(
+        Command::new(example("thread_floor"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(mode)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut first = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr: std::net::SocketAddr = first
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("expected the listening line, got {first:?}"))
+        .parse()
+        .unwrap();
+
+    let mut conn = Conn::open(addr);
+    assert_eq!(conn.cmd(&["GET", "k"]), Resp::Nil);
+    assert_eq!(conn.cmd(&["set", "k", "v1"]), ok());
+    assert_eq!(conn.cmd(&["GET", "k"]), bulk(b"v1"));
+    assert_eq!(conn.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    assert_eq!(
+        conn.cmd(&["CONFIG", "GET", "save", "appendonly"]),
+        Resp::Array(vec![
+            bulk(b"save"),
+            bulk(b""),
+            bulk(b"appendonly"),
+            bulk(b"")
+        ])
+    );
+    assert!(matches!(conn.cmd(&["DEL", "k"]), Resp::Error(_)));
+
+    // A pipeline of 16 SETs and 16 GETs in one write is answered in order.
+    let mut pipeline = Vec::new();
+    for i in 0..16 {
+        let (key, value) = (format!("p{i}"), format!("value {i}"));
+        pipeline.extend(multibulk(&[b"SET", key.as_bytes(), value.as_bytes()]));
+    }
+    for i in 0..16 {
+        pipeline.extend(multibulk(&[b"GET", format!("p{i}").as_bytes()]));
+    }
+    conn.send(&pipeline);
+    for _ in 0..16 {
+        assert_eq!(conn.reply(), ok());
+    }
+    for i in 0..16 {
+        assert_eq!(conn.reply(), bulk(format!("value {i}").as_bytes()));
+    }
+
+    let mut bad = Conn::open(addr);
+    let mut input = multibulk(&[b"GET", b"p1"]);
+    input.extend_from_slice(b"*1\r\n$x\r\n");
+    bad.send(&input);
+    assert_eq!(bad.reply(), bulk(b"value 1"), "{mode:?}");
+    assert!(matches!(bad.reply(), Resp::Error(e) if e.starts_with("ERR Protocol error")));
+    bad.assert_closed();
+    assert_eq!(conn.cmd(&["GET", "p3"]), bulk(b"value 3"));
 }
