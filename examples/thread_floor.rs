@@ -428,7 +428,8 @@ impl Hop {
                 if replies.out.is_empty() {
                     continue;
                 }
-                // A client that stopped reading loses its connection, not the others'.
+                // A client that stops reading holds this reader up for the write timeout, then
+                // loses its connection: enough for a benchmark's floor, not for a server.
                 if replies.stream.write_all(&replies.out).is_err() || replies.last {
                     let _ = replies.stream.shutdown(std::net::Shutdown::Both);
                     lock(&self.clients).remove(&id);
