@@ -25,7 +25,9 @@
 # When `perf stat` may watch processes here, each run is also counted on the server side (every
 # process of the target: Redis; twemproxy and its three Redis servers; the one `ringkv local`
 # process): context switches, system calls and CPU time, divided by the requests of the run (the
-# SET and the GET runs of one pipeline depth together), and printed as a second table.
+# SET and the GET runs of one pipeline depth together), and printed as a second table. The CPU
+# time is also split into user and system time (from /proc/PID/stat, in clock ticks), so that a
+# server's own work (user) shows apart from what the kernel does for its sockets and threads.
 #
 # Missing redis-server, redis-tools or nutcracker are installed from Debian's packages.
 #
@@ -216,7 +218,20 @@ fi
 RESULTS="$WORK/results.csv"
 echo "round,target,pipeline,test,rps,p50_ms,p99_ms" >"$RESULTS"
 COSTS="$WORK/costs.csv"
-echo "round,target,pipeline,cs_per_request,syscalls_per_request,cpu_us_per_request" >"$COSTS"
+echo "round,target,pipeline,cs_per_request,syscalls_per_request,cpu_us_per_request,user_us_per_request,sys_us_per_request" >"$COSTS"
+TICKS_PER_SECOND=$(getconf CLK_TCK)
+
+# User and system CPU time, in clock ticks, of the processes `pids` (comma-separated) so far.
+cpu_ticks() {
+  local pid user=0 system=0 fields
+  for pid in ${1//,/ }; do
+    # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing parenthesis.
+    fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+    set -- $fields
+    user=$((user + ${12})) system=$((system + ${13}))
+  done
+  echo "$user $system"
+}
 
 # Runs the rest of the line while perf stat counts the processes `pids`, then notes the counts
 # per request (`requests` in all) for the round, target and pipeline.
@@ -227,18 +242,26 @@ counted() {
     "$@"
     return
   fi
+  local before after
   perf stat -x, -e context-switches,raw_syscalls:sys_enter,task-clock -p "$pids" \
     -o "$WORK/perf.txt" &
   perf_pid=$!
+  before=$(cpu_ticks "$pids")
   "$@"
+  after=$(cpu_ticks "$pids")
   kill -INT "$perf_pid" 2>/dev/null || true
   wait "$perf_pid" 2>/dev/null || true
   # perf -x, lines: value,unit,event,...; task-clock is in ms.
-  awk -F, -v round="$round" -v target="$target" -v pipeline="$pipeline" -v n="$requests" '
+  awk -F, -v round="$round" -v target="$target" -v pipeline="$pipeline" -v n="$requests" \
+    -v before="$before" -v after="$after" -v hz="$TICKS_PER_SECOND" '
     $3 == "context-switches" { cs = $1 }
     $3 ~ /^raw_syscalls:sys_enter/ { sc = $1 }
     $3 == "task-clock" { ms = $1 }
-    END { if (n > 0 && cs != "") printf "%s,%s,%s,%.3f,%.3f,%.3f\n", round, target, pipeline, cs / n, sc / n, ms * 1000 / n }
+    END {
+      split(before, b, " "); split(after, a, " ")
+      if (n > 0 && cs != "") printf "%s,%s,%s,%.3f,%.3f,%.3f,%.3f,%.3f\n", round, target, pipeline,
+        cs / n, sc / n, ms * 1000 / n, (a[1] - b[1]) * 1e6 / hz / n, (a[2] - b[2]) * 1e6 / hz / n
+    }
   ' "$WORK/perf.txt" >>"$COSTS"
 }
 
@@ -372,7 +395,7 @@ awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
 
 [ "$HAVE_PERF" = 1 ] && awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   NR > 1 {
-    for (m = 4; m <= 6; m++) {
+    for (m = 4; m <= 8; m++) {
       key = $2 SUBSEP $3 SUBSEP m
       values[key, ++count[key]] = $m + 0
     }
@@ -380,13 +403,15 @@ awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   END {
     split(targets, names, " ")
     printf "\nserver side, per request (perf stat on every process of the target; medians)\n"
-    printf "%-8s %-14s %14s %14s %12s\n", "pipeline", "target", "ctx_switches", "syscalls", "cpu_us"
+    printf "%-8s %-14s %14s %14s %12s %12s %12s\n", "pipeline", "target", "ctx_switches", "syscalls", "cpu_us",
+      "user_us", "sys_us"
     split("1 16", pipelines, " ")
     for (p = 1; p <= 2; p++) for (n = 1; n in names; n++) {
       base = names[n] SUBSEP pipelines[p]
-      printf "%-8s %-14s %14s %14s %12s\n", pipelines[p], names[n],
+      printf "%-8s %-14s %14s %14s %12s %12s %12s\n", pipelines[p], names[n],
         show(median(base SUBSEP 4), "%.2f"), show(median(base SUBSEP 5), "%.2f"),
-        show(median(base SUBSEP 6), "%.2f")
+        show(median(base SUBSEP 6), "%.2f"), show(median(base SUBSEP 7), "%.2f"),
+        show(median(base SUBSEP 8), "%.2f")
     }
   }
 ' "$COSTS"
