@@ -14,6 +14,8 @@
 #               all client connections share (a combining writer), and a reader thread per
 #               backend puts each client's replies back in order and writes them; what ringkv
 #               costs beyond it is ringkv's own work
+#   floor-hop-yield  floor-hop with the one trick ringkv plays at pipeline 1: a thread that takes
+#               a connection's writer's turn for a single request yields its CPU once first
 #
 # Each is driven by the same redis-benchmark runs (SET then GET, 50 clients, 32-byte values,
 # random keys out of 100000, pipeline 1 and 16), interleaved over ROUNDS rounds, the order of the
@@ -198,6 +200,9 @@ FLOOR_DIRECT_PORT=$FLOOR_PORT
 start_floor floor-hop --hop --backends 3
 FLOOR_HOP_PIDS=$LAST_PID
 FLOOR_HOP_PORT=$FLOOR_PORT
+start_floor floor-hop-yield --hop --backends 3 --lone-yield
+FLOOR_YIELD_PIDS=$LAST_PID
+FLOOR_YIELD_PORT=$FLOOR_PORT
 
 HAVE_KVCLI_BENCH=1
 if ! "$KVCLI" bench --help >/dev/null 2>&1; then
@@ -298,7 +303,7 @@ run_kvcli_bench() {
   done
 }
 
-TARGETS=(redis twemproxy ringkv floor floor-hop)
+TARGETS=(redis twemproxy ringkv floor floor-hop floor-hop-yield)
 [ "$HAVE_KVCLI_BENCH" = 1 ] && TARGETS+=(ringkv-native)
 for round in $(seq "$ROUNDS"); do
   # Rotate the order, so that no server always runs first or last in a round.
@@ -322,6 +327,8 @@ for round in $(seq "$ROUNDS"); do
           run_redis_benchmark "$round" floor "$FLOOR_DIRECT_PORT" "$pipeline" ;;
         floor-hop) counted "$round" floor-hop "$pipeline" "$FLOOR_HOP_PIDS" "$n" \
           run_redis_benchmark "$round" floor-hop "$FLOOR_HOP_PORT" "$pipeline" ;;
+        floor-hop-yield) counted "$round" floor-hop-yield "$pipeline" "$FLOOR_YIELD_PIDS" "$n" \
+          run_redis_benchmark "$round" floor-hop-yield "$FLOOR_YIELD_PORT" "$pipeline" ;;
         ringkv-native) counted "$round" ringkv-native "$pipeline" "$RINGKV_PIDS" "$n" \
           run_kvcli_bench "$round" "$pipeline" ;;
       esac
@@ -353,7 +360,8 @@ echo "# compare-redis: medians of $ROUNDS rounds; $CLIENTS clients, $VALUE_SIZE-
 echo "# requests per run: $REQUESTS_P1 at pipeline 1, $REQUESTS_P16 at pipeline 16; latencies in ms"
 echo "# redis, twemproxy (ketama over 3 redis-servers), ringkv (RESP door, 3 backends), floor"
 echo "# (examples/thread_floor.rs: a thread per connection, an in-process map, no hop) and floor-hop"
-echo "# (the same behind three backend threads, one shared connection each): redis-benchmark"
+echo "# (the same behind three backend threads, one shared connection each) and floor-hop-yield"
+echo "# (floor-hop with ringkv's lone writer's yield): redis-benchmark"
 [ "$HAVE_KVCLI_BENCH" = 1 ] && echo "# ringkv-native: kvcli bench against the native port"
 [ "$HAVE_KVCLI_BENCH" = 1 ] || echo "# ringkv-native: skipped (no kvcli bench)"
 awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
@@ -377,19 +385,21 @@ awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   }
   END {
     split(targets, names, " ")
-    printf "\n%-5s %-8s %-14s %12s %9s %9s\n", "test", "pipeline", "target", "requests/s", "p50_ms", "p99_ms"
+    printf "\n%-5s %-8s %-16s %12s %9s %9s\n", "test", "pipeline", "target", "requests/s", "p50_ms", "p99_ms"
     split("1 16", pipelines, " ")
     split("SET GET", tests, " ")
     for (p = 1; p <= 2; p++) for (t = 1; t <= 2; t++) for (n = 1; n in names; n++) {
       base = names[n] SUBSEP pipelines[p] SUBSEP tests[t]
-      printf "%-5s %-8s %-14s %12s %9s %9s\n", tests[t], pipelines[p], names[n],
+      printf "%-5s %-8s %-16s %12s %9s %9s\n", tests[t], pipelines[p], names[n],
         show(median(base SUBSEP 5), "%.0f"), show(median(base SUBSEP 6), "%.3f"),
         show(median(base SUBSEP 7), "%.3f")
     }
     ratios("ringkv", "twemproxy")
     ratios("floor", "twemproxy")
     ratios("floor-hop", "twemproxy")
+    ratios("floor-hop-yield", "twemproxy")
     ratios("ringkv", "floor-hop")
+    ratios("ringkv", "floor-hop-yield")
   }
 ' "$RESULTS"
 
@@ -403,12 +413,12 @@ awk -F, -v targets="${TARGETS[*]}" "$MEDIANS"'
   END {
     split(targets, names, " ")
     printf "\nserver side, per request (perf stat on every process of the target; medians)\n"
-    printf "%-8s %-14s %14s %14s %12s %12s %12s\n", "pipeline", "target", "ctx_switches", "syscalls", "cpu_us",
+    printf "%-8s %-16s %14s %14s %12s %12s %12s\n", "pipeline", "target", "ctx_switches", "syscalls", "cpu_us",
       "user_us", "sys_us"
     split("1 16", pipelines, " ")
     for (p = 1; p <= 2; p++) for (n = 1; n in names; n++) {
       base = names[n] SUBSEP pipelines[p]
-      printf "%-8s %-14s %14s %14s %12s %12s %12s\n", pipelines[p], names[n],
+      printf "%-8s %-16s %14s %14s %12s %12s %12s\n", pipelines[p], names[n],
         show(median(base SUBSEP 4), "%.2f"), show(median(base SUBSEP 5), "%.2f"),
         show(median(base SUBSEP 6), "%.2f"), show(median(base SUBSEP 7), "%.2f"),
         show(median(base SUBSEP 8), "%.2f")

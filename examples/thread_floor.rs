@@ -2,7 +2,7 @@
 //! machine, to hold ringkv's figures against.
 //!
 //! ```sh
-//! cargo run --release --example thread_floor -- [--listen ADDR] [--hop [--backends N]]
+//! cargo run --release --example thread_floor -- [--listen ADDR] [--hop [--backends N] [--lone-yield]]
 //! ```
 //!
 //! Each client connection gets a thread that blocks in `read`, answers every whole request it
@@ -14,8 +14,10 @@
 //! Without `--hop` there is no hop either: whatever a thread-per-connection server does, it does
 //! at least this much per request, so a target this misses against twemproxy in front of Redis
 //! is out of the design card's reach on this machine. With `--hop` the requests take ringkv's
-//! way to their keys (see `Hop`), so what ringkv costs beyond this is its own work.
-//! `benches/compare-redis.sh` runs both, as its `floor` and `floor-hop` rows.
+//! way to their keys (see `Hop`), so what ringkv costs beyond this is its own work, and
+//! `--lone-yield` adds the one trick ringkv plays at pipeline 1 (its lone writer's yield).
+//! `benches/compare-redis.sh` runs all three, as its `floor`, `floor-hop` and `floor-hop-yield`
+//! rows.
 //!
 //! It prints `listening on ADDR` once it accepts connections.
 
@@ -47,6 +49,11 @@ struct Args {
     /// with --hop: the number of backend threads, each behind its own connection (default 1)
     #[argh(option, default = "1")]
     backends: usize,
+    /// with --hop: a thread that takes a connection's writer's turn for a single request first
+    /// yields its CPU once, so that requests other clients' threads are about to add go in the
+    /// same write (ringkv's lone writer, step 10 in README's Speed section)
+    #[argh(switch)]
+    lone_yield: bool,
 }
 
 const SHARDS: usize = 64;
@@ -80,7 +87,11 @@ fn main() -> io::Result<()> {
         shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
     });
     let hop = if args.hop {
-        Some(Hop::start(Arc::clone(&map), args.backends)?)
+        Some(Hop::start(
+            Arc::clone(&map),
+            args.backends,
+            args.lone_yield,
+        )?)
     } else {
         None
     };
@@ -166,6 +177,7 @@ fn serve(mut stream: TcpStream, map: &Map) -> io::Result<()> {
 struct Hop {
     hasher: RandomState,
     links: Vec<Link>,
+    lone_yield: bool,
     clients: Mutex<HashMap<u32, Arc<Mutex<Replies>>>>,
     next_id: AtomicU32,
 }
@@ -295,7 +307,7 @@ const REQUEST: u8 = 0;
 const LAST: u8 = 1;
 
 impl Hop {
-    fn start(map: Arc<Map>, backends: usize) -> io::Result<Arc<Hop>> {
+    fn start(map: Arc<Map>, backends: usize, lone_yield: bool) -> io::Result<Arc<Hop>> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let mut links = Vec::new();
         for _ in 0..backends.max(1) {
@@ -320,6 +332,7 @@ impl Hop {
         let hop = Arc::new(Hop {
             hasher: RandomState::new(),
             links,
+            lone_yield,
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(0),
         });
@@ -360,6 +373,7 @@ impl Hop {
     fn forward(&self, stream: &mut TcpStream, id: u32) -> io::Result<Ended> {
         let mut parser = new_parser();
         let mut outgoing: Vec<Vec<u8>> = vec![Vec::new(); self.links.len()];
+        let mut counts = vec![0; self.links.len()];
         let mut body = Vec::new();
         let mut seq = 0;
         loop {
@@ -388,15 +402,17 @@ impl Hop {
                     }
                 };
                 push_record(&mut outgoing[link], id, seq, kind, &body);
+                counts[link] += 1;
                 seq += 1;
                 if ended.is_some() {
                     break;
                 }
             }
-            for (link, records) in self.links.iter().zip(&mut outgoing) {
+            for ((link, records), count) in self.links.iter().zip(&mut outgoing).zip(&mut counts) {
                 if !records.is_empty() {
-                    link.send(records)?;
+                    link.send(records, self.lone_yield && *count == 1)?;
                 }
+                *count = 0;
             }
             if let Some(ended) = ended {
                 return Ok(ended);
@@ -444,13 +460,19 @@ impl Hop {
 impl Link {
     /// Adds `records` to what waits for the backend; the thread that finds nobody writing
     /// writes everything waiting, its own and what others add meanwhile, until none is left.
-    fn send(&self, records: &mut Vec<u8>) -> io::Result<()> {
+    /// That thread first yields once if `lone` (see `Args::lone_yield`).
+    fn send(&self, records: &mut Vec<u8>, lone: bool) -> io::Result<()> {
         let mut pending = lock(&self.pending);
         pending.records.append(records);
         if pending.writing {
             return Ok(());
         }
         pending.writing = true;
+        if lone {
+            drop(pending);
+            std::thread::yield_now();
+            pending = lock(&self.pending);
+        }
         loop {
             let mut batch = std::mem::take(&mut pending.spare);
             std::mem::swap(&mut batch, &mut pending.records);

@@ -371,6 +371,7 @@ fn thread_floor_answers_set_get_ping_and_config_like_redis() {
     thread_floor_answers_like_redis(&[]);
     thread_floor_answers_like_redis(&["--hop"]);
     thread_floor_answers_like_redis(&["--hop", "--backends", "3"]);
+    thread_floor_answers_like_redis(&["--hop", "--backends", "3", "--lone-yield"]);
 }
 
 fn thread_floor_answers_like_redis(mode: &[&str]) {
