@@ -188,10 +188,10 @@ start_floor() {
   LAST_PID=$!
   STARTED+=("$LAST_PID")
   for _ in $(seq 100); do
-    grep -q '^listening on ' "$WORK/$name.out" 2>/dev/null && break
+    grep -q '^floor listening on ' "$WORK/$name.out" 2>/dev/null && break
     sleep 0.1
   done
-  FLOOR_PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$WORK/$name.out")
+  FLOOR_PORT=$(sed -n 's/^floor listening on .*:\([0-9]*\)$/\1/p' "$WORK/$name.out")
   [ -n "$FLOOR_PORT" ] || fail "$name did not print its address within 10 s: $(cat "$WORK/$name.log")"
 }
 start_floor floor

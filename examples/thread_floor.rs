@@ -19,7 +19,8 @@
 //! `benches/compare-redis.sh` runs all three, as its `floor`, `floor-hop` and `floor-hop-yield`
 //! rows.
 //!
-//! It prints `listening on ADDR` once it accepts connections.
+//! It prints `floor listening on ADDR` once it accepts connections, as ringkv's servers print
+//! theirs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -42,8 +43,8 @@ struct Args {
     /// most client connections at once; more are closed at once (default 1024)
     #[argh(option, default = "1024")]
     max_connections: usize,
-    /// put one hop between the connections and the map: a backend thread behind one shared
-    /// loopback connection (see `Hop`)
+    /// put one hop between the connections and the map: backend threads, each behind one
+    /// loopback connection that every client connection shares (see `Hop`)
     #[argh(switch)]
     hop: bool,
     /// with --hop: the number of backend threads, each behind its own connection (default 1)
@@ -72,10 +73,7 @@ struct Map {
 impl Map {
     fn shard(&self, key: &[u8]) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<u8>>> {
         let index = self.hasher.hash_one(key) as usize % SHARDS;
-        // A thread that panicked holding a shard left a map that is still whole.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[index])
     }
 }
 
@@ -95,7 +93,7 @@ fn main() -> io::Result<()> {
     } else {
         None
     };
-    println!("listening on {}", listener.local_addr()?);
+    println!("floor listening on {}", listener.local_addr()?);
     io::stdout().flush()?;
     let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
@@ -231,6 +229,8 @@ enum Ended {
     ByLastReply,
 }
 
+/// A thread that panicked holding a lock left what it guards whole: every change under these
+/// locks is a single insert, remove or append.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

@@ -7,12 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::process::{run_bounded, ChildGuard, Finished};
+use common::process::{run_bounded, Finished, Server};
 use common::resp::{bulk, multibulk, ok, Conn, Resp};
 use common::{client, cluster, BOUND};
 use ringkv::{Entry, Routing};
@@ -375,25 +374,13 @@ fn thread_floor_answers_set_get_ping_and_config_like_redis() {
 }
 
 fn thread_floor_answers_like_redis(mode: &[&str]) {
-    let mut child = ChildGuard(
-        Command::new(example("thread_floor"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(mode)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut first = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr: std::net::SocketAddr = first
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("expected the listening line, got {first:?}"))
-        .parse()
-        .unwrap();
+    let args: Vec<&str> = ["--listen", "127.0.0.1:0"]
+        .iter()
+        .chain(mode)
+        .copied()
+        .collect();
+    let server = Server::start_program(&example("thread_floor"), &args);
+    let addr: std::net::SocketAddr = server.listening("floor").parse().unwrap();
 
     let mut conn = Conn::open(addr);
     assert_eq!(conn.cmd(&["GET", "k"]), Resp::Nil);

@@ -129,13 +129,19 @@ pub struct Server {
 impl Server {
     /// Starts `ringkv` with `args`.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        Server::start_program(std::path::Path::new(env!("CARGO_BIN_EXE_ringkv")), args)
+    }
+
+    /// Starts `program` (a binary or an example that prints `{role} listening on ADDR` lines)
+    /// with `args`.
+    pub fn start_program(program: &std::path::Path, args: &[&str]) -> Server {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start ringkv {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {} {args:?}: {e}", program.display()));
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let (tx, lines) = mpsc::channel();
