@@ -239,13 +239,14 @@ const ATTEMPTS: usize = 3;
 struct Wave {
     started: Instant,
     /// Lent for the whole wave, so that its tags' `below` holds.
-    writers: Vec<Writer>,
+    writers: LentWriters,
+    /// Each request's write tag; empty when the wave tags none.
     tags: Vec<Option<WriteTag>>,
     answers: Vec<Option<Frame>>,
-    /// Which requests are sent again after a failure (and marked so).
+    /// Which requests are sent again after a failure (and marked so); empty until one is.
     resends: Vec<bool>,
-    /// The requests the next attempt sends.
-    todo: Vec<usize>,
+    /// The requests the next attempt sends; `None`: every one (the first attempt).
+    todo: Option<Vec<usize>>,
     ring: Arc<Ring>,
     /// Attempts made before the next one.
     attempt: usize,
@@ -312,40 +313,14 @@ impl Forward {
     }
 }
 
-/// What settling an attempt needs to know of each frame it sent.
-struct SentMeta {
-    /// The request's index in its wave.
-    index: usize,
-    /// Its backend's index in the wave's view.
-    node: usize,
-    /// The view epoch it carried.
-    epoch: u64,
-    /// Whether it may be sent again after a failure ([`Forward::may_resend`]).
-    resendable: bool,
-}
-
-impl SentMeta {
-    fn of(sent: &Sent) -> Vec<SentMeta> {
-        sent.iter()
-            .map(|(index, node, forward)| SentMeta {
-                index: *index,
-                node: *node,
-                epoch: forward.epoch,
-                resendable: forward.may_resend(),
-            })
-            .collect()
-    }
-}
-
 /// A wave whose first attempt went over the shared links and whose answers call for more
 /// than the reading thread may do (send again, wait for a view): a retry worker's job.
 struct Retry {
     state: Arc<FrontendState>,
-    /// Shared with the first attempt's frames, which are encoded from them.
-    requests: Arc<Vec<Frame>>,
+    requests: Vec<Frame>,
     wave: Wave,
     /// The first attempt's frames, answers, and those of them never written.
-    meta: Vec<SentMeta>,
+    sent: Sent,
     results: Vec<Result<Frame>>,
     unsent: Vec<usize>,
     then: AnswersThen,
@@ -368,29 +343,23 @@ impl Retry {
                 let mut results = std::mem::take(&mut self.results);
                 let unsent: Vec<usize> = std::mem::take(&mut self.unsent);
                 if !unsent.is_empty() {
-                    let ring = Arc::clone(&self.wave.ring);
-                    let frames: Vec<(usize, Forward)> = unsent
+                    let ring = &self.wave.ring;
+                    let again: Vec<usize> = unsent
+                        .into_iter()
+                        .filter(|&k| k < self.sent.len())
+                        .collect();
+                    let calls: Vec<(&str, FrameRef<'_>)> = again
                         .iter()
-                        .filter_map(|&k| {
-                            let meta = self.meta.get(k)?;
-                            Some((k, state.to_backend(&self.wave, &self.requests, meta.index)))
+                        .map(|&k| {
+                            let (index, node, forward) = &self.sent[k];
+                            (ring.node(*node), forward.frame(&self.requests[*index]))
                         })
                         .collect();
-                    let calls: Vec<(&str, FrameRef<'_>)> = frames
-                        .iter()
-                        .map(|(k, forward)| {
-                            let meta = &self.meta[*k];
-                            (
-                                ring.node(meta.node),
-                                forward.frame(&self.requests[meta.index]),
-                            )
-                        })
-                        .collect();
-                    for ((k, _), answer) in frames.iter().zip(state.peers.call_batch_refs(&calls)) {
-                        results[*k] = answer;
+                    for (&k, answer) in again.iter().zip(state.peers.call_batch_refs(&calls)) {
+                        results[k] = answer;
                     }
                 }
-                state.wave_settle(&self.requests, &mut self.wave, &self.meta, results)
+                state.wave_settle(&self.requests, &mut self.wave, &self.sent, results)
             }
         };
         self.finish_settled(settled);
@@ -402,8 +371,7 @@ impl Retry {
         if state.wave_next(&self.requests, &mut self.wave, settled) {
             state.wave_run(&self.requests, &mut self.wave);
         }
-        let answers = state.wave_finish(&self.requests, self.wave);
-        (self.then)(answers);
+        state.finish_counted(&self.requests, self.wave, self.then);
     }
 }
 
@@ -459,12 +427,47 @@ impl Writers {
     }
 }
 
+/// The writers a wave holds: most waves hold one or none, which takes no list.
+#[derive(Default)]
+struct LentWriters {
+    first: Option<Writer>,
+    more: Vec<Writer>,
+}
+
+impl LentWriters {
+    /// Lends one more writer from `writers`; the one now lent last.
+    fn lend_another(&mut self, writers: &Writers) -> &mut Writer {
+        let writer = writers.lend();
+        match &mut self.first {
+            None => self.first.insert(writer),
+            Some(_) => {
+                self.more.push(writer);
+                self.more.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    /// The writer lent last, if any.
+    fn last_mut(&mut self) -> Option<&mut Writer> {
+        match self.more.last_mut() {
+            Some(writer) => Some(writer),
+            None => self.first.as_mut(),
+        }
+    }
+
+    fn give_back(self, writers: &Writers) {
+        for writer in self.first.into_iter().chain(self.more) {
+            writers.give_back(writer);
+        }
+    }
+}
+
 /// Tags for the untagged writes of `requests`, from writers lent from `writers` into `lent`:
 /// a writer for each [`dedup::PER_CLIENT`] writes, so that no client id has more writes
 /// unanswered at once than a backend remembers of one.
 fn tag_writes(
     writers: &Writers,
-    lent: &mut Vec<Writer>,
+    lent: &mut LentWriters,
     requests: &[Frame],
 ) -> Vec<Option<WriteTag>> {
     let mut below = 0;
@@ -476,9 +479,7 @@ fn tag_writes(
                 return None;
             }
             if tagged_by_last == dedup::PER_CLIENT {
-                let writer = writers.lend();
-                below = writer.next;
-                lent.push(writer);
+                below = lent.lend_another(writers).next;
                 tagged_by_last = 0;
             }
             let writer = lent.last_mut()?;
@@ -879,7 +880,7 @@ impl FrontendState {
     /// yet, and a hop limit that only stops loops, never a request on its way.
     fn to_backend(&self, wave: &Wave, requests: &[Frame], index: usize) -> Forward {
         let (ring, request) = (&wave.ring, &requests[index]);
-        let tag = wave.tags[index].as_ref();
+        let tag = wave.tags.get(index).and_then(Option::as_ref);
         let opcode = match (tag, request.opcode) {
             (None, opcode) => opcode,
             (Some(_), Opcode::DELETE) => Opcode::DELETE_ONCE,
@@ -895,7 +896,7 @@ impl FrontendState {
             tag: tag.map(WriteTag::bytes),
             value_from: 0,
         };
-        if wave.resends[index] {
+        if wave.resends.get(index) == Some(&true) {
             forward.mark_resent(request);
         }
         forward
@@ -944,8 +945,7 @@ impl FrontendState {
         loop {
             let sent = self.wave_attempt(requests, wave);
             let results = self.peers.call_batch_refs(&wave.calls(requests, &sent));
-            let meta = SentMeta::of(&sent);
-            let settled = self.wave_settle(requests, wave, &meta, results);
+            let settled = self.wave_settle(requests, wave, &sent, results);
             if !self.wave_next(requests, wave, settled) {
                 return;
             }
@@ -965,32 +965,22 @@ impl FrontendState {
         let mut wave = self.wave_begin(&requests);
         let sent = self.wave_attempt(&requests, &mut wave);
         if sent.is_empty() {
-            then(self.wave_finish(&requests, wave));
-            return;
+            return self.finish_counted(&requests, wave, then);
         }
-        let meta = SentMeta::of(&sent);
-        let ring = Arc::clone(&wave.ring);
-        let requests = Arc::new(requests);
-        let shared = Arc::clone(&requests);
-        let calls: Vec<(&str, FrameRef<'_>)> = sent
-            .iter()
-            .map(|(index, node, forward)| (ring.node(*node), forward.frame(&shared[*index])))
-            .collect();
-        mux.call_batch_then(
-            &calls,
-            Box::new(move |results, unsent| {
-                let retry = Retry {
-                    state: Arc::clone(&me),
-                    requests,
-                    wave,
-                    meta,
-                    results,
-                    unsent,
-                    then,
-                };
-                me.after_first_attempt(retry)
-            }),
-        );
+        // The frames are encoded before this returns, so the completion may own their parts.
+        let sending = mux.call_batch_start(&wave.calls(&requests, &sent));
+        sending.then(Box::new(move |results, unsent| {
+            let retry = Retry {
+                state: Arc::clone(&me),
+                requests,
+                wave,
+                sent,
+                results,
+                unsent,
+                then,
+            };
+            me.after_first_attempt(retry)
+        }));
     }
 
     /// A wave's first answers, in the thread that read the last of them: finished here if
@@ -1001,10 +991,9 @@ impl FrontendState {
         // Frames never written are sent again by the worker before the attempt is settled.
         let settled = if retry.unsent.is_empty() {
             let results = std::mem::take(&mut retry.results);
-            let settled = self.wave_settle(&retry.requests, &mut retry.wave, &retry.meta, results);
+            let settled = self.wave_settle(&retry.requests, &mut retry.wave, &retry.sent, results);
             if settled.is_empty() {
-                let answers = self.wave_finish(&retry.requests, retry.wave);
-                return (retry.then)(answers);
+                return self.finish_counted(&retry.requests, retry.wave, retry.then);
             }
             Some(settled)
         } else {
@@ -1018,10 +1007,9 @@ impl FrontendState {
         if let Some(RetryJob { mut retry, settled }) = refused {
             if settled.is_none() {
                 let results = std::mem::take(&mut retry.results);
-                self.wave_settle(&retry.requests, &mut retry.wave, &retry.meta, results);
+                self.wave_settle(&retry.requests, &mut retry.wave, &retry.sent, results);
             }
-            let answers = self.wave_finish(&retry.requests, retry.wave);
-            (retry.then)(answers);
+            self.finish_counted(&retry.requests, retry.wave, retry.then);
         }
     }
 
@@ -1030,19 +1018,19 @@ impl FrontendState {
         let writes = requests
             .iter()
             .any(|r| matches!(r.opcode, Opcode::PUT | Opcode::DELETE));
-        let mut writers = Vec::new();
+        let mut writers = LentWriters::default();
         let tags = if self.safe_retries && writes {
             tag_writes(&self.writers, &mut writers, requests)
         } else {
-            vec![None; requests.len()]
+            Vec::new()
         };
         Wave {
             started: Instant::now(),
             writers,
             tags,
             answers: vec![None; requests.len()],
-            resends: vec![false; requests.len()],
-            todo: (0..requests.len()).collect(),
+            resends: Vec::new(),
+            todo: None,
             ring: self.view.get(),
             attempt: 0,
             random: 0,
@@ -1054,8 +1042,12 @@ impl FrontendState {
     fn wave_attempt(&self, requests: &[Frame], wave: &mut Wave) -> Sent {
         let ring = Arc::clone(&wave.ring);
         wave.random = self.random_entry(&ring);
-        let mut sent: Sent = Vec::with_capacity(wave.todo.len());
-        for &index in &wave.todo {
+        let todo = wave.todo.take();
+        let todo = todo.as_deref();
+        let mut sent: Sent = Vec::with_capacity(todo.map_or(requests.len(), <[usize]>::len));
+        // In request order, so that the requests of one key keep theirs (`todo` is sorted).
+        let sends = |index: &usize| todo.is_none_or(|todo| todo.binary_search(index).is_ok());
+        for index in (0..requests.len()).filter(sends) {
             let request = &requests[index];
             match self.entry_node(&ring, request, wave.random) {
                 Some(node) => sent.push((index, node, self.to_backend(wave, requests, index))),
@@ -1079,17 +1071,16 @@ impl FrontendState {
         &self,
         requests: &[Frame],
         wave: &mut Wave,
-        sent: &[SentMeta],
+        sent: &[(usize, usize, Forward)],
         results: Vec<Result<Frame>>,
     ) -> Settled {
         let last = wave.attempt + 1 == ATTEMPTS;
         // Refused for the epoch: sent again in any case. Failed: only under a newer view.
         let mut settled = Settled::default();
         let ring = Arc::clone(&wave.ring);
-        for (sent, result) in sent.iter().zip(results) {
-            let index = &sent.index;
+        for ((index, node, forward), result) in sent.iter().zip(results) {
             let request = &requests[*index];
-            let addr = ring.node(sent.node);
+            let addr = ring.node(*node);
             match result {
                 Ok(answer)
                     if !last
@@ -1108,9 +1099,9 @@ impl FrontendState {
                     if answer.status == Status::UNAVAILABLE && request.opcode != Opcode::GET {
                         // A chain left the write unacknowledged: the head blocks the key
                         // until the next view.
-                        self.view.want_epoch_after(sent.epoch);
+                        self.view.want_epoch_after(forward.epoch);
                     }
-                    if !last && answer.status == Status::UNAVAILABLE && sent.resendable {
+                    if !last && answer.status == Status::UNAVAILABLE && forward.may_resend() {
                         settled.failed.push(*index);
                     }
                     wave.answers[*index] = Some(answer);
@@ -1121,7 +1112,7 @@ impl FrontendState {
                 }
                 Err(e) => {
                     self.peers.forget(addr);
-                    if !last && sent.resendable {
+                    if !last && forward.may_resend() {
                         settled.failed.push(*index);
                     }
                     wave.answers[*index] = Some(request.error_reply(
@@ -1154,11 +1145,13 @@ impl FrontendState {
                 wave.ring = newer;
                 // Marked as sent again, so that a head that cannot remember that far back
                 // refuses it rather than apply it twice.
+                if !failed.is_empty() {
+                    wave.resends.resize(requests.len(), false);
+                }
                 for &index in &failed {
                     wave.resends[index] = true;
                 }
                 refused.extend(failed);
-                refused.sort_unstable();
             }
             Some(newer) => {
                 wave.ring = newer;
@@ -1174,16 +1167,28 @@ impl FrontendState {
                 }
             }
         }
-        wave.todo = refused;
+        refused.sort_unstable();
+        wave.todo = Some(refused);
         wave.attempt += 1;
         wave.attempt < ATTEMPTS
     }
 
+    /// [`wave_finish`](Self::wave_finish) for a wave sent without waiting, its requests and
+    /// latency counted as [`handle_batch`](Handler::handle_batch) counts a waiting batch's.
+    fn finish_counted(&self, requests: &[Frame], wave: Wave, then: AnswersThen) {
+        let started = wave.started;
+        let answers = self.wave_finish(requests, wave);
+        let elapsed = started.elapsed();
+        for answer in &answers {
+            self.requests.count(answer.opcode, answer.status);
+        }
+        self.requests.latency.observe(answers.len() as u64, elapsed);
+        then(answers)
+    }
+
     /// The wave's answers, under the clients' request ids and opcodes.
     fn wave_finish(&self, requests: &[Frame], wave: Wave) -> Vec<Frame> {
-        for writer in wave.writers {
-            self.writers.give_back(writer);
-        }
+        wave.writers.give_back(&self.writers);
         wave.answers
             .into_iter()
             .zip(requests)
@@ -1297,20 +1302,6 @@ impl Handler for FrontendState {
         if !sendable || self.answering != Answering::Direct {
             return then(self.handle_batch(requests));
         }
-        let started = Instant::now();
-        let opcodes: Vec<Opcode> = requests.iter().map(|r| r.opcode).collect();
-        let counted = Arc::clone(&me);
-        let then: AnswersThen = Box::new(move |answers: Vec<Frame>| {
-            let elapsed = started.elapsed();
-            for (opcode, answer) in opcodes.iter().zip(&answers) {
-                counted.requests.count(*opcode, answer.status);
-            }
-            counted
-                .requests
-                .latency
-                .observe(opcodes.len() as u64, elapsed);
-            then(answers)
-        });
         self.start_wave(me, mux, requests, then);
     }
 
@@ -1531,7 +1522,7 @@ mod tests {
             write(Opcode::DELETE),
         ];
         let writers = Writers::default();
-        let mut lent = Vec::new();
+        let mut lent = LentWriters::default();
         let first = tag_writes(&writers, &mut lent, &batch);
         assert!(first[1].is_none(), "a read is not tagged");
         let (a, b) = (first[0].unwrap(), first[2].unwrap());
@@ -1539,18 +1530,19 @@ mod tests {
         assert_eq!(b.seq, a.seq + 1);
         let busy = writers.lend();
         assert_ne!(busy.client, a.client, "two batches at once are two clients");
-        writers.give_back(lent.pop().unwrap());
+        lent.give_back(&writers);
+        let mut lent = LentWriters::default();
         let c = tag_writes(&writers, &mut lent, &batch[..1])[0].unwrap();
         assert_eq!((c.client, c.seq, c.below), (a.client, b.seq + 1, b.seq + 1));
 
         // A batch of more writes than a backend remembers of one client takes one more.
         let many = vec![write(Opcode::PUT); dedup::PER_CLIENT + 1];
-        let mut lent = Vec::new();
+        let mut lent = LentWriters::default();
         let tags: Vec<WriteTag> = tag_writes(&writers, &mut lent, &many)
             .into_iter()
             .map(Option::unwrap)
             .collect();
-        assert_eq!(lent.len(), 2);
+        assert!(lent.first.is_some() && lent.more.len() == 1, "two writers");
         let (first, last) = (tags[0], tags[dedup::PER_CLIENT]);
         assert!(tags[..dedup::PER_CLIENT]
             .iter()

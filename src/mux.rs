@@ -240,13 +240,6 @@ impl Ticket {
         })
     }
 
-    /// A batch whose answers go to `then` instead of a waiting caller.
-    fn new_then(len: usize, then: Then) -> Arc<Ticket> {
-        let ticket = Ticket::new(len);
-        *lock(&ticket.then) = Some(then);
-        ticket
-    }
-
     /// Called with no link's lock held: the last answer may run the batch's `then`, which may
     /// put requests on the same links.
     fn fill(&self, index: usize, answer: Result<Frame>, unsent: bool) {
@@ -293,6 +286,30 @@ impl Ticket {
             };
         }
         true
+    }
+}
+
+/// A batch sent by [`MuxPool::call_batch_start`], its completion not yet named.
+#[must_use = "its answers are dropped unless `then` names what is done with them"]
+pub struct Sending {
+    ticket: Arc<Ticket>,
+}
+
+impl Sending {
+    /// Hands the batch's answers to `then`: in the thread of whichever link fills in the last
+    /// one, or in this one if they are all in already.
+    pub fn then(self, then: Then) {
+        let mut state = lock(&self.ticket.state);
+        if state.missing > 0 {
+            // Set under the state's lock, which the last answer's `fill` takes first: so
+            // either it finds `then` here, or this finds every answer in.
+            *lock(&self.ticket.then) = Some(then);
+            return;
+        }
+        let answers = state.take_answers();
+        let unsent = std::mem::take(&mut state.unsent);
+        drop(state);
+        then(answers, unsent);
     }
 }
 
@@ -365,12 +382,16 @@ impl MuxPool {
     /// if every request failed at once). It must not block. A request that failed before its
     /// bytes were written is not sent again here: `then` is told which, and may send it.
     pub fn call_batch_then(&self, calls: &[(&str, FrameRef<'_>)], then: Then) {
-        if calls.is_empty() {
-            // No answer would ever come to fill in the last one.
-            return then(Vec::new(), Vec::new());
-        }
-        let ticket = Ticket::new_then(calls.len(), then);
+        self.call_batch_start(calls).then(then);
+    }
+
+    /// [`MuxPool::call_batch_then`] in two steps: the requests are on their way when this
+    /// returns, so what the completion owns need not outlive the frames borrowed in `calls`
+    /// (it may own them), and [`Sending::then`] names the completion.
+    pub fn call_batch_start(&self, calls: &[(&str, FrameRef<'_>)]) -> Sending {
+        let ticket = Ticket::new(calls.len());
         self.submit(calls, &all_indexes(calls.len()), &ticket, |_| {});
+        Sending { ticket }
     }
 
     /// Puts the requests at `indexes` onto their peers' links, handing each link used to
@@ -1060,5 +1081,38 @@ pub(crate) mod tests {
         let pool = pool(Duration::from_secs(5));
         let answers = pool.call_batch(&[(&addr, &get(1, "a")), (&addr, &get(2, "b"))]);
         assert!(answers.iter().all(Result::is_err), "{answers:?}");
+    }
+
+    #[test]
+    fn a_completion_named_after_every_answer_is_in_runs_at_once_in_the_naming_thread() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let pool = pool(Duration::from_secs(5));
+        // A refused connection fails both requests before `call_batch_start` returns.
+        let (a, b) = (get(1, "a"), get(2, "b"));
+        let sending = pool.call_batch_start(&[(&addr, a.borrowed()), (&addr, b.borrowed())]);
+        let here = std::thread::current().id();
+        let ran = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&ran);
+        sending.then(Box::new(move |answers, unsent| {
+            let failed = answers.iter().filter(|a| a.is_err()).count();
+            *lock(&seen) = Some((std::thread::current().id(), failed, unsent.len()));
+        }));
+        let ran = lock(&ran).take();
+        assert_eq!(
+            ran,
+            Some((here, 2, 0)),
+            "ran before `then` returned, in this thread"
+        );
+
+        // A batch of none has nothing to wait for either.
+        let (done, got) = std::sync::mpsc::channel();
+        pool.call_batch_start(&[])
+            .then(Box::new(move |answers, unsent| {
+                done.send((answers.len(), unsent.len())).unwrap()
+            }));
+        assert_eq!(got.try_recv(), Ok((0, 0)));
     }
 }
