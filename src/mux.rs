@@ -634,6 +634,7 @@ impl Link {
         ticket: &Arc<Ticket>,
         timeouts: &Timeouts,
     ) {
+        let now = Instant::now();
         let first = {
             let mut inflight = lock(&self.inflight);
             // An idle link may have been closed by the peer a moment ago, before the reader
@@ -654,7 +655,6 @@ impl Link {
                 return;
             }
             let first = inflight.next_id;
-            let now = Instant::now();
             inflight.next_id += indexes.len() as u64;
             inflight.last_sent = now;
             for (k, &index) in indexes.iter().enumerate() {
@@ -679,7 +679,7 @@ impl Link {
             }
         };
         let ids = first..first + indexes.len() as u64;
-        self.write(encode, ids, calls.len() == 1, timeouts);
+        self.write(encode, ids, calls.len() == 1, now + timeouts.io);
     }
 
     /// Has `encode` append frames to what is pending and, if no one is writing, writes until
@@ -693,10 +693,9 @@ impl Link {
         encode: impl FnOnce(&mut Vec<u8>),
         ids: std::ops::Range<u64>,
         lone: bool,
-        timeouts: &Timeouts,
+        deadline: Instant,
     ) {
         let mut out = lock(&self.out);
-        let deadline = Instant::now() + timeouts.io;
         while out.writing && out.pending.len() >= MOST_PENDING {
             let now = Instant::now();
             if now >= deadline {

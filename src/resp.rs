@@ -31,7 +31,7 @@ use crate::budget::{Held, MemoryBudget};
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
-use crate::server::outbox::{self, Finished, Outbox};
+use crate::server::outbox::{self, AnswerOnce, Outbox};
 use crate::server::{
     value_reads_per_batch, write_all_within, Activity, Handler, RecentLargest, Registry,
     ServerHandle, ServerOptions,
@@ -1720,7 +1720,9 @@ impl<'a> Batch<'a> {
                 }
             }
         };
-        replies(door, self.planned, answers.as_deref())
+        let mut out = Vec::new();
+        replies(door, self.planned, answers.as_deref(), &mut out);
+        out
     }
 
     /// Hands every frame of the batch to the handler without waiting for the answers: the
@@ -1730,27 +1732,26 @@ impl<'a> Batch<'a> {
         self.client.last_batch = (self.frames.len(), self.planned.len());
         let sent = self.frames.len();
         let number = outbox.begin(sent);
+        let planned = self.planned;
         if sent == 0 {
-            let bytes = replies(door, self.planned, Some(&[]));
-            outbox.finish(number, finished(bytes, 0, &[]));
+            outbox.finish(number, 0, 0, |out| replies(door, planned, Some(&[]), out));
             return;
         }
-        // Taken by whichever makes the replies: the answers, or a handler that panicked.
-        let planned = Arc::new(std::sync::Mutex::new(Some(self.planned)));
-        let then = {
+        // Answered once: with the handler's answers, or, if it panics or drops the batch,
+        // every command that had frames with INTERNAL.
+        let reply = {
             let door = Arc::clone(door);
             let outbox = Arc::clone(outbox);
-            let planned = Arc::clone(&planned);
-            Box::new(move |answers: Vec<Frame>| {
-                let Some(planned) = take_planned(&planned) else {
-                    return;
-                };
-                let answers = checked_answers(&door, sent, answers);
-                let bytes = replies(&door, planned, answers.as_deref());
-                let finished = finished(bytes, sent, answers.as_deref().unwrap_or(&[]));
-                outbox.finish(number, finished);
+            AnswerOnce::new(move |answers: Option<Vec<Frame>>| {
+                let answers = answers.and_then(|answers| checked_answers(&door, sent, answers));
+                let answers = answers.as_deref();
+                let largest = answers.map_or(0, outbox::largest_get);
+                outbox.finish(number, sent, largest, |out| {
+                    replies(&door, planned, answers, out)
+                });
             })
         };
+        let then: crate::server::AnswersThen = Box::new(move |answers| reply.answer(answers));
         let handler = &*door.handler;
         let frames = self.frames;
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1759,18 +1760,7 @@ impl<'a> Batch<'a> {
         .is_err()
         {
             log::error!("resp: the request handler panicked; answering INTERNAL");
-            if let Some(planned) = take_planned(&planned) {
-                let bytes = replies(door, planned, None);
-                outbox.finish(number, finished(bytes, sent, &[]));
-            }
         }
-    }
-}
-
-fn take_planned(slot: &std::sync::Mutex<Option<Vec<Planned>>>) -> Option<Vec<Planned>> {
-    match slot.lock() {
-        Ok(mut planned) => planned.take(),
-        Err(poisoned) => poisoned.into_inner().take(),
     }
 }
 
@@ -1790,24 +1780,9 @@ fn checked_answers(door: &Door, sent: usize, answers: Vec<Frame>) -> Option<Vec<
     Some(answers)
 }
 
-/// A batch's replies for the [`Outbox`]: `bytes`, answering `sent` frames.
-fn finished(bytes: Vec<u8>, sent: usize, answers: &[Frame]) -> Finished {
-    let largest = answers
-        .iter()
-        .filter(|a| a.opcode == Opcode::GET)
-        .map(|a| a.value.len())
-        .max()
-        .unwrap_or(0);
-    Finished {
-        bytes,
-        requests: sent,
-        largest,
-    }
-}
-
 /// The replies of a batch's commands, in order, from the answers to its frames (`None`: the
 /// handler failed, and every command that had frames is answered INTERNAL).
-fn replies(door: &Door, planned: Vec<Planned>, answers: Option<&[Frame]>) -> Vec<u8> {
+fn replies(door: &Door, planned: Vec<Planned>, answers: Option<&[Frame]>, out: &mut Vec<u8>) {
     // Room for the usual replies at once: a value and its framing, or a short status.
     let values: usize = answers.map_or(0, |a| a.iter().map(|f| f.value.len()).sum());
     let ready: usize = planned
@@ -1817,7 +1792,7 @@ fn replies(door: &Door, planned: Vec<Planned>, answers: Option<&[Frame]>) -> Vec
             Planned::Frames { .. } => 0,
         })
         .sum();
-    let mut out = Vec::with_capacity(values + ready + 16 * planned.len());
+    out.reserve(values + ready + 16 * planned.len());
     for planned in planned {
         match planned {
             Planned::Ready(bytes) => out.extend_from_slice(&bytes),
@@ -1826,14 +1801,11 @@ fn replies(door: &Door, planned: Vec<Planned>, answers: Option<&[Frame]>) -> Vec
                 count,
                 finish,
             } => match answers {
-                Some(answers) => {
-                    finish_reply(door, finish, &answers[first..first + count], &mut out)
-                }
-                None => reply::error(&mut out, "ERR INTERNAL: the server failed on this request"),
+                Some(answers) => finish_reply(door, finish, &answers[first..first + count], out),
+                None => reply::error(out, "ERR INTERNAL: the server failed on this request"),
             },
         }
     }
-    out
 }
 
 /// Writes the replies no other thread is writing, with the full write timeout; false if the
@@ -1862,8 +1834,16 @@ fn wait_until_answered(
     (timeout, io): (Duration, Duration),
     peer: &str,
 ) -> bool {
+    let mut write = |owed: Vec<u8>| write_replies(stream, &owed, io, peer);
+    // Most often every earlier batch is answered already: no deadline to reckon.
+    if !outbox.write_owed(&mut write) {
+        return false;
+    }
+    if !outbox.busy() {
+        return true;
+    }
     let until = Instant::now() + timeout;
-    if outbox.drain(until, |owed| write_replies(stream, &owed, io, peer)) {
+    if outbox.drain(until, write) {
         return true;
     }
     if !outbox.broken() && Instant::now() >= until {
@@ -2450,10 +2430,16 @@ fn serve_connection(mut stream: TcpStream, door: &Arc<Door>, activity: Activity)
         if more_buffered {
             continue;
         }
+        // Just read above if this pass took requests.
+        let now = if whole > 0 {
+            idle_since
+        } else {
+            Instant::now()
+        };
         if parser.has_partial() {
-            partial_since.get_or_insert_with(Instant::now);
+            partial_since.get_or_insert(now);
         }
-        let deadline = partial_since.unwrap_or_else(Instant::now) + timeouts.frame;
+        let deadline = partial_since.unwrap_or(now) + timeouts.frame;
         // While replies are on their way, the thread wakes often, to write what a finishing
         // thread could not; once a short wait finds nothing on its way, it waits long again.
         let busy = outbox.as_ref().is_some_and(|o| o.busy());

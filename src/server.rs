@@ -18,7 +18,7 @@ use crate::pool::{Backlog, ThreadPool};
 use crate::protocol::{self, Frame, Kind, Limits, Opcode, Status};
 
 pub(crate) mod outbox;
-use outbox::{Finished, Outbox};
+use outbox::{AnswerOnce, Outbox};
 
 /// Settings every server has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1240,36 +1240,28 @@ fn hand_on(
         outbox.exempt_from_budget();
     }
     if accepted.is_empty() {
-        outbox.finish(number, Finished::frames(&merge(answers, Vec::new())));
+        outbox.finish_frames(number, &merge(answers, Vec::new()));
     } else {
-        // Taken by whichever makes the answers: the handler's, or a handler that panicked.
-        let slot = Arc::new(Mutex::new(Some(answers)));
-        let take_answers = |slot: &Mutex<Option<_>>| match slot.lock() {
-            Ok(mut answers) => answers.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        let then = {
+        // Answered once: by the handler, or, if it panics or drops the batch, with INTERNAL.
+        let reply = {
             let outbox = Arc::clone(outbox);
             let serving = Arc::clone(serving);
-            let slot = Arc::clone(&slot);
-            Box::new(move |handled: Vec<Frame>| {
-                let Some(answers) = take_answers(&slot) else {
-                    return;
-                };
-                let finished = Finished::frames(&merge(answers, handled));
-                serving.largest_answer.note(finished.largest);
-                outbox.finish(number, finished)
+            AnswerOnce::new(move |handled: Option<Vec<Frame>>| {
+                let answers = merge(answers, handled.unwrap_or_default());
+                let largest = outbox::largest_get(&answers);
+                serving.largest_answer.note(largest);
+                outbox.finish(number, answers.len(), largest, |out| {
+                    outbox::encode_frames(&answers, out)
+                })
             })
         };
+        let then: AnswersThen = Box::new(move |handled| reply.answer(handled));
         let handler = &*serving.handler;
         let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handler.start_batch(accepted, then)
         }));
         if started.is_err() {
             log::error!("a request handler panicked; answering INTERNAL");
-            if let Some(answers) = take_answers(&slot) {
-                outbox.finish(number, Finished::frames(&merge(answers, Vec::new())));
-            }
         }
     }
     if conn.session.locked_out() {

@@ -69,30 +69,62 @@ struct State {
     largest_answer: usize,
 }
 
-/// A batch's encoded answers, and what they answer.
-pub(crate) struct Finished {
-    pub(crate) bytes: Vec<u8>,
+/// A batch's encoded answers, finished ahead of an earlier batch.
+struct Finished {
+    bytes: Vec<u8>,
     /// The requests they answer.
-    pub(crate) requests: usize,
+    requests: usize,
     /// The largest GET answer among them.
-    pub(crate) largest: usize,
+    largest: usize,
 }
 
-impl Finished {
-    /// The answers to a batch of frames, encoded.
-    pub(crate) fn frames(answers: &[Frame]) -> Finished {
-        let mut bytes = Vec::with_capacity(answers.iter().map(Frame::encoded_len).sum());
-        let mut largest = 0;
-        for answer in answers {
-            if answer.opcode == Opcode::GET {
-                largest = largest.max(answer.value.len());
-            }
-            answer.encode_into(&mut bytes);
+/// The largest value among `answers` to GET.
+pub(crate) fn largest_get(answers: &[Frame]) -> usize {
+    answers
+        .iter()
+        .filter(|a| a.opcode == Opcode::GET)
+        .map(|a| a.value.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Appends `answers`, encoded, to `out`.
+pub(crate) fn encode_frames(answers: &[Frame], out: &mut Vec<u8>) {
+    out.reserve(answers.iter().map(Frame::encoded_len).sum());
+    for answer in answers {
+        answer.encode_into(out);
+    }
+}
+
+/// Calls its finish once: with the handler's answers when they come ([`AnswerOnce::answer`]),
+/// or with none if it is dropped first, as when the handler panicked or lost the batch. So a
+/// batch handed on is always answered, and what the finish needs is kept in no shared slot.
+pub(crate) struct AnswerOnce<F: FnOnce(Option<Vec<Frame>>)> {
+    finish: Option<F>,
+}
+
+impl<F: FnOnce(Option<Vec<Frame>>)> AnswerOnce<F> {
+    pub(crate) fn new(finish: F) -> AnswerOnce<F> {
+        AnswerOnce {
+            finish: Some(finish),
         }
-        Finished {
-            bytes,
-            requests: answers.len(),
-            largest,
+    }
+
+    pub(crate) fn answer(mut self, answers: Vec<Frame>) {
+        if let Some(finish) = self.finish.take() {
+            finish(Some(answers));
+        }
+    }
+}
+
+impl<F: FnOnce(Option<Vec<Frame>>)> Drop for AnswerOnce<F> {
+    fn drop(&mut self) {
+        if let Some(finish) = self.finish.take() {
+            if !std::thread::panicking() {
+                // A panic is logged where it is caught.
+                log::error!("a batch was dropped unanswered; answering INTERNAL");
+            }
+            finish(None);
         }
     }
 }
@@ -125,14 +157,40 @@ impl Outbox {
         state.next_batch - 1
     }
 
-    /// The answers of batch `batch`: written, with every batch before it, as far as the
-    /// socket takes them now. A batch finished twice keeps its first answers.
-    pub(crate) fn finish(&self, batch: u64, answers: Finished) {
+    /// The answers of batch `batch`, to `requests` requests, the largest GET value among
+    /// them `largest`, as `encode` appends them: written, with every batch before it, as far
+    /// as the socket takes them now. A batch finished twice keeps its first answers.
+    ///
+    /// `encode` runs under the outbox's lock: for the batch that goes out next (most are),
+    /// it encodes straight into what is written.
+    pub(crate) fn finish(
+        &self,
+        batch: u64,
+        requests: usize,
+        largest: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
         let mut state = lock(&self.state);
         if batch < state.next_out || state.finished.contains_key(&batch) {
             return;
         }
-        state.finished.insert(batch, answers);
+        if batch == state.next_out && !state.broken {
+            encode(&mut state.out);
+            state.next_out += 1;
+            state.requests = state.requests.saturating_sub(requests);
+            state.largest_answer = state.largest_answer.max(largest);
+        } else {
+            let mut bytes = Vec::new();
+            if !state.broken {
+                encode(&mut bytes);
+            }
+            let answers = Finished {
+                bytes,
+                requests,
+                largest,
+            };
+            state.finished.insert(batch, answers);
+        }
         while let Some(mut done) = {
             let next = state.next_out;
             state.finished.remove(&next)
@@ -193,6 +251,13 @@ impl Outbox {
         let owed = state.out.len();
         state.held.cover_now(owed);
         self.wake(&mut state);
+    }
+
+    /// [`finish`](Self::finish) with the answers to a batch of frames.
+    pub(crate) fn finish_frames(&self, batch: u64, answers: &[Frame]) {
+        self.finish(batch, answers.len(), largest_get(answers), |out| {
+            encode_frames(answers, out)
+        });
     }
 
     fn wake(&self, state: &mut State) {
@@ -370,13 +435,13 @@ mod tests {
         let outbox = Outbox::new(server);
         let first = outbox.begin(2);
         let second = outbox.begin(1);
-        outbox.finish(second, Finished::frames(&[answer(3, b"c".to_vec())]));
+        outbox.finish_frames(second, &[answer(3, b"c".to_vec())]);
         assert!(outbox.busy(), "the first batch is still out");
         let answers = [answer(1, b"a".to_vec()), answer(2, b"b".to_vec())];
-        outbox.finish(first, Finished::frames(&answers));
+        outbox.finish_frames(first, &answers);
         // Finished twice: the first answers stand.
         let again = [answer(9, Vec::new()), answer(9, Vec::new())];
-        outbox.finish(first, Finished::frames(&again));
+        outbox.finish_frames(first, &again);
         assert!(!outbox.busy());
         let ids: Vec<u64> = read_answers(&client, 3)
             .iter()
@@ -394,7 +459,7 @@ mod tests {
         let big = vec![5u8; 16 << 20];
         let batch = outbox.begin(1);
         // Nobody reads: the finishing thread writes what fits and returns.
-        outbox.finish(batch, Finished::frames(&[answer(1, big.clone())]));
+        outbox.finish_frames(batch, &[answer(1, big.clone())]);
         assert!(outbox.busy(), "answers are owed");
         let reader = std::thread::spawn(move || read_answers(&client, 1));
         let owed = outbox.take_owed().expect("owed bytes");
@@ -405,6 +470,28 @@ mod tests {
         let got = reader.join().unwrap();
         assert_eq!(got[0].value.len(), big.len());
         assert!(got[0].value == big);
+    }
+
+    #[test]
+    fn a_batch_dropped_unanswered_is_finished_with_none_and_an_answered_one_once() {
+        let (done, got) = std::sync::mpsc::channel();
+        let sender = done.clone();
+        let answered = AnswerOnce::new(move |answers: Option<Vec<Frame>>| {
+            sender.send(answers.map(|a| a.len())).unwrap()
+        });
+        answered.answer(vec![answer(1, Vec::new())]);
+        assert_eq!(got.try_recv(), Ok(Some(1)));
+        assert!(got.try_recv().is_err(), "finished once");
+        // As when a handler panics holding the batch's completion.
+        let lost = AnswerOnce::new(move |answers: Option<Vec<Frame>>| {
+            done.send(answers.map(|a| a.len())).unwrap()
+        });
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _held = lost;
+            panic!("a handler failed");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(got.try_recv(), Ok(None));
     }
 
     #[test]
