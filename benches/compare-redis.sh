@@ -48,26 +48,13 @@ VALUE_SIZE=32
 KEYSPACE=100000
 PIPELINES=(1 16)
 
-say() { printf '%s\n' "$*" >&2; }
-fail() {
-  say "compare-redis: $*"
-  exit 1
-}
+SCRIPT=compare-redis
+. benches/servers.sh
 
 # --- tools -------------------------------------------------------------------------------------
-missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-{ command -v redis-benchmark && command -v redis-cli; } >/dev/null 2>&1 || missing+=(redis-tools)
-command -v nutcracker >/dev/null 2>&1 || missing+=(nutcracker)
-install_packages() {
-  say "installing $* from Debian's packages"
-  local sudo=()
-  [ "$(id -u)" = 0 ] || sudo=(sudo)
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null
-}
-[ "${ETCD:-0}" = 1 ] && ! command -v etcd >/dev/null 2>&1 && missing+=(etcd-server)
-((${#missing[@]} == 0)) || install_packages "${missing[@]}"
+extra=()
+[ "${ETCD:-0}" = 1 ] && ! command -v etcd >/dev/null 2>&1 && extra+=(etcd-server)
+need_redis_and_twemproxy "${extra[@]}"
 
 say "building ringkv (release)"
 cargo build --release --quiet --bins --example thread_floor
@@ -75,132 +62,21 @@ RINGKV=target/release/ringkv
 KVCLI=target/release/kvcli
 FLOOR=target/release/examples/thread_floor
 
-# --- processes and cleanup ---------------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/compare-redis.XXXXXX")
-STARTED=()
-cleanup() {
-  local pid
-  for pid in "${STARTED[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${STARTED[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Ports are drawn below Linux's ephemeral range, so that no outgoing connection of the
-# benchmark holds one, and each is checked to have no listener.
-declare -A HANDED_OUT=()
-PORT=
-next_free_port() {
-  local candidate
-  for _ in $(seq 1000); do
-    candidate=$((20000 + RANDOM % 12000))
-    [ -z "${HANDED_OUT[$candidate]:-}" ] || continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
-      HANDED_OUT[$candidate]=1
-      PORT=$candidate
-      return
-    fi
-  done
-  fail "no free port found"
-}
-
-wait_for_port() {
-  local port=$1 what=$2
-  for _ in $(seq 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return
-    fi
-    sleep 0.05
-  done
-  fail "$what did not listen on port $port within 10 s"
-}
-
-LAST_PID=
-start_redis() {
-  local port=$1 name=$2
-  mkdir -p "$WORK/$name"
-  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$WORK/$name" \
-    --daemonize no --logfile "$WORK/$name/redis.log" &
-  LAST_PID=$!
-  STARTED+=("$LAST_PID")
-  wait_for_port "$port" "redis-server $name"
-}
-
 # --- servers -----------------------------------------------------------------------------------
 next_free_port
 REDIS_PORT=$PORT
 start_redis "$REDIS_PORT" redis
 REDIS_PIDS=$LAST_PID
-
-SHARDS=()
-for i in 1 2 3; do
-  next_free_port
-  SHARDS+=("$PORT")
-  start_redis "$PORT" "shard$i"
-  TWEMPROXY_PIDS="${TWEMPROXY_PIDS:+$TWEMPROXY_PIDS,}$LAST_PID"
-done
-next_free_port
-TWEMPROXY_PORT=$PORT
-next_free_port
-TWEMPROXY_STATS_PORT=$PORT
-cat >"$WORK/nutcracker.yml" <<EOF
-ringkv_compare:
-  listen: 127.0.0.1:$TWEMPROXY_PORT
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  auto_eject_hosts: false
-  servers:
-   - 127.0.0.1:${SHARDS[0]}:1
-   - 127.0.0.1:${SHARDS[1]}:1
-   - 127.0.0.1:${SHARDS[2]}:1
-EOF
-nutcracker -c "$WORK/nutcracker.yml" -s "$TWEMPROXY_STATS_PORT" -a 127.0.0.1 \
-  -o "$WORK/nutcracker.log" &
-STARTED+=($!)
-TWEMPROXY_PIDS="$TWEMPROXY_PIDS,$!"
-wait_for_port "$TWEMPROXY_PORT" nutcracker
-
-RUST_LOG=warn "$RINGKV" local --backends 3 --replicas 1 --listen 127.0.0.1:0 --resp-listen 127.0.0.1:0 \
-  >"$WORK/ringkv.out" 2>"$WORK/ringkv.log" &
-STARTED+=($!)
-RINGKV_PIDS=$!
-for _ in $(seq 300); do
-  grep -q '^resp listening on ' "$WORK/ringkv.out" 2>/dev/null && break
-  sleep 0.1
-done
-grep -q '^resp listening on ' "$WORK/ringkv.out" ||
-  fail "ringkv local did not print its RESP address within 30 s: $(cat "$WORK/ringkv.log")"
-RINGKV_NATIVE=$(sed -n 's/^frontend listening on //p' "$WORK/ringkv.out")
-RINGKV_PORT=$(sed -n 's/^resp listening on .*:\([0-9]*\)$/\1/p' "$WORK/ringkv.out")
-
-# Starts the floor server with the flags given; FLOOR_PORT and LAST_PID are its port and pid.
-FLOOR_PORT=
-start_floor() {
-  local name=$1
-  shift
-  "$FLOOR" --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
-  LAST_PID=$!
-  STARTED+=("$LAST_PID")
-  for _ in $(seq 100); do
-    grep -q '^floor listening on ' "$WORK/$name.out" 2>/dev/null && break
-    sleep 0.1
-  done
-  FLOOR_PORT=$(sed -n 's/^floor listening on .*:\([0-9]*\)$/\1/p' "$WORK/$name.out")
-  [ -n "$FLOOR_PORT" ] || fail "$name did not print its address within 10 s: $(cat "$WORK/$name.log")"
-}
-start_floor floor
+start_twemproxy
+start_ringkv_local "$RINGKV"
+RINGKV_PIDS=$LAST_PID
+start_floor "$FLOOR" floor
 FLOOR_PIDS=$LAST_PID
 FLOOR_DIRECT_PORT=$FLOOR_PORT
-start_floor floor-hop --hop --backends 3
+start_floor "$FLOOR" floor-hop --hop --backends 3
 FLOOR_HOP_PIDS=$LAST_PID
 FLOOR_HOP_PORT=$FLOOR_PORT
-start_floor floor-hop-yield --hop --backends 3 --lone-yield
+start_floor "$FLOOR" floor-hop-yield --hop --backends 3 --lone-yield
 FLOOR_YIELD_PIDS=$LAST_PID
 FLOOR_YIELD_PORT=$FLOOR_PORT
 
