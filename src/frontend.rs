@@ -25,6 +25,7 @@ use crate::resp::{self, RespServer};
 use crate::ring::{default_replicas, Placement, Ring, Routing, View, DEFAULT_PLACEMENT};
 use crate::rng::Rng;
 use crate::server::{self, AnswersThen, Dispatch, Handler, ServerHandle, ServerOptions};
+use smallvec::SmallVec;
 
 /// Which backend the frontend hands a request to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +242,7 @@ struct Wave {
     /// Lent for the whole wave, so that its tags' `below` holds.
     writers: LentWriters,
     /// Each request's write tag; empty when the wave tags none.
-    tags: Vec<Option<WriteTag>>,
+    tags: Tags,
     answers: Vec<Option<Frame>>,
     /// Which requests are sent again after a failure (and marked so); empty until one is.
     resends: Vec<bool>,
@@ -256,11 +257,20 @@ struct Wave {
 
 /// An attempt's frames: the request's index in its wave, its backend's index in the wave's
 /// view, how the request is forwarded.
-type Sent = Vec<(usize, usize, Forward)>;
+///
+/// Most batches are one request (a client at pipeline 1): these lists, and the wave's tags, keep
+/// one inline instead of allocating for it.
+type Sent = SmallVec<[(usize, usize, Forward); 1]>;
+
+/// Each request's write tag (see [`Wave::tags`]).
+type Tags = SmallVec<[Option<WriteTag>; 1]>;
+
+/// An attempt's frames with their backends' addresses, as the peers take them.
+type Calls<'a> = SmallVec<[(&'a str, FrameRef<'a>); 1]>;
 
 impl Wave {
     /// An attempt's frames with their backends' addresses, as the peers take them.
-    fn calls<'a>(&'a self, requests: &'a [Frame], sent: &'a Sent) -> Vec<(&'a str, FrameRef<'a>)> {
+    fn calls<'a>(&'a self, requests: &'a [Frame], sent: &'a Sent) -> Calls<'a> {
         sent.iter()
             .map(|(index, node, forward)| (self.ring.node(*node), forward.frame(&requests[*index])))
             .collect()
@@ -465,11 +475,7 @@ impl LentWriters {
 /// Tags for the untagged writes of `requests`, from writers lent from `writers` into `lent`:
 /// a writer for each [`dedup::PER_CLIENT`] writes, so that no client id has more writes
 /// unanswered at once than a backend remembers of one.
-fn tag_writes(
-    writers: &Writers,
-    lent: &mut LentWriters,
-    requests: &[Frame],
-) -> Vec<Option<WriteTag>> {
+fn tag_writes(writers: &Writers, lent: &mut LentWriters, requests: &[Frame]) -> Tags {
     let mut below = 0;
     let mut tagged_by_last = dedup::PER_CLIENT;
     requests
@@ -1022,7 +1028,7 @@ impl FrontendState {
         let tags = if self.safe_retries && writes {
             tag_writes(&self.writers, &mut writers, requests)
         } else {
-            Vec::new()
+            Tags::new()
         };
         Wave {
             started: Instant::now(),
@@ -1044,7 +1050,7 @@ impl FrontendState {
         wave.random = self.random_entry(&ring);
         let todo = wave.todo.take();
         let todo = todo.as_deref();
-        let mut sent: Sent = Vec::with_capacity(todo.map_or(requests.len(), <[usize]>::len));
+        let mut sent = Sent::with_capacity(todo.map_or(requests.len(), <[usize]>::len));
         // In request order, so that the requests of one key keep theirs (`todo` is sorted).
         let sends = |index: &usize| todo.is_none_or(|todo| todo.binary_search(index).is_ok());
         for index in (0..requests.len()).filter(sends) {

@@ -838,6 +838,9 @@ enum Finish {
     Info(InfoSections),
 }
 
+/// A batch's commands. Most batches are one command (a client at pipeline 1), kept inline.
+type PlannedList = smallvec::SmallVec<[Planned; 1]>;
+
 /// A command of a batch: its reply, or the frames whose answers make it.
 enum Planned {
     Ready(Vec<u8>),
@@ -1009,7 +1012,7 @@ impl Client {
 struct Batch<'a> {
     door: &'a Door,
     frames: Vec<Frame>,
-    planned: Vec<Planned>,
+    planned: PlannedList,
     client: &'a mut Client,
     /// GET frames in the batch, and how many it may hold (see [`value_reads_per_batch`]).
     value_reads: usize,
@@ -1022,7 +1025,7 @@ impl<'a> Batch<'a> {
         Batch {
             door,
             frames: Vec::with_capacity(frames.min(MAX_BATCH_FRAMES)),
-            planned: Vec::with_capacity(commands.min(MAX_BATCH_REQUESTS)),
+            planned: PlannedList::with_capacity(commands.min(MAX_BATCH_REQUESTS)),
             client,
             value_reads: 0,
             // While the in-flight budget is taken, one large value at a time.
@@ -1782,7 +1785,7 @@ fn checked_answers(door: &Door, sent: usize, answers: Vec<Frame>) -> Option<Vec<
 
 /// The replies of a batch's commands, in order, from the answers to its frames (`None`: the
 /// handler failed, and every command that had frames is answered INTERNAL).
-fn replies(door: &Door, planned: Vec<Planned>, answers: Option<&[Frame]>, out: &mut Vec<u8>) {
+fn replies(door: &Door, planned: PlannedList, answers: Option<&[Frame]>, out: &mut Vec<u8>) {
     // Room for the usual replies at once: a value and its framing, or a short status.
     let values: usize = answers.map_or(0, |a| a.iter().map(|f| f.value.len()).sum());
     let ready: usize = planned

@@ -172,6 +172,28 @@ impl WriteWindows {
         }
     }
 
+    /// `client`'s window in `shard`, made if there is room for it ([`make_room`](Self::make_room)
+    /// with `force`); `None` if there is none. One look-up while the shard has room.
+    fn window<'s>(
+        &self,
+        shard: &'s mut HashMap<u64, ClientWindow>,
+        client: u64,
+        now: Instant,
+        force: bool,
+    ) -> Option<&'s mut ClientWindow> {
+        if shard.len() >= self.per_shard
+            && !shard.contains_key(&client)
+            && !self.make_room(shard, now, force)
+        {
+            return None;
+        }
+        Some(
+            shard
+                .entry(client)
+                .or_insert_with(|| ClientWindow::new(now)),
+        )
+    }
+
     /// Room for one more client in `shard`: the longest-idle client goes, if it has been idle
     /// long enough, or if `force` (a chain member must record what it applied). False when
     /// there is none to spare.
@@ -203,13 +225,7 @@ impl WriteWindows {
 
     fn check_at(&self, tag: &WriteTag, now: Instant) -> Seen {
         let mut shard = self.shard(tag.client);
-        if !shard.contains_key(&tag.client) {
-            if !self.make_room(&mut shard, now, false) {
-                return Seen::Full;
-            }
-            shard.insert(tag.client, ClientWindow::new(now));
-        }
-        let Some(window) = shard.get_mut(&tag.client) else {
+        let Some(window) = self.window(&mut shard, tag.client, now, false) else {
             return Seen::Full;
         };
         window.advance(tag.below, now);
@@ -229,11 +245,7 @@ impl WriteWindows {
     pub fn record(&self, tag: &WriteTag, status: Status, acknowledged: bool) {
         let now = Instant::now();
         let mut shard = self.shard(tag.client);
-        if !shard.contains_key(&tag.client) {
-            self.make_room(&mut shard, now, true);
-            shard.insert(tag.client, ClientWindow::new(now));
-        }
-        let Some(window) = shard.get_mut(&tag.client) else {
+        let Some(window) = self.window(&mut shard, tag.client, now, true) else {
             return;
         };
         window.advance(tag.below, now);
