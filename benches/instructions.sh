@@ -94,14 +94,14 @@ echo "# $REQUESTS requests counted after $WARMUP not counted; $CLIENTS clients, 
 awk '
   { ir[$1, $2, $3] = $4 }
   END {
-    printf "%-5s %-8s %12s %12s %16s %18s %14s\n", "test", "pipeline", "twemproxy", "ringkv",
-      "floor-hop-yield", "ringkv/twemproxy", "ringkv/floor"
+    printf "%-5s %-8s %12s %12s %16s %18s %24s\n", "test", "pipeline", "twemproxy", "ringkv",
+      "floor-hop-yield", "ringkv/twemproxy", "ringkv/floor-hop-yield"
     split("1 16", pipelines, " "); split("SET GET", tests, " ")
     for (p = 1; p <= 2; p++) for (t = 1; t <= 2; t++) {
       tw = ir["twemproxy", pipelines[p], tests[t]]
       rk = ir["ringkv", pipelines[p], tests[t]]
       fl = ir["floor-hop-yield", pipelines[p], tests[t]]
-      printf "%-5s %-8s %12d %12d %16d %18.2f %14.2f\n", tests[t], pipelines[p], tw, rk, fl,
+      printf "%-5s %-8s %12d %12d %16d %18.2f %24.2f\n", tests[t], pipelines[p], tw, rk, fl,
         tw ? rk / tw : 0, fl ? rk / fl : 0
     }
   }
