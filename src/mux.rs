@@ -935,6 +935,12 @@ pub(crate) mod tests {
         MuxPool::new(1, timeouts, Limits::default(), Credentials::default())
     }
 
+    /// An address nothing listens on: a listener's, closed.
+    fn closed_addr() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
     fn get(id: u64, key: &str) -> Frame {
         Frame::request(Opcode::GET, id, key.as_bytes().to_vec(), Vec::new())
     }
@@ -1073,10 +1079,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_refused_connection_fails_each_call() {
-        let addr = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().to_string()
-        };
+        let addr = closed_addr();
         let pool = pool(Duration::from_secs(5));
         let answers = pool.call_batch(&[(&addr, &get(1, "a")), (&addr, &get(2, "b"))]);
         assert!(answers.iter().all(Result::is_err), "{answers:?}");
@@ -1084,10 +1087,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_completion_named_after_every_answer_is_in_runs_at_once_in_the_naming_thread() {
-        let addr = {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().to_string()
-        };
+        let addr = closed_addr();
         let pool = pool(Duration::from_secs(5));
         // A refused connection fails both requests before `call_batch_start` returns.
         let (a, b) = (get(1, "a"), get(2, "b"));
