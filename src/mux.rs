@@ -115,6 +115,24 @@ struct Peer {
     turn: AtomicUsize,
 }
 
+impl Peer {
+    /// The slot the next caller uses: the links take turns.
+    fn next_turn(&self) -> usize {
+        match self.slots.len() {
+            1 => 0,
+            n => self.turn.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// The link in slot `turn`, if it is open and has not failed.
+    fn live(&self, turn: usize) -> Option<Arc<Link>> {
+        read(&self.slots[turn])
+            .as_ref()
+            .filter(|link| !link.has_failed())
+            .cloned()
+    }
+}
+
 /// One socket and what is in flight on it.
 struct Link {
     addr: String,
@@ -470,22 +488,33 @@ impl MuxPool {
 
     /// A live link to `addr`, opened if need be.
     fn link(&self, addr: &str) -> Result<Arc<Link>> {
-        let known = read(&self.peers).get(addr).cloned();
-        let peer = match known {
-            Some(peer) => peer,
+        // Every request's thread comes here. The usual case, a live link, writes to no line
+        // the other threads share beyond the read lock and the link's count: the peer is not
+        // counted a user, and with one link a peer no turn is taken.
+        let known = {
+            let peers = read(&self.peers);
+            match peers.get(addr) {
+                Some(peer) => {
+                    let turn = peer.next_turn();
+                    match peer.live(turn) {
+                        Some(link) => return Ok(link),
+                        None => Some((Arc::clone(peer), turn)),
+                    }
+                }
+                None => None,
+            }
+        };
+        let (peer, turn) = match known {
+            Some(known) => known,
             None => {
                 let mut peers = write(&self.peers);
                 let entry = peers.entry(addr.to_string());
-                Arc::clone(entry.or_insert_with(|| self.new_peer()))
+                let peer = Arc::clone(entry.or_insert_with(|| self.new_peer()));
+                let turn = peer.next_turn();
+                (peer, turn)
             }
         };
-        let turn = peer.turn.fetch_add(1, Ordering::Relaxed) % peer.slots.len();
-        let live = || {
-            read(&peer.slots[turn])
-                .as_ref()
-                .filter(|link| !link.has_failed())
-                .cloned()
-        };
+        let live = || peer.live(turn);
         if let Some(link) = live() {
             return Ok(link);
         }
