@@ -1048,8 +1048,9 @@ impl FrontendState {
     fn wave_attempt(&self, requests: &[Frame], wave: &mut Wave) -> Sent {
         let ring = Arc::clone(&wave.ring);
         wave.random = self.random_entry(&ring);
-        let todo = wave.todo.take();
-        let todo = todo.as_deref();
+        // Taken out while the wave notes the answers of requests it cannot send, then put back.
+        let todo_list = wave.todo.take();
+        let todo = todo_list.as_deref();
         let mut sent = Sent::with_capacity(todo.map_or(requests.len(), <[usize]>::len));
         // In request order, so that the requests of one key keep theirs (`todo` is sorted).
         let sends = |index: &usize| todo.is_none_or(|todo| todo.binary_search(index).is_ok());
@@ -1069,6 +1070,7 @@ impl FrontendState {
                 }
             }
         }
+        wave.todo = todo_list;
         sent
     }
 
