@@ -7,8 +7,10 @@
 #   ringkv           `ringkv local --backends 3 --replicas 1` through its RESP door
 #   floor-hop-yield  examples/thread_floor.rs with ringkv's shape of hop and none of its work
 #
-# Unlike a timed run, a count does not move with the machine's load: run it before and after a
-# change to see what the change did to the work done per request. What it leaves out: the
+# Unlike a timed run, a count moves little with the machine's load (about 2% from run to run on
+# an idle machine; other work beside it makes requests queue more, and lowers it a few percent):
+# run it before and after a change, on an idle machine, to see what the change did to the work
+# done per request. What it leaves out: the
 # kernel's work (system calls, wake-ups: most of the CPU time at pipeline 1, see
 # compare-redis.sh), cache misses, and waiting. Under callgrind a process runs one thread at a
 # time and many times slower, so requests queue more than at full speed and a server that
