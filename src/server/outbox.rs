@@ -69,6 +69,16 @@ struct State {
     largest_answer: usize,
 }
 
+impl State {
+    /// Batch `next_out`, of `requests` requests whose largest GET value is `largest`, has
+    /// its answers in `out` (or dropped, once broken).
+    fn next_is_out(&mut self, requests: usize, largest: usize) {
+        self.next_out += 1;
+        self.requests = self.requests.saturating_sub(requests);
+        self.largest_answer = self.largest_answer.max(largest);
+    }
+}
+
 /// A batch's encoded answers, finished ahead of an earlier batch.
 struct Finished {
     bytes: Vec<u8>,
@@ -174,11 +184,12 @@ impl Outbox {
         if batch < state.next_out || state.finished.contains_key(&batch) {
             return;
         }
-        if batch == state.next_out && !state.broken {
-            encode(&mut state.out);
-            state.next_out += 1;
-            state.requests = state.requests.saturating_sub(requests);
-            state.largest_answer = state.largest_answer.max(largest);
+        // Once broken, nobody will write answers: they are not encoded.
+        if batch == state.next_out {
+            if !state.broken {
+                encode(&mut state.out);
+            }
+            state.next_is_out(requests, largest);
         } else {
             let mut bytes = Vec::new();
             if !state.broken {
@@ -191,16 +202,13 @@ impl Outbox {
             };
             state.finished.insert(batch, answers);
         }
-        while let Some(mut done) = {
+        while let Some(done) = {
             let next = state.next_out;
             state.finished.remove(&next)
         } {
-            state.next_out += 1;
-            state.requests = state.requests.saturating_sub(done.requests);
-            state.largest_answer = state.largest_answer.max(done.largest);
+            state.next_is_out(done.requests, done.largest);
             if state.broken {
-                // Nobody will write them.
-                done.bytes = Vec::new();
+                continue;
             }
             if state.out.is_empty() {
                 state.out = done.bytes;
