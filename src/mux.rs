@@ -45,6 +45,7 @@ use crate::auth::Credentials;
 use crate::connection::{Connection, FrameReader, ReadError, Timeouts};
 use crate::error::{Error, Result};
 use crate::protocol::{Frame, FrameRef, Limits, Status};
+use smallvec::SmallVec;
 
 /// Most bytes that may wait to be written on one link; a caller that finds more waits for the
 /// writer to take them.
@@ -428,15 +429,18 @@ impl MuxPool {
                 return self.submit_to(addr, calls, indexes, ticket, &mut used);
             }
         }
-        let mut by_peer: Vec<(&str, Vec<usize>)> = Vec::new();
+        // Inline lists: a batch of a pipeline grew a list per peer a push at a time.
+        let mut peers: SmallVec<[&str; 8]> = SmallVec::new();
         for &index in indexes {
             let addr = calls[index].0;
-            match by_peer.iter_mut().find(|(a, _)| *a == addr) {
-                Some((_, group)) => group.push(index),
-                None => by_peer.push((addr, vec![index])),
+            if !peers.contains(&addr) {
+                peers.push(addr);
             }
         }
-        for (addr, group) in by_peer {
+        let mut group: SmallVec<[usize; 64]> = SmallVec::new();
+        for addr in peers {
+            group.clear();
+            group.extend(indexes.iter().copied().filter(|&i| calls[i].0 == addr));
             self.submit_to(addr, calls, &group, ticket, &mut used);
         }
     }
