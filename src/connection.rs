@@ -57,6 +57,90 @@ pub enum ReadError {
     Io(io::Error),
 }
 
+/// Byte buffers of requests already answered, for a connection's thread to read its next
+/// requests into. That thread allocates every request's key and value, and the thread that
+/// finishes the batch would free them: so the first never finds freed memory in its
+/// allocator's per-thread cache, and the second overflows its own; both take the allocator's
+/// slow path, and with it the lock of an arena shared with other threads. Bounded: at most
+/// [`SpareBuffers::MOST`] buffers of at most [`SpareBuffers::LARGEST`] bytes, and
+/// [`SpareBuffers::BYTES`] in all.
+#[derive(Default)]
+pub struct SpareBuffers {
+    /// The next to be taken last.
+    buffers: Vec<Vec<u8>>,
+    /// The capacity of `buffers` in all.
+    bytes: usize,
+}
+
+impl SpareBuffers {
+    /// The largest buffer kept: a larger one is freed.
+    pub const LARGEST: usize = 512;
+    /// The most buffers kept.
+    pub const MOST: usize = 256;
+    /// The most bytes kept in all.
+    pub const BYTES: usize = 8 * 1024;
+
+    /// Keeps the keys and values of `requests` there is room for, taken in request order
+    /// (the first request's key first), so that a like request finds a buffer of its size.
+    pub fn keep_from(&mut self, requests: &mut [Frame]) {
+        for request in requests.iter_mut().rev() {
+            self.keep(&mut request.value);
+            self.keep(&mut request.key);
+        }
+    }
+
+    fn keep(&mut self, buffer: &mut Vec<u8>) {
+        let capacity = buffer.capacity();
+        if capacity == 0
+            || capacity > Self::LARGEST
+            || self.bytes + capacity > Self::BYTES
+            || self.buffers.len() >= Self::MOST
+        {
+            return;
+        }
+        self.bytes += capacity;
+        self.buffers.push(std::mem::take(buffer));
+    }
+
+    /// A kept buffer holding `bytes`, or a new one if none is kept.
+    pub fn filled_with(&mut self, bytes: &[u8]) -> Vec<u8> {
+        match self.take() {
+            Some(mut buffer) => {
+                buffer.extend_from_slice(bytes);
+                buffer
+            }
+            None => bytes.to_vec(),
+        }
+    }
+
+    /// A kept buffer, empty, if there is one.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        let mut buffer = self.buffers.pop()?;
+        self.bytes -= buffer.capacity();
+        buffer.clear();
+        Some(buffer)
+    }
+
+    /// Whether no buffer is kept.
+    pub fn is_empty(&self) -> bool {
+        self.buffers.is_empty()
+    }
+
+    /// Moves `other`'s buffers here, as many as there is room for (all of them, if this holds
+    /// none: the usual case, with no copying).
+    pub fn take_from(&mut self, other: &mut SpareBuffers) {
+        if self.buffers.is_empty() {
+            std::mem::swap(self, other);
+            return;
+        }
+        while let Some(buffer) = other.buffers.pop() {
+            other.bytes -= buffer.capacity();
+            let mut buffer = buffer;
+            self.keep(&mut buffer);
+        }
+    }
+}
+
 /// Reads frames from a byte stream, keeping what has arrived of the next one.
 pub struct FrameReader {
     buf: Vec<u8>,
@@ -71,6 +155,8 @@ pub struct FrameReader {
     last_read: Instant,
     /// What `buf` counts against the in-flight budget, if it counts.
     held: Held,
+    /// Buffers handed back by the thread that finished earlier frames, to decode into.
+    spare: SpareBuffers,
 }
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -88,6 +174,7 @@ impl FrameReader {
             frame_started: None,
             last_read: Instant::now(),
             held: Held::exempt(),
+            spare: SpareBuffers::default(),
         }
     }
 
@@ -101,6 +188,12 @@ impl FrameReader {
     /// No longer counts against a budget (the peer turned out to be a cluster member).
     pub fn exempt_from_budget(&mut self) {
         self.held.exempt_from_now();
+    }
+
+    /// The buffers it decodes keys and values into before it allocates any: a connection's
+    /// thread fills them with those of its requests that another thread answered.
+    pub fn spare(&mut self) -> &mut SpareBuffers {
+        &mut self.spare
     }
 
     /// Bytes received and not yet returned as frames.
@@ -142,7 +235,15 @@ impl FrameReader {
     ) -> std::result::Result<Option<Frame>, ReadError> {
         loop {
             let pending = &self.buf[self.start..self.end];
-            match protocol::decode(pending, self.max_frame) {
+            let spare = &mut self.spare;
+            let owned = |bytes: &[u8]| {
+                if bytes.is_empty() {
+                    Vec::new()
+                } else {
+                    spare.filled_with(bytes)
+                }
+            };
+            match protocol::decode_with(pending, self.max_frame, owned) {
                 Ok(Some((frame, used))) => {
                     self.start += used;
                     self.frame_started = if self.start == self.end {
@@ -510,6 +611,62 @@ fn peer_is_quiet(stream: &TcpStream) -> bool {
 mod tests {
     use super::*;
     use crate::protocol::Opcode;
+
+    fn spare_put(key: &[u8], value: &[u8]) -> Frame {
+        Frame::request(Opcode::PUT, 1, key.to_vec(), value.to_vec())
+    }
+
+    #[test]
+    fn spare_buffers_keep_no_more_than_their_bounds() {
+        let mut spare = SpareBuffers::default();
+        let mut many: Vec<Frame> = (0..2 * SpareBuffers::MOST)
+            .map(|i| spare_put(format!("{i:04}").as_bytes(), b""))
+            .collect();
+        spare.keep_from(&mut many);
+        assert_eq!(spare.buffers.len(), SpareBuffers::MOST);
+        let mut large: Vec<Frame> = (0..64)
+            .map(|_| spare_put(&[1; SpareBuffers::LARGEST], b""))
+            .collect();
+        let mut other = SpareBuffers::default();
+        other.keep_from(&mut large);
+        assert!(other.bytes <= SpareBuffers::BYTES);
+        assert_eq!(
+            other.buffers.len(),
+            SpareBuffers::BYTES / SpareBuffers::LARGEST
+        );
+        // Moved into one that holds some: only what fits.
+        spare.take();
+        spare.take_from(&mut other);
+        assert!(spare.buffers.len() <= SpareBuffers::MOST);
+        assert!(spare.bytes <= SpareBuffers::BYTES);
+        assert!(other.is_empty() && other.bytes == 0);
+        let total: usize = spare.buffers.iter().map(Vec::capacity).sum();
+        assert_eq!(total, spare.bytes);
+    }
+
+    #[test]
+    fn frames_are_decoded_into_spare_buffers_before_new_ones() {
+        let mut bytes = Vec::new();
+        Frame::request(Opcode::PUT, 7, b"key".to_vec(), b"value".to_vec()).encode_into(&mut bytes);
+        Frame::request(Opcode::GET, 8, b"other".to_vec(), Vec::new()).encode_into(&mut bytes);
+        let mut reader = FrameReader::new(1 << 20, Duration::from_secs(5));
+        let mut answered = vec![spare_put(&[0; 30], &[0; 60])];
+        reader.spare().keep_from(&mut answered);
+        let mut src = &bytes[..];
+        let first = reader.read_frame(&mut src).unwrap().unwrap();
+        assert_eq!(
+            (&first.key[..], &first.value[..]),
+            (&b"key"[..], &b"value"[..])
+        );
+        assert_eq!((first.key.capacity(), first.value.capacity()), (30, 60));
+        // An empty value takes no buffer; the rest are allocated as before.
+        let second = reader.read_frame(&mut src).unwrap().unwrap();
+        assert_eq!(
+            (&second.key[..], second.value.capacity()),
+            (&b"other"[..], 0)
+        );
+        assert!(reader.spare().is_empty());
+    }
 
     /// Hands out its bytes a few at a time, like a slow socket.
     struct Trickle {

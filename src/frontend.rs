@@ -381,7 +381,7 @@ impl Retry {
         if state.wave_next(&self.requests, &mut self.wave, settled) {
             state.wave_run(&self.requests, &mut self.wave);
         }
-        state.finish_counted(&self.requests, self.wave, self.then);
+        state.finish_counted(self.requests, self.wave, self.then);
     }
 }
 
@@ -971,7 +971,7 @@ impl FrontendState {
         let mut wave = self.wave_begin(&requests);
         let sent = self.wave_attempt(&requests, &mut wave);
         if sent.is_empty() {
-            return self.finish_counted(&requests, wave, then);
+            return self.finish_counted(requests, wave, then);
         }
         // The frames are encoded before this returns, so the completion may own their parts.
         let sending = mux.call_batch_start(&wave.calls(&requests, &sent));
@@ -999,7 +999,7 @@ impl FrontendState {
             let results = std::mem::take(&mut retry.results);
             let settled = self.wave_settle(&retry.requests, &mut retry.wave, &retry.sent, results);
             if settled.is_empty() {
-                return self.finish_counted(&retry.requests, retry.wave, retry.then);
+                return self.finish_counted(retry.requests, retry.wave, retry.then);
             }
             Some(settled)
         } else {
@@ -1015,7 +1015,7 @@ impl FrontendState {
                 let results = std::mem::take(&mut retry.results);
                 self.wave_settle(&retry.requests, &mut retry.wave, &retry.sent, results);
             }
-            self.finish_counted(&retry.requests, retry.wave, retry.then);
+            self.finish_counted(retry.requests, retry.wave, retry.then);
         }
     }
 
@@ -1183,15 +1183,16 @@ impl FrontendState {
 
     /// [`wave_finish`](Self::wave_finish) for a wave sent without waiting, its requests and
     /// latency counted as [`handle_batch`](Handler::handle_batch) counts a waiting batch's.
-    fn finish_counted(&self, requests: &[Frame], wave: Wave, then: AnswersThen) {
+    /// The requests go back with the answers, for the door to read its next ones into.
+    fn finish_counted(&self, requests: Vec<Frame>, wave: Wave, then: AnswersThen) {
         let started = wave.started;
-        let answers = self.wave_finish(requests, wave);
+        let answers = self.wave_finish(&requests, wave);
         let elapsed = started.elapsed();
         for answer in &answers {
             self.requests.count(answer.opcode, answer.status);
         }
         self.requests.latency.observe(answers.len() as u64, elapsed);
-        then(answers)
+        then(answers, requests)
     }
 
     /// The wave's answers, under the clients' request ids and opcodes.
@@ -1301,14 +1302,14 @@ impl Handler for FrontendState {
     /// [`FrontendState::start_wave`]); any other batch is answered here.
     fn start_batch(&self, requests: Vec<Frame>, then: AnswersThen) {
         let (Some(me), Some(mux)) = (self.me.upgrade(), self.peers.mux()) else {
-            return then(self.handle_batch(requests));
+            return then(self.handle_batch(requests), Vec::new());
         };
         let sendable = requests
             .iter()
             .all(|r| is_key_request(r.opcode) && !r.key.is_empty())
             && crate::cluster::chain::is_one_wave(&requests);
         if !sendable || self.answering != Answering::Direct {
-            return then(self.handle_batch(requests));
+            return then(self.handle_batch(requests), Vec::new());
         }
         self.start_wave(me, mux, requests, then);
     }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Session;
 use crate::budget::{Held, MemoryBudget};
+use crate::connection::SpareBuffers;
 use crate::error::{Error, Result};
 use crate::protocol::payload::{self, NodeReport};
 use crate::protocol::{Frame, Limits, Opcode, Status};
@@ -166,6 +167,8 @@ pub struct Parser {
     /// request is read into it, so that its list and short arguments the caller did not take
     /// (a command's name) are not allocated again.
     spare: Vec<Vec<u8>>,
+    /// Buffers of answered requests to read arguments into ([`SpareBuffers`]).
+    buffers: SpareBuffers,
 }
 
 /// Memory an argument takes besides its bytes, counted against [`RequestLimits::max_request`].
@@ -187,6 +190,7 @@ impl Parser {
             held: Held::exempt(),
             chunk: Vec::new(),
             spare: Vec::new(),
+            buffers: SpareBuffers::default(),
         }
     }
 
@@ -412,10 +416,15 @@ impl Parser {
             if let Some(partial) = &mut self.partial {
                 match partial.args.get_mut(partial.filled) {
                     Some(spare) => {
+                        if spare.capacity() < bytes.len() {
+                            if let Some(buffer) = self.buffers.take() {
+                                *spare = buffer;
+                            }
+                        }
                         spare.clear();
                         spare.extend_from_slice(bytes);
                     }
-                    None => partial.args.push(bytes.to_vec()),
+                    None => partial.args.push(self.buffers.filled_with(bytes)),
                 }
                 partial.filled += 1;
                 partial.remaining -= 1;
@@ -1737,7 +1746,9 @@ impl<'a> Batch<'a> {
         let number = outbox.begin(sent);
         let planned = self.planned;
         if sent == 0 {
-            outbox.finish(number, 0, 0, |out| replies(door, planned, Some(&[]), out));
+            outbox.finish(number, 0, 0, Vec::new(), |out| {
+                replies(door, planned, Some(&[]), out)
+            });
             return;
         }
         // Answered once: with the handler's answers, or, if it panics or drops the batch,
@@ -1745,16 +1756,17 @@ impl<'a> Batch<'a> {
         let reply = {
             let door = Arc::clone(door);
             let outbox = Arc::clone(outbox);
-            AnswerOnce::new(move |answers: Option<Vec<Frame>>| {
+            AnswerOnce::new(move |answers: Option<Vec<Frame>>, spent: Vec<Frame>| {
                 let answers = answers.and_then(|answers| checked_answers(&door, sent, answers));
                 let answers = answers.as_deref();
                 let largest = answers.map_or(0, outbox::largest_get);
-                outbox.finish(number, sent, largest, |out| {
+                outbox.finish(number, sent, largest, spent, |out| {
                     replies(&door, planned, answers, out)
                 });
             })
         };
-        let then: crate::server::AnswersThen = Box::new(move |answers| reply.answer(answers));
+        let then: crate::server::AnswersThen =
+            Box::new(move |answers, spent| reply.answer(answers, spent));
         let handler = &*door.handler;
         let frames = self.frames;
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -2361,6 +2373,9 @@ fn serve_connection(mut stream: TcpStream, door: &Arc<Door>, activity: Activity)
             if !write_owed(&mut stream, outbox, timeouts.io, &peer) {
                 return;
             }
+            if parser.buffers.is_empty() {
+                outbox.take_spare(&mut parser.buffers);
+            }
         }
         let mut batch = Batch::new(door, &mut client);
         let mut ending: Option<std::result::Result<(), ProtocolError>> = None;
@@ -2581,6 +2596,34 @@ mod tests {
         // A list longer than a command's usual arguments is not kept: the last one stays.
         parser.recycle((0..=SPARE_ARGS).map(|_| Vec::new()).collect());
         assert_eq!(parser.spare, args(&[b"GET", b"k"]));
+    }
+
+    #[test]
+    fn arguments_are_read_into_the_buffers_of_answered_requests() {
+        let mut parser = Parser::new(limits());
+        // As on a connection past its first request: the command's name has its place.
+        parser.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
+        let first = parser.next_request().unwrap().expect("a whole request");
+        recycle_as_a_batch_does(&mut parser, first);
+        let mut answered = vec![Frame::request(
+            Opcode::PUT,
+            1,
+            Vec::with_capacity(40),
+            Vec::with_capacity(50),
+        )];
+        parser.buffers.keep_from(&mut answered);
+        parser.feed(b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n");
+        let request = parser.next_request().unwrap().expect("a whole request");
+        assert_eq!(request, args(&[b"SET", b"key", b"value"]));
+        // The key went into the first request's key, the value into its value.
+        assert_eq!(request[1].capacity(), 40);
+        assert_eq!(request[2].capacity(), 50);
+        assert!(parser.buffers.is_empty());
+        recycle_as_a_batch_does(&mut parser, request);
+        // None left: allocated as before.
+        parser.feed(b"*2\r\n$3\r\nGET\r\n$2\r\nk2\r\n");
+        let request = parser.next_request().unwrap().expect("a whole request");
+        assert_eq!(request, args(&[b"GET", b"k2"]));
     }
 
     #[test]

@@ -666,6 +666,16 @@ pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, FrameErr
 /// Returns `Ok(Some((frame, consumed)))` when a whole frame is buffered, `Ok(None)` when more
 /// bytes are needed, and an error as soon as the bytes cannot be a frame.
 pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame, usize)>, FrameError> {
+    decode_with(buf, max_frame, <[u8]>::to_vec)
+}
+
+/// [`decode`], with the frame's key and value copied into buffers `owned` makes of them (a
+/// reader that reuses buffers hands out its own).
+pub fn decode_with(
+    buf: &[u8],
+    max_frame: usize,
+    mut owned: impl FnMut(&[u8]) -> Vec<u8>,
+) -> Result<Option<(Frame, usize)>, FrameError> {
     let total = match frame_len(buf, max_frame)? {
         Some(total) if buf.len() >= total => total,
         _ => return Ok(None),
@@ -701,8 +711,8 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame, usize)>, Fr
         hop_limit: BigEndian::read_u16(&frame[12..14]),
         request_id: BigEndian::read_u64(&frame[14..22]),
         epoch: BigEndian::read_u64(&frame[22..30]),
-        key: frame[HEADER_LEN..key_end].to_vec(),
-        value: frame[key_end..crc_at].to_vec(),
+        key: owned(&frame[HEADER_LEN..key_end]),
+        value: owned(&frame[key_end..crc_at]),
     };
     Ok(Some((decoded, total)))
 }

@@ -17,6 +17,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::budget::{Held, MemoryBudget};
+use crate::connection::SpareBuffers;
 use crate::protocol::{Frame, Opcode};
 
 /// The connection thread's read timeout while answers are in flight or owed: how soon it
@@ -67,6 +68,8 @@ struct State {
     held: Held,
     /// The largest GET answer this connection was sent.
     largest_answer: usize,
+    /// Buffers of answered requests, for the connection's thread to take.
+    spare: SpareBuffers,
 }
 
 impl State {
@@ -109,32 +112,34 @@ pub(crate) fn encode_frames(answers: &[Frame], out: &mut Vec<u8>) {
 /// Calls its finish once: with the handler's answers when they come ([`AnswerOnce::answer`]),
 /// or with none if it is dropped first, as when the handler panicked or lost the batch. So a
 /// batch handed on is always answered, and what the finish needs is kept in no shared slot.
-pub(crate) struct AnswerOnce<F: FnOnce(Option<Vec<Frame>>)> {
+pub(crate) struct AnswerOnce<F: FnOnce(Option<Vec<Frame>>, Vec<Frame>)> {
     finish: Option<F>,
 }
 
-impl<F: FnOnce(Option<Vec<Frame>>)> AnswerOnce<F> {
+impl<F: FnOnce(Option<Vec<Frame>>, Vec<Frame>)> AnswerOnce<F> {
     pub(crate) fn new(finish: F) -> AnswerOnce<F> {
         AnswerOnce {
             finish: Some(finish),
         }
     }
 
-    pub(crate) fn answer(mut self, answers: Vec<Frame>) {
+    /// Finishes with `answers`; `spent` are the requests they answer, if the handler gave
+    /// them back (see [`crate::server::AnswersThen`]).
+    pub(crate) fn answer(mut self, answers: Vec<Frame>, spent: Vec<Frame>) {
         if let Some(finish) = self.finish.take() {
-            finish(Some(answers));
+            finish(Some(answers), spent);
         }
     }
 }
 
-impl<F: FnOnce(Option<Vec<Frame>>)> Drop for AnswerOnce<F> {
+impl<F: FnOnce(Option<Vec<Frame>>, Vec<Frame>)> Drop for AnswerOnce<F> {
     fn drop(&mut self) {
         if let Some(finish) = self.finish.take() {
             if !std::thread::panicking() {
                 // A panic is logged where it is caught.
                 log::error!("a batch was dropped unanswered; answering INTERNAL");
             }
-            finish(None);
+            finish(None, Vec::new());
         }
     }
 }
@@ -154,6 +159,7 @@ impl Outbox {
                 waited_on: false,
                 held: Held::in_budget(MemoryBudget::process()),
                 largest_answer: 0,
+                spare: SpareBuffers::default(),
             }),
             progressed: Condvar::new(),
         }
@@ -169,7 +175,9 @@ impl Outbox {
 
     /// The answers of batch `batch`, to `requests` requests, the largest GET value among
     /// them `largest`, as `encode` appends them: written, with every batch before it, as far
-    /// as the socket takes them now. A batch finished twice keeps its first answers.
+    /// as the socket takes them now. A batch finished twice keeps its first answers. The
+    /// buffers of `spent`, the requests answered, are kept for
+    /// [`take_spare`](Self::take_spare) as far as [`SpareBuffers`] has room.
     ///
     /// `encode` runs under the outbox's lock: for the batch that goes out next (most are),
     /// it encodes straight into what is written.
@@ -178,11 +186,15 @@ impl Outbox {
         batch: u64,
         requests: usize,
         largest: usize,
+        mut spent: Vec<Frame>,
         encode: impl FnOnce(&mut Vec<u8>),
     ) {
         let mut state = lock(&self.state);
         if batch < state.next_out || state.finished.contains_key(&batch) {
             return;
+        }
+        if !state.broken {
+            state.spare.keep_from(&mut spent);
         }
         // Once broken, nobody will write answers: they are not encoded.
         if batch == state.next_out {
@@ -263,9 +275,18 @@ impl Outbox {
 
     /// [`finish`](Self::finish) with the answers to a batch of frames.
     pub(crate) fn finish_frames(&self, batch: u64, answers: &[Frame]) {
-        self.finish(batch, answers.len(), largest_get(answers), |out| {
-            encode_frames(answers, out)
-        });
+        self.finish(
+            batch,
+            answers.len(),
+            largest_get(answers),
+            Vec::new(),
+            |out| encode_frames(answers, out),
+        );
+    }
+
+    /// Moves the buffers kept from answered requests into `spare`, as many as it has room for.
+    pub(crate) fn take_spare(&self, spare: &mut SpareBuffers) {
+        spare.take_from(&mut lock(&self.state).spare);
     }
 
     fn wake(&self, state: &mut State) {
@@ -484,14 +505,14 @@ mod tests {
     fn a_batch_dropped_unanswered_is_finished_with_none_and_an_answered_one_once() {
         let (done, got) = std::sync::mpsc::channel();
         let sender = done.clone();
-        let answered = AnswerOnce::new(move |answers: Option<Vec<Frame>>| {
+        let answered = AnswerOnce::new(move |answers: Option<Vec<Frame>>, _spent| {
             sender.send(answers.map(|a| a.len())).unwrap()
         });
-        answered.answer(vec![answer(1, Vec::new())]);
+        answered.answer(vec![answer(1, Vec::new())], Vec::new());
         assert_eq!(got.try_recv(), Ok(Some(1)));
         assert!(got.try_recv().is_err(), "finished once");
         // As when a handler panics holding the batch's completion.
-        let lost = AnswerOnce::new(move |answers: Option<Vec<Frame>>| {
+        let lost = AnswerOnce::new(move |answers: Option<Vec<Frame>>, _spent| {
             done.send(answers.map(|a| a.len())).unwrap()
         });
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -500,6 +521,36 @@ mod tests {
         }));
         assert!(unwound.is_err());
         assert_eq!(got.try_recv(), Ok(None));
+    }
+
+    fn put(key: &[u8], value: &[u8]) -> Frame {
+        Frame::request(Opcode::PUT, 1, key.to_vec(), value.to_vec())
+    }
+
+    #[test]
+    fn answered_requests_leave_their_buffers_for_the_connection_thread_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let outbox = Outbox::new(server);
+        let batch = outbox.begin(2);
+        let big = vec![0u8; SpareBuffers::LARGEST + 1];
+        let spent = vec![put(b"k1", b"value-1"), put(b"key-2", &big)];
+        let answers = [answer(1, Vec::new()), answer(2, Vec::new())];
+        outbox.finish(batch, 2, 0, spent, |out| encode_frames(&answers, out));
+        let mut spare = SpareBuffers::default();
+        outbox.take_spare(&mut spare);
+        // The first request's key first, then its value; a buffer over the largest is freed.
+        let capacities: Vec<usize> = std::iter::from_fn(|| spare.take())
+            .map(|b| {
+                assert!(b.is_empty(), "handed out empty");
+                b.capacity()
+            })
+            .collect();
+        assert_eq!(capacities, [2, 7, 5]);
+        let mut none = SpareBuffers::default();
+        outbox.take_spare(&mut none);
+        assert!(none.is_empty(), "taken once");
     }
 
     #[test]
