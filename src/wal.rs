@@ -528,14 +528,14 @@ fn encode(out: &mut Vec<u8>, record: Record<'_>) {
         out.extend_from_slice(&at.to_le_bytes());
     }
     out.extend_from_slice(value);
-    let crc = crc32fast::hash(&out[start..]);
+    let crc = crate::protocol::crc32(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// Decodes the record whose length field is `len_bytes` and whose body and CRC are `rest`.
 fn decode<'a>(len_bytes: [u8; 4], rest: &'a [u8]) -> Result<Record<'a>, String> {
     let (body, crc) = rest.split_at(rest.len() - 4);
-    let mut hasher = crc32fast::Hasher::new();
+    let mut hasher = crate::protocol::crc32_hasher();
     hasher.update(&len_bytes);
     hasher.update(body);
     let computed = hasher.finalize();

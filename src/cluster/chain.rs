@@ -47,7 +47,7 @@ impl KeyLocks {
     fn stripe(key: &[u8]) -> usize {
         // The key's position is SHA-1, already computed for routing; crc32 is cheaper here and
         // only has to spread keys.
-        crc32fast::hash(key) as usize % STRIPES
+        crate::protocol::crc32(key) as usize % STRIPES
     }
 
     /// Locks the stripes of every key in `keys`.

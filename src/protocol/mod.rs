@@ -520,7 +520,7 @@ impl FrameRef<'_> {
         out.extend_from_slice(self.key);
         out.extend_from_slice(self.value_head);
         out.extend_from_slice(self.value);
-        let crc = crc32fast::hash(&out[start..]);
+        let crc = crc32(&out[start..]);
         let mut trailer = [0u8; CRC_LEN];
         BigEndian::write_u32(&mut trailer, crc);
         out.extend_from_slice(&trailer);
@@ -661,6 +661,20 @@ pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, FrameErr
     Ok(Some(BigEndian::read_u32(&buf[0..4]) as usize + LEN_PREFIX))
 }
 
+/// The CRC-32 of `bytes` (section 4 of PROTOCOL.md; the log's records use it too).
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut hasher = crc32_hasher();
+    hasher.update(bytes);
+    hasher.finalize()
+}
+
+/// A fresh CRC-32 hasher. crc32fast looks up the CPU's features for each new hasher (about 30
+/// instructions, four or five times a request); a copy of one made once does not.
+pub fn crc32_hasher() -> crc32fast::Hasher {
+    static FIRST: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    FIRST.get_or_init(crc32fast::Hasher::new).clone()
+}
+
 /// Decodes the frame at the start of `buf`.
 ///
 /// Returns `Ok(Some((frame, consumed)))` when a whole frame is buffered, `Ok(None)` when more
@@ -693,7 +707,7 @@ pub fn decode_with(
     }
     let crc_at = total - CRC_LEN;
     let expected = BigEndian::read_u32(&frame[crc_at..]);
-    let computed = crc32fast::hash(&frame[..crc_at]);
+    let computed = crc32(&frame[..crc_at]);
     if expected != computed {
         return Err(FrameError::BadCrc { expected, computed });
     }

@@ -227,3 +227,22 @@ fn limits_refuse_long_keys_and_values() {
     long_value.value = vec![0; 9];
     assert!(limits.check(&long_value).is_err());
 }
+
+#[test]
+fn crc32_is_the_standard_crc_whichever_hasher_it_copies() {
+    // The check value of CRC-32/ISO-HDLC (PROTOCOL.md, section 4).
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    for len in [0usize, 1, 15, 16, 63, 64, 65, 1000] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+        assert_eq!(crc32(&bytes), crc32fast::hash(&bytes), "{len} bytes");
+        let mut hasher = crc32_hasher();
+        let (a, b) = bytes.split_at(len / 2);
+        hasher.update(a);
+        hasher.update(b);
+        assert_eq!(
+            hasher.finalize(),
+            crc32fast::hash(&bytes),
+            "{len} bytes in two"
+        );
+    }
+}
