@@ -110,9 +110,15 @@ impl ClientWindow {
     }
 }
 
+/// A shard's clients by id. Ids come from clients, so they are hashed with a seed of this
+/// process's (foldhash), which an attacker cannot see, and a shard holds a bounded number
+/// (`per_shard`) in any case; SipHash took about 100 instructions for each of a write's two
+/// look-ups.
+type Clients = HashMap<u64, ClientWindow, foldhash::fast::RandomState>;
+
 /// The windows of every client that wrote through this node.
 pub struct WriteWindows {
-    shards: Vec<Mutex<HashMap<u64, ClientWindow>>>,
+    shards: Vec<Mutex<Clients>>,
     per_shard: usize,
     idle: Duration,
     /// Since when this node has a record of every tagged write it applied: its start, or the
@@ -132,7 +138,7 @@ impl WriteWindows {
     /// each kept at least `idle` after its last write.
     pub fn with_bounds(clients: usize, idle: Duration) -> WriteWindows {
         WriteWindows {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Clients::default())).collect(),
             per_shard: clients.div_ceil(SHARDS).max(1),
             idle,
             complete_since: Mutex::new(Instant::now()),
@@ -164,7 +170,7 @@ impl WriteWindows {
         now.duration_since(since) >= self.horizon
     }
 
-    fn shard(&self, client: u64) -> MutexGuard<'_, HashMap<u64, ClientWindow>> {
+    fn shard(&self, client: u64) -> MutexGuard<'_, Clients> {
         let shard = &self.shards[(client % SHARDS as u64) as usize];
         match shard.lock() {
             Ok(guard) => guard,
@@ -176,7 +182,7 @@ impl WriteWindows {
     /// with `force`); `None` if there is none. One look-up while the shard has room.
     fn window<'s>(
         &self,
-        shard: &'s mut HashMap<u64, ClientWindow>,
+        shard: &'s mut Clients,
         client: u64,
         now: Instant,
         force: bool,
@@ -197,7 +203,7 @@ impl WriteWindows {
     /// Room for one more client in `shard`: the longest-idle client goes, if it has been idle
     /// long enough, or if `force` (a chain member must record what it applied). False when
     /// there is none to spare.
-    fn make_room(&self, shard: &mut HashMap<u64, ClientWindow>, now: Instant, force: bool) -> bool {
+    fn make_room(&self, shard: &mut Clients, now: Instant, force: bool) -> bool {
         if shard.len() < self.per_shard {
             return true;
         }
