@@ -30,8 +30,12 @@ pub struct KeyLocks {
 /// The stripes a batch of writes holds, taken in ascending order so that two batches can
 /// never wait for each other.
 pub struct HeldKeys<'a> {
+    /// In ascending order of stripe.
     guards: Vec<(usize, MutexGuard<'a, u64>)>,
     highest_blocked: &'a std::sync::atomic::AtomicU64,
+    /// No stripe held is blocked past this epoch: `highest_blocked` once they were all taken
+    /// (a stripe is blocked under its lock, and the highest raised before it is let go).
+    most_blocked: u64,
 }
 
 impl Default for KeyLocks {
@@ -68,6 +72,7 @@ impl KeyLocks {
         HeldKeys {
             guards,
             highest_blocked: &self.highest_blocked,
+            most_blocked: self.highest_blocked(),
         }
     }
 
@@ -81,16 +86,15 @@ impl KeyLocks {
 impl HeldKeys<'_> {
     fn slot(&mut self, key: &[u8]) -> Option<&mut u64> {
         let stripe = KeyLocks::stripe(key);
-        self.guards
-            .iter_mut()
-            .find(|(s, _)| *s == stripe)
-            .map(|(_, guard)| &mut **guard)
+        let at = self.guards.binary_search_by_key(&stripe, |(s, _)| *s).ok()?;
+        Some(&mut *self.guards[at].1)
     }
 
     /// Whether writes of `key` wait for a view newer than `epoch` (see [`KeyLocks`]). A key
     /// whose stripe this batch does not hold is not headed here and never blocked.
     pub fn is_blocked(&mut self, key: &[u8], epoch: u64) -> bool {
-        self.slot(key).is_some_and(|blocked| *blocked >= epoch)
+        // Most often nothing is: no need to find the key's stripe.
+        epoch <= self.most_blocked && self.slot(key).is_some_and(|blocked| *blocked >= epoch)
     }
 
     /// Blocks writes of `key` (and its stripe) until a view newer than `epoch`.
@@ -99,6 +103,7 @@ impl HeldKeys<'_> {
             *blocked = (*blocked).max(epoch);
             self.highest_blocked
                 .fetch_max(epoch, std::sync::atomic::Ordering::SeqCst);
+            self.most_blocked = self.most_blocked.max(epoch);
         }
     }
 }
@@ -292,5 +297,28 @@ mod tests {
         assert!(!held.is_blocked(b"not held", 3));
         drop(held);
         assert_eq!(locks.highest_blocked(), 3);
+    }
+
+    #[test]
+    fn among_many_held_stripes_only_the_blocked_keys_are() {
+        let locks = KeyLocks::default();
+        let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("key-{i}").into_bytes()).collect();
+        let mut held = locks.lock(keys.iter().map(Vec::as_slice));
+        assert!(keys.iter().all(|k| !held.is_blocked(k, 1)));
+        held.block(&keys[7], 5);
+        // Seen at once by the batch that blocked it, and by the next to hold its stripe.
+        assert!(held.is_blocked(&keys[7], 5));
+        drop(held);
+        let mut held = locks.lock(keys.iter().map(Vec::as_slice));
+        let stripe = KeyLocks::stripe(&keys[7]);
+        for key in &keys {
+            assert_eq!(
+                held.is_blocked(key, 5),
+                KeyLocks::stripe(key) == stripe,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+            assert!(!held.is_blocked(key, 6));
+        }
     }
 }
