@@ -796,7 +796,8 @@ impl Link {
         let check_every = (io_timeout / 8).max(Duration::from_millis(10));
         let mut checked = Instant::now();
         loop {
-            if checked.elapsed() >= check_every {
+            // Checked before the reader may wait, not between the answers of one read.
+            if !reader.has_buffered_frame() && checked.elapsed() >= check_every {
                 checked = Instant::now();
                 if self.fail_if_overdue(io_timeout) {
                     return;

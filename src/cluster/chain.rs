@@ -86,7 +86,10 @@ impl KeyLocks {
 impl HeldKeys<'_> {
     fn slot(&mut self, key: &[u8]) -> Option<&mut u64> {
         let stripe = KeyLocks::stripe(key);
-        let at = self.guards.binary_search_by_key(&stripe, |(s, _)| *s).ok()?;
+        let at = self
+            .guards
+            .binary_search_by_key(&stripe, |(s, _)| *s)
+            .ok()?;
         Some(&mut *self.guards[at].1)
     }
 

@@ -138,7 +138,9 @@ impl WriteWindows {
     /// each kept at least `idle` after its last write.
     pub fn with_bounds(clients: usize, idle: Duration) -> WriteWindows {
         WriteWindows {
-            shards: (0..SHARDS).map(|_| Mutex::new(Clients::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Clients::default()))
+                .collect(),
             per_shard: clients.div_ceil(SHARDS).max(1),
             idle,
             complete_since: Mutex::new(Instant::now()),
