@@ -449,6 +449,14 @@ mod tests {
             .reply(crate::protocol::Status::OK, value)
     }
 
+    /// A client's end of a loopback connection, and the server's.
+    fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
     fn read_answers(mut from: &TcpStream, n: usize) -> Vec<Frame> {
         let mut reader = crate::connection::FrameReader::new(64 << 20, Duration::from_secs(5));
         (0..n)
@@ -458,9 +466,7 @@ mod tests {
 
     #[test]
     fn batches_finished_out_of_order_are_written_in_order() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (client, server) = connected();
         let outbox = Outbox::new(server);
         let first = outbox.begin(2);
         let second = outbox.begin(1);
@@ -481,9 +487,7 @@ mod tests {
 
     #[test]
     fn what_the_socket_does_not_take_at_once_is_owed_to_the_connection_thread() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (client, server) = connected();
         let outbox = Outbox::new(server.try_clone().unwrap());
         let big = vec![5u8; 16 << 20];
         let batch = outbox.begin(1);
@@ -529,9 +533,7 @@ mod tests {
 
     #[test]
     fn answered_requests_leave_their_buffers_for_the_connection_thread_in_order() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (_client, server) = connected();
         let outbox = Outbox::new(server);
         let batch = outbox.begin(2);
         let big = vec![0u8; SpareBuffers::LARGEST + 1];
@@ -555,9 +557,7 @@ mod tests {
 
     #[test]
     fn send_now_takes_what_fits_and_never_waits() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
+        let (client, server) = connected();
         assert_eq!(send_now(&server, b"hello").unwrap(), 5);
         let mut got = [0u8; 5];
         (&client).read_exact(&mut got).unwrap();
