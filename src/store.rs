@@ -228,6 +228,28 @@ impl Entry {
         }
     }
 
+    /// Replaces the value and expiry time in place, if they take the room the old ones took
+    /// (a value of the same length, an expiry time or none as before); whether it did. An
+    /// overwrite of a key with a value of its size, the usual update, then neither allocates
+    /// nor frees.
+    fn overwrite(&mut self, value: &[u8], expires_at: Option<u64>) -> bool {
+        let (tag, header) = get_varint(&self.0);
+        if (tag & 1 == 1) != expires_at.is_some() {
+            return false;
+        }
+        let mut at = header + (tag >> 1);
+        if let Some(expires_at) = expires_at {
+            self.0[at..at + EXPIRY_LEN].copy_from_slice(&expires_at.to_le_bytes());
+            at += EXPIRY_LEN;
+        }
+        let old_value = &mut self.0[at..];
+        if old_value.len() != value.len() {
+            return false;
+        }
+        old_value.copy_from_slice(value);
+        true
+    }
+
     /// Bytes of key plus value, as the store counts them.
     #[inline]
     fn payload_len(&self) -> u64 {
@@ -433,11 +455,15 @@ impl MemStore {
                 return Err(e);
             }
         };
-        let entry = Entry::new(key, value, expires_at);
         match slot {
-            Slot::Occupied(mut found) => *found.get_mut() = entry,
+            Slot::Occupied(mut found) => {
+                let entry = found.get_mut();
+                if !entry.overwrite(value, expires_at) {
+                    *entry = Entry::new(key, value, expires_at);
+                }
+            }
             Slot::Vacant(free) => {
-                free.insert(entry);
+                free.insert(Entry::new(key, value, expires_at));
                 self.keys.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -957,5 +983,53 @@ mod tests {
             assert_eq!(entry.key(), &key[..]);
             assert_eq!(entry.payload_len(), len as u64 + 5);
         }
+    }
+
+    #[test]
+    fn an_entry_is_overwritten_in_place_only_when_the_new_value_takes_the_same_room() {
+        let mut entry = Entry::new(b"key", b"12345", None);
+        let before = entry.0.as_ptr();
+        assert!(entry.overwrite(b"abcde", None));
+        assert_eq!(entry.parts(), (&b"key"[..], None, &b"abcde"[..]));
+        assert_eq!(entry.0.as_ptr(), before, "same allocation");
+        // Another length, or an expiry time gained or lost: a new entry is needed.
+        assert!(!entry.overwrite(b"abcdef", None));
+        assert!(!entry.overwrite(b"abcde", Some(7)));
+        assert_eq!(
+            entry.parts(),
+            (&b"key"[..], None, &b"abcde"[..]),
+            "unchanged"
+        );
+        let mut expiring = Entry::new(b"key", b"12345", Some(5));
+        assert!(expiring.overwrite(b"vwxyz", Some(9)));
+        assert_eq!(expiring.parts(), (&b"key"[..], Some(9), &b"vwxyz"[..]));
+        assert!(!expiring.overwrite(b"vwxyz", None));
+        assert!(!expiring.overwrite(b"v", Some(9)));
+        assert_eq!(expiring.parts(), (&b"key"[..], Some(9), &b"vwxyz"[..]));
+
+        // Through the store: every kind of overwrite reads back and counts right.
+        let store = MemStore::default();
+        store.put(b"k", b"aaaa").unwrap();
+        store.put(b"k", b"bbbb").unwrap();
+        assert_eq!(store.get(b"k").as_deref(), Some(&b"bbbb"[..]));
+        store
+            .put_expiring_unsettled(b"k", b"cccc", Some(u64::MAX))
+            .unwrap();
+        assert_eq!(
+            store.get_expiring(b"k"),
+            Some((b"cccc".to_vec(), Some(u64::MAX)))
+        );
+        assert_eq!(store.expiring_keys(), 1);
+        store
+            .put_expiring_unsettled(b"k", b"dddd", Some(u64::MAX - 1))
+            .unwrap();
+        assert_eq!(
+            store.get_expiring(b"k"),
+            Some((b"dddd".to_vec(), Some(u64::MAX - 1)))
+        );
+        store.put(b"k", b"e").unwrap();
+        assert_eq!(store.get_expiring(b"k"), Some((b"e".to_vec(), None)));
+        assert_eq!(store.expiring_keys(), 0);
+        assert_eq!(store.size(), StoreSize { keys: 1, bytes: 2 });
     }
 }
