@@ -102,8 +102,12 @@ impl SpareBuffers {
         self.buffers.push(std::mem::take(buffer));
     }
 
-    /// A kept buffer holding `bytes`, or a new one if none is kept.
+    /// A kept buffer holding `bytes`, or a new one if none is kept (or `bytes` is empty,
+    /// which needs no buffer).
     pub fn filled_with(&mut self, bytes: &[u8]) -> Vec<u8> {
+        if bytes.is_empty() {
+            return Vec::new();
+        }
         match self.take() {
             Some(mut buffer) => {
                 buffer.extend_from_slice(bytes);
@@ -133,9 +137,8 @@ impl SpareBuffers {
             std::mem::swap(self, other);
             return;
         }
-        while let Some(buffer) = other.buffers.pop() {
+        while let Some(mut buffer) = other.buffers.pop() {
             other.bytes -= buffer.capacity();
-            let mut buffer = buffer;
             self.keep(&mut buffer);
         }
     }
@@ -236,14 +239,7 @@ impl FrameReader {
         loop {
             let pending = &self.buf[self.start..self.end];
             let spare = &mut self.spare;
-            let owned = |bytes: &[u8]| {
-                if bytes.is_empty() {
-                    Vec::new()
-                } else {
-                    spare.filled_with(bytes)
-                }
-            };
-            match protocol::decode_with(pending, self.max_frame, owned) {
+            match protocol::decode_with(pending, self.max_frame, |bytes| spare.filled_with(bytes)) {
                 Ok(Some((frame, used))) => {
                     self.start += used;
                     self.frame_started = if self.start == self.end {

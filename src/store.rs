@@ -237,16 +237,15 @@ impl Entry {
         if (tag & 1 == 1) != expires_at.is_some() {
             return false;
         }
-        let mut at = header + (tag >> 1);
-        if let Some(expires_at) = expires_at {
-            self.0[at..at + EXPIRY_LEN].copy_from_slice(&expires_at.to_le_bytes());
-            at += EXPIRY_LEN;
-        }
-        let old_value = &mut self.0[at..];
-        if old_value.len() != value.len() {
+        let at = header + (tag >> 1);
+        let value_at = at + expires_at.map_or(0, |_| EXPIRY_LEN);
+        if self.0.len() - value_at != value.len() {
             return false;
         }
-        old_value.copy_from_slice(value);
+        if let Some(expires_at) = expires_at {
+            self.0[at..value_at].copy_from_slice(&expires_at.to_le_bytes());
+        }
+        self.0[value_at..].copy_from_slice(value);
         true
     }
 
@@ -1004,7 +1003,7 @@ mod tests {
         assert!(expiring.overwrite(b"vwxyz", Some(9)));
         assert_eq!(expiring.parts(), (&b"key"[..], Some(9), &b"vwxyz"[..]));
         assert!(!expiring.overwrite(b"vwxyz", None));
-        assert!(!expiring.overwrite(b"v", Some(9)));
+        assert!(!expiring.overwrite(b"v", Some(11)));
         assert_eq!(expiring.parts(), (&b"key"[..], Some(9), &b"vwxyz"[..]));
 
         // Through the store: every kind of overwrite reads back and counts right.
